@@ -1,0 +1,158 @@
+"""The `train` command: Hydra composes the config, the run object does the rest.
+
+Only Hydra and OmegaConf are imported here, so `--help`, `--cfg` and config errors answer
+without loading torch or timm.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.errors import UserError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+OUTPUTS = Path("outputs")
+log = logging.getLogger("trainer")
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _value(override: str) -> str:
+    return override.split("=", 1)[1].strip().strip("'\"") if "=" in override else ""
+
+
+def _quote(value: str) -> str:
+    return f"'{value}'" if "'" not in value else f'"{value}"'
+
+
+def _is_override(arg: str) -> bool:
+    return not arg.startswith("-") and ("=" in arg or arg.startswith("~"))
+
+
+def _comparable(cfg: DictConfig) -> dict:
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(plain, dict)
+    plain.pop("resume", None)
+    plain.pop("hydra", None)
+    return plain
+
+
+def find_unfinished_run(overrides: list[str], outputs: Path = OUTPUTS) -> Path | None:
+    """Newest run under ``outputs`` with a last.pt, not finished, whose config equals this one."""
+    from hydra import compose, initialize_config_dir
+
+    from trainer.checkpoint import is_finished
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="train"):
+        wanted = _comparable(compose("train", overrides=overrides))
+    candidates = []
+    for last in outputs.glob("**/checkpoints/last.pt"):
+        run_dir = last.parent.parent
+        saved = run_dir / ".hydra" / "config.yaml"
+        if not saved.is_file() or is_finished(run_dir):
+            continue
+        try:
+            if _comparable(OmegaConf.load(saved)) == wanted:
+                candidates.append((last.stat().st_mtime, last))
+        except Exception:  # a foreign or broken config.yaml is simply not a match
+            continue
+    return max(candidates)[1] if candidates else None
+
+
+def resolve_resume(argv: list[str]) -> list[str]:
+    """Turn ``resume=auto|PATH`` into the checkpoint to load and that run's own folder.
+
+    The resumed run keeps its folder (TensorBoard log, checkpoints, train.log) and, for a
+    path, the overrides it was started with; overrides given now are applied on top.
+    """
+    if any(a in ("-m", "--multirun") for a in argv):
+        return argv
+    at = [i for i, a in enumerate(argv) if _is_override(a) and _key(a) == "resume"]
+    if not at:
+        return argv
+    value = _value(argv[at[-1]])
+    rest = [a for i, a in enumerate(argv) if i not in at]
+    if value in ("", "null", "None", "none"):
+        return argv
+    from trainer.checkpoint import checkpoint_of, run_dir_of
+
+    overrides = [a for a in rest if _is_override(a)]
+    flags = [a for a in rest if not _is_override(a)]
+    if value == "auto":
+        try:
+            ckpt = find_unfinished_run(overrides)
+        except Exception:
+            return rest + ["resume=null"]  # a bad override: let Hydra report it the usual way
+        if ckpt is None:
+            print(f"resume=auto: no unfinished run with this config under {OUTPUTS}/; starting a new run.",
+                  file=sys.stderr)
+            return rest + ["resume=null"]
+        merged = overrides
+    else:
+        ckpt = checkpoint_of(value)
+        import yaml
+
+        saved = run_dir_of(ckpt) / ".hydra" / "overrides.yaml"
+        old = yaml.safe_load(saved.read_text()) if saved.is_file() else []
+        new_keys = {_key(o) for o in overrides}
+        merged = [o for o in old or [] if _key(o) not in new_keys | {"resume"}] + overrides
+    run_dir = run_dir_of(ckpt).resolve()
+    print(f"resuming {ckpt} in {run_dir}", file=sys.stderr)
+    return flags + merged + [f"resume={_quote(str(ckpt.resolve()))}", f"hydra.run.dir={_quote(str(run_dir))}"]
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf.errors import MissingMandatoryValue
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        from hydra.errors import InstantiationException
+
+        from trainer.run import build_run  # torch and timm load here, not before
+
+        try:
+            summary = build_run(cfg).fit()
+        except InstantiationException as e:
+            raise UserError(f"a config option could not be built: {e}. Check its _target_ and keys "
+                            "(train --cfg job prints the resolved config).") from None
+        except MissingMandatoryValue as e:
+            raise UserError(f"missing value for {e.full_key}: give it on the command line, e.g. "
+                            f"{e.full_key}=... (data=imagefolder needs data.root=DIR).") from None
+        return summary.get("best")
+    except UserError as e:
+        log.error("error: %s", e)
+        if multirun:  # one bad job must not end the sweep; the summary marks it failed
+            return None
+        sys.exit(2)
+    except KeyboardInterrupt:
+        log.error("interrupted: the last checkpoint is in %s/checkpoints; continue with `train resume=auto` "
+                  "(same overrides) or `train resume=%s`", HydraConfig.get().runtime.output_dir,
+                  HydraConfig.get().runtime.output_dir)
+        sys.exit(130)
+
+
+def main() -> None:
+    if not Path(CONF_DIR, "train.yaml").is_file():
+        sys.exit(f"error: config folder {CONF_DIR} is missing: install the project from its source "
+                 "folder with `pip install -e .`.")
+    try:
+        argv = resolve_resume(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0]] + argv
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Datasets, transforms and loaders.
+
+A dataset option's ``_target_`` returns :class:`Splits`: train and val image sets of uint8
+``(3, H, W)`` tensors with integer labels, plus the class names. Transforms come from the
+model's pretrained config (size, mean, std, interpolation); ``data.image_size`` may override
+the size. Training augmentation is seeded per (seed, epoch, sample), so a resumed run sees the
+same augmented images as an unbroken one, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class ImageSet:
+    """Labelled images; ``load(i)`` returns a uint8 RGB tensor ``(3, H, W)``."""
+
+    targets: list[int]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TensorImages(ImageSet):
+    """Images held in memory as one uint8 tensor ``(N, C, H, W)`` (C = 1 or 3)."""
+
+    def __init__(self, images: torch.Tensor, targets: Sequence[int]) -> None:
+        self.images, self.targets = images, [int(t) for t in targets]
+
+    def load(self, index: int) -> torch.Tensor:
+        img = self.images[index]
+        return img.expand(3, -1, -1) if img.shape[0] == 1 else img
+
+
+class FileImages(ImageSet):
+    """Image files decoded with torchvision.io (JPEG, PNG, GIF, WebP) into RGB."""
+
+    def __init__(self, paths: Sequence[str], targets: Sequence[int]) -> None:
+        self.paths, self.targets = [str(p) for p in paths], [int(t) for t in targets]
+
+    def load(self, index: int) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_image
+
+        path = self.paths[index]
+        try:
+            return decode_image(path, mode=ImageReadMode.RGB)
+        except Exception as e:
+            raise UserError(f"image {path} cannot be decoded ({type(e).__name__}: {e}). "
+                            "Remove or replace the file.") from None
+
+
+@dataclass
+class Splits:
+    train: ImageSet
+    val: ImageSet
+    classes: list[str]
+
+
+def stratified_split(targets: Sequence[int], val_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of a stratified train/val split with a fixed seed."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < float(val_split) < 1.0:
+        raise UserError(f"data.val_split={val_split}: must be between 0 and 1 (e.g. 0.2).")
+    idx = list(range(len(targets)))
+    try:
+        train_idx, val_idx = train_test_split(idx, test_size=float(val_split), random_state=int(seed),
+                                              stratify=list(targets))
+    except ValueError as e:
+        raise UserError(f"cannot split {len(idx)} images with data.val_split={val_split}: {e}") from None
+    return sorted(train_idx), sorted(val_idx)
+
+
+def load_digits(val_split: float = 0.2, seed: int = 0) -> Splits:
+    """scikit-learn's 8x8 digits (1,797 real images, 10 classes), stratified split."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    digits = sk_digits()
+    images = torch.from_numpy(digits.images * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
+    targets = digits.target.tolist()
+    train_idx, val_idx = stratified_split(targets, val_split, seed)
+    return Splits(TensorImages(images[train_idx], [targets[i] for i in train_idx]),
+                  TensorImages(images[val_idx], [targets[i] for i in val_idx]),
+                  [str(i) for i in range(10)])
+
+
+def _scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int]]:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths, targets = [], []
+    for ci, c in enumerate(classes):
+        for f in sorted((root / c).rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                paths.append(str(f))
+                targets.append(ci)
+    return classes, paths, targets
+
+
+def load_imagefolder(root: str, val_split: float = 0.2, seed: int = 0) -> Splits:
+    """``root/train/<class>/*`` and ``root/val/<class>/*``, or ``root/<class>/*`` split by val_split."""
+    base = Path(str(root)).expanduser()
+    if not base.is_dir():
+        raise UserError(f"data.root={str(root)!r}: no such folder. It must hold train/ and val/ class "
+                        "folders, or one set of class folders (e.g. data.root=~/data/pets).")
+    if (base / "train").is_dir() and (base / "val").is_dir():
+        classes, tr_paths, tr_targets = _scan_class_folders(base / "train")
+        val_classes, va_paths, va_targets = _scan_class_folders(base / "val")
+        if classes != val_classes:
+            only_train = sorted(set(classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(classes))
+            raise UserError(f"data.root={str(base)!r}: train/ and val/ have different class folders "
+                            f"(only in train: {only_train or '-'}; only in val: {only_val or '-'}). "
+                            "Make both hold the same class folders so labels mean the same thing.")
+        if not tr_paths or not va_paths:
+            empty = "train/" if not tr_paths else "val/"
+            raise UserError(f"data.root={str(base)!r}: {empty} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+        return Splits(FileImages(tr_paths, tr_targets), FileImages(va_paths, va_targets), classes)
+    classes, paths, targets = _scan_class_folders(base)
+    if not classes or not paths:
+        raise UserError(f"data.root={str(base)!r} holds no class folders with images. Expected "
+                        "DIR/<class>/<image> (or DIR/train/<class>/... and DIR/val/<class>/...).")
+    if len(classes) < 2:
+        raise UserError(f"data.root={str(base)!r}: found one class folder ({classes[0]}); a classifier needs two or more.")
+    train_idx, val_idx = stratified_split(targets, val_split, seed)
+    return Splits(FileImages([paths[i] for i in train_idx], [targets[i] for i in train_idx]),
+                  FileImages([paths[i] for i in val_idx], [targets[i] for i in val_idx]), classes)
+
+
+def make_fake(num_classes: int = 4, train_size: int = 256, val_size: int = 64, image_size: int = 32,
+              seed: int = 0) -> Splits:
+    """Generated images a small net can learn: each class has its own colour and stripe direction."""
+    g = torch.Generator().manual_seed(int(seed) + 12345)
+    colours = torch.rand(num_classes, 3, 1, 1, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(image_size), torch.arange(image_size), indexing="ij")
+
+    def make(n: int) -> tuple[torch.Tensor, list[int]]:
+        labels = torch.arange(n) % num_classes
+        labels = labels[torch.randperm(n, generator=g)]
+        angle = labels.float() * math.pi / num_classes
+        phase = torch.rand(n, generator=g) * 6.28
+        wave = torch.sin((xx * torch.cos(angle)[:, None, None] + yy * torch.sin(angle)[:, None, None]) * 0.8
+                         + phase[:, None, None])
+        img = 0.5 * colours[labels] + 0.3 * wave[:, None] + 0.2 * torch.rand(n, 3, image_size, image_size, generator=g)
+        return (img.clamp(0, 1) * 255).to(torch.uint8), labels.tolist()
+
+    tr_x, tr_y = make(train_size)
+    va_x, va_y = make(val_size)
+    return Splits(TensorImages(tr_x, tr_y), TensorImages(va_x, va_y), [f"class{i}" for i in range(num_classes)])
+
+
+# ---------------------------------------------------------------- transforms
+
+def resolve_input(data_cfg: Any, model_data_config: dict[str, Any]) -> dict[str, Any]:
+    """Size, crop, interpolation, mean and std for this run: the model's, with data.* overrides."""
+    size = data_cfg.get("image_size") or model_data_config["input_size"][-1]
+    crop_pct = data_cfg.get("crop_pct") or model_data_config.get("crop_pct") or 1.0
+    return {"size": int(size), "crop_pct": float(crop_pct),
+            "interpolation": model_data_config.get("interpolation", "bilinear"),
+            "mean": tuple(model_data_config["mean"]), "std": tuple(model_data_config["std"])}
+
+
+def build_transforms(augment: str, spec: dict[str, Any], train: bool) -> Any:
+    """torchvision v2 pipeline on uint8 tensors: geometry (and augmentation) -> float -> normalize."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2
+
+    size = spec["size"]
+    interp = InterpolationMode(spec["interpolation"]) if spec["interpolation"] in {m.value for m in InterpolationMode} \
+        else InterpolationMode.BILINEAR
+    finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec["mean"], spec["std"])]
+    resize = int(math.floor(size / spec["crop_pct"]))
+    eval_geometry = [v2.Resize(resize, interpolation=interp, antialias=True), v2.CenterCrop(size)]
+    if not train or augment == "none":
+        return v2.Compose(eval_geometry + finish)
+    if augment == "affine":
+        return v2.Compose([v2.Resize((size, size), interpolation=interp, antialias=True),
+                           v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))] + finish)
+    if augment == "flip_crop":
+        return v2.Compose([v2.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interp, antialias=True),
+                           v2.RandomHorizontalFlip()] + finish)
+    raise UserError(f"data.augment={augment!r} is not known: use none, affine or flip_crop.")
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return ((int(seed) * 1_000_003 + int(epoch)) * 1_000_003 + int(index)) % (2**63 - 1)
+
+
+class TransformedImages(Dataset):
+    """Applies a transform to an :class:`ImageSet`. Keys ``(epoch, index)`` seed the augmentation."""
+
+    def __init__(self, images: ImageSet, transform: Any, seed: int = 0) -> None:
+        self.images, self.transform, self.seed = images, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        if isinstance(key, tuple):
+            epoch, index = key
+            img = self.images.load(index)
+            # Per-sample seed: the same augmentation for this sample in this epoch, in any worker,
+            # before or after a resume. fork_rng keeps the caller's RNG (dropout etc.) untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, epoch, index))
+                return self.transform(img), self.images.targets[index]
+        return self.transform(self.images.load(key)), self.images.targets[key]
+
+
+class EpochSampler(Sampler):
+    """Shuffles with a generator seeded by (seed, epoch) and can start part-way into an epoch.
+
+    Yields ``(epoch, index)`` so the dataset can seed each sample's augmentation.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle = size, int(seed), shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = int(epoch), int(start)
+
+    def order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        for index in self.order(epoch)[self.start:]:
+            yield epoch, index
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "start": self.start}
+
+
+def default_num_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(0, min(8, cores - 1))
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    sampler: EpochSampler
+    input_spec: dict[str, Any]
+    batch_size: int
+
+
+def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, Any], seed: int,
+                  pin_memory: bool) -> Loaders:
+    """Train loader (seeded shuffling and augmentation, drop_last) and val loader."""
+    spec = resolve_input(data_cfg, model_data_config)
+    batch_size = int(data_cfg.batch_size)
+    if batch_size < 1:
+        raise UserError(f"data.batch_size={batch_size}: must be 1 or more.")
+    workers = data_cfg.get("num_workers", "auto")
+    workers = default_num_workers() if workers in (None, "auto") else int(workers)
+    train_set = TransformedImages(splits.train, build_transforms(str(data_cfg.augment), spec, train=True), seed)
+    val_set = TransformedImages(splits.val, build_transforms(str(data_cfg.augment), spec, train=False), seed)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise UserError("the train or val split is empty: add images or change data.val_split.")
+    sampler = EpochSampler(len(train_set), seed, shuffle=True)
+    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                  # own generators: building an iterator must not draw from the global RNG
+                  generator=torch.Generator().manual_seed(int(seed)))
+    if workers > 0:
+        common["prefetch_factor"] = 4
+    train = DataLoader(train_set, batch_size=batch_size, sampler=sampler,
+                       drop_last=len(train_set) > batch_size, **common)
+    val = DataLoader(val_set, batch_size=batch_size * 2, shuffle=False, **common)
+    log.info("data: %d train / %d val images, %d classes, input %dpx (%s, crop_pct %.3f), augment=%s, "
+             "batch %d, %d workers", len(train_set), len(val_set), len(splits.classes), spec["size"],
+             spec["interpolation"], spec["crop_pct"], data_cfg.augment, batch_size, workers)
+    return Loaders(train, val, sampler, spec, batch_size)

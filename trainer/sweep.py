@@ -1,0 +1,78 @@
+"""Summary of a multirun: one row per job, best first, printed and saved as CSV and Markdown."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder of the sweep (those holding .hydra/overrides.yaml), best first."""
+    import yaml
+
+    rows = []
+    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        job_dir = overrides_file.parent.parent
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        row: dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(overrides), "monitor": "",
+                               "best": None, "best_epoch": None, "status": "failed", "run_dir": str(job_dir)}
+        try:
+            m = json.loads((job_dir / "metrics.json").read_text())
+            row.update(monitor=m.get("monitor", ""), best=m.get("best"), best_epoch=m.get("best_epoch"),
+                       status="finished" if m.get("finished") else "unfinished", mode=m.get("mode", "max"))
+        except (OSError, ValueError):
+            pass
+        rows.append(row)
+
+    def order(row: dict[str, Any]) -> tuple[int, float]:
+        best = row["best"]
+        if best is None or (isinstance(best, float) and math.isnan(best)):
+            return (1, 0.0)
+        return (0, -best if row.get("mode", "max") == "max" else best)
+
+    rows.sort(key=order)
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    return rows
+
+
+COLUMNS = ["rank", "overrides", "monitor", "best", "best_epoch", "status", "run_dir"]
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    rows = collect_rows(sweep_dir)
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    (sweep_dir / "summary.md").write_text(to_markdown(rows))
+    return rows
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return "-" if v is None or v == "" else str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+class SweepSummary(Callback):
+    """Hydra callback: when a multirun ends, summarise its jobs in the sweep folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = write_summary(sweep_dir)
+        print(f"\nsweep summary ({len(rows)} runs, best first): {sweep_dir}/summary.md")
+        print(to_markdown(rows))
