@@ -51,17 +51,19 @@ class TensorImages(ImageSet):
 
 
 class FileImages(ImageSet):
-    """Image files decoded with torchvision.io (JPEG, PNG, GIF, WebP) into RGB."""
+    """Image files decoded with Pillow into RGB (any mode: gray, palette, RGBA, CMYK, 16-bit)."""
 
     def __init__(self, paths: Sequence[str], targets: Sequence[int]) -> None:
         self.paths, self.targets = [str(p) for p in paths], [int(t) for t in targets]
 
     def load(self, index: int) -> torch.Tensor:
-        from torchvision.io import ImageReadMode, decode_image
+        from PIL import Image
+        from torchvision.transforms.v2.functional import pil_to_tensor
 
         path = self.paths[index]
         try:
-            return decode_image(path, mode=ImageReadMode.RGB)
+            with Image.open(path) as img:
+                return pil_to_tensor(img.convert("RGB"))
         except Exception as e:
             raise UserError(f"image {path} cannot be decoded ({type(e).__name__}: {e}). "
                             "Remove or replace the file.") from None

@@ -149,7 +149,7 @@ class Run:
             "config": OmegaConf.to_yaml(self.cfg),
             "classes": list(self.classes),
             "weights": dict(self.weights_info),
-            "versions": {"trainer": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "versions": {"trainer": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:

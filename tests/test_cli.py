@@ -1,0 +1,90 @@
+"""The command line as a user types it: help, config printing, and mistakes with clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO, offline_env, train
+
+NO_HEAVY_IMPORTS = """
+import sys
+sys.argv = ["train", *sys.argv[1:]]
+from trainer.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print("HEAVY:", sorted(m for m in ("torch", "timm", "torchvision") if m in sys.modules))
+"""
+
+
+def test_help_lists_groups_and_options_without_importing_torch(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, env=offline_env(tmp_path), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for line in ("model: ", "data: digits, fake, imagefolder", "loss: ", "optimizer: ", "scheduler: "):
+        assert line in out
+    assert "efficientnet_lite0" in out and "tv_resnet50" in out and "warmup_cosine" in out
+    assert "HEAVY: []" in out
+
+
+def test_cfg_job_prints_resolved_config_without_torch(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, "--cfg", "job", "--resolve",
+                           "model=resnet34", "optimizer.lr=0.01"], cwd=tmp_path, capture_output=True,
+                          text=True, env=offline_env(tmp_path), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "name: resnet34" in proc.stdout and "lr: 0.01" in proc.stdout
+    assert "seed: 0" in proc.stdout  # interpolations resolved (data.dataset.seed)
+    assert "HEAVY: []" in proc.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_unknown_option_names_the_available_ones(tmp_path):
+    proc = train(["model=nosuch"], tmp_path, check=False)
+    assert proc.returncode != 0
+    err = proc.stderr + proc.stdout
+    assert "nosuch" in err and "efficientnet_lite0" in err and "resnet34" in err
+    assert "Traceback" not in err
+
+
+def test_resnet34_without_network_or_cache_says_how_to_give_weights(tmp_path):
+    proc = train(["model=resnet34", "loss=dice", "trainer.epochs=1"], tmp_path, check=False, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr + proc.stdout
+    assert "model.weights=/path/to/file.pth" in err and ".safetensors" in err
+    assert "model.pretrained=false" in err
+    assert "Traceback" not in err
+    assert "epoch 1/" not in err  # stopped before training
+
+
+def test_imagefolder_without_root_is_a_clear_error(tmp_path):
+    proc = train(["data=imagefolder", "model.name=test_resnet", "model.pretrained=false", "model.weights=null"],
+                 tmp_path, check=False)
+    assert proc.returncode == 2
+    err = proc.stderr + proc.stdout
+    assert "data.root" in err and "Traceback" not in err
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path):
+    proc = train(["data=imagefolder", f"data.root={tmp_path / 'nope'}", "model.name=test_resnet",
+                  "model.pretrained=false", "model.weights=null"], tmp_path, check=False)
+    assert proc.returncode == 2
+    err = proc.stderr + proc.stdout
+    assert "no such folder" in err and "nope" in err and "Traceback" not in err
+
+
+def test_weights_file_that_does_not_fit_is_refused(tmp_path):
+    import torch
+
+    torch.save({"foo.weight": torch.zeros(3, 3)}, tmp_path / "w.pth")
+    proc = train(["model.name=test_resnet", f"model.weights={tmp_path / 'w.pth'}", "data=fake",
+                  "trainer.epochs=1"], tmp_path, check=False)
+    assert proc.returncode == 2
+    err = proc.stderr + proc.stdout
+    assert "does not fit test_resnet" in err and "missing" in err and "unexpected" in err
+
+
+def test_console_script_is_installed():
+    assert (REPO / "pyproject.toml").read_text().count('train = "trainer.cli:main"') == 1

@@ -1,0 +1,74 @@
+"""Datasets, splits, transforms and the resumable sampler."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from PIL import Image
+
+from trainer.data import EpochSampler, TransformedImages, build_transforms, load_digits, load_imagefolder
+from trainer.errors import UserError
+
+
+def test_digits_is_the_real_dataset_split_stratified():
+    s = load_digits(val_split=0.2, seed=0)
+    assert len(s.train) + len(s.val) == 1797 and len(s.val) == 360
+    assert s.classes == [str(i) for i in range(10)]
+    counts = Counter(s.val.targets)
+    assert min(counts.values()) >= 34 and max(counts.values()) <= 38  # ~20% of each class
+    assert s.train.load(0).shape == (3, 8, 8) and s.train.load(0).dtype == torch.uint8
+    assert load_digits(0.2, 0).val.targets == s.val.targets  # fixed seed
+
+
+def _folder(root, classes, n=6, size=20):
+    for ci, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (size + 4, size), (40 * ci + i, 10, 200)).save(root / c / f"{i}.png")
+
+
+def test_imagefolder_split_by_val_split(tmp_path):
+    _folder(tmp_path, ["cat", "dog"], n=10)
+    s = load_imagefolder(str(tmp_path), val_split=0.2, seed=0)
+    assert s.classes == ["cat", "dog"] and len(s.val) == 4 and len(s.train) == 16
+    assert Counter(s.val.targets) == {0: 2, 1: 2}
+    assert s.train.load(0).shape == (3, 20, 24)
+
+
+def test_imagefolder_train_val_folders(tmp_path):
+    _folder(tmp_path / "train", ["a", "b"])
+    _folder(tmp_path / "val", ["a", "b"], n=2)
+    s = load_imagefolder(str(tmp_path))
+    assert len(s.train) == 12 and len(s.val) == 4
+
+
+def test_imagefolder_class_mismatch_is_refused(tmp_path):
+    _folder(tmp_path / "train", ["a", "b"])
+    _folder(tmp_path / "val", ["a", "c"], n=2)
+    with pytest.raises(UserError, match=r"only in train: \['b'\].*only in val: \['c'\]"):
+        load_imagefolder(str(tmp_path))
+
+
+def test_augmentation_is_seeded_per_epoch_and_sample():
+    s = load_digits()
+    spec = {"size": 32, "crop_pct": 1.0, "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    ds = TransformedImages(s.train, build_transforms("affine", spec, train=True), seed=3)
+    a, b, c = ds[(0, 5)][0], ds[(0, 5)][0], ds[(1, 5)][0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    ds[(0, 7)]
+    assert torch.equal(torch.rand(1), before), "augmentation must not touch the global RNG"
+
+
+def test_sampler_resumes_mid_epoch():
+    s = EpochSampler(10, seed=1)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_epoch(2, start=4)
+    assert list(s) == full[4:] and len(s) == 6
+    s.set_epoch(3)
+    assert [i for _, i in s] != [i for _, i in full]

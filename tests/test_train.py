@@ -1,0 +1,190 @@
+"""Real runs of the `train` command: it learns, logs, checkpoints, resumes exactly, and sweeps."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, metrics, offline_env, train
+
+
+def test_tiny_run_learns_and_leaves_a_complete_run_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    train([*TINY, "trainer.epochs=3", f"hydra.run.dir={run_dir}"], tmp_path)
+    m = metrics(run_dir)
+    assert m["finished"] and m["epochs_done"] == 3
+    losses = [h["train/loss"] for h in m["history"]]
+    assert losses[-1] < losses[0] * 0.7, losses
+    assert m["best"] >= 0.7, m["history"]  # 4 classes: chance is 0.25
+    for rel in (".hydra/config.yaml", "train.log", "checkpoints/last.pt", "checkpoints/best.pt", "metrics.json"):
+        assert (run_dir / rel).is_file(), rel
+    assert "epoch 3/3" in (run_dir / "train.log").read_text()
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "global_step", "best", "rng", "sampler",
+                "config", "classes", "versions"):
+        assert key in ckpt, key
+    assert ckpt["classes"] == ["class0", "class1", "class2", "class3"]
+    assert "test_resnet" in ckpt["config"]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    for tag in ("train/loss", "lr/head", "lr/backbone", "val/loss", "val/acc", "hparam/best"):
+        assert tag in tags["scalars"], (tag, tags["scalars"])
+    assert len(ea.Scalars("val/acc")) == 3
+    assert "train/images" in tags["images"]
+    plugins = ea.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugins
+
+
+def test_head_only_stage_freezes_backbone_and_its_batchnorm(compose_cfg, tmp_path):
+    from trainer.run import build_run
+
+    cfg = compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=1")
+    run = build_run(cfg, run_dir=tmp_path)
+    backbone_before = {n: p.detach().clone() for n, p in run.model.named_parameters() if n not in run.head_names}
+    bn = [m for m in run.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    stats_before = bn[0].running_mean.clone()
+    run._set_stage(0)
+    run.model.train()
+    assert all(not m.training for m in bn), "frozen BatchNorm must stay in eval mode through train()"
+    run.train_one_epoch(0)
+    for n, p in run.model.named_parameters():
+        if n not in run.head_names:
+            assert torch.equal(p, backbone_before[n]), n
+    assert torch.equal(bn[0].running_mean, stats_before)
+    run._set_stage(1)
+    run.model.train()
+    assert all(m.training for m in bn)
+    run.train_one_epoch(1)
+    assert not torch.equal(bn[0].running_mean, stats_before)
+
+
+def test_checkpoint_round_trip_restores_every_tensor(compose_cfg, tmp_path):
+    from trainer.run import build_run
+
+    cfg = compose_cfg(*TINY, "trainer.epochs=1", "finetune.head_epochs=0")
+    run = build_run(cfg, run_dir=tmp_path / "a")
+    run.train_one_epoch(0)
+    run.epoch = 1
+    path = run.save("last.pt")
+    other = build_run(cfg, run_dir=tmp_path / "b")
+    other.resume_from(path)
+    for (k, a), b in zip(run.model.state_dict().items(), other.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    sa, sb = run.optimizer.state_dict()["state"], other.optimizer.state_dict()["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    assert other.epoch == 1 and other.global_step == run.global_step
+    assert other.scheduler.state_dict() == run.scheduler.state_dict()
+
+
+def _final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
+    for pid, st in ckpt["optimizer"]["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                out[f"optim.{pid}.{k}"] = v
+    return out
+
+
+def _kill_after_first_checkpoint(args: list[str], cwd: Path) -> Path:
+    """Start `train`, SIGKILL it as soon as it has written a checkpoint; return the run folder."""
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=cwd, env=offline_env(cwd),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    found = []
+    while time.time() < deadline and proc.poll() is None:
+        found = list(cwd.glob("outputs/**/checkpoints/last.pt"))
+        if found:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    return found[0].parent.parent
+
+
+@pytest.mark.parametrize("how,workers", [("auto", 0), ("path", 2)])
+def test_killed_run_resumes_to_exactly_the_unbroken_result(tmp_path, how, workers):
+    args = [*TINY, "trainer.epochs=3", "finetune.head_epochs=1", "checkpoint.every_n_steps=3",
+            "data.dataset.train_size=512", f"data.num_workers={workers}"]
+    unbroken = tmp_path / "unbroken"
+    train([*args, f"hydra.run.dir={unbroken}"], tmp_path)
+
+    work = tmp_path / "killed"
+    work.mkdir()
+    run_dir = _kill_after_first_checkpoint(args, work)
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["batch_in_epoch"] > 0, "the kill should land mid-epoch"
+    assert not metrics(run_dir)["finished"] if (run_dir / "metrics.json").exists() else True
+
+    resume = "resume=auto" if how == "auto" else f"resume={run_dir / 'checkpoints' / 'last.pt'}"
+    # `auto` must find the run from the same overrides; a path brings its own overrides along
+    proc = train([*args, resume] if how == "auto" else [resume], work)
+    assert "resum" in proc.stderr + proc.stdout
+    assert len(list(work.glob("outputs/*/*"))) == 1, "resume continues in the same run folder"
+    assert metrics(run_dir)["finished"]
+
+    a, b = _final_tensors(unbroken), _final_tensors(run_dir)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    assert metrics(run_dir)["history"] == [
+        {**h, "seconds": h2["seconds"]} for h, h2 in zip(metrics(unbroken)["history"], metrics(run_dir)["history"])]
+
+
+def test_resume_auto_without_an_unfinished_run_starts_fresh(tmp_path):
+    proc = train([*TINY, "trainer.epochs=1", "resume=auto"], tmp_path)
+    assert "no unfinished run" in proc.stderr
+    (run_dir,) = [p.parent.parent for p in tmp_path.glob("outputs/**/checkpoints/last.pt")]
+    assert metrics(run_dir)["finished"]
+
+
+def test_sweep_writes_a_summary_best_first(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = train(["-m", "optimizer.lr=1e-5,3e-3,1e-3", *TINY, "trainer.epochs=2", f"hydra.sweep.dir={sweep}"],
+                 tmp_path)
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert len(rows) == 3
+    assert [float(r["best"]) for r in rows] == sorted((float(r["best"]) for r in rows), reverse=True)
+    lrs = [float(r["overrides"].split()[0].removeprefix("optimizer.lr=")) for r in rows]
+    assert sorted(lrs) == [1e-5, 1e-3, 3e-3]
+    assert lrs[-1] == 1e-5  # too small to learn anything in 2 epochs: last
+    assert all(Path(r["run_dir"]).is_dir() and r["status"] == "finished" for r in rows)
+    md = (sweep / "summary.md").read_text()
+    assert md.count("\n") == 5 and "optimizer.lr=0.003" in md
+    assert "sweep summary" in proc.stdout
+
+
+def test_digits_with_a_small_model_reaches_a_real_accuracy(tmp_path):
+    run_dir = tmp_path / "digits"
+    train(["model.name=test_resnet", "model.pretrained=false", "model.weights=null", "model.drop_rate=0",
+           "data.image_size=32", "trainer.epochs=6", "finetune.head_epochs=0", "optimizer.lr=3e-3",
+           f"hydra.run.dir={run_dir}"], tmp_path)
+    assert metrics(run_dir)["best"] >= 0.9
+
+
+@pytest.mark.slow
+def test_the_builtin_demo(tmp_path):
+    """`train` with no arguments: real pretrained EfficientNet-Lite0 on real digits, >= 0.97."""
+    start = time.time()
+    proc = train([], tmp_path, timeout=600)
+    (run_dir,) = [p.parent.parent for p in tmp_path.glob("outputs/**/checkpoints/best.pt")]
+    m = metrics(run_dir)
+    assert m["finished"] and m["best"] >= 0.97, m["history"]
+    assert m["weights"]["source"] == "package:efficientnet_lite0" and len(m["weights"]["sha256"]) == 64
+    out = proc.stdout + proc.stderr
+    assert "best checkpoint:" in out and "run folder:" in out
+    print(f"demo: best val/acc {m['best']:.4f} at epoch {m['best_epoch']}, {time.time() - start:.0f}s")
