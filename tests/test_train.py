@@ -164,7 +164,7 @@ def test_sweep_writes_a_summary_best_first(tmp_path):
     assert lrs[-1] == 1e-5  # too small to learn anything in 2 epochs: last
     assert all(Path(r["run_dir"]).is_dir() and r["status"] == "finished" for r in rows)
     md = (sweep / "summary.md").read_text()
-    assert md.count("\n") == 5 and "optimizer.lr=0.003" in md
+    assert md.count("\n") == 5 and "| optimizer.lr=0.003 |" in md  # the swept column
     assert "sweep summary" in proc.stdout
 
 

@@ -102,3 +102,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+SAFE_TARGET_PREFIXES = ("torch.", "torchvision.", "timm.", "trainer.")
+
+
+def check_targets(cfg: Any, allowed: tuple[str, ...] = SAFE_TARGET_PREFIXES, where: str = "config") -> None:
+    """Refuse a config from elsewhere (e.g. inside a checkpoint) whose ``_target_`` is not allow-listed."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, (DictConfig, dict)):
+            items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()
+            for k, v in items:
+                if k == "_target_" and not str(v).startswith(allowed):
+                    raise UserError(f"{where}: {path}_target_={v!r} is not allowed to be built (allowed "
+                                    f"prefixes: {', '.join(allowed)}). Only load configs you trust.")
+                walk(v, f"{path}{k}.")
+        elif isinstance(node, (ListConfig, list)):
+            for i, v in enumerate(node):
+                walk(v, f"{path}{i}.")
+
+    walk(cfg if not isinstance(cfg, str) else OmegaConf.create(cfg), "")

@@ -37,12 +37,20 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         return (0, -best if row.get("mode", "max") == "max" else best)
 
     rows.sort(key=order)
+    # The overrides that differ between jobs: what the sweep varied, shown first.
+    values: dict[str, set[str]] = {}
+    for row in rows:
+        for o in row["overrides"].split():
+            values.setdefault(o.split("=", 1)[0], set()).add(o)
+    keys_per_row = [{o.split("=", 1)[0] for o in r["overrides"].split()} for r in rows]
+    varied = {k for k, v in values.items() if len(v) > 1 or any(k not in keys for keys in keys_per_row)}
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
+        row["swept"] = " ".join(o for o in row["overrides"].split() if o.split("=", 1)[0] in varied)
     return rows
 
 
-COLUMNS = ["rank", "overrides", "monitor", "best", "best_epoch", "status", "run_dir"]
+COLUMNS = ["rank", "swept", "monitor", "best", "best_epoch", "status", "run_dir", "overrides"]
 
 
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
