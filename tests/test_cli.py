@@ -31,7 +31,7 @@ def test_help_lists_groups_and_options_without_importing_torch(tmp_path):
 
 
 def test_cfg_job_prints_resolved_config_without_torch(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, "--cfg", "job", "--resolve",
+    proc = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, "--cfg", "job",
                            "model=resnet34", "optimizer.lr=0.01"], cwd=tmp_path, capture_output=True,
                           text=True, env=offline_env(tmp_path), timeout=60)
     assert proc.returncode == 0, proc.stderr

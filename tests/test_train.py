@@ -188,3 +188,65 @@ def test_the_builtin_demo(tmp_path):
     out = proc.stdout + proc.stderr
     assert "best checkpoint:" in out and "run folder:" in out
     print(f"demo: best val/acc {m['best']:.4f} at epoch {m['best_epoch']}, {time.time() - start:.0f}s")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer.precision=bf16"],
+    ["trainer.accumulate=2", "trainer.clip_grad_norm=1.0"],
+    ["model.freeze=backbone", "optimizer.lr=1e-2"],
+    ["scheduler=plateau", "optimizer=sgd", "optimizer.lr=0.05"],
+    ["scheduler=onecycle", "loss=dice", "optimizer.lr=5e-3"],
+    ["scheduler=step", "scheduler.step_size=1", "loss=focal", "checkpoint.monitor=val/loss", "checkpoint.mode=min"],
+], ids=["bf16-autocast", "accumulate-clip", "frozen-backbone", "plateau-sgd", "onecycle-dice", "step-focal-minloss"])
+def test_training_settings_learn(compose_cfg, tmp_path, overrides):
+    from trainer.run import build_run
+
+    cfg = compose_cfg(*TINY, "trainer.epochs=3", "finetune.head_epochs=0", *overrides)
+    run = build_run(cfg, run_dir=tmp_path)
+    summary = run.fit()
+    first, last = summary["history"][0], summary["history"][-1]
+    assert summary["finished"] and last["train/loss"] < first["train/loss"], summary["history"]
+    assert max(h["val/acc"] for h in summary["history"]) > 0.4, summary["history"]  # chance: 0.25
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+    if "model.freeze=backbone" in overrides:
+        assert all(not p.requires_grad for n, p in run.model.named_parameters() if n not in run.head_names)
+
+
+def test_evaluate_script_reads_a_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "scripts" / "evaluate.py"),
+                           str(run_dir / "checkpoints" / "best.pt")], capture_output=True, text=True,
+                          env=offline_env(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    acc = float(proc.stdout.split("val/acc ")[1].split()[0])
+    assert acc == pytest.approx(metrics(run_dir)["best"], abs=1e-4)  # printed with 4 decimals
+    assert "class3" in proc.stdout
+
+
+def test_a_checkpoint_config_with_a_foreign_target_is_refused():
+    from trainer.checkpoint import check_targets
+    from trainer.errors import UserError
+
+    check_targets({"loss": {"_target_": "trainer.losses.DiceLoss"}})
+    with pytest.raises(UserError, match="os.system"):
+        check_targets({"loss": {"_target_": "os.system", "command": "touch x"}})
+
+
+def test_imagefolder_run_on_generated_images(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pets"
+    for ci, (name, colour) in enumerate([("cat", (200, 60, 40)), ("dog", (40, 80, 200))]):
+        (root / name).mkdir(parents=True)
+        for i in range(30):
+            arr = np.clip(rng.normal(colour, 40, size=(40, 52, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / name / f"{i}.{'jpg' if i % 2 else 'png'}")
+    run_dir = tmp_path / "run"
+    train(["data=imagefolder", f"data.root={root}", "data.image_size=32", "data.batch_size=8",
+           "model.name=test_resnet", "model.pretrained=false", "model.weights=null", "trainer.epochs=2",
+           "finetune.head_epochs=0", f"hydra.run.dir={run_dir}"], tmp_path)
+    m = metrics(run_dir)
+    assert m["classes"] == ["cat", "dog"] and m["best"] >= 0.9, m["history"]

@@ -150,6 +150,8 @@ def main() -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in argv) and "--resolve" not in argv:
+        argv.append("--resolve")  # users want the values a run would use, not ${...} references
     sys.argv = [sys.argv[0]] + argv
     hydra_main()
 

@@ -274,6 +274,10 @@ class Run:
         if self.epoch >= self.epochs:
             log.info("nothing to do: this run already has %d of trainer.epochs=%d epochs "
                      "(raise trainer.epochs to train longer)", self.epoch, self.epochs)
+            summary = json.loads((self.run_dir / "metrics.json").read_text()) \
+                if (self.run_dir / "metrics.json").is_file() else self._write_metrics(0.0)
+            self._print_summary(summary)
+            return summary
         try:
             for epoch in range(self.epoch, self.epochs):
                 self._set_stage(epoch)
