@@ -49,30 +49,33 @@ def _tiny_model():
 
 
 @pytest.mark.parametrize("option", GROUPS["optimizer"])
-def test_every_optimizer_builds_and_steps(compose_cfg, option):
-    from trainer.run import build_optimizer
+def test_every_optimizer_builds_and_steps(compose_cfg, option, tmp_path):
+    from trainer.run import build_run
 
-    cfg = compose_cfg(f"optimizer={option}", *TINY)
-    built = _tiny_model()
-    opt = build_optimizer(cfg, built)
+    cfg = compose_cfg(f"optimizer={option}", *TINY, "finetune.head_epochs=0")
+    run = build_run(cfg, run_dir=tmp_path)
+    opt = run.optimizer
+    assert type(opt).__name__.lower() == option.replace("adamw", "adamw")
     names = {g["name"] for g in opt.param_groups}
     assert names == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
     for g in opt.param_groups:
-        assert g["weight_decay"] == 0.0 if g["name"].endswith("no_decay") else True
-        assert g["lr"] == pytest.approx(cfg.optimizer.lr * (cfg.finetune.backbone_lr_mult if g["part"] == "backbone" else 1))
-    before = [p.detach().clone() for p in built.model.parameters()]
-    built.model(torch.randn(2, 3, 32, 32)).square().mean().backward()
+        if g["name"].endswith("no_decay"):
+            assert g["weight_decay"] == 0.0
+        assert g.get("initial_lr", g["lr"]) == pytest.approx(cfg.optimizer.lr * (cfg.optimizer.backbone_lr_mult if g["part"] == "backbone" else 1))
+    before = [p.detach().clone() for p in run.model.parameters()]
+    run.model(torch.randn(2, 3, 32, 32)).square().mean().backward()
     opt.step()
-    assert any(not torch.equal(b, p) for b, p in zip(before, built.model.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, run.model.parameters()))
 
 
 @pytest.mark.parametrize("option", GROUPS["scheduler"])
 def test_every_scheduler_builds_steps_and_saves(compose_cfg, option, tmp_path):
-    from trainer.run import build_optimizer, build_scheduler
+    from trainer.optim import param_groups
+    from trainer.run import build_scheduler
 
     cfg = compose_cfg(f"scheduler={option}", *TINY)
     built = _tiny_model()
-    opt = build_optimizer(cfg, built)
+    opt = torch.optim.SGD(param_groups(built.model, built.head_names, 0.1, 0.0), lr=0.1)
     sched, interval = build_scheduler(cfg, opt, steps_per_epoch=5, epochs=4)
     assert interval == ("metric" if option == "plateau" else str(cfg.scheduler.interval))
     lrs = []

@@ -56,7 +56,7 @@ def test_head_only_stage_freezes_backbone_and_its_batchnorm(compose_cfg, tmp_pat
     backbone_before = {n: p.detach().clone() for n, p in run.model.named_parameters() if n not in run.head_names}
     bn = [m for m in run.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     stats_before = bn[0].running_mean.clone()
-    run._set_stage(0)
+    assert run.stage_idx == 0 and run.probe
     run.model.train()
     assert all(not m.training for m in bn), "frozen BatchNorm must stay in eval mode through train()"
     run.train_one_epoch(0)
@@ -64,7 +64,8 @@ def test_head_only_stage_freezes_backbone_and_its_batchnorm(compose_cfg, tmp_pat
         if n not in run.head_names:
             assert torch.equal(p, backbone_before[n]), n
     assert torch.equal(bn[0].running_mean, stats_before)
-    run._set_stage(1)
+    run._enter_stage(1)
+    assert not run.probe
     run.model.train()
     assert all(m.training for m in bn)
     run.train_one_epoch(1)

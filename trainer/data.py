@@ -264,6 +264,20 @@ def default_num_workers() -> int:
     return max(0, min(8, cores - 1))
 
 
+class CachedFeatures(Dataset):
+    """Backbone features computed once (linear probe), served with the same (epoch, index) keys."""
+
+    def __init__(self, features: torch.Tensor, targets: Sequence[int]) -> None:
+        self.features, self.targets = features, list(targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index = key[1] if isinstance(key, tuple) else key
+        return self.features[index], self.targets[index]
+
+
 @dataclass
 class Loaders:
     train: DataLoader
@@ -271,6 +285,7 @@ class Loaders:
     sampler: EpochSampler
     input_spec: dict[str, Any]
     batch_size: int
+    train_eval: DataLoader  # the training images with eval transforms, in order (feature caching)
 
 
 def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, Any], seed: int,
@@ -295,7 +310,9 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
     train = DataLoader(train_set, batch_size=batch_size, sampler=sampler,
                        drop_last=len(train_set) > batch_size, **common)
     val = DataLoader(val_set, batch_size=batch_size * 2, shuffle=False, **common)
+    train_eval = DataLoader(TransformedImages(splits.train, val_set.transform, seed), batch_size=batch_size * 2,
+                            shuffle=False, num_workers=workers, pin_memory=pin_memory)
     log.info("data: %d train / %d val images, %d classes, input %dpx (%s, crop_pct %.3f), augment=%s, "
              "batch %d, %d workers", len(train_set), len(val_set), len(splits.classes), spec["size"],
              spec["interpolation"], spec["crop_pct"], data_cfg.augment, batch_size, workers)
-    return Loaders(train, val, sampler, spec, batch_size)
+    return Loaders(train, val, sampler, spec, batch_size, train_eval)

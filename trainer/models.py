@@ -50,6 +50,11 @@ class BuiltModel:
     head_names: set[str]                       # parameter names of the new head
     data_config: dict[str, Any]                # input_size, interpolation, mean, std, crop_pct
     weights: dict[str, Any] = field(default_factory=dict)  # source, path, sha256
+    head_path: str = ""                        # qualified module name of the head
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model.get_submodule(self.head_path)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -71,8 +76,27 @@ def build_model(cfg: Any, num_classes: int) -> BuiltModel:
         raise UserError(f"model.source={source!r} is not known: use model.source=timm or model.source=torchvision.")
     if not built.head_names:
         raise UserError(f"model {cfg.name}: could not find its classifier head to replace.")
+    head_cfg = cfg.get("head") or {}
+    if head_cfg.get("hidden") or float(head_cfg.get("dropout") or 0.0) > 0:
+        old = built.head
+        linear = old if isinstance(old, nn.Linear) else [m for m in old.modules() if isinstance(m, nn.Linear)][-1]
+        new = make_head(linear.in_features, num_classes, hidden=head_cfg.get("hidden"),
+                        dropout=float(head_cfg.get("dropout") or 0.0))
+        _set_submodule(built.model, built.head_path, new)
+        built.head_names = _param_names_of(built.model, new)
     init_head(built.model, built.head_names)
     return built
+
+
+def make_head(in_features: int, num_classes: int, hidden: int | None = None, dropout: float = 0.0) -> nn.Module:
+    """Dropout -> Linear, or Dropout -> Linear(hidden) -> GELU -> Dropout -> Linear."""
+    layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
+    if hidden:
+        layers += [nn.Linear(in_features, int(hidden)), nn.GELU()]
+        layers += [nn.Dropout(dropout)] if dropout > 0 else []
+        in_features = int(hidden)
+    layers.append(nn.Linear(in_features, num_classes))
+    return nn.Sequential(*layers)
 
 
 @torch.no_grad()
@@ -115,6 +139,7 @@ def _build_timm(cfg: Any, num_classes: int) -> BuiltModel:
             raise
         raise UserError(_no_weights_message(name, "the timm / Hugging Face hub", e)) from None
     head = model.get_classifier()
+    head_path = next(n for n, m in model.named_modules() if m is head)
     head_names = _param_names_of(model, head)
     weights: dict[str, Any] = {"source": "hub" if hub else "none (random init)"}
     if hub:
@@ -122,7 +147,7 @@ def _build_timm(cfg: Any, num_classes: int) -> BuiltModel:
     if _wants_file(cfg):
         weights = load_weights(model, str(cfg.weights), head_names, name)
     data_config = resolve_data_config(model=model)
-    return BuiltModel(model, head_names, dict(data_config), weights)
+    return BuiltModel(model, head_names, dict(data_config), weights, head_path)
 
 
 def _build_torchvision(cfg: Any, num_classes: int) -> BuiltModel:
@@ -140,9 +165,7 @@ def _build_torchvision(cfg: Any, num_classes: int) -> BuiltModel:
             raise
         raise UserError(_no_weights_message(name, "torchvision's download and the torch hub cache", e)) from None
     head_path, old = _last_linear(model)
-    new_head: nn.Module = nn.Linear(old.in_features, num_classes)
-    if float(cfg.drop_rate) > 0:
-        new_head = nn.Sequential(nn.Dropout(float(cfg.drop_rate)), new_head)
+    new_head = make_head(old.in_features, num_classes, dropout=float(cfg.drop_rate))
     _set_submodule(model, head_path, new_head)
     head_names = _param_names_of(model, new_head)
     weights: dict[str, Any] = {"source": f"torchvision:{name}.DEFAULT" if hub else "none (random init)"}
@@ -150,7 +173,7 @@ def _build_torchvision(cfg: Any, num_classes: int) -> BuiltModel:
         weights = load_weights(model, str(cfg.weights), head_names, name)
     data_config = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": IMAGENET_MEAN,
                    "std": IMAGENET_STD, "crop_pct": 0.875, "crop_mode": "center"}
-    return BuiltModel(model, head_names, data_config, weights)
+    return BuiltModel(model, head_names, data_config, weights, head_path)
 
 
 def _no_weights_message(name: str, where: str, err: Exception) -> str:
@@ -289,7 +312,114 @@ def load_weights(model: nn.Module, weights: str, head_names: set[str], model_nam
     return info
 
 
-# ---------------------------------------------------------------- freezing
+# ---------------------------------------------------------------- parts and freezing
+
+BN_MODES = ("train", "frozen_stats", "frozen")
+
+
+def model_parts(model: nn.Module, head_names: set[str]) -> dict[str, list[str]]:
+    """Named parts of the backbone in forward order -> their parameter names (the head excluded).
+
+    timm models: ``stem`` and ``stages.0``, ``stages.1``, ... from the model's own
+    ``group_matcher`` (coarse), so the same names work on ResNet, EfficientNet, ConvNeXt and ViT.
+    Any model: its top-level modules by name (``layer1``, ``features``, ...).
+    """
+    parts: dict[str, list[str]] = {}
+    if hasattr(model, "group_matcher"):
+        from timm.models import group_parameters
+
+        groups = [[n for n in names if n not in head_names]
+                  for names in group_parameters(model, model.group_matcher(coarse=True)).values()]
+        groups = [g for g in groups if g]
+        if groups:
+            parts["stem"] = groups[0]
+            for i, g in enumerate(groups[1:]):
+                parts[f"stages.{i}"] = g
+    return parts
+
+
+def layer_ids(model: nn.Module, head_names: set[str]) -> dict[str, int]:
+    """Depth index of every parameter (for layer-wise lr decay); the head is deepest."""
+    names = [n for n, _ in model.named_parameters()]
+    if hasattr(model, "group_matcher"):
+        from timm.models import group_parameters
+
+        ids = {}
+        for gid, group in enumerate(group_parameters(model, model.group_matcher(coarse=False)).values()):
+            for n in group:
+                ids[n] = gid
+    else:
+        order: dict[str, int] = {}
+        ids = {n: order.setdefault(n.split(".", 1)[0], len(order)) for n in names}
+    deepest = max((ids[n] for n in names if n not in head_names), default=0) + 1
+    return {n: (deepest if n in head_names else ids.get(n, 0)) for n in names}
+
+
+def _match_part(name: str, parts: dict[str, list[str]], all_names: list[str]) -> list[str]:
+    if name in parts:
+        return parts[name]
+    return [n for n in all_names if n == name or n.startswith(name + ".")]
+
+
+def _available(parts: dict[str, list[str]], all_names: list[str]) -> str:
+    top = list(dict.fromkeys(n.split(".", 1)[0] for n in all_names))
+    return ", ".join(list(parts) + [t for t in top if t not in parts])
+
+
+def resolve_freeze(spec: Any, model: nn.Module, head_names: set[str]) -> set[str]:
+    """Parameter names a freeze spec names; the head is never frozen.
+
+    ``none`` | ``backbone`` | a list of parts (``stem``, ``stages.0``, or module names such as
+    ``layer1``) | ``{until: part}`` (everything before that part) | ``{regex: pattern}`` or a
+    string that names no part (a regex searched in parameter names).
+    """
+    import re
+
+    from omegaconf import DictConfig, ListConfig
+
+    all_names = [n for n, _ in model.named_parameters()]
+    backbone = [n for n in all_names if n not in head_names]
+    if spec is None or spec in ("none", "", False):
+        return set()
+    if spec == "backbone":
+        return set(backbone)
+    parts = model_parts(model, head_names)
+    if isinstance(spec, (list, ListConfig)):
+        frozen: set[str] = set()
+        for item in spec:
+            hit = _match_part(str(item), parts, backbone)
+            if not hit:
+                raise UserError(f"model.freeze: no part named {str(item)!r} in {type(model).__name__}. "
+                                f"Parts: {_available(parts, backbone)}.")
+            frozen.update(hit)
+        return frozen
+    if isinstance(spec, (dict, DictConfig)):
+        if "until" in spec:
+            hit = _match_part(str(spec["until"]), parts, backbone)
+            if not hit:
+                raise UserError(f"model.freeze.until: no part named {spec['until']!r} in {type(model).__name__}. "
+                                f"Parts: {_available(parts, backbone)}.")
+            first = min(backbone.index(n) for n in hit)
+            return set(backbone[:first])
+        if "regex" in spec:
+            spec = str(spec["regex"])
+        else:
+            raise UserError(f"model.freeze={dict(spec)}: use none, backbone, a list of parts, "
+                            "{until: <part>} or {regex: <pattern>}.")
+    spec = str(spec)
+    hit = _match_part(spec, parts, backbone)
+    if hit:
+        return set(hit)
+    try:
+        pattern = re.compile(spec)
+    except re.error as e:
+        raise UserError(f"model.freeze={spec!r} is neither a part ({_available(parts, backbone)}) nor a "
+                        f"valid regex ({e}).") from None
+    frozen = {n for n in backbone if pattern.search(n)}
+    if not frozen:
+        raise UserError(f"model.freeze={spec!r} matches no parameter. Parts: {_available(parts, backbone)}.")
+    return frozen
+
 
 def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
@@ -305,15 +435,42 @@ def unfreeze_batchnorm(module: nn.Module) -> None:
     module.__dict__.pop("train", None)
 
 
+def apply_freeze(model: nn.Module, head_names: set[str], frozen: set[str], bn_mode: str = "train") -> dict[str, int]:
+    """Set requires_grad from ``frozen`` and the BatchNorm policy; returns counts for the log.
+
+    A BatchNorm layer whose parameters are frozen is always fully frozen (eval mode). Otherwise
+    ``bn_mode``: ``train`` (normal), ``frozen_stats`` (eval mode: running stats fixed, affine
+    trains) or ``frozen`` (eval mode and affine fixed). Frozen modes survive ``model.train()``.
+    """
+    if bn_mode not in BN_MODES:
+        raise UserError(f"model.bn={bn_mode!r}: use one of {', '.join(BN_MODES)}.")
+    frozen = set(frozen) - set(head_names)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    head_modules = {n.rsplit(".", 1)[0] for n in head_names}
+    bn_frozen = 0
+    for mname, m in model.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or mname in head_modules:
+            continue
+        own = [f"{mname}.{n}" for n, _ in m.named_parameters()]
+        params_frozen = bool(own) and all(n in frozen for n in own)
+        if params_frozen or bn_mode in ("frozen_stats", "frozen"):
+            freeze_batchnorm(m)
+            bn_frozen += 1
+            if bn_mode == "frozen":
+                for p in m.parameters():
+                    p.requires_grad_(False)
+        else:
+            unfreeze_batchnorm(m)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "frozen": total - trainable, "bn_frozen": bn_frozen}
+
+
 def set_backbone_trainable(model: nn.Module, head_names: set[str], trainable: bool) -> int:
     """Freeze or unfreeze everything but the head; frozen BatchNorm stays in eval mode. Returns #trainable."""
-    for name, p in model.named_parameters():
-        p.requires_grad_(trainable or name in head_names)
-    head_modules = {n.rsplit(".", 1)[0] for n in head_names}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and name not in head_modules:
-            (unfreeze_batchnorm if trainable else freeze_batchnorm)(m)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    backbone = {n for n, _ in model.named_parameters() if n not in head_names}
+    return apply_freeze(model, head_names, set() if trainable else backbone)["trainable"]
 
 
 def is_convnet(model: nn.Module) -> bool:

@@ -15,23 +15,47 @@ from torch import nn
 
 # Keys of a scheduler config that are ours, not the scheduler's constructor's.
 SCHEDULER_KEYS = ("interval",)
+# Keys of an optimizer config that shape the parameter groups, not the optimizer's constructor.
+OPTIMIZER_KEYS = ("backbone_lr_mult", "layer_decay")
 INTERVALS = ("step", "epoch")
 
 
 def param_groups(model: nn.Module, head_names: set[str], base_lr: float, weight_decay: float,
-                 backbone_lr_mult: float = 1.0) -> list[dict[str, Any]]:
-    """Split parameters into backbone/head x decay/no_decay groups, each named and with its lr."""
-    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
+                 backbone_lr_mult: float = 1.0, layer_decay: float | None = None) -> list[dict[str, Any]]:
+    """Trainable parameters in groups by part (backbone/head), weight decay, and lr scale.
+
+    A group's lr is ``base_lr x lr_mult``; for the backbone ``lr_mult = backbone_lr_mult``, times
+    ``layer_decay ** (depth of the head - depth of the layer)`` with layer-wise decay. Frozen
+    parameters are left out: they get no state, no weight decay, no update.
+    """
+    ids: dict[str, int] = {}
+    if layer_decay is not None:
+        from trainer.models import layer_ids
+
+        if not 0.0 < float(layer_decay) <= 1.0:
+            from trainer.errors import UserError
+
+            raise UserError(f"optimizer.layer_decay={layer_decay}: must be in (0, 1], e.g. 0.75.")
+        ids = layer_ids(model, head_names)
+    top = max(ids.values(), default=0)
+    buckets: dict[tuple[str, int, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         part = "head" if name in head_names else "backbone"
+        depth = ids.get(name, top) if part == "backbone" else top
         no_decay = p.ndim <= 1  # biases, norm scales/shifts, layer-scale gammas
-        buckets.setdefault((part, no_decay), []).append(p)
+        buckets.setdefault((part, depth, no_decay), []).append(p)
     groups = []
-    for (part, no_decay), params in sorted(buckets.items()):
-        mult = backbone_lr_mult if part == "backbone" else 1.0
+    for (part, depth, no_decay), params in sorted(buckets.items(), key=lambda kv: (kv[0][0] == "head", kv[0][1], kv[0][2])):
+        mult = 1.0
+        if part == "backbone":
+            mult = float(backbone_lr_mult) * (float(layer_decay) ** (top - depth) if layer_decay else 1.0)
+        label = f"{part}.layer{depth}" if layer_decay and part == "backbone" else part
         groups.append({
             "params": params,
-            "name": f"{part}_no_decay" if no_decay else part,
+            "name": f"{label}_no_decay" if no_decay else label,
+            "label": label,
             "part": part,
             "lr": base_lr * mult,
             "lr_mult": mult,

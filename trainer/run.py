@@ -19,8 +19,10 @@ from trainer import __version__
 from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trainer.data import Loaders, build_loaders
 from trainer.errors import UserError
-from trainer.models import BuiltModel, build_model, is_convnet, set_backbone_trainable
-from trainer.optim import INTERVALS, SCHEDULER_KEYS, is_metric_scheduler, param_groups, runtime_kwargs
+from trainer.finetune import Stage, plan_stages, stage_index
+from trainer.models import BuiltModel, apply_freeze, build_model, is_convnet, resolve_freeze
+from trainer.optim import (INTERVALS, OPTIMIZER_KEYS, SCHEDULER_KEYS, is_metric_scheduler, param_groups,
+                           runtime_kwargs)
 
 log = logging.getLogger("trainer")
 
@@ -81,13 +83,16 @@ class Run:
     """One training run: model, data, loss, optimizer, schedule, logging and checkpoints."""
 
     def __init__(self, *, cfg: DictConfig, built: BuiltModel, loaders: Loaders, classes: list[str],
-                 loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, interval: str,
-                 device: torch.device, precision: str, run_dir: Path) -> None:
+                 loss_fn: torch.nn.Module, device: torch.device, precision: str, run_dir: Path) -> None:
         self.cfg = cfg
-        self.model, self.head_names = built.model, built.head_names
+        self.built = built
+        self.model, self.head_names, self.head = built.model, built.head_names, built.head
         self.weights_info = built.weights
         self.loaders, self.classes = loaders, classes
-        self.loss_fn, self.optimizer, self.scheduler, self.interval = loss_fn, optimizer, scheduler, interval
+        self.loss_fn = loss_fn
+        self.optimizer: torch.optim.Optimizer
+        self.scheduler: Any = None
+        self.interval = "step"
         self.device, self.precision = device, precision
         self.run_dir = Path(run_dir)
         t = cfg.trainer
@@ -97,8 +102,19 @@ class Run:
         self.log_every = max(1, int(t.log_every))
         self.every_n_steps = int(cfg.checkpoint.get("every_n_steps") or 0)
         self.monitor, self.mode = str(cfg.checkpoint.monitor), str(cfg.checkpoint.mode)
-        self.head_epochs = int(cfg.finetune.get("head_epochs") or 0)
-        self.freeze_backbone = str(cfg.model.get("freeze", "none")) == "backbone"
+        # fixed now: len(loader) shrinks while the sampler starts part-way into a resumed epoch
+        self.batches_per_epoch = len(loaders.train)
+        self.stages: list[Stage] = plan_stages(cfg.get("finetune"), self.epochs)
+        self.stage_idx: int | None = None
+        self.bn_mode = str(cfg.model.get("bn", "train"))
+        self.cache_features = bool(cfg.model.get("cache_features", False))
+        # Linear probe: with the whole backbone frozen it runs in eval mode under no_grad, and the
+        # head trains on the features it hands over (captured by this hook), or on cached ones.
+        self.probe = False
+        self.feature_cache: dict[str, torch.Tensor] = {}
+        self._captured: list[torch.Tensor] = []
+        self._capturing = False
+        self.head.register_forward_pre_hook(lambda _m, args: self._captured.append(args[0]) if self._capturing else None)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         # Switched-off features are no-op objects, not branches in the loop.
         self.autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
@@ -119,14 +135,13 @@ class Run:
         self.elapsed = 0.0        # training seconds over all sessions of this run
         self.images_logged = False
         self.finished = False
-        self._stage: bool | None = None
         self._writer: Any = None
         self.resumed_from: str | None = None
 
     # ------------------------------------------------------------------ state
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.loaders.train) / self.accumulate)
+        return math.ceil(self.batches_per_epoch / self.accumulate)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +149,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "stage": self.stage_idx,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step,
@@ -146,7 +162,7 @@ class Run:
             "finished": self.finished,
             "sampler": {"epoch": self.epoch, "start": self.batch_in_epoch * self.loaders.batch_size},
             "rng": rng_state(),
-            "config": OmegaConf.to_yaml(self.cfg),
+            "config": OmegaConf.to_yaml(self.cfg, resolve=True),
             "classes": list(self.classes),
             "weights": dict(self.weights_info),
             "versions": {"trainer": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
@@ -162,6 +178,9 @@ class Run:
             raise UserError(f"{source} does not fit the model of this config (model.name="
                             f"{self.cfg.model.name}): {str(e).splitlines()[0]}. Resume with the config it "
                             "was saved with.") from None
+        # the optimizer and schedule belong to the stage the checkpoint was written in
+        saved_stage = state.get("stage")
+        self._enter_stage(int(saved_stage) if saved_stage is not None else stage_index(self.stages, int(state["epoch"])))
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -204,7 +223,7 @@ class Run:
     def _lrs(self) -> dict[str, float]:
         lrs: dict[str, float] = {}
         for g in self.optimizer.param_groups:
-            lrs.setdefault(g.get("part", g.get("name", "group")), g["lr"])
+            lrs.setdefault(g.get("label", g.get("name", "group")), g["lr"])
         return lrs
 
     def _log_images(self, x: torch.Tensor) -> None:
@@ -252,20 +271,88 @@ class Run:
             self.writer.add_scalar(k, v, self.epoch)
 
     # ------------------------------------------------------------------ the loop
-    def _set_stage(self, epoch: int) -> None:
-        train_backbone = not self.freeze_backbone and epoch >= self.head_epochs
-        if train_backbone == self._stage:
-            return
-        self._stage = train_backbone
-        n = set_backbone_trainable(self.model, self.head_names, train_backbone)
-        total = sum(p.numel() for p in self.model.parameters())
-        if train_backbone:
-            mults = sorted({g.get("lr_mult", 1.0) for g in self.optimizer.param_groups if g.get("part") == "backbone"})
-            log.info("epoch %d: training all layers (%.2fM params), backbone lr x%s", epoch + 1, n / 1e6,
-                     ",".join(f"{m:g}" for m in mults))
+    def _enter_stage(self, index: int) -> None:
+        """Freeze per the stage, then a fresh optimizer over its trainable parameters and its schedule."""
+        from hydra.utils import instantiate
+
+        st = self.stages[index]
+        self.stage_idx = index
+        backbone = {n for n, _ in self.model.named_parameters() if n not in self.head_names}
+        if st.train == "head":
+            frozen = backbone
         else:
-            log.info("epoch %d: training the head only (%s of %.2fM params; backbone frozen, its BatchNorm in "
-                     "eval mode)", epoch + 1, f"{n:,}", total / 1e6)
+            spec = st.freeze if st.freeze is not None else self.cfg.model.get("freeze", "none")
+            frozen = resolve_freeze(spec, self.model, self.head_names)
+        counts = apply_freeze(self.model, self.head_names, frozen, self.bn_mode)
+        opt_cfg = self.cfg.optimizer
+        lr = float(st.lr if st.lr is not None else opt_cfg.lr)
+        mult = st.backbone_lr_mult if st.backbone_lr_mult is not None else opt_cfg.get("backbone_lr_mult", 1.0)
+        layer_decay = st.layer_decay if st.layer_decay is not None else opt_cfg.get("layer_decay")
+        wd = float(opt_cfg.get("weight_decay") or 0.0)
+        groups = param_groups(self.model, self.head_names, lr, wd, float(mult if mult is not None else 1.0),
+                              float(layer_decay) if layer_decay is not None else None)
+        if not groups:
+            raise UserError("nothing to train: every parameter is frozen (check model.freeze and model.bn).")
+        opt_args = {k: v for k, v in OmegaConf.to_container(opt_cfg, resolve=True).items() if k not in OPTIMIZER_KEYS}
+        self.optimizer = instantiate(opt_args)(groups)
+        self.scheduler, self.interval = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch, st.epochs)
+        self.probe = backbone <= frozen
+        self.feature_cache = {}
+        log.info("stage %d/%d, %s: %s trainable / %s frozen params; BatchNorm %s (model.bn=%s)%s",
+                 index + 1, len(self.stages), st.describe(), f"{counts['trainable']:,}", f"{counts['frozen']:,}",
+                 f"{counts['bn_frozen']} layers in eval mode", self.bn_mode,
+                 "; linear probe: backbone in eval mode under no_grad" if self.probe else "")
+        log.info("  %-26s %10s %10s %8s", "param group", "params", "lr", "wd")
+        for g in self.optimizer.param_groups:
+            log.info("  %-26s %10s %10.2e %8g", g["name"], f"{sum(p.numel() for p in g['params']):,}", g["lr"],
+                     g["weight_decay"])
+        log.info("  %s %s over %d groups; scheduler %s per %s", type(self.optimizer).__name__,
+                 "(fused)" if self.optimizer.defaults.get("fused") else "", len(groups),
+                 type(self.scheduler).__name__, self.interval)
+        if self.probe and self.cache_features:
+            self._build_feature_cache()
+
+    @torch.no_grad()
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the backbone hands the head, for a batch (backbone in eval mode, no autograd)."""
+        self._captured.clear()
+        self._capturing = True
+        try:
+            with self.autocast():
+                self.model(x)
+        finally:
+            self._capturing = False
+        return self._captured.pop().float()
+
+    def _build_feature_cache(self) -> None:
+        t0 = time.perf_counter()
+        self.model.eval()
+        for split, loader in (("train", self.loaders.train_eval), ("val", self.loaders.val)):
+            feats = [self._features(x.to(self.device, non_blocking=True, memory_format=self.memory_format))
+                     for x, _ in loader]
+            self.feature_cache[split] = torch.cat(feats)
+        log.info("cached backbone features (augmentation off): train %s, val %s in %.1fs",
+                 tuple(self.feature_cache["train"].shape), tuple(self.feature_cache["val"].shape),
+                 time.perf_counter() - t0)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2:  # cached features
+            return self.head(x)
+        if self.probe:
+            return self.head(self._features(x))
+        return self.model(x)
+
+    def _train_batches(self) -> Any:
+        """The training batches of this epoch: images, or cached features in a cached linear probe."""
+        if "train" in self.feature_cache:
+            from torch.utils.data import DataLoader
+
+            from trainer.data import CachedFeatures
+
+            ds = CachedFeatures(self.feature_cache["train"], self.loaders.train.dataset.images.targets)
+            return DataLoader(ds, batch_size=self.loaders.batch_size, sampler=self.loaders.sampler,
+                              drop_last=self.loaders.train.drop_last)
+        return self.loaders.train
 
     def fit(self) -> dict[str, Any]:
         """Train up to ``trainer.epochs``, evaluating and checkpointing every epoch."""
@@ -280,7 +367,8 @@ class Run:
             return summary
         try:
             for epoch in range(self.epoch, self.epochs):
-                self._set_stage(epoch)
+                if stage_index(self.stages, epoch) != self.stage_idx:
+                    self._enter_stage(stage_index(self.stages, epoch))
                 t0 = time.perf_counter()
                 train_loss = self.train_one_epoch(epoch)
                 val = self.evaluate()
@@ -297,10 +385,12 @@ class Run:
         return summary
 
     def train_one_epoch(self, epoch: int) -> float:
-        model, opt, loader = self.model, self.optimizer, self.loaders.train
-        model.train()  # frozen BatchNorm layers ignore this
+        model, opt = self.model, self.optimizer
+        model.train(not self.probe)  # frozen BatchNorm layers ignore this
+        self.head.train()
         self.loaders.sampler.set_epoch(epoch, start=self.batch_in_epoch * self.loaders.batch_size)
-        n_batches = self.batch_in_epoch + len(loader)
+        loader = self._train_batches()
+        n_batches = self.batches_per_epoch
         # Running sums stay on the device: reading them is a host-device sync, done every log_every steps.
         epoch_sum = torch.tensor(self.partial_loss[0], device=self.device)
         epoch_count = self.partial_loss[1]
@@ -311,12 +401,13 @@ class Run:
         params = [p for g in opt.param_groups for p in g["params"]]
         t_log = time.perf_counter()
         for i, (x, y) in enumerate(loader, start=self.batch_in_epoch):
-            x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            x = x.to(self.device, non_blocking=True, memory_format=self.memory_format if x.ndim == 4 else
+                     torch.preserve_format)
             y = y.to(self.device, non_blocking=True)
-            if not self.images_logged:
+            if not self.images_logged and x.ndim == 4:
                 self._log_images(x)
             with self.autocast():
-                out = model(x)
+                out = self._forward(x)
                 loss = self.loss_fn(out, y)
             self.scaler.scale(loss / self.accumulate).backward()
             window += loss.detach()
@@ -368,11 +459,19 @@ class Run:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         total = 0
-        for x, y in self.loaders.val:
-            x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        batches: Any = self.loaders.val
+        if "val" in self.feature_cache:
+            targets = torch.tensor(self.loaders.val.dataset.images.targets)
+            size = self.loaders.val.batch_size or 1
+            batches = [(self.feature_cache["val"][i:i + size], targets[i:i + size])
+                       for i in range(0, len(targets), size)]
+        for x, y in batches:
             y = y.to(self.device, non_blocking=True)
             with self.autocast():
-                out = self.model(x)
+                if x.ndim == 2:  # cached features
+                    out = self.head(x.to(self.device))
+                else:
+                    out = self.model(x.to(self.device, non_blocking=True, memory_format=self.memory_format))
             loss_sum += self.loss_fn(out.float(), y) * y.shape[0]
             correct += (out.argmax(1) == y).sum()
             total += y.shape[0]
@@ -434,21 +533,6 @@ def _progress(**kwargs: Any) -> Any:
 
 # ---------------------------------------------------------------------- building
 
-def build_optimizer(cfg: DictConfig, built: BuiltModel) -> torch.optim.Optimizer:
-    from hydra.utils import instantiate
-
-    opt_cfg = cfg.optimizer
-    lr = float(opt_cfg.lr)
-    wd = float(opt_cfg.get("weight_decay") or 0.0)
-    mult = float(cfg.finetune.get("backbone_lr_mult") or 1.0)
-    groups = param_groups(built.model, built.head_names, lr, wd, mult)
-    factory = instantiate(opt_cfg)
-    optimizer = factory(groups)
-    log.info("optimizer %s(lr=%g, weight_decay=%g) over %d groups (%s); backbone lr x%g",
-             type(optimizer).__name__, lr, wd, len(groups), ", ".join(g["name"] for g in groups), mult)
-    return optimizer
-
-
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
                     epochs: int) -> tuple[Any, str]:
     from hydra.utils import get_object, instantiate
@@ -466,7 +550,6 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     scheduler = instantiate(sched, optimizer=optimizer, **runtime)
     if is_metric_scheduler(scheduler):
         interval = "metric"
-    log.info("scheduler %s, stepping per %s (%d steps/epoch)", type(scheduler).__name__, interval, steps_per_epoch)
     return scheduler, interval
 
 
@@ -499,17 +582,13 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
     built = build_model(cfg.model, num_classes=len(splits.classes))
     loaders = build_loaders(cfg.data, splits, built.data_config, int(cfg.seed), pin_memory=device.type == "cuda")
     loss_fn = instantiate(cfg.loss)
-    log.info("loss %s", type(loss_fn).__name__)
-    optimizer = build_optimizer(cfg, built)
-    accumulate = max(1, int(cfg.trainer.accumulate))
-    steps_per_epoch = math.ceil(len(loaders.train) / accumulate)
-    scheduler, interval = build_scheduler(cfg, optimizer, steps_per_epoch, int(cfg.trainer.epochs))
-    log.info("device %s, precision %s", device, precision)
-    run = Run(cfg=cfg, built=built, loaders=loaders, classes=splits.classes, loss_fn=loss_fn,
-              optimizer=optimizer, scheduler=scheduler, interval=interval, device=device,
+    log.info("loss %s; device %s, precision %s", type(loss_fn).__name__, device, precision)
+    run = Run(cfg=cfg, built=built, loaders=loaders, classes=splits.classes, loss_fn=loss_fn, device=device,
               precision=precision, run_dir=Path(run_dir))
     if cfg.get("resume"):
         if str(cfg.resume) == "auto":
             raise UserError("resume=auto chooses one run to continue: it does not combine with -m (multirun).")
         run.resume_from(cfg.resume)
+    else:
+        run._enter_stage(0)
     return run
