@@ -36,10 +36,6 @@ class Stage:
     def end(self) -> int:
         return self.start + self.epochs
 
-    def describe(self) -> str:
-        what = "the head only" if self.train == "head" else "all layers"
-        return f"epochs {self.start + 1}-{self.end}: {what}"
-
 
 def plan_stages(finetune: Any, total_epochs: int) -> list[Stage]:
     """Stages covering exactly ``total_epochs``, from ``finetune.stages`` or ``finetune.head_epochs``."""

@@ -95,6 +95,8 @@ def make_head(in_features: int, num_classes: int, hidden: int | None = None, dro
         layers += [nn.Linear(in_features, int(hidden)), nn.GELU()]
         layers += [nn.Dropout(dropout)] if dropout > 0 else []
         in_features = int(hidden)
+    if not layers:
+        return nn.Linear(in_features, num_classes)
     layers.append(nn.Linear(in_features, num_classes))
     return nn.Sequential(*layers)
 

@@ -298,19 +298,17 @@ class Run:
         self.scheduler, self.interval = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch, st.epochs)
         self.probe = backbone <= frozen
         self.feature_cache = {}
-        log.info("stage %d/%d, %s: %s trainable / %s frozen params; BatchNorm %s (model.bn=%s)%s",
-                 index + 1, len(self.stages), st.describe(), f"{counts['trainable']:,}", f"{counts['frozen']:,}",
+        what = "the head only" if self.probe else ("all layers" if counts["frozen"] == 0 else "some layers")
+        log.info("stage %d/%d, epochs %d-%d, %s: %s trainable / %s frozen params; BatchNorm %s (model.bn=%s)%s",
+                 index + 1, len(self.stages), st.start + 1, st.end, what, f"{counts['trainable']:,}", f"{counts['frozen']:,}",
                  f"{counts['bn_frozen']} layers in eval mode", self.bn_mode,
                  "; linear probe: backbone in eval mode under no_grad" if self.probe else "")
         log.info("  %-26s %10s %10s %8s", "param group", "params", "lr", "wd")
         for g in self.optimizer.param_groups:
             log.info("  %-26s %10s %10.2e %8g", g["name"], f"{sum(p.numel() for p in g['params']):,}", g["lr"],
                      g["weight_decay"])
-        log.info("  %s %s over %d groups; scheduler %s per %s", type(self.optimizer).__name__,
-                 "(fused)" if self.optimizer.defaults.get("fused") else "", len(groups),
+        log.info("  %s over %d groups; scheduler %s per %s", type(self.optimizer).__name__, len(groups),
                  type(self.scheduler).__name__, self.interval)
-        if self.probe and self.cache_features:
-            self._build_feature_cache()
 
     @torch.no_grad()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
@@ -386,6 +384,8 @@ class Run:
 
     def train_one_epoch(self, epoch: int) -> float:
         model, opt = self.model, self.optimizer
+        if self.probe and self.cache_features and not self.feature_cache:
+            self._build_feature_cache()  # counted in this epoch's time
         model.train(not self.probe)  # frozen BatchNorm layers ignore this
         self.head.train()
         self.loaders.sampler.set_epoch(epoch, start=self.batch_in_epoch * self.loaders.batch_size)
