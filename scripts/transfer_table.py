@@ -20,6 +20,9 @@ ROWS = [
                                             "optimizer.backbone_lr_mult=1.0"]),
     ("linear probe (frozen backbone, cached features)", ["model.freeze=backbone", "model.cache_features=true",
                                                          "finetune.head_epochs=0", "optimizer.lr=1e-2"]),
+    ("linear probe at 128 px (frozen backbone, cached features)",
+     ["model.freeze=backbone", "model.cache_features=true", "finetune.head_epochs=0", "optimizer.lr=1e-2",
+      "data.image_size=128"]),
     ("full fine-tune (all layers, one lr)", ["finetune.head_epochs=0", "optimizer.backbone_lr_mult=1.0"]),
     ("staged fine-tune (1 epoch head, then all; backbone lr x0.5) = `train`", []),
 ]
@@ -31,7 +34,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args()
     root = Path("outputs/transfer") / time.strftime("%Y-%m-%d_%H-%M-%S")
-    lines = ["| method | best val acc | epoch | wall time (s) |", "|---|---|---|---|"]
+    lines = [f"| method ({args.epochs} epochs) | best val acc | at epoch | lowest val loss | wall time (s) |",
+             "|---|---|---|---|---|"]
     for i, (label, overrides) in enumerate(ROWS):
         run_dir = root / str(i)
         cmd = [sys.executable, "-m", "trainer", *overrides, f"trainer.epochs={args.epochs}", f"hydra.run.dir={run_dir}"]
@@ -42,7 +46,8 @@ def main() -> None:
             print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
             sys.exit(f"row {label!r} failed")
         m = json.loads((run_dir / "metrics.json").read_text())
-        lines.append(f"| {label} | {m['best']:.4f} | {m['best_epoch']} | {wall:.0f} |")
+        low = min(h["val/loss"] for h in m["history"])
+        lines.append(f"| {label} | {m['best']:.4f} | {m['best_epoch']} | {low:.4f} | {wall:.0f} |")
         print(lines[-1], flush=True)
     table = "\n".join(lines) + "\n"
     print("\n" + table)

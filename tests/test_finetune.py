@@ -220,3 +220,18 @@ def test_linear_probe_runs_the_backbone_without_gradients(compose_cfg, tmp_path,
         cached = run.evaluate()
         run.feature_cache.clear()
         assert run.evaluate()["val/acc"] == pytest.approx(cached["val/acc"])
+
+
+def test_probe_benchmark_runs_in_quick_mode(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import offline_env
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_probe.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, cwd=tmp_path,
+                          env=offline_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| linear probe") or line.startswith("| full")]
+    assert len(rows) == 4 and rows[0].split("|")[3].strip() == "1.000"
