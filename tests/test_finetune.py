@@ -235,3 +235,11 @@ def test_probe_benchmark_runs_in_quick_mode(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| linear probe") or line.startswith("| full")]
     assert len(rows) == 4 and rows[0].split("|")[3].strip() == "1.000"
+
+
+@pytest.mark.parametrize("name,head_path", [("mobilenet_v3_small", "classifier.3"), ("efficientnet_b0", "classifier.1")])
+def test_torchvision_heads_are_found_whatever_they_are_called(name, head_path):
+    built = _model(name, source="torchvision")
+    assert built.head_path == head_path
+    assert isinstance(built.head, torch.nn.Linear) and built.head.out_features == 3
+    assert built.model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
