@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, offline_env, train
 
 NO_HEAVY_IMPORTS = """
@@ -88,3 +90,30 @@ def test_weights_file_that_does_not_fit_is_refused(tmp_path):
 
 def test_console_script_is_installed():
     assert (REPO / "pyproject.toml").read_text().count('train = "trainer.cli:main"') == 1
+
+
+CONFIG_MISTAKES = [
+    (["trainer.epoch=3"], ["no key 'epoch' in trainer", "Did you mean trainer.epochs?"]),
+    (["optimizer.lrr=0.1"], ["no key 'lrr' in optimizer", "optimizer.lr?"]),
+    (["model=resnet35"], ["model=resnet35: there is no such option", "resnet34", "efficientnet_lite0"]),
+    (["trainer.epochs=0"], ["trainer.epochs=0 is not valid", "an integer >= 1"]),
+    (["optimizer.lr=-1"], ["optimizer.lr=-1 is not valid", "a number > 0"]),
+    (["trainer.epochs=abc"], ["trainer.epochs='abc' is not valid"]),
+    (["data.val_split=1.5"], ["data.val_split=1.5 is not valid", "between 0 and 1"]),
+    (["checkpoint.monitor=val/f1"], ["checkpoint.monitor='val/f1' is not valid", "val/acc"]),
+]
+
+
+@pytest.mark.parametrize("args,expected", CONFIG_MISTAKES, ids=[a[0][0] for a in CONFIG_MISTAKES])
+def test_config_mistakes_get_one_clear_paragraph_and_exit_2(tmp_path, args, expected):
+    proc = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, *args], cwd=tmp_path, capture_output=True,
+                          text=True, env=offline_env(tmp_path), timeout=60)
+    assert proc.returncode == 0  # the wrapper swallows SystemExit; the code is checked below
+    err = proc.stderr
+    for text in expected:
+        assert text in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "HEAVY: []" in proc.stdout  # answered before torch was imported
+    code = subprocess.run([sys.executable, "-m", "trainer", *args], cwd=tmp_path, capture_output=True,
+                          env=offline_env(tmp_path), timeout=60).returncode
+    assert code == 2

@@ -118,6 +118,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         from hydra.errors import InstantiationException
 
+        from trainer.validate import validate_config
+
+        validate_config(cfg)
+
         from trainer.run import build_run  # torch and timm load here, not before
 
         try:
@@ -146,7 +150,13 @@ def main() -> None:
         sys.exit(f"error: config folder {CONF_DIR} is missing: install the project from its source "
                  "folder with `pip install -e .`.")
     try:
-        argv = resolve_resume(sys.argv[1:])
+        argv = sys.argv[1:]
+        info = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
+        if not any(a in info for a in argv) and not any(a in ("-m", "--multirun") for a in argv):
+            from trainer.validate import explain_overrides
+
+            explain_overrides([a for a in argv if _is_override(a)])
+        argv = resolve_resume(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
