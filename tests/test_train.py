@@ -251,3 +251,35 @@ def test_imagefolder_run_on_generated_images(tmp_path):
            "finetune.head_epochs=0", f"hydra.run.dir={run_dir}"], tmp_path)
     m = metrics(run_dir)
     assert m["classes"] == ["cat", "dog"] and m["best"] >= 0.9, m["history"]
+
+
+def test_a_failing_sweep_job_is_listed_and_a_rerun_skips_finished_and_resumes_unfinished(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "optimizer.lr=-1,3e-3,1e-3", *TINY, "trainer.epochs=3", "checkpoint.every_n_steps=2",
+            f"hydra.sweep.dir={sweep}"]
+    # first attempt: killed while job 2 is under way (job 0 failed, job 1 finished)
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=tmp_path, env=offline_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (sweep / "2" / "checkpoints" / "last.pt").exists():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert metrics(sweep / "1")["finished"]
+    assert not (sweep / "2" / "metrics.json").exists() or not metrics(sweep / "2")["finished"]
+    finished_at = (sweep / "1" / "checkpoints" / "last.pt").stat().st_mtime_ns
+
+    out = train(args, tmp_path)
+    assert (sweep / "1" / "checkpoints" / "last.pt").stat().st_mtime_ns == finished_at, "finished job re-run"
+    assert "already finished" in (sweep / "1" / "train.log").read_text()
+    assert "resumed from" in (sweep / "2" / "train.log").read_text()
+    assert metrics(sweep / "2")["finished"]
+    rows = {r["swept"]: r for r in csv.DictReader(open(sweep / "summary.csv"))}
+    assert rows["optimizer.lr=-1"]["status"] == "failed"
+    assert "optimizer.lr=-1 is not valid" in rows["optimizer.lr=-1"]["error"]
+    assert rows["optimizer.lr=0.003"]["status"] == rows["optimizer.lr=0.001"]["status"] == "finished"
+    assert list(rows)[-1] == "optimizer.lr=-1"  # failed jobs last
+    assert "failed" in out.stdout

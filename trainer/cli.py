@@ -124,6 +124,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
         from trainer.run import build_run  # torch and timm load here, not before
 
+        if multirun and not cfg.get("resume"):
+            previous = _previous_sweep_job(Path(HydraConfig.get().runtime.output_dir), cfg)
+            if isinstance(previous, dict):
+                log.info("this job already finished in %s (same config): skipping it (best %s)",
+                         HydraConfig.get().runtime.output_dir, previous.get("best"))
+                return previous.get("best")
+            if previous is not None:
+                cfg.resume = str(previous)
         try:
             summary = build_run(cfg).fit()
         except InstantiationException as e:
@@ -136,6 +144,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except UserError as e:
         log.error("error: %s", e)
         if multirun:  # one bad job must not end the sweep; the summary marks it failed
+            _mark_failed(Path(HydraConfig.get().runtime.output_dir), str(e))
             return None
         sys.exit(2)
     except KeyboardInterrupt:
@@ -143,6 +152,42 @@ def hydra_main(cfg: DictConfig) -> float | None:
                   "(same overrides) or `train resume=%s`", HydraConfig.get().runtime.output_dir,
                   HydraConfig.get().runtime.output_dir)
         sys.exit(130)
+
+
+def _previous_sweep_job(job_dir: Path, cfg: DictConfig) -> dict | Path | None:
+    """For a re-run sweep: this job's metrics if it finished with the same config, its last.pt if
+    it stopped part-way, else None (a new job)."""
+    import json
+
+    from trainer.checkpoint import load_checkpoint
+
+    last = job_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return None
+    try:
+        saved = OmegaConf.create(load_checkpoint(last)["config"])
+    except UserError as e:
+        log.warning("ignoring %s: %s", last, e)
+        return None
+    now = OmegaConf.to_container(cfg, resolve=True)
+    before = OmegaConf.to_container(saved, resolve=True)
+    assert isinstance(now, dict) and isinstance(before, dict)
+    now.pop("resume", None)
+    before.pop("resume", None)
+    if now != before:
+        return None
+    try:
+        metrics = json.loads((job_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        metrics = {}
+    return metrics if metrics.get("finished") else last
+
+
+def _mark_failed(job_dir: Path, error: str) -> None:
+    import json
+
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "metrics.json").write_text(json.dumps({"finished": False, "status": "failed", "error": error}, indent=2))
 
 
 def main() -> None:

@@ -21,13 +21,16 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         job_dir = overrides_file.parent.parent
         overrides = yaml.safe_load(overrides_file.read_text()) or []
         row: dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(overrides), "monitor": "",
-                               "best": None, "best_epoch": None, "status": "failed", "run_dir": str(job_dir)}
+                               "best": None, "best_epoch": None, "status": "failed", "run_dir": str(job_dir),
+                               "error": ""}
         try:
             m = json.loads((job_dir / "metrics.json").read_text())
+            status = m.get("status") or ("finished" if m.get("finished") else "unfinished")
             row.update(monitor=m.get("monitor", ""), best=m.get("best"), best_epoch=m.get("best_epoch"),
-                       status="finished" if m.get("finished") else "unfinished", mode=m.get("mode", "max"))
+                       status=status, mode=m.get("mode", "max"), error=(m.get("error") or "").splitlines()[0][:300]
+                       if m.get("error") else "")
         except (OSError, ValueError):
-            pass
+            row["error"] = "no metrics.json (the job died before its first epoch ended)"
         rows.append(row)
 
     def order(row: dict[str, Any]) -> tuple[int, float]:
@@ -50,7 +53,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-COLUMNS = ["rank", "swept", "monitor", "best", "best_epoch", "status", "run_dir", "overrides"]
+COLUMNS = ["rank", "swept", "monitor", "best", "best_epoch", "status", "error", "run_dir", "overrides"]
 
 
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -71,8 +71,7 @@ def validate_config(cfg: DictConfig) -> None:
         if value == "<absent>" or (value is None and key in NULLABLE):
             continue
         if value is None or not _type_ok(value, kind) or not ok(value):
-            raise UserError(f"{key}={value!r} is not valid: use {valid} (e.g. {key}="
-                            f"{OmegaConf.select(_defaults(), key, default='...')}).")
+            raise UserError(f"{key}={value!r} is not valid: use {valid}{_example(key)}.")
     workers = OmegaConf.select(cfg, "data.num_workers", default="auto")
     if workers not in ("auto", None) and not (_type_ok(workers, int) and workers >= 0):
         raise UserError(f"data.num_workers={workers!r} is not valid: use auto or an integer >= 0.")
@@ -81,14 +80,14 @@ def validate_config(cfg: DictConfig) -> None:
         raise UserError(f"trainer.device={device!r} is not valid: use auto, cpu, cuda, cuda:N or mps.")
 
 
-_DEFAULTS: DictConfig | None = None
+def _example(key: str) -> str:
+    """' (e.g. key=<default>)', from the default config, when it can be composed here."""
+    from hydra.core.global_hydra import GlobalHydra
 
-
-def _defaults() -> DictConfig:
-    global _DEFAULTS
-    if _DEFAULTS is None:
-        _DEFAULTS = compose_config([])
-    return _DEFAULTS
+    if GlobalHydra.instance().is_initialized():  # inside a running Hydra app
+        return ""
+    default = OmegaConf.select(compose_config([]), key, default=None)
+    return f" (e.g. {key}={default})" if default is not None else ""
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
