@@ -283,3 +283,24 @@ def test_a_failing_sweep_job_is_listed_and_a_rerun_skips_finished_and_resumes_un
     assert rows["optimizer.lr=0.003"]["status"] == rows["optimizer.lr=0.001"]["status"] == "finished"
     assert list(rows)[-1] == "optimizer.lr=-1"  # failed jobs last
     assert "failed" in out.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_sigterm_and_ctrl_c_save_and_resume_exactly(tmp_path, sig):
+    args = [*TINY, "trainer.epochs=3", "checkpoint.every_n_steps=2", "data.dataset.train_size=512"]
+    unbroken = tmp_path / "unbroken"
+    train([*args, f"hydra.run.dir={unbroken}"], tmp_path)
+    run_dir = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                            env=offline_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "checkpoints" / "last.pt").exists():
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, out
+    assert f"Continue with: train resume={run_dir}" in out and "Traceback" not in out
+    assert not metrics(run_dir)["finished"] if (run_dir / "metrics.json").exists() else True
+    train([f"resume={run_dir}"], tmp_path)
+    a, b = _final_tensors(unbroken), _final_tensors(run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)

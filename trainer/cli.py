@@ -148,10 +148,16 @@ def hydra_main(cfg: DictConfig) -> float | None:
             return None
         sys.exit(2)
     except KeyboardInterrupt:
-        log.error("interrupted: the last checkpoint is in %s/checkpoints; continue with `train resume=auto` "
-                  "(same overrides) or `train resume=%s`", HydraConfig.get().runtime.output_dir,
-                  HydraConfig.get().runtime.output_dir)
+        log.error("interrupted: the last checkpoint is in %s/checkpoints; continue with `train resume=%s`",
+                  HydraConfig.get().runtime.output_dir, HydraConfig.get().runtime.output_dir)
         sys.exit(130)
+    except Exception as e:
+        from trainer.run import RunInterrupted
+
+        if not isinstance(e, RunInterrupted):
+            raise
+        log.warning("%s", e)
+        sys.exit(e.exit_code)
 
 
 def _previous_sweep_job(job_dir: Path, cfg: DictConfig) -> dict | Path | None:

@@ -137,6 +137,7 @@ class Run:
         self.finished = False
         self._writer: Any = None
         self.resumed_from: str | None = None
+        self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -363,8 +364,11 @@ class Run:
                 if (self.run_dir / "metrics.json").is_file() else self._write_metrics(0.0)
             self._print_summary(summary)
             return summary
+        restore = self._catch_stop_signals()
         try:
             for epoch in range(self.epoch, self.epochs):
+                if self._stop_signal is not None:  # arrived during evaluation: last.pt is this boundary
+                    raise RunInterrupted(self._stop_signal, self)
                 if stage_index(self.stages, epoch) != self.stage_idx:
                     self._enter_stage(stage_index(self.stages, epoch))
                 t0 = time.perf_counter()
@@ -377,10 +381,29 @@ class Run:
             self._write_hparams()
             summary = self._write_metrics(time.perf_counter() - wall_start)
         finally:
+            restore()
             if self._writer is not None:
                 self._writer.close()
         self._print_summary(summary)
         return summary
+
+    def _catch_stop_signals(self) -> Any:
+        """SIGTERM / Ctrl-C: finish the current optimizer step, save last.pt, stop. A second one stops at once."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self._stop_signal is not None:  # asked twice: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            log.warning("%s received: stopping after this step and saving a checkpoint (again to stop at once)",
+                        signal.Signals(signum).name)
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
 
     def train_one_epoch(self, epoch: int) -> float:
         model, opt = self.model, self.optimizer
@@ -439,13 +462,17 @@ class Run:
                     now = time.perf_counter()
                     bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self._lrs().get('head', 0.0):.2e}", refresh=False)
                     t_log = now
-                if self.every_n_steps and self.global_step % self.every_n_steps == 0 and i + 1 < n_batches:
+                stop = self._stop_signal is not None and i + 1 < n_batches
+                if stop or (self.every_n_steps and self.global_step % self.every_n_steps == 0 and i + 1 < n_batches):
                     epoch_sum += window
                     epoch_count += window_count
                     window.zero_()
                     window_count = 0
                     self.partial_loss = (float(epoch_sum.item()), epoch_count)
                     self.save("last.pt")
+                    if stop:
+                        bar.close()
+                        raise RunInterrupted(self._stop_signal, self)
             bar.update(x.shape[0])
         bar.close()
         del t_log
@@ -517,6 +544,19 @@ class Run:
                  self.best_epoch, _fmt_time(self.elapsed), _fmt_time(summary["wall_time_s"]))
         log.info("run folder: %s", self.run_dir)
         log.info("best checkpoint: %s", summary["best_checkpoint"])
+
+
+class RunInterrupted(Exception):
+    """SIGTERM or Ctrl-C: the run saved its state and stopped; ``train resume=...`` continues it."""
+
+    def __init__(self, signum: int, run: Run) -> None:
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} at epoch {run.epoch + 1}, step "
+                         f"{run.global_step}; state saved in {run.run_dir / 'checkpoints' / 'last.pt'}. "
+                         f"Continue with: train resume={run.run_dir}")
 
 
 def _fmt_time(seconds: float) -> str:
