@@ -79,7 +79,7 @@ def test_checkpoint_round_trip_restores_every_tensor(compose_cfg, tmp_path):
     run = build_run(cfg, run_dir=tmp_path / "a")
     run.train_one_epoch(0)
     run.epoch = 1
-    path = run.save("last.pt")
+    path = run.save()
     other = build_run(cfg, run_dir=tmp_path / "b")
     other.resume_from(path)
     for (k, a), b in zip(run.model.state_dict().items(), other.model.state_dict().values()):
@@ -304,3 +304,82 @@ def test_sigterm_and_ctrl_c_save_and_resume_exactly(tmp_path, sig):
     train([f"resume={run_dir}"], tmp_path)
     a, b = _final_tensors(unbroken), _final_tensors(run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_keep_last_retention_and_checksums(tmp_path):
+    run_dir = tmp_path / "run"
+    train([*TINY, "trainer.epochs=3", "checkpoint.every_n_steps=3", "checkpoint.keep_last=2",
+           f"hydra.run.dir={run_dir}"], tmp_path)
+    folder = run_dir / "checkpoints"
+    numbered = sorted(folder.glob("epoch*-step*.pt"))
+    assert len(numbered) == 2 and numbered[-1].name.startswith("epoch003")
+    for name in ("last.pt", "best.pt", *(p.name for p in numbered)):
+        assert (folder / (name + ".sha256")).is_file(), name
+    assert (folder / "last.pt").read_bytes() == numbered[-1].read_bytes()
+
+
+def _corrupt(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        path.write_bytes(os.urandom(len(data)))
+    elif how == "flipped":  # same size, one byte changed: only the checksum can tell
+        i = len(data) // 2
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "garbage", "flipped"])
+def test_a_broken_checkpoint_gives_a_clear_error_naming_the_file(tmp_path, how):
+    run_dir = tmp_path / "run"
+    train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
+    last = run_dir / "checkpoints" / "last.pt"
+    last.unlink()  # a hard link: replace it by a broken copy without touching the numbered file
+    (run_dir / "checkpoints" / "best.pt").rename(last)
+    _corrupt(last, how)
+    proc = train([f"resume={last}", "trainer.epochs=2"], tmp_path, check=False)
+    err = proc.stdout + proc.stderr
+    assert proc.returncode == 2, err
+    assert str(last) in err and "Traceback" not in err
+    assert {"empty": "is empty", "truncated": "cannot be read", "garbage": "cannot be read",
+            "flipped": "is corrupt"}[how] in err or "is corrupt" in err
+
+
+def test_resume_auto_falls_back_to_the_newest_valid_checkpoint(tmp_path):
+    args = [*TINY, "trainer.epochs=3", "checkpoint.every_n_steps=3", "data.dataset.train_size=512"]
+    work = tmp_path / "w"
+    work.mkdir()
+    run_dir = _kill_after_first_checkpoint(args, work)
+    time.sleep(0.1)
+    last = run_dir / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.unlink()
+    last.write_bytes(data[:100])  # cut short, as a broken copy would be
+    proc = train([*args, "resume=auto"], work)
+    assert "falling back to the newest valid checkpoint" in proc.stderr
+    assert metrics(run_dir)["finished"]
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    run_dir = tmp_path / "run"
+    train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    state["extra"] = Evil()
+    evil = run_dir / "checkpoints" / "evil.pt"
+    torch.save(state, evil, pickle_module=pickle)
+    proc = train([f"resume={evil}", "trainer.epochs=2"], tmp_path, check=False)
+    assert proc.returncode == 2 and "Nothing in it was run" in proc.stdout + proc.stderr
+    assert not marker.exists()
+    model_weights = train([*TINY, "model.pretrained=true", f"model.weights={evil}", "trainer.epochs=1"], tmp_path,
+                          check=False)
+    assert model_weights.returncode == 2 and not marker.exists()

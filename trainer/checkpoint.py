@@ -14,25 +14,89 @@ import torch
 from trainer.errors import UserError
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a power cut
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself survives a power cut
-    finally:
-        os.close(fd)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` atomically (temp file, fsync, rename), then its sha256 beside it (written last)."""
+    import hashlib
+    import io
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    _atomic_write_bytes(path, data)
+    _atomic_write_bytes(_sidecar(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
+    _fsync_dir(path.parent)
     return path
+
+
+def link_checkpoint(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same checkpoint as ``src`` (hard link, else copy), atomically, sidecar too."""
+    import shutil
+
+    for a, b in ((src, dst), (_sidecar(src), _sidecar(dst))):
+        if not a.exists():
+            continue
+        tmp = b.with_name(f".{b.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(a, tmp)
+        except OSError:
+            shutil.copyfile(a, tmp)
+        os.replace(tmp, b)
+    _fsync_dir(dst.parent)
+
+
+def prune_checkpoints(folder: Path, keep_last: int, pattern: str = "epoch*-step*.pt") -> list[Path]:
+    """Remove all but the newest ``keep_last`` numbered checkpoints (last.pt and best.pt are separate files)."""
+    numbered = sorted(folder.glob(pattern))
+    removed = numbered[:-keep_last] if keep_last > 0 else numbered
+    for p in removed:
+        p.unlink(missing_ok=True)
+        _sidecar(p).unlink(missing_ok=True)
+    return removed
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Compare the file with the sha256 written after it; a mismatch means corruption."""
+    import hashlib
+
+    side = _sidecar(path)
+    if not side.is_file():
+        return  # a file from elsewhere: nothing to compare with
+    expected = side.read_text().split()[0] if side.read_text().strip() else ""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != expected:
+        raise UserError(f"checkpoint {str(path)!r} is corrupt: its sha256 does not match {side.name} written "
+                        "when it was saved (the file changed or was cut short since). Resume from another "
+                        "checkpoint in the same folder, or with resume=auto, which picks the newest valid one.")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -41,17 +105,37 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist. Give resume=auto, a run folder, "
                         "or the path of a .pt file under a run's checkpoints/ folder.")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {str(path)!r} is empty (0 bytes): it was never fully written. Resume "
+                        "from another checkpoint in the same folder, or with resume=auto.")
+    verify_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise UserError(f"checkpoint {str(path)!r} cannot be read: it is truncated, corrupt or not a "
-                        f"checkpoint ({type(e).__name__}: {first}). Resume from another checkpoint "
-                        "(best.pt, or an earlier run) instead.") from None
+        raise UserError(f"checkpoint {str(path)!r} cannot be read: it is truncated, corrupt, not a "
+                        f"checkpoint, or holds objects that are not plain data ({type(e).__name__}: {first}). "
+                        "Nothing in it was run. Resume from another checkpoint instead.") from None
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise UserError(f"checkpoint {str(path)!r} is not a training checkpoint of this tool "
                         "(no model/epoch entries). To start from its weights, use model.weights=PATH.")
     return state
+
+
+def newest_valid_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint of a run that loads and matches its checksum, and the problems met on the way."""
+    folder = run_dir / "checkpoints"
+    candidates = [folder / "last.pt"] + sorted(folder.glob("epoch*-step*.pt"), reverse=True)
+    problems = []
+    for c in candidates:
+        if not c.is_file():
+            continue
+        try:
+            load_checkpoint(c)
+            return c, problems
+        except UserError as e:
+            problems.append(str(e).split(":")[0] + ": " + str(e).split(": ", 1)[-1].split(".")[0])
+    return None, problems
 
 
 def checkpoint_of(target: str | os.PathLike) -> Path:

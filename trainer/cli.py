@@ -94,6 +94,17 @@ def resolve_resume(argv: list[str]) -> list[str]:
             print(f"resume=auto: no unfinished run with this config under {OUTPUTS}/; starting a new run.",
                   file=sys.stderr)
             return rest + ["resume=null"]
+        from trainer.checkpoint import newest_valid_checkpoint
+
+        valid, problems = newest_valid_checkpoint(run_dir_of(ckpt))
+        for problem in problems:
+            print(f"resume=auto: skipping {problem}", file=sys.stderr)
+        if valid is None:
+            raise UserError(f"resume=auto: run {run_dir_of(ckpt)} has no readable checkpoint left; start a new "
+                            "run (without resume) or resume=<another checkpoint>.")
+        if valid != ckpt:
+            print(f"resume=auto: falling back to the newest valid checkpoint, {valid}", file=sys.stderr)
+        ckpt = valid
         merged = overrides
     else:
         ckpt = checkpoint_of(value)

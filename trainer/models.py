@@ -234,8 +234,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"model.weights={str(path)!r} cannot be read as weights ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]}). It must be a state_dict saved with torch.save "
-                        "or safetensors.") from None
+                        f"{str(e).splitlines()[0][:200]}). Nothing in it was run. It must be a state_dict saved with "
+                        "torch.save (plain tensors) or safetensors.") from None
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "model_state_dict"):
             if isinstance(obj.get(key), dict):

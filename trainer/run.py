@@ -16,7 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainer import __version__
-from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trainer.checkpoint import (link_checkpoint, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint,
+                                set_rng_state)
 from trainer.data import Loaders, build_loaders
 from trainer.errors import UserError
 from trainer.finetune import Stage, plan_stages, stage_index
@@ -101,6 +102,7 @@ class Run:
         self.clip_grad_norm = float(t.clip_grad_norm) if t.clip_grad_norm else None
         self.log_every = max(1, int(t.log_every))
         self.every_n_steps = int(cfg.checkpoint.get("every_n_steps") or 0)
+        self.keep_last = max(1, int(cfg.checkpoint.get("keep_last") or 1))
         self.monitor, self.mode = str(cfg.checkpoint.monitor), str(cfg.checkpoint.mode)
         # fixed now: len(loader) shrinks while the sampler starts part-way into a resumed epoch
         self.batches_per_epoch = len(loaders.train)
@@ -207,8 +209,15 @@ class Run:
         log.info("resumed from %s: continuing at %s (step %d) up to epoch %d", path, where,
                  self.global_step, self.epochs)
 
-    def save(self, name: str) -> Path:
-        return save_checkpoint(self.state_dict(), self.run_dir / "checkpoints" / name)
+    def save(self, best: bool = False) -> Path:
+        """A numbered checkpoint (the newest ``checkpoint.keep_last`` are kept), linked as last.pt (and best.pt)."""
+        folder = self.run_dir / "checkpoints"
+        path = save_checkpoint(self.state_dict(), folder / f"epoch{self.epoch:03d}-step{self.global_step:07d}.pt")
+        link_checkpoint(path, folder / "last.pt")
+        if best:
+            link_checkpoint(path, folder / "best.pt")
+        prune_checkpoints(folder, self.keep_last)
+        return path
 
     # ------------------------------------------------------------------ logging
     @property
@@ -377,7 +386,7 @@ class Run:
                 self.elapsed += time.perf_counter() - t0
                 self._end_epoch(epoch, train_loss, val, time.perf_counter() - t0, wall_start)
             self.finished = True
-            self.save("last.pt")
+            self.save()
             self._write_hparams()
             summary = self._write_metrics(time.perf_counter() - wall_start)
         finally:
@@ -469,7 +478,7 @@ class Run:
                     window.zero_()
                     window_count = 0
                     self.partial_loss = (float(epoch_sum.item()), epoch_count)
-                    self.save("last.pt")
+                    self.save()
                     if stop:
                         bar.close()
                         raise RunInterrupted(self._stop_signal, self)
@@ -530,9 +539,7 @@ class Run:
         if improved:
             self.best, self.best_epoch = value, epoch + 1
         self.finished = self.epoch >= self.epochs
-        self.save("last.pt")
-        if improved:
-            self.save("best.pt")
+        self.save(best=improved)
         self._write_metrics(time.perf_counter() - wall_start)
         log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.2e  %.1fs%s",
                  epoch + 1, self.epochs, train_loss, val["val/loss"], val["val/acc"], row["lr"], seconds,

@@ -46,6 +46,7 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "checkpoint.monitor": _choice("val/acc", "val/loss"),
     "checkpoint.mode": _choice("max", "min"),
     "checkpoint.every_n_steps": _int(0),
+    "checkpoint.keep_last": _int(1),
     "finetune.head_epochs": _int(0),
     "model.source": _choice("timm", "torchvision"),
     "model.bn": _choice("train", "frozen_stats", "frozen"),
