@@ -24,7 +24,7 @@ from trainer.run import build_run
 def evaluate_checkpoint(path: str) -> dict:
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
-    check_targets(cfg, where=f"config stored in {path}")
+    check_targets(cfg, extra=tuple(cfg.get("allow_targets") or ()), where=f"config stored in {path}")
     cfg.model.pretrained = False  # the checkpoint brings the weights
     cfg.resume = None
     cfg.trainer.device = "cpu" if not torch.cuda.is_available() else cfg.trainer.device

@@ -20,7 +20,7 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
     """No hub cache of the user's, no network retries, output not a TTY."""
     env = dict(os.environ)
     env.update(HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"), HYDRA_FULL_ERROR="0",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", PYTHONPATH=str(tmp_path))  # a user's own modules live in their folder
     return env
 
 

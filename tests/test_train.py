@@ -230,6 +230,7 @@ def test_a_checkpoint_config_with_a_foreign_target_is_refused():
     from trainer.errors import UserError
 
     check_targets({"loss": {"_target_": "trainer.losses.DiceLoss"}})
+    check_targets({"loss": {"_target_": "my_pkg.MyLoss"}}, extra=("my_pkg.",))
     with pytest.raises(UserError, match="os.system"):
         check_targets({"loss": {"_target_": "os.system", "command": "touch x"}})
 
@@ -383,3 +384,44 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     model_weights = train([*TINY, "model.pretrained=true", f"model.weights={evil}", "trainer.epochs=1"], tmp_path,
                           check=False)
     assert model_weights.returncode == 2 and not marker.exists()
+
+
+def test_export_writes_safetensors_and_json_that_train_can_start_from(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
+    script = Path(__file__).resolve().parent.parent / "scripts" / "export.py"
+    proc = subprocess.run([sys.executable, str(script), str(run_dir / "checkpoints" / "best.pt"), "--out",
+                           str(tmp_path / "exp")], capture_output=True, text=True, env=offline_env(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    tensors = load_file(str(tmp_path / "exp" / "model.safetensors"))
+    ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert tensors.keys() == ckpt["model"].keys() and all(torch.equal(tensors[k], ckpt["model"][k]) for k in tensors)
+    meta = json.loads((tmp_path / "exp" / "model.json").read_text())
+    assert meta["classes"] == ["class0", "class1", "class2", "class3"] and meta["preprocessing"]["size"] == 32
+    again = tmp_path / "again"
+    train([*TINY, "model.pretrained=true", f"model.weights={tmp_path / 'exp' / 'model.safetensors'}",
+           "trainer.epochs=1", f"hydra.run.dir={again}"], tmp_path)
+    assert metrics(again)["weights"]["source"].endswith("model.safetensors")
+
+
+def test_own_loss_outside_the_package_needs_an_allow_listed_prefix(tmp_path):
+    (tmp_path / "my_losses.py").write_text(
+        "import torch.nn.functional as F\n"
+        "class SmoothCE:\n"
+        "    def __init__(self, label_smoothing=0.0, weight=None):\n        self.eps = label_smoothing or 0.2\n"
+        "    def to(self, device):\n        return self\n"
+        "    def __call__(self, logits, target):\n"
+        "        return F.cross_entropy(logits, target, label_smoothing=self.eps)\n")
+    args = [*TINY, "trainer.epochs=1", "loss._target_=my_losses.SmoothCE"]
+    env_cwd = tmp_path
+    refused = train(args, env_cwd, check=False)
+    assert refused.returncode == 2 and "allow_targets=[my_losses.]" in refused.stdout + refused.stderr
+    run_dir = tmp_path / "run"
+    train([*args, "allow_targets=[my_losses.]", f"hydra.run.dir={run_dir}"], env_cwd)
+    assert metrics(run_dir)["finished"]
+    evil = train([*TINY, "loss._target_=os.system", "trainer.epochs=1"], env_cwd, check=False)
+    assert evil.returncode == 2 and "'os.system' is not allowed" in evil.stdout + evil.stderr

@@ -191,9 +191,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 SAFE_TARGET_PREFIXES = ("torch.", "torchvision.", "timm.", "trainer.")
 
 
-def check_targets(cfg: Any, allowed: tuple[str, ...] = SAFE_TARGET_PREFIXES, where: str = "config") -> None:
-    """Refuse a config from elsewhere (e.g. inside a checkpoint) whose ``_target_`` is not allow-listed."""
+def check_targets(cfg: Any, extra: tuple[str, ...] = (), where: str = "config") -> None:
+    """Refuse a config whose ``_target_`` is not allow-listed: torch., torchvision., timm., trainer.,
+    plus the prefixes in ``extra`` (a user's ``allow_targets``)."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    allowed = SAFE_TARGET_PREFIXES + tuple(str(p) for p in extra)
 
     def walk(node: Any, path: str) -> None:
         if isinstance(node, (DictConfig, dict)):
@@ -201,7 +204,8 @@ def check_targets(cfg: Any, allowed: tuple[str, ...] = SAFE_TARGET_PREFIXES, whe
             for k, v in items:
                 if k == "_target_" and not str(v).startswith(allowed):
                     raise UserError(f"{where}: {path}_target_={v!r} is not allowed to be built (allowed "
-                                    f"prefixes: {', '.join(allowed)}). Only load configs you trust.")
+                                    f"prefixes: {', '.join(allowed)}). If it is your own code, add its "
+                                    f"package to allow_targets, e.g. 'allow_targets=[{str(v).split('.')[0]}.]'.")
                 walk(v, f"{path}{k}.")
         elif isinstance(node, (ListConfig, list)):
             for i, v in enumerate(node):

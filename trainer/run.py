@@ -167,6 +167,7 @@ class Run:
             "rng": rng_state(),
             "config": OmegaConf.to_yaml(self.cfg, resolve=True),
             "classes": list(self.classes),
+            "input_spec": {k: list(v) if isinstance(v, tuple) else v for k, v in self.loaders.input_spec.items()},
             "weights": dict(self.weights_info),
             "versions": {"trainer": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
         }
@@ -608,6 +609,10 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
         from hydra.core.hydra_config import HydraConfig
 
         run_dir = HydraConfig.get().runtime.output_dir
+    from trainer.checkpoint import check_targets
+
+    # every object the config names must come from an allow-listed package (resume brings configs from files)
+    check_targets(cfg, extra=tuple(cfg.get("allow_targets") or ()))
     seed_everything(int(cfg.seed))
     if cfg.checkpoint.monitor not in MONITORS:
         raise UserError(f"checkpoint.monitor={cfg.checkpoint.monitor!r}: use one of {', '.join(MONITORS)}.")
