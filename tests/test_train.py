@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -425,3 +426,58 @@ def test_own_loss_outside_the_package_needs_an_allow_listed_prefix(tmp_path):
     assert metrics(run_dir)["finished"]
     evil = train([*TINY, "loss._target_=os.system", "trainer.epochs=1"], env_cwd, check=False)
     assert evil.returncode == 2 and "'os.system' is not allowed" in evil.stdout + evil.stderr
+
+
+class _NaNOn:
+    """Wraps a loss: NaN on the given calls (counted from 1)."""
+
+    def __init__(self, loss, bad):
+        self.loss, self.bad, self.calls = loss, set(bad), 0
+
+    def to(self, device):
+        return self
+
+    def __call__(self, out, y):
+        self.calls += 1
+        value = self.loss(out, y)
+        return value * float("nan") if self.calls in self.bad else value
+
+
+def test_nonfinite_stop_keeps_the_last_good_checkpoint(compose_cfg, tmp_path):
+    from trainer.errors import UserError
+    from trainer.run import build_run
+
+    run = build_run(compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0", "trainer.log_every=100"),
+                    run_dir=tmp_path)
+    n = run.batches_per_epoch
+    run.loss_fn = _NaNOn(run.loss_fn, {n + 2})  # in epoch 2
+    with pytest.raises(UserError, match=r"became nan at step \d+ \(epoch 2\).*last checkpoint is the last good"):
+        run.fit()
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_nonfinite_skip_skips_the_batch_and_trains_on(compose_cfg, tmp_path):
+    from trainer.run import build_run
+
+    run = build_run(compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0", "trainer.nonfinite=skip"),
+                    run_dir=tmp_path)
+    run.loss_fn = _NaNOn(run.loss_fn, {3, 5})
+    summary = run.fit()
+    assert run.skipped_steps == 2 and summary["finished"]
+    assert run.global_step == 2 * run.batches_per_epoch - 2
+    assert all(math.isfinite(h["train/loss"]) for h in summary["history"])
+
+
+def test_out_of_memory_names_the_batch_size_and_what_to_change(compose_cfg, tmp_path):
+    from trainer.errors import UserError
+    from trainer.run import build_run
+
+    run = build_run(compose_cfg(*TINY, "trainer.epochs=1"), run_dir=tmp_path)
+
+    def oom(*_):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    run.loss_fn = type("L", (), {"to": lambda self, d: self, "__call__": lambda self, *a: oom()})()
+    with pytest.raises(UserError, match=r"data.batch_size=32.*data.batch_size \(e.g. 16\).*trainer.accumulate=2"):
+        run.fit()

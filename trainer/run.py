@@ -103,6 +103,8 @@ class Run:
         self.log_every = max(1, int(t.log_every))
         self.every_n_steps = int(cfg.checkpoint.get("every_n_steps") or 0)
         self.keep_last = max(1, int(cfg.checkpoint.get("keep_last") or 1))
+        self.skip_nonfinite = str(t.get("nonfinite", "stop")) == "skip"
+        self.skipped_steps = 0
         self.monitor, self.mode = str(cfg.checkpoint.monitor), str(cfg.checkpoint.mode)
         # fixed now: len(loader) shrinks while the sampler starts part-way into a resumed epoch
         self.batches_per_epoch = len(loaders.train)
@@ -439,29 +441,42 @@ class Run:
             y = y.to(self.device, non_blocking=True)
             if not self.images_logged and x.ndim == 4:
                 self._log_images(x)
-            with self.autocast():
-                out = self._forward(x)
-                loss = self.loss_fn(out, y)
-            self.scaler.scale(loss / self.accumulate).backward()
+            try:
+                with self.autocast():
+                    out = self._forward(x)
+                    loss = self.loss_fn(out, y)
+                if self.skip_nonfinite and not bool(torch.isfinite(loss)):  # a sync, only in skip mode
+                    self.skipped_steps += 1
+                    log.warning("non-finite loss at step %d (epoch %d): batch skipped (%d so far)",
+                                self.global_step + 1, epoch + 1, self.skipped_steps)
+                    opt.zero_grad(set_to_none=True)
+                    bar.update(x.shape[0])
+                    continue
+                self.scaler.scale(loss / self.accumulate).backward()
+            except torch.OutOfMemoryError:
+                raise UserError(
+                    f"out of memory on {self.device} at data.batch_size={self.loaders.batch_size} "
+                    f"(precision {self.precision}). Lower data.batch_size (e.g. {max(1, self.loaders.batch_size // 2)}) "
+                    f"and keep the effective batch with trainer.accumulate={2 * self.accumulate}, or use "
+                    "trainer.precision=bf16 (or fp16) to halve activation memory.") from None
             window += loss.detach()
             window_count += 1
             if (i + 1) % self.accumulate == 0 or i + 1 == n_batches:
                 if self.clip_grad_norm is not None:
                     self.scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+                scale = self.scaler.get_scale() if self.scaler.is_enabled() else None  # fp16 only: a sync
                 self.scaler.step(opt)
                 self.scaler.update()
                 opt.zero_grad(set_to_none=True)
-                if self.interval == "step":
+                # fp16: a step the scaler skipped (inf/NaN gradients) does not advance the schedule
+                if self.interval == "step" and (scale is None or self.scaler.get_scale() >= scale):
                     self.scheduler.step()
                 self.global_step += 1
                 self.batch_in_epoch = i + 1
                 if self.global_step % self.log_every == 0 or i + 1 == n_batches:
-                    mean = (window / window_count).item()  # the one sync, every log_every steps
-                    if not math.isfinite(mean):
-                        raise UserError(f"the training loss became {mean} at step {self.global_step} (epoch "
-                                        f"{epoch + 1}). Lower optimizer.lr, set trainer.clip_grad_norm=1.0, or "
-                                        "use trainer.precision=fp32.")
+                    mean = (window / max(1, window_count)).item()  # the one sync, every log_every steps
+                    self._check_finite(mean, epoch)
                     epoch_sum += window
                     epoch_count += window_count
                     window.zero_()
@@ -479,6 +494,7 @@ class Run:
                     window.zero_()
                     window_count = 0
                     self.partial_loss = (float(epoch_sum.item()), epoch_count)
+                    self._check_finite(self.partial_loss[0], epoch)  # never save a broken state
                     self.save()
                     if stop:
                         bar.close()
@@ -489,6 +505,13 @@ class Run:
         self.batch_in_epoch = 0
         self.partial_loss = (0.0, 0)
         return float(epoch_sum.item()) / max(1, epoch_count)
+
+    def _check_finite(self, value: float, epoch: int) -> None:
+        if not math.isfinite(value):
+            raise UserError(f"the training loss became {value} at step {self.global_step} (epoch {epoch + 1}); "
+                            "stopped without saving, so the last checkpoint is the last good state. Lower "
+                            "optimizer.lr, set trainer.clip_grad_norm=1.0, use trainer.precision=fp32, or "
+                            "trainer.nonfinite=skip to skip such batches.")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -525,6 +548,8 @@ class Run:
             raise UserError(f"checkpoint.monitor={self.monitor!r} is not a metric of this run: use one of "
                             f"{', '.join(val)}.")
         value = val[self.monitor]
+        self._check_finite(train_loss, epoch)
+        self._check_finite(val["val/loss"], epoch)
         if self.interval == "epoch":
             self.scheduler.step()
         elif is_metric_scheduler(self.scheduler):
