@@ -481,3 +481,75 @@ def test_out_of_memory_names_the_batch_size_and_what_to_change(compose_cfg, tmp_
     run.loss_fn = type("L", (), {"to": lambda self, d: self, "__call__": lambda self, *a: oom()})()
     with pytest.raises(UserError, match=r"data.batch_size=32.*data.batch_size \(e.g. 16\).*trainer.accumulate=2"):
         run.fit()
+
+
+KILL_ARGS = [*TINY, "trainer.epochs=3", "finetune.head_epochs=1", "checkpoint.every_n_steps=3",
+             "data.num_workers=2"]  # 256 images, batch 32: 8 steps an epoch, 24 in all
+
+
+@pytest.fixture(scope="module")
+def unbroken_kill_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("unbroken")
+    train([*KILL_ARGS, f"hydra.run.dir={root / 'run'}"], root)
+    return _final_tensors(root / "run")
+
+
+@pytest.mark.parametrize("point", ["epoch:1", "step:13", "save:3", "step:24"],
+                         ids=["epoch-boundary", "mid-epoch", "during-checkpoint-write", "last-batch"])
+def test_sigkill_at_any_point_then_resume_auto_equals_the_unbroken_run(tmp_path, unbroken_kill_run, point):
+    env = offline_env(tmp_path)
+    env["TRAINER_FAILPOINT"] = point
+    proc = subprocess.run([sys.executable, "-m", "trainer", *KILL_ARGS], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    (run_dir,) = list(tmp_path.glob("outputs/*/*"))
+    assert not (run_dir / "metrics.json").exists() or not metrics(run_dir)["finished"]
+    train([*KILL_ARGS, "resume=auto"], tmp_path)
+    assert metrics(run_dir)["finished"]
+    final = _final_tensors(run_dir)
+    assert final.keys() == unbroken_kill_run.keys()
+    different = [k for k in final if not torch.equal(final[k], unbroken_kill_run[k])]
+    assert not different, different[:3]
+
+
+def test_negative_control_resume_without_the_sampler_position_differs(compose_cfg, tmp_path, monkeypatch):
+    """The equality checks above can fail: forget where the epoch stopped, and the weights differ."""
+    from trainer.data import EpochSampler
+    from trainer.run import RunInterrupted, build_run
+
+    cfg = compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0")
+    unbroken = build_run(cfg, run_dir=tmp_path / "a")
+    unbroken.fit()
+    expected = _final_tensors(tmp_path / "a")
+
+    def interrupted_then_resumed(folder):
+        first = build_run(cfg, run_dir=folder)
+        calls = {"n": 0}
+        loss = first.loss_fn
+
+        def stop_after_five(out, y):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                first._stop_signal = signal.SIGTERM
+            return loss(out, y)
+
+        first.loss_fn = stop_after_five
+        with pytest.raises(RunInterrupted):
+            first.fit()
+        assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["batch_in_epoch"] == 5
+        build_run(_resume_cfg(cfg, folder), run_dir=folder).fit()
+        return _final_tensors(folder)
+
+    good = interrupted_then_resumed(tmp_path / "b")
+    assert all(torch.equal(good[k], expected[k]) for k in expected)
+
+    original = EpochSampler.set_epoch
+    monkeypatch.setattr(EpochSampler, "set_epoch", lambda self, epoch, start=0: original(self, epoch, 0))
+    bad = interrupted_then_resumed(tmp_path / "c")
+    assert any(not torch.equal(bad[k], expected[k]) for k in expected)
+
+
+def _resume_cfg(cfg, folder):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(cfg, {"resume": str(folder / "checkpoints" / "last.pt")})

@@ -23,12 +23,16 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    from trainer.failpoints import failpoint
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if path.suffix == ".pt":
+            failpoint("save")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

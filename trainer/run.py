@@ -20,6 +20,7 @@ from trainer.checkpoint import (link_checkpoint, load_checkpoint, prune_checkpoi
                                 set_rng_state)
 from trainer.data import Loaders, build_loaders
 from trainer.errors import UserError
+from trainer.failpoints import failpoint
 from trainer.finetune import Stage, plan_stages, stage_index
 from trainer.models import BuiltModel, apply_freeze, build_model, is_convnet, resolve_freeze
 from trainer.optim import (INTERVALS, OPTIMIZER_KEYS, SCHEDULER_KEYS, is_metric_scheduler, param_groups,
@@ -388,6 +389,7 @@ class Run:
                 val = self.evaluate()
                 self.elapsed += time.perf_counter() - t0
                 self._end_epoch(epoch, train_loss, val, time.perf_counter() - t0, wall_start)
+                failpoint("epoch")
             self.finished = True
             self.save()
             self._write_hparams()
@@ -499,6 +501,7 @@ class Run:
                     if stop:
                         bar.close()
                         raise RunInterrupted(self._stop_signal, self)
+                failpoint("step")
             bar.update(x.shape[0])
         bar.close()
         del t_log

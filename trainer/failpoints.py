@@ -1,0 +1,23 @@
+"""Fault injection for crash tests: ``TRAINER_FAILPOINT=<point>:<n>`` kills this process with SIGKILL
+the n-th time it reaches that point. Points: ``step`` (after an optimizer step), ``save`` (a
+checkpoint's bytes written, before its rename), ``epoch`` (after an epoch's checkpoint).
+Unset (always, outside tests) it does nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_SPEC = os.environ.get("TRAINER_FAILPOINT", "")
+_counts: dict[str, int] = {}
+
+
+def failpoint(point: str) -> None:
+    if not _SPEC:
+        return
+    name, _, nth = _SPEC.partition(":")
+    if name != point:
+        return
+    _counts[point] = _counts.get(point, 0) + 1
+    if _counts[point] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
