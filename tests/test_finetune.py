@@ -243,3 +243,25 @@ def test_torchvision_heads_are_found_whatever_they_are_called(name, head_path):
     assert built.head_path == head_path
     assert isinstance(built.head, torch.nn.Linear) and built.head.out_features == 3
     assert built.model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_hub_weights_are_read_from_the_cache_and_their_sha256_recorded(tmp_path, monkeypatch):
+    """No network here: put a file where the torch hub cache keeps timm's test_resnet weights."""
+    import timm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    url = "https://example.invalid/test_resnet_weights.pth"
+    source = timm.create_model("test_resnet")
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(source.state_dict(), tmp_path / "hub" / "checkpoints" / "test_resnet_weights.pth")
+    original = timm.create_model
+
+    def create(name, pretrained=False, **kw):  # the same model, pointed at that cached file
+        return original(name, pretrained=pretrained, pretrained_cfg_overlay={"url": url, "hf_hub_id": None}, **kw)
+
+    monkeypatch.setattr(timm, "create_model", create)
+    built = _model("test_resnet", pretrained=True)
+    assert built.weights["source"] == f"hub:{url}" and len(built.weights["sha256"]) == 64
+    got = built.model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in source.state_dict().items() if not k.startswith("fc."))

@@ -146,6 +146,7 @@ def _build_timm(cfg: Any, num_classes: int) -> BuiltModel:
     weights: dict[str, Any] = {"source": "hub" if hub else "none (random init)"}
     if hub:
         weights["source"] = f"hub:{model.pretrained_cfg.get('hf_hub_id') or model.pretrained_cfg.get('url')}"
+        weights.update(_cached_file_info(_timm_cached_file(model.pretrained_cfg)))
     if _wants_file(cfg):
         weights = load_weights(model, str(cfg.weights), head_names, name)
     data_config = resolve_data_config(model=model)
@@ -171,11 +172,38 @@ def _build_torchvision(cfg: Any, num_classes: int) -> BuiltModel:
     _set_submodule(model, head_path, new_head)
     head_names = _param_names_of(model, new_head)
     weights: dict[str, Any] = {"source": f"torchvision:{name}.DEFAULT" if hub else "none (random init)"}
+    if hub:
+        url = torchvision.models.get_model_weights(name).DEFAULT.url
+        weights.update(_cached_file_info(Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)))
     if _wants_file(cfg):
         weights = load_weights(model, str(cfg.weights), head_names, name)
     data_config = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": IMAGENET_MEAN,
                    "std": IMAGENET_STD, "crop_pct": 0.875, "crop_mode": "center"}
     return BuiltModel(model, head_names, data_config, weights, head_path)
+
+
+def _timm_cached_file(pretrained_cfg: dict[str, Any]) -> Path | None:
+    """Where the hub client cached the weights timm just loaded (Hugging Face or torch hub cache)."""
+    hf_id = pretrained_cfg.get("hf_hub_id")
+    if hf_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = hf_id.partition("@")
+        for filename in (pretrained_cfg.get("hf_hub_filename"), "model.safetensors", "pytorch_model.bin"):
+            if filename:
+                found = try_to_load_from_cache(repo, filename, revision=revision or None)
+                if isinstance(found, str):
+                    return Path(found)
+    url = pretrained_cfg.get("url")
+    if url:
+        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    return None
+
+
+def _cached_file_info(path: Path | None) -> dict[str, Any]:
+    if path is None or not Path(path).is_file():
+        return {}
+    return {"path": str(path), "sha256": sha256_file(path)}
 
 
 def _no_weights_message(name: str, where: str, err: Exception) -> str:
