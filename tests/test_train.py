@@ -515,7 +515,7 @@ def test_sigkill_at_any_point_then_resume_auto_equals_the_unbroken_run(tmp_path,
 def test_negative_control_resume_without_the_sampler_position_differs(compose_cfg, tmp_path, monkeypatch):
     """The equality checks above can fail: forget where the epoch stopped, and the weights differ."""
     from trainer.data import EpochSampler
-    from trainer.run import RunInterrupted, build_run
+    from trainer.run import build_run
 
     cfg = compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0")
     unbroken = build_run(cfg, run_dir=tmp_path / "a")
@@ -523,22 +523,7 @@ def test_negative_control_resume_without_the_sampler_position_differs(compose_cf
     expected = _final_tensors(tmp_path / "a")
 
     def interrupted_then_resumed(folder):
-        first = build_run(cfg, run_dir=folder)
-        calls = {"n": 0}
-        loss = first.loss_fn
-
-        def stop_after_five(out, y):
-            calls["n"] += 1
-            if calls["n"] == 5:
-                first._stop_signal = signal.SIGTERM
-            return loss(out, y)
-
-        first.loss_fn = stop_after_five
-        with pytest.raises(RunInterrupted):
-            first.fit()
-        assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["batch_in_epoch"] == 5
-        build_run(_resume_cfg(cfg, folder), run_dir=folder).fit()
-        return _final_tensors(folder)
+        return _interrupt_and_resume(cfg, folder, at_call=5)
 
     good = interrupted_then_resumed(tmp_path / "b")
     assert all(torch.equal(good[k], expected[k]) for k in expected)
@@ -547,6 +532,41 @@ def test_negative_control_resume_without_the_sampler_position_differs(compose_cf
     monkeypatch.setattr(EpochSampler, "set_epoch", lambda self, epoch, start=0: original(self, epoch, 0))
     bad = interrupted_then_resumed(tmp_path / "c")
     assert any(not torch.equal(bad[k], expected[k]) for k in expected)
+
+
+def _interrupt_and_resume(cfg, folder, at_call):
+    """In-process: SIGTERM-stop a run after ``at_call`` batches, resume it from last.pt, return final tensors."""
+    from trainer.run import RunInterrupted, build_run
+
+    first = build_run(cfg, run_dir=folder)
+    calls = {"n": 0}
+    loss = first.loss_fn
+
+    def stop_later(out, y):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            first._stop_signal = signal.SIGTERM
+        return loss(out, y)
+
+    first.loss_fn = stop_later
+    with pytest.raises(RunInterrupted):
+        first.fit()
+    assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["batch_in_epoch"] > 0
+    build_run(_resume_cfg(cfg, folder), run_dir=folder).fit()
+    return _final_tensors(folder)
+
+
+def test_a_plateau_scheduler_run_resumes_exactly(compose_cfg, tmp_path):
+    cfg = compose_cfg(*TINY, "trainer.epochs=4", "finetune.head_epochs=1", "scheduler=plateau",
+                      "scheduler.patience=0", "optimizer=sgd", "optimizer.lr=0.05")
+    from trainer.run import build_run
+
+    unbroken = build_run(cfg, run_dir=tmp_path / "a")
+    unbroken.fit()
+    expected = _final_tensors(tmp_path / "a")
+    resumed = _interrupt_and_resume(cfg, tmp_path / "b", at_call=8 * 2 + 3)  # epoch 3, mid-epoch
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+    assert unbroken.scheduler.state_dict()["num_bad_epochs"] is not None
 
 
 def _resume_cfg(cfg, folder):
