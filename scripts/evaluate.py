@@ -38,7 +38,9 @@ def evaluate_checkpoint(path: str) -> dict:
         total = torch.zeros(len(run.classes))
         run.model.eval()
         with torch.no_grad():
-            for x, y in run.loaders.val:
+            for x, y, _bad in run.loaders.val:
+                if x.shape[0] == 0:
+                    continue
                 pred = run.model(x.to(run.device)).argmax(1).cpu()
                 total += torch.bincount(y, minlength=len(run.classes))
                 correct += torch.bincount(y[pred == y], minlength=len(run.classes))

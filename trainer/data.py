@@ -50,6 +50,41 @@ class TensorImages(ImageSet):
         return img.expand(3, -1, -1) if img.shape[0] == 1 else img
 
 
+class BadImage(Exception):
+    """An image file that cannot be decoded; the loader skips it and reports it by name."""
+
+
+def decode_rgb(path: str) -> torch.Tensor:
+    """Any Pillow-readable image as a uint8 RGB tensor (3, H, W); BadImage if it cannot be read.
+
+    Grayscale, palette, RGBA/LA (alpha dropped), CMYK and 16-bit images become RGB; 16-bit values
+    are scaled to 8 bits. A decompression bomb (more than Pillow's MAX_IMAGE_PIXELS) is refused.
+    """
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()  # decode now: a truncated file fails here, not later
+                if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                    arr = np.asarray(img, dtype=np.float64)
+                    scale = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                    gray = np.clip(arr / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                    return torch.from_numpy(gray).unsqueeze(0).expand(3, -1, -1).contiguous()
+                if img.mode == "P" and "transparency" in img.info:
+                    img = img.convert("RGBA")
+                rgb = img.convert("RGB")
+                return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise BadImage(f"{path}: too large to decode safely ({e})") from None
+    except Exception as e:
+        raise BadImage(f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot decode'}") from None
+
+
 class FileImages(ImageSet):
     """Image files decoded with Pillow into RGB (any mode: gray, palette, RGBA, CMYK, 16-bit)."""
 
@@ -57,16 +92,18 @@ class FileImages(ImageSet):
         self.paths, self.targets = [str(p) for p in paths], [int(t) for t in targets]
 
     def load(self, index: int) -> torch.Tensor:
-        from PIL import Image
-        from torchvision.transforms.v2.functional import pil_to_tensor
+        return decode_rgb(self.paths[index])
 
-        path = self.paths[index]
+
+def verify_images(images: ImageSet) -> list[str]:
+    """Decode every image once; the problems found, one line each."""
+    problems = []
+    for i in range(len(images)):
         try:
-            with Image.open(path) as img:
-                return pil_to_tensor(img.convert("RGB"))
-        except Exception as e:
-            raise UserError(f"image {path} cannot be decoded ({type(e).__name__}: {e}). "
-                            "Remove or replace the file.") from None
+            images.load(i)
+        except BadImage as e:
+            problems.append(str(e))
+    return problems
 
 
 @dataclass
@@ -213,16 +250,31 @@ class TransformedImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        if isinstance(key, tuple):
-            epoch, index = key
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | BadImage:
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        try:
             img = self.images.load(index)
-            # Per-sample seed: the same augmentation for this sample in this epoch, in any worker,
-            # before or after a resume. fork_rng keeps the caller's RNG (dropout etc.) untouched.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed(self.seed, epoch, index))
-                return self.transform(img), self.images.targets[index]
-        return self.transform(self.images.load(key)), self.images.targets[key]
+        except BadImage as e:
+            return e  # skipped by collate_skipping_bad, reported by the run
+        if epoch is None:
+            return self.transform(img), self.images.targets[index]
+        # Per-sample seed: the same augmentation for this sample in this epoch, in any worker,
+        # before or after a resume. fork_rng keeps the caller's RNG (dropout etc.) untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.transform(img), self.images.targets[index]
+
+
+def collate_skipping_bad(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(images, targets, problems): images that could not be decoded are left out and named."""
+    from torch.utils.data import default_collate
+
+    good = [it for it in items if not isinstance(it, BadImage)]
+    if good:
+        x, y = default_collate(good)
+    else:
+        x, y = torch.empty(0), torch.empty(0, dtype=torch.long)
+    return x, y, [str(it) for it in items if isinstance(it, BadImage)]
 
 
 class EpochSampler(Sampler):
@@ -303,6 +355,7 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
         raise UserError("the train or val split is empty: add images or change data.val_split.")
     sampler = EpochSampler(len(train_set), seed, shuffle=True)
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                  collate_fn=collate_skipping_bad,
                   # own generators: building an iterator must not draw from the global RNG
                   generator=torch.Generator().manual_seed(int(seed)))
     if workers > 0:
@@ -311,7 +364,7 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
                        drop_last=len(train_set) > batch_size, **common)
     val = DataLoader(val_set, batch_size=batch_size * 2, shuffle=False, **common)
     train_eval = DataLoader(TransformedImages(splits.train, val_set.transform, seed), batch_size=batch_size * 2,
-                            shuffle=False, num_workers=workers, pin_memory=pin_memory)
+                            shuffle=False, num_workers=workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad)
     log.info("data: %d train / %d val images, %d classes, input %dpx (%s, crop_pct %.3f), augment=%s, "
              "batch %d, %d workers", len(train_set), len(val_set), len(splits.classes), spec["size"],
              spec["interpolation"], spec["crop_pct"], data_cfg.augment, batch_size, workers)

@@ -104,6 +104,8 @@ class Run:
         self.log_every = max(1, int(t.log_every))
         self.every_n_steps = int(cfg.checkpoint.get("every_n_steps") or 0)
         self.keep_last = max(1, int(cfg.checkpoint.get("keep_last") or 1))
+        self.bad_images: set[str] = set()
+        self.max_bad_fraction = float(cfg.data.get("max_bad_fraction", 0.01) or 0.0)
         self.skip_nonfinite = str(t.get("nonfinite", "stop")) == "skip"
         self.skipped_steps = 0
         self.monitor, self.mode = str(cfg.checkpoint.monitor), str(cfg.checkpoint.mode)
@@ -340,8 +342,13 @@ class Run:
         t0 = time.perf_counter()
         self.model.eval()
         for split, loader in (("train", self.loaders.train_eval), ("val", self.loaders.val)):
-            feats = [self._features(x.to(self.device, non_blocking=True, memory_format=self.memory_format))
-                     for x, _ in loader]
+            feats = []
+            for x, _, bad in loader:
+                if bad:
+                    raise UserError(f"model.cache_features=true needs every image readable; broken: {bad[0]} "
+                                    f"(and maybe more: data.verify=true lists them). Remove them or set "
+                                    "model.cache_features=false.")
+                feats.append(self._features(x.to(self.device, non_blocking=True, memory_format=self.memory_format)))
             self.feature_cache[split] = torch.cat(feats)
         log.info("cached backbone features (augmentation off): train %s, val %s in %.1fs",
                  tuple(self.feature_cache["train"].shape), tuple(self.feature_cache["val"].shape),
@@ -437,7 +444,13 @@ class Run:
                         desc=f"epoch {epoch + 1}/{self.epochs}")
         params = [p for g in opt.param_groups for p in g["params"]]
         t_log = time.perf_counter()
-        for i, (x, y) in enumerate(loader, start=self.batch_in_epoch):
+        for i, batch in enumerate(loader, start=self.batch_in_epoch):
+            x, y = batch[0], batch[1]
+            if len(batch) > 2 and batch[2]:
+                self._note_bad_images(batch[2])
+                if x.shape[0] == 0:
+                    bar.update(len(batch[2]))
+                    continue
             x = x.to(self.device, non_blocking=True, memory_format=self.memory_format if x.ndim == 4 else
                      torch.preserve_format)
             y = y.to(self.device, non_blocking=True)
@@ -509,6 +522,19 @@ class Run:
         self.partial_loss = (0.0, 0)
         return float(epoch_sum.item()) / max(1, epoch_count)
 
+    def _note_bad_images(self, problems: list[str]) -> None:
+        """Warn once per broken image; stop when more than data.max_bad_fraction of the data is broken."""
+        for problem in problems:
+            if problem not in self.bad_images:
+                self.bad_images.add(problem)
+                log.warning("skipping an image that cannot be read: %s", problem)
+        total = len(self.loaders.train.dataset) + len(self.loaders.val.dataset)
+        if len(self.bad_images) > self.max_bad_fraction * total:
+            raise UserError(f"{len(self.bad_images)} of {total} images cannot be read, more than "
+                            f"data.max_bad_fraction={self.max_bad_fraction:g}; e.g. {sorted(self.bad_images)[0]}. "
+                            "Fix or remove them (data.verify=true lists every one before training), or raise "
+                            "data.max_bad_fraction.")
+
     def _check_finite(self, value: float, epoch: int) -> None:
         if not math.isfinite(value):
             raise UserError(f"the training loss became {value} at step {self.global_step} (epoch {epoch + 1}); "
@@ -528,7 +554,12 @@ class Run:
             size = self.loaders.val.batch_size or 1
             batches = [(self.feature_cache["val"][i:i + size], targets[i:i + size])
                        for i in range(0, len(targets), size)]
-        for x, y in batches:
+        for batch in batches:
+            x, y = batch[0], batch[1]
+            if len(batch) > 2 and batch[2]:
+                self._note_bad_images(batch[2])
+                if x.shape[0] == 0:
+                    continue
             y = y.to(self.device, non_blocking=True)
             with self.autocast():
                 if x.ndim == 2:  # cached features
@@ -629,6 +660,23 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     return scheduler, interval
 
 
+def _verify_data(splits: Any, max_bad_fraction: float) -> None:
+    """data.verify=true: decode every image first and list every problem."""
+    from trainer.data import verify_images
+
+    t0 = time.perf_counter()
+    problems = verify_images(splits.train) + verify_images(splits.val)
+    total = len(splits.train) + len(splits.val)
+    for p in problems:
+        log.warning("data.verify: %s", p)
+    log.info("data.verify: %d images decoded in %.1fs, %d cannot be read", total, time.perf_counter() - t0,
+             len(problems))
+    if len(problems) > max_bad_fraction * total:
+        raise UserError(f"data.verify: {len(problems)} of {total} images cannot be read (listed above), more than "
+                        f"data.max_bad_fraction={max_bad_fraction:g}. Fix or remove them, or raise "
+                        "data.max_bad_fraction to train without them.")
+
+
 def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
     """seed -> data -> model -> loaders -> loss -> optimizer -> scheduler -> (resume)."""
     from hydra.utils import instantiate
@@ -657,6 +705,8 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
 
     log.info("building data %s", cfg.data.name)
     splits = instantiate(cfg.data.dataset)
+    if cfg.data.get("verify"):
+        _verify_data(splits, float(cfg.data.get("max_bad_fraction", 0.01) or 0.0))
     log.info("building model %s (%s, pretrained=%s, weights=%s) with a %d-class head", cfg.model.name,
              cfg.model.source, cfg.model.pretrained, cfg.model.get("weights"), len(splits.classes))
     built = build_model(cfg.model, num_classes=len(splits.classes))

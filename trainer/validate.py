@@ -44,6 +44,8 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "data.val_split": (float, lambda v: 0 < v < 1, "a number between 0 and 1, e.g. 0.2"),
     "data.image_size": _int(8),
     "data.augment": _choice("none", "affine", "flip_crop"),
+    "data.max_bad_fraction": (float, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 0.01"),
+    "data.verify": (bool, lambda v: True, "true or false"),
     "checkpoint.monitor": _choice("val/acc", "val/loss"),
     "checkpoint.mode": _choice("max", "min"),
     "checkpoint.every_n_steps": _int(0),
