@@ -573,3 +573,18 @@ def _resume_cfg(cfg, folder):
     from omegaconf import OmegaConf
 
     return OmegaConf.merge(cfg, {"resume": str(folder / "checkpoints" / "last.pt")})
+
+
+@pytest.mark.parametrize("scheduler", ["warmup_cosine", "onecycle"])
+def test_extending_a_finished_run_gives_the_new_epochs_a_fresh_schedule(tmp_path, scheduler):
+    run_dir = tmp_path / "run"
+    train([*TINY, "trainer.epochs=2", f"scheduler={scheduler}", f"hydra.run.dir={run_dir}"], tmp_path)
+    before = metrics(run_dir)
+    final_lr = before["history"][-1]["lr"]
+    proc = train([f"resume={run_dir}", "trainer.epochs=4"], tmp_path)
+    assert "extending a finished run from 2 to 4 epochs" in proc.stdout + proc.stderr
+    after = metrics(run_dir)
+    assert after["finished"] and [h["epoch"] for h in after["history"]] == [1, 2, 3, 4]
+    assert after["history"][:2] == before["history"]
+    assert after["history"][2]["lr"] > 10 * final_lr  # the schedule restarted, not stuck at its end
+    assert after["history"][3]["lr"] < after["history"][2]["lr"]  # and decays again

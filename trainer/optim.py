@@ -101,9 +101,12 @@ def cosine(optimizer: torch.optim.Optimizer, total_steps: int,
 
 def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: float = 0.3,
              div_factor: float = 25.0, final_div_factor: float = 1e4) -> torch.optim.lr_scheduler.OneCycleLR:
-    """One-cycle policy peaking at each group's own lr."""
+    """One-cycle policy peaking at each group's own lr; it reaches its final lr on the run's last step.
+
+    (torch counts the step done at construction, so the cycle is one step longer than the run.)
+    """
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(2, total_steps),
+        optimizer, max_lr=[g.get("initial_lr", g["lr"]) for g in optimizer.param_groups], total_steps=max(2, total_steps + 1),
         pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor)
 
 

@@ -197,6 +197,14 @@ class Run:
             raise UserError(f"{source}: its optimizer or scheduler does not match this config ({e}). "
                             "Resume with the optimizer and scheduler it was saved with.") from None
         self.scaler.load_state_dict(state["scaler"])
+        planned = OmegaConf.create(state["config"]).trainer.epochs if state.get("config") else None
+        if planned is not None and int(state["epoch"]) >= int(planned) and self.epochs > int(planned):
+            # Extending a finished run: the extra epochs get a fresh schedule of the same kind over their
+            # own length (warm-up and decay again), with the optimizer state and weights carried on.
+            remaining = self.epochs - int(state["epoch"])
+            self.scheduler, self.interval = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch, remaining)
+            log.info("extending a finished run from %d to %d epochs: a fresh %s schedule over the %d new epochs",
+                     int(planned), self.epochs, type(self.scheduler).__name__, remaining)
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.global_step = int(state["global_step"])
         self.best, self.best_epoch = state["best"], state["best_epoch"]
