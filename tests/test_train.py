@@ -588,3 +588,43 @@ def test_extending_a_finished_run_gives_the_new_epochs_a_fresh_schedule(tmp_path
     assert after["history"][:2] == before["history"]
     assert after["history"][2]["lr"] > 10 * final_lr  # the schedule restarted, not stuck at its end
     assert after["history"][3]["lr"] < after["history"][2]["lr"]  # and decays again
+
+
+def test_fp16_steps_the_scaler_skips_do_not_advance_the_schedule(compose_cfg, tmp_path):
+    from trainer.run import build_run
+
+    run = build_run(compose_cfg(*TINY, "trainer.epochs=1", "finetune.head_epochs=0", "trainer.precision=fp16",
+                                "trainer.log_every=100"), run_dir=tmp_path)
+    assert run.scaler.is_enabled()
+    calls = {"n": 0}
+    head_weight = next(p for n, p in run.model.named_parameters() if n in run.head_names and p.ndim == 2)
+
+    def overflow_third_step(grad):
+        calls["n"] += 1
+        return grad * float("inf") if calls["n"] == 3 else grad
+
+    head_weight.register_hook(overflow_third_step)
+    run.fit()
+    # one optimizer step was skipped by the scaler: the schedule moved one step less than the counter
+    assert run.global_step == run.batches_per_epoch
+    assert run.scheduler.last_epoch == run.global_step - 1
+
+
+def test_resume_with_other_classes_is_refused(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (20, 20), (i * 20, 100 if name == "cat" else 10, 50)).save(root / name / f"{i}.png")
+    run_dir = tmp_path / "run"
+    args = ["data=imagefolder", f"data.root={root}", "data.image_size=16", "data.batch_size=4",
+            "model.name=test_resnet", "model.pretrained=false", "model.weights=null", "trainer.epochs=1"]
+    train([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    (root / "fox").mkdir()
+    for i in range(10):
+        Image.new("RGB", (20, 20), (0, 0, i * 20)).save(root / "fox" / f"{i}.png")
+    proc = train([f"resume={run_dir}", "trainer.epochs=2"], tmp_path, check=False)
+    err = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "trained on classes ['cat', 'dog']" in err and "'fox'" in err
