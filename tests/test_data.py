@@ -72,3 +72,13 @@ def test_sampler_resumes_mid_epoch():
     assert list(s) == full[4:] and len(s) == 6
     s.set_epoch(3)
     assert [i for _, i in s] != [i for _, i in full]
+
+
+def test_empty_split_or_missing_root_is_refused(tmp_path):
+    _folder(tmp_path / "train", ["a", "b"])
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    (tmp_path / "val" / "b").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"val/ holds no images"):
+        load_imagefolder(str(tmp_path))
+    with pytest.raises(UserError, match="no such folder"):
+        load_imagefolder(str(tmp_path / "missing"))

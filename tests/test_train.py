@@ -628,3 +628,7 @@ def test_resume_with_other_classes_is_refused(tmp_path):
     proc = train([f"resume={run_dir}", "trainer.epochs=2"], tmp_path, check=False)
     err = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "trained on classes ['cat', 'dog']" in err and "'fox'" in err
+    script = Path(__file__).resolve().parent.parent / "scripts" / "evaluate.py"
+    proc = subprocess.run([sys.executable, str(script), str(run_dir / "checkpoints" / "last.pt")], capture_output=True,
+                          text=True, env=offline_env(tmp_path), timeout=120)
+    assert proc.returncode != 0 and "trained on classes ['cat', 'dog']" in proc.stderr
