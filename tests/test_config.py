@@ -105,3 +105,22 @@ def test_every_loss_builds_and_gives_finite_gradients(compose_cfg, option):
     good = torch.nn.functional.one_hot(target, 5).float() * 20
     bad = torch.nn.functional.one_hot((target + 1) % 5, 5).float() * 20
     assert loss_fn(good, target) < loss_fn(bad, target)
+
+
+def test_plot_lr_draws_the_schedule_without_training(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from conftest import REPO, offline_env
+
+    out = tmp_path / "lr.png"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "plot_lr.py"), "--out", str(out),
+                           "scheduler=onecycle", "data=fake", "trainer.epochs=3", "finetune.head_epochs=0",
+                           "optimizer.lr=0.01"], capture_output=True, text=True, env=offline_env(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    head = next(line for line in proc.stdout.splitlines() if line.startswith("lr/head"))
+    assert "peak 1.000e-02" in head and "(24 steps, 8 per epoch" in head
+    assert Image.open(out).size == (900, 420)
+    assert not (tmp_path / "outputs").exists()

@@ -1,0 +1,111 @@
+"""Draw the learning-rate curve a config would follow, without training: a PNG, one line per group.
+
+    python scripts/plot_lr.py [--out lr.png] [overrides ...]
+    python scripts/plot_lr.py scheduler=onecycle trainer.epochs=20 optimizer.lr=3e-3
+
+Steps per epoch come from the data option (its size and data.batch_size, trainer.accumulate);
+stages (finetune.*) are followed, each with its own optimizer and schedule, as in a real run.
+A plateau schedule depends on validation results and is drawn flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+
+
+def lr_curves(overrides: list[str]) -> tuple[dict[str, list[float]], int, list[int]]:
+    """lr of each group label after every optimizer step; steps per epoch; the step where each stage starts."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from trainer.finetune import plan_stages
+    from trainer.optim import OPTIMIZER_KEYS, is_metric_scheduler
+    from trainer.run import build_scheduler
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3", job_name="train"):
+        cfg = compose("train", overrides=overrides)
+    splits = instantiate(cfg.data.dataset)
+    batch = int(cfg.data.batch_size)
+    batches = len(splits.train) // batch if len(splits.train) > batch else 1
+    steps_per_epoch = math.ceil(batches / max(1, int(cfg.trainer.accumulate)))
+    opt_cfg = cfg.optimizer
+    opt_args = {k: v for k, v in OmegaConf.to_container(opt_cfg, resolve=True).items() if k not in OPTIMIZER_KEYS}
+    curves: dict[str, list[float]] = {"head": [], "backbone": []}
+    starts = []
+    for st in plan_stages(cfg.get("finetune"), int(cfg.trainer.epochs)):
+        starts.append(len(curves["head"]))
+        lr = float(st.lr if st.lr is not None else opt_cfg.lr)
+        mult = st.backbone_lr_mult if st.backbone_lr_mult is not None else opt_cfg.get("backbone_lr_mult", 1.0)
+        groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr, "label": "head"}]
+        if st.train == "all" and str(cfg.model.get("freeze", "none")) != "backbone":
+            groups.append({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr * float(mult), "label": "backbone"})
+        optimizer = instantiate(opt_args)(groups)
+        scheduler, interval = build_scheduler(cfg, optimizer, steps_per_epoch, st.epochs)
+        for step in range(st.epochs * steps_per_epoch):
+            optimizer.step()
+            if interval == "step":
+                scheduler.step()
+            elif interval == "epoch" and (step + 1) % steps_per_epoch == 0:
+                scheduler.step()
+            elif is_metric_scheduler(scheduler) and (step + 1) % steps_per_epoch == 0:
+                pass  # needs a validation metric: flat here
+            lrs = {g["label"]: g["lr"] for g in optimizer.param_groups}
+            for label in curves:
+                curves[label].append(lrs.get(label, 0.0))
+    return curves, steps_per_epoch, starts
+
+
+def draw(curves: dict[str, list[float]], steps_per_epoch: int, path: Path, title: str) -> None:
+    from PIL import Image, ImageDraw
+
+    w, h, left, right, top, bottom = 900, 420, 80, 20, 40, 50
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    n = max(len(c) for c in curves.values())
+    peak = max(max(c) for c in curves.values()) or 1.0
+    x = lambda i: left + (w - left - right) * i / max(1, n - 1)  # noqa: E731
+    y = lambda v: h - bottom - (h - top - bottom) * v / peak  # noqa: E731
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        d.line([left - 4, y(peak * frac), left, y(peak * frac)], fill="black")
+        d.text((4, y(peak * frac) - 6), f"{peak * frac:.2e}", fill="black")
+    epochs = max(1, n // max(1, steps_per_epoch))
+    for e in range(0, epochs + 1, max(1, epochs // 10)):
+        d.line([x(e * steps_per_epoch), h - bottom, x(e * steps_per_epoch), h - bottom + 4], fill="black")
+        d.text((x(e * steps_per_epoch) - 4, h - bottom + 8), str(e), fill="black")
+    d.text((w // 2 - 20, h - 20), "epoch", fill="black")
+    d.text((left, 12), title, fill="black")
+    for k, (label, values) in enumerate(curves.items()):
+        if not any(values):
+            continue
+        colour = COLOURS[k % len(COLOURS)]
+        d.line([(x(i), y(v)) for i, v in enumerate(values)], fill=colour, width=2)
+        d.text((w - right - 120, top + 8 + 14 * k), f"lr/{label}", fill=colour)
+    img.save(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="lr.png")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    curves, steps_per_epoch, starts = lr_curves(args.overrides)
+    draw(curves, steps_per_epoch, Path(args.out), " ".join(args.overrides) or "default config")
+    for label, values in curves.items():
+        if any(values):
+            print(f"lr/{label}: first {values[0]:.3e}  peak {max(values):.3e}  last {values[-1]:.3e}  "
+                  f"({len(values)} steps, {steps_per_epoch} per epoch, stages start at steps {starts})")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
