@@ -33,17 +33,20 @@ def evaluate_checkpoint(path: str) -> dict:
         if list(state["classes"]) != run.classes:
             raise UserError(f"{path} was trained on classes {state['classes']}, the data now has {run.classes}.")
         run.model.load_state_dict(state["model"])
-        result = run.evaluate()
-        correct = torch.zeros(len(run.classes))
-        total = torch.zeros(len(run.classes))
+        # one pass over the val split: loss, accuracy and per-class accuracy together
+        n = len(run.classes)
+        correct, total, loss_sum = torch.zeros(n), torch.zeros(n), 0.0
         run.model.eval()
         with torch.no_grad():
             for x, y, _bad in run.loaders.val:
                 if x.shape[0] == 0:
                     continue
-                pred = run.model(x.to(run.device)).argmax(1).cpu()
-                total += torch.bincount(y, minlength=len(run.classes))
-                correct += torch.bincount(y[pred == y], minlength=len(run.classes))
+                out = run.model(x.to(run.device)).float().cpu()
+                loss_sum += float(run.loss_fn.to("cpu")(out, y)) * y.shape[0]
+                pred = out.argmax(1)
+                total += torch.bincount(y, minlength=n)
+                correct += torch.bincount(y[pred == y], minlength=n)
+    result = {"val/loss": loss_sum / float(total.sum()), "val/acc": float(correct.sum() / total.sum())}
     result["per_class_acc"] = {c: round(float(a), 4) for c, a in zip(run.classes, correct / total.clamp(min=1))}
     result["epoch"] = state["epoch"]
     return result

@@ -92,7 +92,8 @@ def verify_checkpoint(path: Path) -> None:
     side = _sidecar(path)
     if not side.is_file():
         return  # a file from elsewhere: nothing to compare with
-    expected = side.read_text().split()[0] if side.read_text().strip() else ""
+    fields = side.read_text().split()
+    expected = fields[0] if fields else ""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

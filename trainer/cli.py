@@ -129,10 +129,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         from hydra.errors import InstantiationException
 
-        from trainer.validate import validate_config
-
-        validate_config(cfg)
-
         from trainer.run import build_run  # torch and timm load here, not before
 
         if multirun and not cfg.get("resume"):

@@ -497,12 +497,6 @@ def apply_freeze(model: nn.Module, head_names: set[str], frozen: set[str], bn_mo
     return {"trainable": trainable, "frozen": total - trainable, "bn_frozen": bn_frozen}
 
 
-def set_backbone_trainable(model: nn.Module, head_names: set[str], trainable: bool) -> int:
-    """Freeze or unfreeze everything but the head; frozen BatchNorm stays in eval mode. Returns #trainable."""
-    backbone = {n for n, _ in model.named_parameters() if n not in head_names}
-    return apply_freeze(model, head_names, set() if trainable else backbone)["trainable"]
-
-
 def is_convnet(model: nn.Module) -> bool:
     """Convolutional nets gain from channels_last; a ViT (one patch-embedding conv) does not."""
     return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 4

@@ -25,11 +25,9 @@ from trainer.finetune import Stage, plan_stages, stage_index
 from trainer.models import BuiltModel, apply_freeze, build_model, is_convnet, resolve_freeze
 from trainer.optim import (INTERVALS, OPTIMIZER_KEYS, SCHEDULER_KEYS, is_metric_scheduler, param_groups,
                            runtime_kwargs)
+from trainer.validate import validate_config
 
 log = logging.getLogger("trainer")
-
-MONITORS = ("val/acc", "val/loss")
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -405,8 +403,7 @@ class Run:
                 self.elapsed += time.perf_counter() - t0
                 self._end_epoch(epoch, train_loss, val, time.perf_counter() - t0, wall_start)
                 failpoint("epoch")
-            self.finished = True
-            self.save()
+            self.finished = True  # the last _end_epoch saved this state already
             self._write_hparams()
             summary = self._write_metrics(time.perf_counter() - wall_start)
         finally:
@@ -451,7 +448,6 @@ class Run:
         bar = _progress(total=n_batches * self.loaders.batch_size, initial=self.batch_in_epoch * self.loaders.batch_size,
                         desc=f"epoch {epoch + 1}/{self.epochs}")
         params = [p for g in opt.param_groups for p in g["params"]]
-        t_log = time.perf_counter()
         for i, batch in enumerate(loader, start=self.batch_in_epoch):
             x, y = batch[0], batch[1]
             if len(batch) > 2 and batch[2]:
@@ -507,9 +503,7 @@ class Run:
                     self.writer.add_scalar("train/loss", mean, self.global_step)
                     for part, lr in self._lrs().items():
                         self.writer.add_scalar(f"lr/{part}", lr, self.global_step)
-                    now = time.perf_counter()
                     bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self._lrs().get('head', 0.0):.2e}", refresh=False)
-                    t_log = now
                 stop = self._stop_signal is not None and i + 1 < n_batches
                 if stop or (self.every_n_steps and self.global_step % self.every_n_steps == 0 and i + 1 < n_batches):
                     epoch_sum += window
@@ -525,7 +519,6 @@ class Run:
                 failpoint("step")
             bar.update(x.shape[0])
         bar.close()
-        del t_log
         self.batch_in_epoch = 0
         self.partial_loss = (0.0, 0)
         return float(epoch_sum.item()) / max(1, epoch_count)
@@ -697,13 +690,8 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
 
     # every object the config names must come from an allow-listed package (resume brings configs from files)
     check_targets(cfg, extra=tuple(cfg.get("allow_targets") or ()))
+    validate_config(cfg)  # types and ranges, for every caller (CLI, scripts, tests)
     seed_everything(int(cfg.seed))
-    if cfg.checkpoint.monitor not in MONITORS:
-        raise UserError(f"checkpoint.monitor={cfg.checkpoint.monitor!r}: use one of {', '.join(MONITORS)}.")
-    if cfg.checkpoint.mode not in ("max", "min"):
-        raise UserError(f"checkpoint.mode={cfg.checkpoint.mode!r}: use max or min.")
-    if int(cfg.trainer.epochs) < 1:
-        raise UserError(f"trainer.epochs={cfg.trainer.epochs}: must be 1 or more.")
     device = resolve_device(str(cfg.trainer.device))
     precision = resolve_precision(str(cfg.trainer.precision), device)
     if device.type == "cuda":
