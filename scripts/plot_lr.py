@@ -27,7 +27,7 @@ def lr_curves(overrides: list[str]) -> tuple[dict[str, list[float]], int, list[i
     from omegaconf import OmegaConf
 
     from trainer.finetune import plan_stages
-    from trainer.optim import OPTIMIZER_KEYS, is_metric_scheduler
+    from trainer.optim import OPTIMIZER_KEYS
     from trainer.run import build_scheduler
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3", job_name="train"):
@@ -48,15 +48,12 @@ def lr_curves(overrides: list[str]) -> tuple[dict[str, list[float]], int, list[i
         if st.train == "all" and str(cfg.model.get("freeze", "none")) != "backbone":
             groups.append({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr * float(mult), "label": "backbone"})
         optimizer = instantiate(opt_args)(groups)
-        scheduler, interval = build_scheduler(cfg, optimizer, steps_per_epoch, st.epochs)
+        schedule = build_scheduler(cfg, optimizer, steps_per_epoch, st.epochs)
         for step in range(st.epochs * steps_per_epoch):
             optimizer.step()
-            if interval == "step":
-                scheduler.step()
-            elif interval == "epoch" and (step + 1) % steps_per_epoch == 0:
-                scheduler.step()
-            elif is_metric_scheduler(scheduler) and (step + 1) % steps_per_epoch == 0:
-                pass  # needs a validation metric: flat here
+            schedule.after_step()
+            if (step + 1) % steps_per_epoch == 0 and schedule.interval == "epoch":
+                schedule.after_epoch(0.0)  # a plateau schedule needs a validation metric: flat here
             lrs = {g["label"]: g["lr"] for g in optimizer.param_groups}
             for label in curves:
                 curves[label].append(lrs.get(label, 0.0))

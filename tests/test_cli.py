@@ -100,7 +100,7 @@ CONFIG_MISTAKES = [
     (["optimizer.lr=-1"], ["optimizer.lr=-1 is not valid", "a number > 0"]),
     (["trainer.epochs=abc"], ["trainer.epochs='abc' is not valid"]),
     (["data.val_split=1.5"], ["data.val_split=1.5 is not valid", "between 0 and 1"]),
-    (["checkpoint.monitor=val/f1"], ["checkpoint.monitor='val/f1' is not valid", "val/acc"]),
+    (["checkpoint.monitor=accuracy"], ["checkpoint.monitor='accuracy' is not valid", "val/acc"]),
 ]
 
 

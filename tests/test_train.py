@@ -409,22 +409,65 @@ def test_export_writes_safetensors_and_json_that_train_can_start_from(tmp_path):
     assert metrics(again)["weights"]["source"].endswith("model.safetensors")
 
 
-def test_own_loss_outside_the_package_needs_an_allow_listed_prefix(tmp_path):
-    (tmp_path / "my_losses.py").write_text(
-        "import torch.nn.functional as F\n"
-        "class SmoothCE:\n"
-        "    def __init__(self, label_smoothing=0.0, weight=None):\n        self.eps = label_smoothing or 0.2\n"
-        "    def to(self, device):\n        return self\n"
-        "    def __call__(self, logits, target):\n"
-        "        return F.cross_entropy(logits, target, label_smoothing=self.eps)\n")
-    args = [*TINY, "trainer.epochs=1", "loss._target_=my_losses.SmoothCE"]
-    env_cwd = tmp_path
-    refused = train(args, env_cwd, check=False)
-    assert refused.returncode == 2 and "allow_targets=[my_losses.]" in refused.stdout + refused.stderr
+OWN_MODULE = """
+import torch
+import torch.nn.functional as F
+
+
+class SmoothCE(torch.nn.Module):
+    tasks = ("multiclass",)          # optional: the tasks it serves, checked when the run is built
+
+    def __init__(self, eps=0.2):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, logits, target):
+        return F.cross_entropy(logits.float(), target, label_smoothing=self.eps)
+
+
+class SignSGD(torch.optim.Optimizer):
+    def __init__(self, params, lr=0.01):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad.sign(), alpha=-group["lr"])
+
+
+def halving(optimizer, steps_per_epoch):
+    # run-time values (steps_per_epoch, total_steps, epochs) are passed when the signature names them
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=steps_per_epoch, gamma=0.5)
+"""
+
+
+def test_own_loss_optimizer_and_scheduler_from_a_config_folder_outside_the_package(tmp_path):
+    """README: your own parts in your module, named by _target_ in your own YAML, found through hydra.searchpath."""
+    (tmp_path / "my_parts.py").write_text(OWN_MODULE)
+    conf = tmp_path / "myconf"
+    for group, text in (("loss", "_target_: my_parts.SmoothCE\neps: 0.2\n"),
+                        ("optimizer", "_target_: my_parts.SignSGD\n_partial_: true\nlr: 0.002\n"),
+                        ("scheduler", "_target_: my_parts.halving\ninterval: step\n")):
+        (conf / group).mkdir(parents=True)
+        (conf / group / "mine.yaml").write_text(text)
+    args = [*TINY, "trainer.epochs=2", f"hydra.searchpath=[file://{conf}]", "loss=mine", "optimizer=mine",
+            "scheduler=mine", "finetune.head_epochs=0"]
+    refused = train(args, tmp_path, check=False)
+    assert refused.returncode == 2 and "allow_targets=[my_parts.]" in refused.stdout + refused.stderr
     run_dir = tmp_path / "run"
-    train([*args, "allow_targets=[my_losses.]", f"hydra.run.dir={run_dir}"], env_cwd)
-    assert metrics(run_dir)["finished"]
-    evil = train([*TINY, "loss._target_=os.system", "trainer.epochs=1"], env_cwd, check=False)
+    done = train([*args, "allow_targets=[my_parts.]", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert "loss SmoothCE" in done.stdout + done.stderr and "SignSGD" in done.stdout + done.stderr
+    m = metrics(run_dir)
+    assert m["finished"]
+    # the schedule halves the lr every epoch: 0.002 -> 0.001 -> 0.0005 after two epochs
+    assert m["history"][-1]["lr"] == pytest.approx(0.0005)
+    # a task the loss does not declare is refused with what fits
+    wrong = train([*args, "allow_targets=[my_parts.]", "data.task=binary", "data.dataset.num_classes=2"], tmp_path,
+                  check=False)
+    assert wrong.returncode == 2 and "cannot train a binary task: it serves multiclass tasks" in wrong.stdout + wrong.stderr
+    evil = train([*TINY, "loss._target_=os.system", "trainer.epochs=1"], tmp_path, check=False)
     assert evil.returncode == 2 and "'os.system' is not allowed" in evil.stdout + evil.stderr
 
 

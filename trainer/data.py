@@ -1,7 +1,9 @@
 """Datasets, transforms and loaders.
 
 A dataset option's ``_target_`` returns :class:`Splits`: train and val image sets of uint8
-``(3, H, W)`` tensors with integer labels, plus the class names. Transforms come from the
+``(3, H, W)`` tensors with their targets, the class names and the task: ``multiclass`` (a class
+index), ``binary`` (0 or 1, one output), ``multilabel`` (a set of class indices, multi-hot) or
+``segmentation`` (a class-index mask per image, transformed together with its image). Transforms come from the
 model's pretrained config (size, mean, std, interpolation); ``data.image_size`` may override
 the size. Training augmentation is seeded per (seed, epoch, sample), so a resumed run sees the
 same augmented images as an unbroken one, whatever the number of workers.
@@ -27,16 +29,32 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-class ImageSet:
-    """Labelled images; ``load(i)`` returns a uint8 RGB tensor ``(3, H, W)``."""
+TASKS = ("multiclass", "binary", "multilabel", "segmentation")
 
-    targets: list[int]
+
+class ImageSet:
+    """Labelled images; ``load(i)`` returns a uint8 RGB tensor ``(3, H, W)``, ``target(i)`` its target."""
+
+    targets: list[Any]
+    task: str = "multiclass"
+    num_classes: int = 0
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def load(self, index: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def target(self, index: int) -> Any:
+        """multiclass: the class index; binary: a float tensor ``[0.]`` or ``[1.]``; multilabel: multi-hot floats."""
+        t = self.targets[index]
+        if self.task == "binary":
+            return torch.tensor([float(t)])
+        if self.task == "multilabel":
+            hot = torch.zeros(self.num_classes)
+            hot[list(t)] = 1.0
+            return hot
+        return t
 
 
 class TensorImages(ImageSet):
@@ -106,11 +124,70 @@ def verify_images(images: ImageSet) -> list[str]:
     return problems
 
 
+class SegmentationImages(ImageSet):
+    """Images with class-index masks (uint8 PNG, value = class, e.g. 255 = ignore), from files or memory."""
+
+    task = "segmentation"
+
+    def __init__(self, images: Sequence[str] | torch.Tensor, masks: Sequence[str] | torch.Tensor) -> None:
+        self.images, self.masks = images, masks
+        self.targets = list(range(len(images)))
+
+    def load(self, index: int) -> torch.Tensor:
+        if isinstance(self.images, torch.Tensor):
+            return self.images[index]
+        return decode_rgb(str(self.images[index]))
+
+    def target(self, index: int) -> torch.Tensor:
+        if isinstance(self.masks, torch.Tensor):
+            return self.masks[index]
+        return decode_mask(str(self.masks[index]))
+
+
+def decode_mask(path: str) -> torch.Tensor:
+    """A class-index mask (one channel, value = class) as a uint8 tensor (H, W); BadImage if unreadable."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("L", "P", "I;16", "I", "1"):
+                raise ValueError(f"mode {img.mode}: a mask must hold one class index per pixel (mode L or P)")
+            arr = np.asarray(img)
+    except Exception as e:
+        raise BadImage(f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot decode'}") from None
+    if arr.max(initial=0) > 255:
+        raise BadImage(f"{path}: mask values above 255")
+    return torch.from_numpy(arr.astype(np.uint8))
+
+
 @dataclass
 class Splits:
     train: ImageSet
     val: ImageSet
     classes: list[str]
+    task: str = "multiclass"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise UserError(f"data.task={self.task!r} is not known: use one of {', '.join(TASKS)}.")
+        if self.task == "binary" and len(self.classes) != 2:
+            raise UserError(f"data.task=binary needs exactly two classes, found {len(self.classes)} "
+                            f"({', '.join(self.classes[:6])}): use data.task=multiclass.")
+        for images in (self.train, self.val):
+            images.task, images.num_classes = self.task, len(self.classes)
+
+
+def random_split(n: int, val_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of a random train/val split with a fixed seed (multilabel, segmentation)."""
+    if not 0.0 < float(val_split) < 1.0:
+        raise UserError(f"data.val_split={val_split}: must be between 0 and 1 (e.g. 0.2).")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    n_val = max(1, int(round(n * float(val_split))))
+    if n - n_val < 1:
+        raise UserError(f"cannot split {n} images with data.val_split={val_split}: too few images.")
+    return sorted(order[n_val:]), sorted(order[:n_val])
 
 
 def stratified_split(targets: Sequence[int], val_split: float, seed: int) -> tuple[list[int], list[int]]:
@@ -152,7 +229,7 @@ def _scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int]]:
     return classes, paths, targets
 
 
-def load_imagefolder(root: str, val_split: float = 0.2, seed: int = 0) -> Splits:
+def load_imagefolder(root: str, val_split: float = 0.2, seed: int = 0, task: str = "multiclass") -> Splits:
     """``root/train/<class>/*`` and ``root/val/<class>/*``, or ``root/<class>/*`` split by val_split."""
     base = Path(str(root)).expanduser()
     if not base.is_dir():
@@ -170,7 +247,7 @@ def load_imagefolder(root: str, val_split: float = 0.2, seed: int = 0) -> Splits
         if not tr_paths or not va_paths:
             empty = "train/" if not tr_paths else "val/"
             raise UserError(f"data.root={str(base)!r}: {empty} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
-        return Splits(FileImages(tr_paths, tr_targets), FileImages(va_paths, va_targets), classes)
+        return Splits(FileImages(tr_paths, tr_targets), FileImages(va_paths, va_targets), classes, task)
     classes, paths, targets = _scan_class_folders(base)
     if not classes or not paths:
         raise UserError(f"data.root={str(base)!r} holds no class folders with images. Expected "
@@ -179,11 +256,11 @@ def load_imagefolder(root: str, val_split: float = 0.2, seed: int = 0) -> Splits
         raise UserError(f"data.root={str(base)!r}: found one class folder ({classes[0]}); a classifier needs two or more.")
     train_idx, val_idx = stratified_split(targets, val_split, seed)
     return Splits(FileImages([paths[i] for i in train_idx], [targets[i] for i in train_idx]),
-                  FileImages([paths[i] for i in val_idx], [targets[i] for i in val_idx]), classes)
+                  FileImages([paths[i] for i in val_idx], [targets[i] for i in val_idx]), classes, task)
 
 
 def make_fake(num_classes: int = 4, train_size: int = 256, val_size: int = 64, image_size: int = 32,
-              seed: int = 0) -> Splits:
+              seed: int = 0, task: str = "multiclass") -> Splits:
     """Generated images a small net can learn: each class has its own colour and stripe direction."""
     g = torch.Generator().manual_seed(int(seed) + 12345)
     colours = torch.rand(num_classes, 3, 1, 1, generator=g)
@@ -201,7 +278,128 @@ def make_fake(num_classes: int = 4, train_size: int = 256, val_size: int = 64, i
 
     tr_x, tr_y = make(train_size)
     va_x, va_y = make(val_size)
-    return Splits(TensorImages(tr_x, tr_y), TensorImages(va_x, va_y), [f"class{i}" for i in range(num_classes)])
+    return Splits(TensorImages(tr_x, tr_y), TensorImages(va_x, va_y), [f"class{i}" for i in range(num_classes)], task)
+
+
+def read_label_csv(path: Path, root: Path) -> tuple[list[str], list[list[str]]]:
+    """Rows ``path,labels`` (header optional; labels separated by spaces, may be empty)."""
+    import csv
+
+    paths, labels = [], []
+    with open(path, newline="") as f:
+        for n, row in enumerate(csv.reader(f), start=1):
+            if not row or (n == 1 and row[0].strip().lower() in ("path", "image", "file", "filename")):
+                continue
+            if len(row) < 2:
+                raise UserError(f"{path}, line {n}: expected `path,labels` (labels separated by spaces), got {row}.")
+            p = Path(row[0].strip())
+            paths.append(str(p if p.is_absolute() else root / p))
+            labels.append(row[1].split())
+    if not paths:
+        raise UserError(f"{path} lists no images: write one `path,labels` row per image.")
+    return paths, labels
+
+
+def load_multilabel_csv(csv: str, root: str | None = None, val_csv: str | None = None, val_split: float = 0.2,
+                        seed: int = 0) -> Splits:
+    """Multilabel images listed in a CSV (``path,labels``, labels space-separated); paths relative to
+    ``root`` (default: the CSV's folder). Validation: ``val_csv``, or a random ``val_split``."""
+    csv_path = Path(str(csv)).expanduser()
+    if not csv_path.is_file():
+        raise UserError(f"data.csv={str(csv)!r}: no such file. Give a CSV with rows `path,labels`, e.g. "
+                        "`img/001.jpg,cat dog`.")
+    base = Path(str(root)).expanduser() if root else csv_path.parent
+    paths, labels = read_label_csv(csv_path, base)
+    if val_csv:
+        vpath = Path(str(val_csv)).expanduser()
+        if not vpath.is_file():
+            raise UserError(f"data.val_csv={str(val_csv)!r}: no such file.")
+        vpaths, vlabels = read_label_csv(vpath, base)
+    else:
+        tr, va = random_split(len(paths), val_split, seed)
+        paths, labels, vpaths, vlabels = ([paths[i] for i in tr], [labels[i] for i in tr],
+                                          [paths[i] for i in va], [labels[i] for i in va])
+    classes = sorted({lab for row in labels + vlabels for lab in row})
+    if len(classes) < 2:
+        raise UserError(f"{csv_path}: found {len(classes)} label name(s); a multilabel task needs two or more.")
+    index = {c: i for i, c in enumerate(classes)}
+    return Splits(FileImages(paths, [[index[lab] for lab in row] for row in labels]),
+                  FileImages(vpaths, [[index[lab] for lab in row] for row in vlabels]), classes, "multilabel")
+
+
+def _pairs(images_dir: Path, masks_dir: Path) -> tuple[list[str], list[str]]:
+    masks = {f.stem: f for f in masks_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS}
+    images = sorted(f for f in images_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    missing = [f.name for f in images if f.stem not in masks]
+    if missing:
+        raise UserError(f"{images_dir}: {len(missing)} image(s) have no mask of the same name in {masks_dir} "
+                        f"(e.g. {', '.join(missing[:3])}). Each image needs masks/<same stem>.png.")
+    return [str(f) for f in images], [str(masks[f.stem]) for f in images]
+
+
+def load_segfolder(root: str, classes: Sequence[str] | None = None, val_split: float = 0.2, seed: int = 0) -> Splits:
+    """``root/images/*`` with ``root/masks/<same stem>.png`` (class-index PNGs), split by val_split; or
+    ``root/train/{images,masks}`` and ``root/val/{images,masks}``. ``classes``: names by index (null:
+    ``class0..`` up to the largest index found in the masks, 255 aside)."""
+    base = Path(str(root)).expanduser()
+    if (base / "train" / "images").is_dir() and (base / "val" / "images").is_dir():
+        tr_i, tr_m = _pairs(base / "train" / "images", base / "train" / "masks")
+        va_i, va_m = _pairs(base / "val" / "images", base / "val" / "masks")
+    elif (base / "images").is_dir() and (base / "masks").is_dir():
+        all_i, all_m = _pairs(base / "images", base / "masks")
+        tr, va = random_split(len(all_i), val_split, seed)
+        tr_i, tr_m, va_i, va_m = [all_i[i] for i in tr], [all_m[i] for i in tr], [all_i[i] for i in va], [all_m[i] for i in va]
+    else:
+        raise UserError(f"data.root={str(root)!r} must hold images/ and masks/ folders (masks: class-index PNGs "
+                        "with the images' names), or train/ and val/ folders that each hold them.")
+    if not tr_i or not va_i:
+        raise UserError(f"data.root={str(base)!r}: the train or val split holds no images.")
+    if classes is None:
+        top = 0
+        for m in tr_m + va_m:
+            try:
+                values = decode_mask(m).unique()
+            except BadImage:
+                continue  # reported by name when it is loaded
+            values = values[values != 255]
+            top = max(top, int(values.max()) if len(values) else 0)
+        names = [f"class{i}" for i in range(top + 1)]
+        log.info("segmentation classes from the masks: %d (indices 0-%d; set data.classes to name them)", top + 1, top)
+    else:
+        names = [str(c) for c in classes]
+    if len(names) < 2:
+        raise UserError(f"data.root={str(base)!r}: masks hold one class only; segmentation needs two or more "
+                        "(e.g. background and object).")
+    return Splits(SegmentationImages(tr_i, tr_m), SegmentationImages(va_i, va_m), names, "segmentation")
+
+
+def make_shapes(train_size: int = 256, val_size: int = 64, image_size: int = 64, seed: int = 0) -> Splits:
+    """Generated segmentation data: squares and discs (each class its own colour, jittered) on noise."""
+    g = torch.Generator().manual_seed(int(seed) + 777)
+    yy, xx = torch.meshgrid(torch.arange(image_size).float(), torch.arange(image_size).float(), indexing="ij")
+    colours = torch.tensor([[0.85, 0.25, 0.2], [0.2, 0.45, 0.9]])
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        imgs = 0.35 + 0.3 * torch.rand(n, 3, image_size, image_size, generator=g)
+        masks = torch.zeros(n, image_size, image_size, dtype=torch.uint8)
+        for i in range(n):
+            for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
+                cls = int(torch.randint(1, 3, (1,), generator=g))
+                r = float(torch.empty(1).uniform_(image_size * 0.08, image_size * 0.2, generator=g))
+                cy, cx = (float(v) for v in torch.empty(2).uniform_(r, image_size - r, generator=g))
+                if cls == 1:
+                    inside = ((yy - cy).abs() <= r) & ((xx - cx).abs() <= r)
+                else:
+                    inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+                colour = (colours[cls - 1] + 0.1 * torch.randn(3, generator=g)).clamp(0, 1)
+                imgs[i][:, inside] = colour[:, None] * (0.9 + 0.2 * torch.rand(int(inside.sum()), generator=g))
+                masks[i][inside] = cls
+        return (imgs.clamp(0, 1) * 255).to(torch.uint8), masks
+
+    tr_x, tr_m = make(train_size)
+    va_x, va_m = make(val_size)
+    return Splits(SegmentationImages(tr_x, tr_m), SegmentationImages(va_x, va_m), ["background", "square", "disc"],
+                  "segmentation")
 
 
 # ---------------------------------------------------------------- transforms
@@ -215,8 +413,12 @@ def resolve_input(data_cfg: Any, model_data_config: dict[str, Any]) -> dict[str,
             "mean": tuple(model_data_config["mean"]), "std": tuple(model_data_config["std"])}
 
 
-def build_transforms(augment: str, spec: dict[str, Any], train: bool) -> Any:
-    """torchvision v2 pipeline on uint8 tensors: geometry (and augmentation) -> float -> normalize."""
+def build_transforms(augment: str, spec: dict[str, Any], train: bool, task: str = "multiclass") -> Any:
+    """torchvision v2 pipeline on uint8 tensors: geometry (and augmentation) -> float -> normalize.
+
+    Segmentation: the same geometry is applied to the image and its mask (nearest for the mask),
+    and evaluation resizes to image_size x image_size without cropping, so every pixel is scored.
+    """
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import v2
 
@@ -224,6 +426,18 @@ def build_transforms(augment: str, spec: dict[str, Any], train: bool) -> Any:
     interp = InterpolationMode(spec["interpolation"]) if spec["interpolation"] in {m.value for m in InterpolationMode} \
         else InterpolationMode.BILINEAR
     finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec["mean"], spec["std"])]
+    if augment not in ("none", "affine", "flip_crop"):
+        raise UserError(f"data.augment={augment!r} is not known: use none, affine or flip_crop.")
+    if task == "segmentation":
+        if not train or augment == "none":
+            geometry = [v2.Resize((size, size), interpolation=interp, antialias=True)]
+        elif augment == "affine":
+            geometry = [v2.Resize((size, size), interpolation=interp, antialias=True),
+                        v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))]
+        else:
+            geometry = [v2.RandomResizedCrop(size, scale=(0.4, 1.0), interpolation=interp, antialias=True),
+                        v2.RandomHorizontalFlip()]
+        return JointTransform(v2.Compose(geometry), v2.Compose(finish))
     resize = int(math.floor(size / spec["crop_pct"]))
     eval_geometry = [v2.Resize(resize, interpolation=interp, antialias=True), v2.CenterCrop(size)]
     if not train or augment == "none":
@@ -231,10 +445,23 @@ def build_transforms(augment: str, spec: dict[str, Any], train: bool) -> Any:
     if augment == "affine":
         return v2.Compose([v2.Resize((size, size), interpolation=interp, antialias=True),
                            v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))] + finish)
-    if augment == "flip_crop":
-        return v2.Compose([v2.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interp, antialias=True),
-                           v2.RandomHorizontalFlip()] + finish)
-    raise UserError(f"data.augment={augment!r} is not known: use none, affine or flip_crop.")
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interp, antialias=True),
+                       v2.RandomHorizontalFlip()] + finish)
+
+
+class JointTransform:
+    """Image + mask: one geometry for both (masks resampled nearest), then the image alone is normalized."""
+
+    def __init__(self, geometry: Any, finish: Any) -> None:
+        self.geometry, self.finish = geometry, finish
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from torchvision import tv_tensors
+
+        if image.shape[-2:] != mask.shape[-2:]:
+            raise BadImage(f"mask of size {tuple(mask.shape[-2:])} does not match its image {tuple(image.shape[-2:])}")
+        img, m = self.geometry(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return self.finish(img.as_subclass(torch.Tensor)), m.as_subclass(torch.Tensor).long()
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -250,19 +477,27 @@ class TransformedImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | BadImage:
+    def _apply(self, index: int) -> tuple[torch.Tensor, Any]:
+        img, target = self.images.load(index), self.images.target(index)
+        if isinstance(self.transform, JointTransform):
+            try:
+                return self.transform(img, target)
+            except BadImage as e:
+                raise BadImage(f"{getattr(self.images, 'masks', [''] * (index + 1))[index]}: {e}") from None
+        return self.transform(img), target
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, Any] | BadImage:
         epoch, index = key if isinstance(key, tuple) else (None, key)
         try:
-            img = self.images.load(index)
+            if epoch is None:
+                return self._apply(index)
+            # Per-sample seed: the same augmentation for this sample in this epoch, in any worker,
+            # before or after a resume. fork_rng keeps the caller's RNG (dropout etc.) untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, epoch, index))
+                return self._apply(index)
         except BadImage as e:
             return e  # skipped by collate_skipping_bad, reported by the run
-        if epoch is None:
-            return self.transform(img), self.images.targets[index]
-        # Per-sample seed: the same augmentation for this sample in this epoch, in any worker,
-        # before or after a resume. fork_rng keeps the caller's RNG (dropout etc.) untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
-            return self.transform(img), self.images.targets[index]
 
 
 def collate_skipping_bad(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -319,15 +554,15 @@ def default_num_workers() -> int:
 class CachedFeatures(Dataset):
     """Backbone features computed once (linear probe), served with the same (epoch, index) keys."""
 
-    def __init__(self, features: torch.Tensor, targets: Sequence[int]) -> None:
-        self.features, self.targets = features, list(targets)
+    def __init__(self, features: torch.Tensor, images: ImageSet) -> None:
+        self.features, self.images = features, images
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return len(self.images)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, Any]:
         index = key[1] if isinstance(key, tuple) else key
-        return self.features[index], self.targets[index]
+        return self.features[index], self.images.target(index)
 
 
 @dataclass
@@ -349,8 +584,9 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
         raise UserError(f"data.batch_size={batch_size}: must be 1 or more.")
     workers = data_cfg.get("num_workers", "auto")
     workers = default_num_workers() if workers in (None, "auto") else int(workers)
-    train_set = TransformedImages(splits.train, build_transforms(str(data_cfg.augment), spec, train=True), seed)
-    val_set = TransformedImages(splits.val, build_transforms(str(data_cfg.augment), spec, train=False), seed)
+    task = splits.task
+    train_set = TransformedImages(splits.train, build_transforms(str(data_cfg.augment), spec, True, task), seed)
+    val_set = TransformedImages(splits.val, build_transforms(str(data_cfg.augment), spec, False, task), seed)
     if len(train_set) == 0 or len(val_set) == 0:
         raise UserError("the train or val split is empty: add images or change data.val_split.")
     sampler = EpochSampler(len(train_set), seed, shuffle=True)
@@ -365,7 +601,7 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
     val = DataLoader(val_set, batch_size=batch_size * 2, shuffle=False, **common)
     train_eval = DataLoader(TransformedImages(splits.train, val_set.transform, seed), batch_size=batch_size * 2,
                             shuffle=False, num_workers=workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad)
-    log.info("data: %d train / %d val images, %d classes, input %dpx (%s, crop_pct %.3f), augment=%s, "
-             "batch %d, %d workers", len(train_set), len(val_set), len(splits.classes), spec["size"],
+    log.info("data: %s, %d train / %d val images, %d classes, input %dpx (%s, crop_pct %.3f), augment=%s, "
+             "batch %d, %d workers", task, len(train_set), len(val_set), len(splits.classes), spec["size"],
              spec["interpolation"], spec["crop_pct"], data_cfg.augment, batch_size, workers)
     return Loaders(train, val, sampler, spec, batch_size, train_eval)

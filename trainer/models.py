@@ -65,8 +65,24 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def build_model(cfg: Any, num_classes: int) -> BuiltModel:
-    """Create the backbone named by ``cfg`` with a ``num_classes`` head and load its weights."""
+def build_model(cfg: Any, num_classes: int, task: str = "multiclass") -> BuiltModel:
+    """Create the backbone named by ``cfg`` with a head for the task and load its weights.
+
+    multiclass / multilabel: ``num_classes`` outputs; binary: one; segmentation: an encoder
+    (timm ``features_only``) with a U-Net or FPN decoder giving ``num_classes`` maps.
+    """
+    decoder = cfg.get("decoder")
+    if task == "segmentation":
+        if not decoder:
+            raise UserError(f"data.task=segmentation needs an encoder-decoder model, and model={cfg.name} is a "
+                            "classifier: use model=unet_resnet34 (or model=fpn_resnet34), or add a decoder to any "
+                            "timm backbone with +model.decoder=unet.")
+        return _build_segmentation(cfg, num_classes)
+    if decoder:
+        raise UserError(f"model.decoder={decoder} makes per-pixel masks, but data.task={task}: use a classifier "
+                        "(e.g. model=resnet34), or segmentation data (data=segfolder).")
+    if task == "binary":
+        num_classes = 1
     source = str(cfg.source)
     if source == "timm":
         built = _build_timm(cfg, num_classes)
@@ -86,6 +102,112 @@ def build_model(cfg: Any, num_classes: int) -> BuiltModel:
         built.head_names = _param_names_of(built.model, new)
     init_head(built.model, built.head_names)
     return built
+
+
+class UNetDecoder(nn.Module):
+    """Light U-Net decoder: from the deepest feature map up, upsample x2, concatenate the skip, two 3x3 convs."""
+
+    def __init__(self, encoder_channels: list[int], channels: list[int], num_classes: int) -> None:
+        super().__init__()
+        skips = encoder_channels[:-1][::-1]
+        chans = (list(channels) + [channels[-1]] * len(skips))[:len(skips)]
+        blocks, cin = [], encoder_channels[-1]
+        for skip, cout in zip(skips, chans):
+            blocks.append(nn.Sequential(_conv_bn_relu(cin + skip, cout), _conv_bn_relu(cout, cout)))
+            cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        self.classifier = nn.Conv2d(cin, num_classes, kernel_size=1)
+
+    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        x = features[-1]
+        for block, skip in zip(self.blocks, features[:-1][::-1]):
+            x = nn.functional.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return nn.functional.interpolate(self.classifier(x), size=size, mode="bilinear", align_corners=False)
+
+
+class FPNDecoder(nn.Module):
+    """Feature pyramid: 1x1 laterals, top-down sums, 3x3 smoothing, maps merged at the finest level."""
+
+    def __init__(self, encoder_channels: list[int], channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in encoder_channels)
+        self.smooth = nn.ModuleList(_conv_bn_relu(channels, channels) for _ in encoder_channels)
+        self.merge = _conv_bn_relu(channels, channels)
+        self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
+
+    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        laterals = [lat(f) for lat, f in zip(self.lateral, features)]
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + nn.functional.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+        finest = laterals[0].shape[-2:]
+        merged = sum(nn.functional.interpolate(sm(x), size=finest, mode="bilinear", align_corners=False)
+                     for sm, x in zip(self.smooth, laterals))
+        out = self.classifier(self.merge(merged))
+        return nn.functional.interpolate(out, size=size, mode="bilinear", align_corners=False)
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SegmentationModel(nn.Module):
+    """``encoder`` (a timm features_only backbone) -> ``decoder`` -> class logits at the input's size."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x), x.shape[-2:])
+
+
+def _build_segmentation(cfg: Any, num_classes: int) -> BuiltModel:
+    import timm
+    from timm.data import resolve_data_config
+
+    name, kind = str(cfg.name), str(cfg.decoder)
+    if str(cfg.source) != "timm":
+        raise UserError(f"model.decoder={kind} builds on a timm encoder: use model.source=timm (any timm "
+                        "backbone that supports features_only, e.g. resnet34, efficientnet_b0, convnext_tiny).")
+    if kind not in ("unet", "fpn"):
+        raise UserError(f"model.decoder={kind!r} is not known: use unet or fpn.")
+    if not timm.is_model(name):
+        raise UserError(f"model.name={name!r} is not a timm model (the encoder of model.decoder={kind}).")
+    hub = bool(cfg.pretrained) and not _wants_file(cfg)
+    if hub:
+        _go_offline_if_unreachable()
+    try:
+        encoder = timm.create_model(name, pretrained=hub, features_only=True)
+    except Exception as e:
+        if not hub:
+            raise UserError(f"model.name={name}: timm cannot build it as an encoder (features_only): "
+                            f"{str(e).splitlines()[0]}") from None
+        raise UserError(_no_weights_message(name, "the timm / Hugging Face hub", e)) from None
+    enc_channels = list(encoder.feature_info.channels())
+    channels = cfg.get("decoder_channels") or [256, 128, 64, 32]
+    decoder: nn.Module
+    if kind == "unet":
+        decoder = UNetDecoder(enc_channels, [int(c) for c in channels], num_classes)
+    else:
+        decoder = FPNDecoder(enc_channels, int(channels[0] if not isinstance(channels, int) else channels), num_classes)
+    model = SegmentationModel(encoder, decoder)
+    weights: dict[str, Any] = {"source": "hub" if hub else "none (random init)"}
+    if hub:
+        pcfg = getattr(encoder, "pretrained_cfg", None) or {}
+        weights["source"] = f"hub:{pcfg.get('hf_hub_id') or pcfg.get('url')}"
+        weights.update(_cached_file_info(_timm_cached_file(pcfg)))
+    if _wants_file(cfg):
+        weights = load_weights(encoder, str(cfg.weights), set(), name, encoder_only=True)
+    try:
+        data_config = dict(resolve_data_config(model=encoder))
+    except Exception:
+        data_config = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": IMAGENET_MEAN,
+                       "std": IMAGENET_STD, "crop_pct": 1.0}
+    head_names = {f"decoder.{n}" for n, _ in decoder.named_parameters()}
+    log.info("segmentation model: %s encoder (channels %s) + %s decoder", name, enc_channels, kind)
+    return BuiltModel(model, head_names, data_config, weights, "decoder")
 
 
 def make_head(in_features: int, num_classes: int, hidden: int | None = None, dropout: float = 0.0) -> nn.Module:
@@ -308,10 +430,13 @@ def _packaged_state_dict(key: str, model: nn.Module, model_name: str,
     return mapped, path
 
 
-def load_weights(model: nn.Module, weights: str, head_names: set[str], model_name: str) -> dict[str, Any]:
+def load_weights(model: nn.Module, weights: str, head_names: set[str], model_name: str,
+                 encoder_only: bool = False) -> dict[str, Any]:
     """Load backbone weights from a file or package into ``model``; the new head keeps its init.
 
     Refuses (UserError) any file whose tensors do not cover the whole backbone with the right shapes.
+    ``encoder_only``: ``model`` is a features_only encoder, so the file's classifier (fc., head.,
+    classifier., ...: top-level modules the encoder lacks) is dropped.
     """
     head_keys = {k for k in model.state_dict() if k in head_names or
                  any(k.startswith(h.rsplit(".", 1)[0] + ".") for h in head_names)}
@@ -324,6 +449,9 @@ def load_weights(model: nn.Module, weights: str, head_names: set[str], model_nam
         source = f"file:{path}"
     ours = model.state_dict()
     state = {k: v for k, v in state.items() if k not in head_keys}
+    if encoder_only:
+        tops = {k.split(".", 1)[0] for k in ours}
+        state = {k: v for k, v in state.items() if k.split(".", 1)[0] in tops}
     missing = [k for k in ours if k not in state and k not in head_keys and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in ours]
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in state.items()

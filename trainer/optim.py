@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-# Keys of a scheduler config that are ours, not the scheduler's constructor's.
-SCHEDULER_KEYS = ("interval",)
+# Keys of a scheduler config that are ours, not the scheduler's constructor's
+# (warmup_epochs goes to a scheduler that takes it itself, e.g. warmup_cosine).
+SCHEDULER_KEYS = ("interval", "warmup_epochs")
 # Keys of an optimizer config that shape the parameter groups, not the optimizer's constructor.
-OPTIMIZER_KEYS = ("backbone_lr_mult", "layer_decay")
+OPTIMIZER_KEYS = ("backbone_lr_mult", "layer_decay", "fused")
 INTERVALS = ("step", "epoch")
 
 
@@ -113,3 +114,140 @@ def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: floa
 def is_metric_scheduler(scheduler: Any) -> bool:
     """Schedulers that step on the monitored validation metric (ReduceLROnPlateau)."""
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+class LambdaRule:
+    """Named lr rules for LambdaLR (a YAML file cannot hold a Python lambda). Factor of the base lr at a step.
+
+    - ``constant``: 1
+    - ``linear``: from 1 down to ``end_ratio`` over the run
+    - ``step_decay``: ``factor ** (epoch // every)``, e.g. x0.1 every 30 epochs
+    - ``inverse_sqrt``: ``1 / sqrt(1 + epoch)`` (fractional epochs)
+    - ``exponential``: ``factor ** epoch`` (fractional epochs)
+    """
+
+    RULES = ("constant", "linear", "step_decay", "inverse_sqrt", "exponential")
+
+    def __init__(self, rule: str, total_steps: int, steps_per_epoch: int, factor: float = 0.1, every: int = 30,
+                 end_ratio: float = 0.0) -> None:
+        if rule not in self.RULES:
+            from trainer.errors import UserError
+
+            raise UserError(f"scheduler.rule={rule!r} is not known: use one of {', '.join(self.RULES)}.")
+        self.rule, self.total, self.per_epoch = rule, max(1, total_steps), max(1, steps_per_epoch)
+        self.factor, self.every, self.end_ratio = float(factor), max(1, int(every)), float(end_ratio)
+
+    def __call__(self, step: int) -> float:
+        epoch = step / self.per_epoch
+        if self.rule == "linear":
+            return 1.0 - (1.0 - self.end_ratio) * min(1.0, step / self.total)
+        if self.rule == "step_decay":
+            return self.factor ** (step // self.per_epoch // self.every)
+        if self.rule == "inverse_sqrt":
+            return 1.0 / math.sqrt(1.0 + epoch)
+        if self.rule == "exponential":
+            return self.factor ** epoch
+        return 1.0
+
+
+def lambda_rule(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int, rule: str = "linear",
+                factor: float = 0.1, every: int = 30, end_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR with a named rule (see LambdaRule), stepped per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, LambdaRule(rule, total_steps, steps_per_epoch, factor, every, end_ratio))
+
+
+class ConstantFactor:
+    def __init__(self, factor: float) -> None:
+        self.factor = float(factor)
+
+    def __call__(self, _epoch: int) -> float:
+        return self.factor
+
+
+def multiplicative(optimizer: torch.optim.Optimizer, factor: float = 0.95) -> torch.optim.lr_scheduler.MultiplicativeLR:
+    """lr x factor at every step of the schedule (per epoch with interval: epoch)."""
+    return torch.optim.lr_scheduler.MultiplicativeLR(optimizer, ConstantFactor(factor))
+
+
+def cosine_warm_restarts(optimizer: torch.optim.Optimizer, steps_per_epoch: int, restart_epochs: float = 1.0,
+                         mult: int = 2, eta_min: float = 0.0) -> torch.optim.lr_scheduler.CosineAnnealingWarmRestarts:
+    """SGDR: cosine over ``restart_epochs``, restart at lr, each cycle ``mult`` x longer; per optimizer step."""
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=max(1, int(round(restart_epochs * steps_per_epoch))), T_mult=int(mult), eta_min=eta_min)
+
+
+def cyclic(optimizer: torch.optim.Optimizer, steps_per_epoch: int, base_ratio: float = 0.1,
+           half_cycle_epochs: float = 1.0, mode: str = "triangular", gamma: float = 1.0) -> torch.optim.lr_scheduler.CyclicLR:
+    """Cyclical lr between ``base_ratio`` x lr and each group's lr, a half cycle every ``half_cycle_epochs``."""
+    tops = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.CyclicLR(
+        optimizer, base_lr=[t * base_ratio for t in tops], max_lr=tops,
+        step_size_up=max(1, int(round(half_cycle_epochs * steps_per_epoch))), mode=mode, gamma=gamma,
+        cycle_momentum=False)
+
+
+def polynomial(optimizer: torch.optim.Optimizer, total_steps: int, power: float = 1.0) -> torch.optim.lr_scheduler.PolynomialLR:
+    """lr x (1 - step / total) ** power over the run, per optimizer step."""
+    return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max(1, total_steps), power=power)
+
+
+class Schedule:
+    """A torch lr scheduler, when it steps, and an optional linear warm-up in front of it.
+
+    ``interval``: ``step`` (after each optimizer step), ``epoch`` (after each epoch) or ``metric``
+    (after each epoch, given the monitored value: ReduceLROnPlateau). During the first
+    ``warmup_steps`` optimizer steps every group's lr rises linearly to what the scheduler says;
+    the scheduler's own clock starts after the warm-up (epoch and metric steps that fall inside it
+    still apply, to the target the warm-up rises to).
+    """
+
+    def __init__(self, scheduler: Any, interval: str, optimizer: torch.optim.Optimizer, warmup_steps: int = 0) -> None:
+        self.scheduler, self.interval, self.optimizer = scheduler, interval, optimizer
+        self.warmup_steps, self.warm = max(0, int(warmup_steps)), 0
+        self.targets = [g["lr"] for g in optimizer.param_groups]
+        self._apply_warmup()
+
+    @property
+    def warming(self) -> bool:
+        return self.warm < self.warmup_steps
+
+    def _apply_warmup(self) -> None:
+        if self.warmup_steps:
+            f = min(1.0, (self.warm + 1) / (self.warmup_steps + 1))
+            for g, t in zip(self.optimizer.param_groups, self.targets):
+                g["lr"] = t * f
+
+    def _step_under_warmup(self, *args: Any) -> None:
+        for g, t in zip(self.optimizer.param_groups, self.targets):
+            g["lr"] = t
+        self.scheduler.step(*args)
+        self.targets = [g["lr"] for g in self.optimizer.param_groups]
+        self._apply_warmup()
+
+    def after_step(self) -> None:
+        if self.warming:
+            self.warm += 1
+            self._apply_warmup()
+        elif self.interval == "step":
+            self.scheduler.step()
+
+    def after_epoch(self, metric: float) -> None:
+        args = (metric,) if self.interval == "metric" else ()
+        if self.interval == "step":
+            return
+        if self.warming:
+            self._step_under_warmup(*args)
+        else:
+            self.scheduler.step(*args)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict(), "warm": self.warm, "targets": list(self.targets)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.warm, self.targets = int(state["warm"]), list(state["targets"])
+
+    @property
+    def name(self) -> str:
+        return type(self.scheduler).__name__ + (f" after {self.warmup_steps} warm-up steps" if self.warmup_steps else "")

@@ -23,7 +23,7 @@ from trainer.errors import UserError
 from trainer.failpoints import failpoint
 from trainer.finetune import Stage, plan_stages, stage_index
 from trainer.models import BuiltModel, apply_freeze, build_model, is_convnet, resolve_freeze
-from trainer.optim import (INTERVALS, OPTIMIZER_KEYS, SCHEDULER_KEYS, is_metric_scheduler, param_groups,
+from trainer.optim import (INTERVALS, OPTIMIZER_KEYS, SCHEDULER_KEYS, Schedule, is_metric_scheduler, param_groups,
                            runtime_kwargs)
 from trainer.validate import validate_config
 
@@ -83,7 +83,8 @@ class Run:
     """One training run: model, data, loss, optimizer, schedule, logging and checkpoints."""
 
     def __init__(self, *, cfg: DictConfig, built: BuiltModel, loaders: Loaders, classes: list[str],
-                 loss_fn: torch.nn.Module, device: torch.device, precision: str, run_dir: Path) -> None:
+                 loss_fn: torch.nn.Module, device: torch.device, precision: str, run_dir: Path,
+                 task: str = "multiclass") -> None:
         self.cfg = cfg
         self.built = built
         self.model, self.head_names, self.head = built.model, built.head_names, built.head
@@ -91,8 +92,10 @@ class Run:
         self.loaders, self.classes = loaders, classes
         self.loss_fn = loss_fn
         self.optimizer: torch.optim.Optimizer
-        self.scheduler: Any = None
-        self.interval = "step"
+        self.scheduler: Schedule
+        self.task = task
+        self.ignore_index = cfg.data.get("ignore_index")
+        self.closure_step = False  # L-BFGS: the optimizer calls forward/backward itself
         self.device, self.precision = device, precision
         self.run_dir = Path(run_dir)
         t = cfg.trainer
@@ -106,7 +109,7 @@ class Run:
         self.max_bad_fraction = float(cfg.data.get("max_bad_fraction", 0.01) or 0.0)
         self.skip_nonfinite = str(t.get("nonfinite", "stop")) == "skip"
         self.skipped_steps = 0
-        self.monitor, self.mode = str(cfg.checkpoint.monitor), str(cfg.checkpoint.mode)
+        self.monitor, self.mode = resolve_monitor(cfg, task)
         # fixed now: len(loader) shrinks while the sampler starts part-way into a resumed epoch
         self.batches_per_epoch = len(loaders.train)
         self.stages: list[Stage] = plan_stages(cfg.get("finetune"), self.epochs)
@@ -116,6 +119,10 @@ class Run:
         # Linear probe: with the whole backbone frozen it runs in eval mode under no_grad, and the
         # head trains on the features it hands over (captured by this hook), or on cached ones.
         self.probe = False
+        self.segmentation = task == "segmentation"  # the decoder takes feature lists: no probe shortcut
+        self.last_eval: dict[str, Any] | None = None
+        self.per_class_last: dict[str, Any] | None = None
+        self.per_class_best: dict[str, Any] | None = None
         self.feature_cache: dict[str, torch.Tensor] = {}
         self._captured: list[torch.Tensor] = []
         self._capturing = False
@@ -162,6 +169,7 @@ class Run:
             "best": self.best,
             "best_epoch": self.best_epoch,
             "history": self.history,
+            "per_class_best": self.per_class_best,
             "partial_loss": list(self.partial_loss),
             "elapsed": self.elapsed,
             "images_logged": self.images_logged,
@@ -200,13 +208,14 @@ class Run:
             # Extending a finished run: the extra epochs get a fresh schedule of the same kind over their
             # own length (warm-up and decay again), with the optimizer state and weights carried on.
             remaining = self.epochs - int(state["epoch"])
-            self.scheduler, self.interval = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch, remaining)
+            self.scheduler = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch, remaining)
             log.info("extending a finished run from %d to %d epochs: a fresh %s schedule over the %d new epochs",
-                     int(planned), self.epochs, type(self.scheduler).__name__, remaining)
+                     int(planned), self.epochs, self.scheduler.name, remaining)
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.global_step = int(state["global_step"])
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.history = list(state["history"])
+        self.per_class_best = state.get("per_class_best")
         self.partial_loss = (float(state["partial_loss"][0]), int(state["partial_loss"][1]))
         self.elapsed = float(state["elapsed"])
         self.images_logged = bool(state.get("images_logged", False))
@@ -270,6 +279,8 @@ class Run:
             "best_checkpoint": str(self.run_dir / "checkpoints" / "best.pt") if self.best is not None else None,
             "weights": self.weights_info,
             "classes": self.classes,
+            "task": self.task,
+            "per_class": {"last": self.per_class_last, "best": self.per_class_best},
         }
         tmp = self.run_dir / "metrics.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
@@ -284,9 +295,10 @@ class Run:
         cfg.pop("resume", None)
         hp = flat_hparams(cfg)
         last = self.history[-1] if self.history else {}
-        metrics = {"hparam/best": float(self.best) if self.best is not None else float("nan"),
-                   "hparam/val_acc": float(last.get("val/acc", float("nan"))),
-                   "hparam/val_loss": float(last.get("val/loss", float("nan")))}
+        metrics = {"hparam/best": float(self.best) if self.best is not None else float("nan")}
+        for k, v in last.items():
+            if k.startswith("val/"):
+                metrics["hparam/" + k[4:]] = float(v)
         for summary in hparams(hp, metrics):
             self.writer.file_writer.add_summary(summary)
         for k, v in metrics.items():
@@ -315,10 +327,10 @@ class Run:
                               float(layer_decay) if layer_decay is not None else None)
         if not groups:
             raise UserError("nothing to train: every parameter is frozen (check model.freeze and model.bn).")
-        opt_args = {k: v for k, v in OmegaConf.to_container(opt_cfg, resolve=True).items() if k not in OPTIMIZER_KEYS}
-        self.optimizer = instantiate(opt_args)(groups)
-        self.scheduler, self.interval = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch, st.epochs)
-        self.probe = backbone <= frozen
+        self.optimizer = build_optimizer(self.cfg, self.model, groups, self.device)
+        self.closure_step = isinstance(self.optimizer, torch.optim.LBFGS)
+        self.scheduler = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch, st.epochs)
+        self.probe = backbone <= frozen and not self.segmentation
         self.feature_cache = {}
         what = "the head only" if self.probe else ("all layers" if counts["frozen"] == 0 else "some layers")
         log.info("stage %d/%d, epochs %d-%d, %s: %s trainable / %s frozen params; BatchNorm %s (model.bn=%s)%s",
@@ -329,8 +341,8 @@ class Run:
         for g in self.optimizer.param_groups:
             log.info("  %-26s %10s %10.2e %8g", g["name"], f"{sum(p.numel() for p in g['params']):,}", g["lr"],
                      g["weight_decay"])
-        log.info("  %s over %d groups; scheduler %s per %s", type(self.optimizer).__name__, len(groups),
-                 type(self.scheduler).__name__, self.interval)
+        log.info("  %s over %d groups; scheduler %s per %s", type(self.optimizer).__name__,
+                 len(self.optimizer.param_groups), self.scheduler.name, self.scheduler.interval)
 
     @torch.no_grad()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
@@ -374,7 +386,7 @@ class Run:
 
             from trainer.data import CachedFeatures
 
-            ds = CachedFeatures(self.feature_cache["train"], self.loaders.train.dataset.images.targets)
+            ds = CachedFeatures(self.feature_cache["train"], self.loaders.train.dataset.images)
             return DataLoader(ds, batch_size=self.loaders.batch_size, sampler=self.loaders.sampler,
                               drop_last=self.loaders.train.drop_last)
         return self.loaders.train
@@ -431,6 +443,19 @@ class Run:
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
         return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
 
+    def _closure_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One L-BFGS step: it re-evaluates the loss (forward + backward) as its line search needs."""
+        opt = self.optimizer
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = self.loss_fn(self._forward(x), y)
+            loss.backward()
+            return loss
+
+        return opt.step(closure)
+
     def train_one_epoch(self, epoch: int) -> float:
         model, opt = self.model, self.optimizer
         if self.probe and self.cache_features and not self.feature_cache:
@@ -461,17 +486,20 @@ class Run:
             if not self.images_logged and x.ndim == 4:
                 self._log_images(x)
             try:
-                with self.autocast():
-                    out = self._forward(x)
-                    loss = self.loss_fn(out, y)
-                if self.skip_nonfinite and not bool(torch.isfinite(loss)):  # a sync, only in skip mode
-                    self.skipped_steps += 1
-                    log.warning("non-finite loss at step %d (epoch %d): batch skipped (%d so far)",
-                                self.global_step + 1, epoch + 1, self.skipped_steps)
-                    opt.zero_grad(set_to_none=True)
-                    bar.update(x.shape[0])
-                    continue
-                self.scaler.scale(loss / self.accumulate).backward()
+                if self.closure_step:
+                    loss = self._closure_step(x, y)  # forward, backward and the update, as often as it needs
+                else:
+                    with self.autocast():
+                        out = self._forward(x)
+                        loss = self.loss_fn(out, y)
+                    if self.skip_nonfinite and not bool(torch.isfinite(loss)):  # a sync, only in skip mode
+                        self.skipped_steps += 1
+                        log.warning("non-finite loss at step %d (epoch %d): batch skipped (%d so far)",
+                                    self.global_step + 1, epoch + 1, self.skipped_steps)
+                        opt.zero_grad(set_to_none=True)
+                        bar.update(x.shape[0])
+                        continue
+                    self.scaler.scale(loss / self.accumulate).backward()
             except torch.OutOfMemoryError:
                 raise UserError(
                     f"out of memory on {self.device} at data.batch_size={self.loaders.batch_size} "
@@ -481,16 +509,18 @@ class Run:
             window += loss.detach()
             window_count += 1
             if (i + 1) % self.accumulate == 0 or i + 1 == n_batches:
-                if self.clip_grad_norm is not None:
-                    self.scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
-                scale = self.scaler.get_scale() if self.scaler.is_enabled() else None  # fp16 only: a sync
-                self.scaler.step(opt)
-                self.scaler.update()
-                opt.zero_grad(set_to_none=True)
+                scale = None
+                if not self.closure_step:
+                    if self.clip_grad_norm is not None:
+                        self.scaler.unscale_(opt)
+                        torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+                    scale = self.scaler.get_scale() if self.scaler.is_enabled() else None  # fp16 only: a sync
+                    self.scaler.step(opt)
+                    self.scaler.update()
+                    opt.zero_grad(set_to_none=True)
                 # fp16: a step the scaler skipped (inf/NaN gradients) does not advance the schedule
-                if self.interval == "step" and (scale is None or self.scaler.get_scale() >= scale):
-                    self.scheduler.step()
+                if scale is None or self.scaler.get_scale() >= scale:
+                    self.scheduler.after_step()
                 self.global_step += 1
                 self.batch_in_epoch = i + 1
                 if self.global_step % self.log_every == 0 or i + 1 == n_batches:
@@ -545,15 +575,20 @@ class Run:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Loss and the task's metrics over the val split; per-class values and the confusion matrix
+        are kept in ``self.last_eval`` for logging."""
+        from trainer.metrics import Metrics
+
         self.model.eval()
+        metrics = Metrics(self.task, len(self.classes), self.device, self.ignore_index)
         loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
         total = 0
         batches: Any = self.loaders.val
         if "val" in self.feature_cache:
-            targets = torch.tensor(self.loaders.val.dataset.images.targets)
+            images = self.loaders.val.dataset.images
+            targets = [images.target(i) for i in range(len(images))]
             size = self.loaders.val.batch_size or 1
-            batches = [(self.feature_cache["val"][i:i + size], targets[i:i + size])
+            batches = [(self.feature_cache["val"][i:i + size], torch.utils.data.default_collate(targets[i:i + size]))
                        for i in range(0, len(targets), size)]
         for batch in batches:
             x, y = batch[0], batch[1]
@@ -568,9 +603,11 @@ class Run:
                 else:
                     out = self.model(x.to(self.device, non_blocking=True, memory_format=self.memory_format))
             loss_sum += self.loss_fn(out.float(), y) * y.shape[0]
-            correct += (out.argmax(1) == y).sum()
+            metrics.update(out, y)
             total += y.shape[0]
-        return {"val/loss": loss_sum.item() / total, "val/acc": correct.item() / total}
+        scalars, per_class, confusion = metrics.compute()
+        self.last_eval = {"per_class": per_class, "confusion": confusion}
+        return {"val/loss": loss_sum.item() / max(1, total), **scalars}
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -585,26 +622,48 @@ class Run:
         value = val[self.monitor]
         self._check_finite(train_loss, epoch)
         self._check_finite(val["val/loss"], epoch)
-        if self.interval == "epoch":
-            self.scheduler.step()
-        elif is_metric_scheduler(self.scheduler):
-            self.scheduler.step(value)
+        self.scheduler.after_epoch(value)
         row = {"epoch": epoch + 1, "train/loss": train_loss, **val, "lr": self._lrs().get("head", 0.0),
                "seconds": round(seconds, 2)}
         self.history.append(row)
-        for k in ("val/loss", "val/acc"):
-            self.writer.add_scalar(k, val[k], epoch + 1)
+        for k, v in val.items():
+            self.writer.add_scalar(k, v, epoch + 1)
         self.writer.add_scalar("train/epoch_loss", train_loss, epoch + 1)
         self.epoch = epoch + 1
         improved = self._improved(value)
+        self._log_per_class(epoch + 1, improved)
         if improved:
             self.best, self.best_epoch = value, epoch + 1
         self.finished = self.epoch >= self.epochs
         self.save(best=improved)
         self._write_metrics(time.perf_counter() - wall_start)
-        log.info("epoch %d/%d  train/loss %.4f  val/loss %.4f  val/acc %.4f  lr %.2e  %.1fs%s",
-                 epoch + 1, self.epochs, train_loss, val["val/loss"], val["val/acc"], row["lr"], seconds,
-                 "  *best*" if improved else "")
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items())
+        log.info("epoch %d/%d  train/loss %.4f  %s  lr %.2e  %.1fs%s", epoch + 1, self.epochs, train_loss, shown,
+                 row["lr"], seconds, "  *best*" if improved else "")
+
+    def _log_per_class(self, epoch: int, improved: bool) -> None:
+        """Per-class values to TensorBoard and metrics.json; the confusion matrix as an image and a PNG."""
+        ev = self.last_eval
+        if not ev:
+            return
+        names = self.classes if self.task != "binary" else [self.classes[1]]
+        for metric, values in ev["per_class"].items():
+            for name, v in zip(names, values):
+                self.writer.add_scalar(f"val_per_class/{metric}/{name}", v, epoch)
+        self.per_class_last = {m: dict(zip(names, vals)) for m, vals in ev["per_class"].items()}
+        if improved:
+            self.per_class_best = self.per_class_last
+        if ev["confusion"] is not None:
+            from trainer.metrics import confusion_matrix_image
+
+            img = confusion_matrix_image(ev["confusion"], self.classes)
+            import numpy as np
+
+            self.writer.add_image("val/confusion_matrix", np.asarray(img), epoch, dataformats="HWC")
+            if improved:
+                tmp = self.run_dir / "confusion_matrix.tmp.png"
+                img.save(tmp)
+                tmp.replace(self.run_dir / "confusion_matrix.png")
 
     def _print_summary(self, summary: dict[str, Any]) -> None:
         best = "n/a" if self.best is None else f"{self.best:.4f}"
@@ -641,8 +700,13 @@ def _progress(**kwargs: Any) -> Any:
 
 # ---------------------------------------------------------------------- building
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                    epochs: int) -> tuple[Any, str]:
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int) -> Schedule:
+    """The configured scheduler over ``epochs`` of ``steps_per_epoch`` steps, with its interval and warm-up.
+
+    Run-time values (total_steps, steps_per_epoch, epochs, warmup_epochs) go to the scheduler's builder
+    when its signature names them. ``scheduler.warmup_epochs`` puts a linear warm-up in front of any
+    scheduler that does not take it itself; the scheduler's own length then excludes the warm-up.
+    """
     from hydra.utils import get_object, instantiate
 
     sched = OmegaConf.to_container(cfg.scheduler, resolve=True)
@@ -650,15 +714,83 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per
     interval = str(sched.get("interval", "step"))
     if interval not in INTERVALS:
         raise UserError(f"scheduler.interval={interval!r}: use step (after every optimizer step) or epoch.")
+    warmup_epochs = float(sched.get("warmup_epochs") or 0.0)
     for k in SCHEDULER_KEYS:
         sched.pop(k, None)
+    if sched.get("mode") == "auto":  # plateau follows checkpoint.mode
+        sched["mode"] = resolve_monitor(cfg, "multiclass")[1]
     target = get_object(sched["_target_"])
-    runtime = runtime_kwargs(target, {"total_steps": steps_per_epoch * epochs, "steps_per_epoch": steps_per_epoch,
-                                      "epochs": epochs})
-    scheduler = instantiate(sched, optimizer=optimizer, **runtime)
+    takes_warmup = "warmup_epochs" in runtime_kwargs(target, {"warmup_epochs": 0})
+    total = steps_per_epoch * epochs
+    warmup_steps = 0 if takes_warmup else min(total, int(round(warmup_epochs * steps_per_epoch)))
+    runtime = runtime_kwargs(target, {"total_steps": max(1, total - warmup_steps), "steps_per_epoch": steps_per_epoch,
+                                      "epochs": epochs, "warmup_epochs": warmup_epochs})
+    from hydra.errors import InstantiationException
+
+    try:
+        scheduler = instantiate(sched, optimizer=optimizer, **runtime)
+    except (TypeError, ValueError, InstantiationException) as e:
+        msg = str(e.__cause__ or e).splitlines()[0]
+        raise UserError(f"scheduler {sched['_target_']}: {msg}. Check the scheduler.* keys "
+                        "(train --cfg job shows them).") from None
     if is_metric_scheduler(scheduler):
         interval = "metric"
-    return scheduler, interval
+    return Schedule(scheduler, interval, optimizer, warmup_steps)
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module, groups: list[dict[str, Any]],
+                    device: torch.device) -> torch.optim.Optimizer:
+    """The configured optimizer over ``groups``.
+
+    ``optimizer.fused``: auto uses torch's fused kernels on CUDA where the optimizer has them (else
+    torch's default, foreach on CUDA). L-BFGS takes one parameter group (no per-group lr or decay).
+    SparseAdam needs sparse gradients, which image backbones never produce: refused with the fix.
+    """
+    from hydra.utils import get_object, instantiate
+
+    opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    assert isinstance(opt_cfg, dict)
+    fused = opt_cfg.get("fused", "auto")
+    args = {k: v for k, v in opt_cfg.items() if k not in OPTIMIZER_KEYS}
+    target = get_object(args["_target_"])
+    if target is torch.optim.SparseAdam:
+        sparse = [n for n, m in model.named_modules()
+                  if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse]
+        if not sparse:
+            raise UserError("optimizer=sparse_adam updates only parameters with sparse gradients "
+                            "(nn.Embedding(sparse=True)); this model's gradients are all dense, so it would "
+                            "train nothing. Use optimizer=adam or optimizer=adamw.")
+    if target is torch.optim.LBFGS:
+        trainable = [p for g in groups for p in g["params"]]
+        if len({g["lr"] for g in groups}) > 1 or any(g["weight_decay"] for g in groups):
+            log.warning("optimizer=lbfgs takes one parameter group: one lr (%g) for all layers, no weight decay "
+                        "(backbone_lr_mult / layer_decay do not apply)", max(g["lr"] for g in groups))
+        groups = [{"params": trainable, "lr": max(g["lr"] for g in groups), "name": "all", "label": "head",
+                   "weight_decay": 0.0}]
+    if fused in ("auto", True) and "fused" in runtime_kwargs(target, {"fused": True}):
+        on_cuda = device.type == "cuda"
+        if fused is True or on_cuda:
+            args["fused"] = True
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(args)(groups)
+    except (TypeError, ValueError, RuntimeError, InstantiationException) as e:
+        msg = str(e.__cause__ or e).splitlines()[0]
+        raise UserError(f"optimizer {args['_target_']}: {msg}. Check the optimizer.* keys "
+                        "(train --cfg job shows them).") from None
+
+
+def resolve_monitor(cfg: DictConfig, task: str) -> tuple[str, str]:
+    """checkpoint.monitor / mode; ``auto`` picks the task's main metric (val/acc, val/mAP, val/mIoU)."""
+    from trainer.metrics import DEFAULT_MONITOR
+
+    monitor = str(cfg.checkpoint.get("monitor", "auto"))
+    monitor = DEFAULT_MONITOR[task] if monitor == "auto" else monitor
+    mode = str(cfg.checkpoint.get("mode", "auto"))
+    if mode == "auto":
+        mode = "min" if monitor.endswith("loss") else "max"
+    return monitor, mode
 
 
 def _verify_data(splits: Any, max_bad_fraction: float) -> None:
@@ -676,6 +808,27 @@ def _verify_data(splits: Any, max_bad_fraction: float) -> None:
         raise UserError(f"data.verify: {len(problems)} of {total} images cannot be read (listed above), more than "
                         f"data.max_bad_fraction={max_bad_fraction:g}. Fix or remove them, or raise "
                         "data.max_bad_fraction to train without them.")
+
+
+def check_task_fit(cfg: DictConfig, task: str, num_classes: int) -> None:
+    """Refuse, before anything is built, a metric or optimizer setting that cannot serve this run."""
+    from trainer.metrics import metric_names
+
+    monitor, _ = resolve_monitor(cfg, task)
+    names = metric_names(task, num_classes)
+    if monitor not in names:
+        extra = " (val/top5 needs more than 5 classes)" if monitor == "val/top5" else ""
+        raise UserError(f"checkpoint.monitor={monitor} is not a metric of a {task} task{extra}: use one of "
+                        f"{', '.join(names)} (or auto).")
+    opt = str(cfg.optimizer.get("_target_", ""))
+    if opt.endswith("LBFGS"):
+        bad = [k for k, on in (("trainer.accumulate>1", int(cfg.trainer.accumulate) > 1),
+                               ("trainer.precision=fp16", str(cfg.trainer.precision) == "fp16"),
+                               ("trainer.clip_grad_norm", cfg.trainer.get("clip_grad_norm") is not None),
+                               ("trainer.nonfinite=skip", str(cfg.trainer.get("nonfinite")) == "skip")) if on]
+        if bad:
+            raise UserError(f"optimizer=lbfgs re-evaluates the loss inside its own step, so it does not combine "
+                            f"with {', '.join(bad)}: drop {'it' if len(bad) == 1 else 'them'}, or use another optimizer.")
 
 
 def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
@@ -701,16 +854,33 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
 
     log.info("building data %s", cfg.data.name)
     splits = instantiate(cfg.data.dataset)
+    task = splits.task
+    if cfg.data.get("task") not in (None, task):
+        raise UserError(f"data.task={cfg.data.task}, but data={cfg.data.name} gives {task} data: leave data.task "
+                        f"as the data option sets it, or pick a data option for {cfg.data.task}.")
     if cfg.data.get("verify"):
         _verify_data(splits, float(cfg.data.get("max_bad_fraction", 0.01) or 0.0))
     log.info("building model %s (%s, pretrained=%s, weights=%s) with a %d-class head", cfg.model.name,
              cfg.model.source, cfg.model.pretrained, cfg.model.get("weights"), len(splits.classes))
-    built = build_model(cfg.model, num_classes=len(splits.classes))
+    if task == "segmentation" and cfg.model.get("cache_features"):
+        raise UserError("model.cache_features=true is for classifiers (a linear probe); a segmentation decoder "
+                        "trains on feature maps of augmented images: set model.cache_features=false.")
+    check_task_fit(cfg, task, len(splits.classes))
+    built = build_model(cfg.model, num_classes=len(splits.classes), task=task)
     loaders = build_loaders(cfg.data, splits, built.data_config, int(cfg.seed), pin_memory=device.type == "cuda")
     loss_fn = instantiate(cfg.loss)
-    log.info("loss %s; device %s, precision %s", type(loss_fn).__name__, device, precision)
+    from trainer.losses import configure_loss, loss_fits
+
+    why = loss_fits(loss_fn, str(cfg.loss.get("_target_", "")), task)
+    if why:
+        from trainer.losses import OPTIONS_BY_TASK
+
+        raise UserError(f"loss {cfg.loss._target_} cannot train a {task} task: {why}. For {task} use one of: "
+                        f"loss={OPTIONS_BY_TASK[task].replace(', ', ', loss=')}.")
+    configure_loss(loss_fn, task, cfg.data.get("ignore_index"))
+    log.info("task %s; loss %s; device %s, precision %s", task, type(loss_fn).__name__, device, precision)
     run = Run(cfg=cfg, built=built, loaders=loaders, classes=splits.classes, loss_fn=loss_fn, device=device,
-              precision=precision, run_dir=Path(run_dir))
+              precision=precision, run_dir=Path(run_dir), task=task)
     if cfg.get("resume"):
         if str(cfg.resume) == "auto":
             raise UserError("resume=auto chooses one run to continue: it does not combine with -m (multirun).")

@@ -46,8 +46,12 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "data.augment": _choice("none", "affine", "flip_crop"),
     "data.max_bad_fraction": (float, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 0.01"),
     "data.verify": (bool, lambda v: True, "true or false"),
-    "checkpoint.monitor": _choice("val/acc", "val/loss"),
-    "checkpoint.mode": _choice("max", "min"),
+    "checkpoint.monitor": (str, lambda v: v == "auto" or v.startswith("val/"),
+                           "auto or a val/ metric (val/acc, val/loss, val/f1_macro, val/mAP, val/mIoU, ...)"),
+    "checkpoint.mode": _choice("auto", "max", "min"),
+    "data.task": _choice("multiclass", "binary", "multilabel", "segmentation"),
+    "data.ignore_index": _int(0),
+    "scheduler.warmup_epochs": _pos_float(strict=False),
     "checkpoint.every_n_steps": _int(0),
     "checkpoint.keep_last": _int(1),
     "finetune.head_epochs": _int(0),
@@ -57,7 +61,8 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "model.drop_rate": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "seed": _int(0),
 }
-NULLABLE = {"trainer.clip_grad_norm", "optimizer.layer_decay", "data.image_size", "optimizer.weight_decay"}
+NULLABLE = {"trainer.clip_grad_norm", "optimizer.layer_decay", "data.image_size", "optimizer.weight_decay",
+            "data.ignore_index"}
 
 
 def _type_ok(value: Any, kind: type) -> bool:

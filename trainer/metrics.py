@@ -1,0 +1,132 @@
+"""Validation metrics per task (torchmetrics), accumulated on the device and read once per epoch.
+
+Scalar names (``val/...``, any of them can be ``checkpoint.monitor``):
+
+- multiclass: ``acc`` (top-1), ``top5`` (more than 5 classes), ``f1_macro``
+- binary: ``acc``, ``f1``, ``auroc``
+- multilabel: ``mAP`` (macro average precision), ``f1_macro`` and ``acc`` (per label, threshold 0.5)
+- segmentation: ``mIoU``, ``dice`` (macro, per pixel), ``acc`` (pixel accuracy)
+
+plus ``loss``. Per class: precision and recall (and IoU in segmentation); a confusion matrix for
+multiclass, binary and segmentation (pixels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+TASK_METRICS = {
+    "multiclass": ("val/loss", "val/acc", "val/top5", "val/f1_macro"),
+    "binary": ("val/loss", "val/acc", "val/f1", "val/auroc"),
+    "multilabel": ("val/loss", "val/mAP", "val/f1_macro", "val/acc"),
+    "segmentation": ("val/loss", "val/mIoU", "val/dice", "val/acc"),
+}
+DEFAULT_MONITOR = {"multiclass": "val/acc", "binary": "val/acc", "multilabel": "val/mAP", "segmentation": "val/mIoU"}
+
+
+def metric_names(task: str, num_classes: int) -> list[str]:
+    names = list(TASK_METRICS[task])
+    if task == "multiclass" and num_classes <= 5:
+        names.remove("val/top5")
+    return names
+
+
+class Metrics:
+    """``update(logits, target)`` per batch; ``compute()`` -> (scalars, per-class values, confusion matrix)."""
+
+    def __init__(self, task: str, num_classes: int, device: torch.device, ignore_index: int | None = None) -> None:
+        from torchmetrics import MetricCollection
+        from torchmetrics import classification as tmc
+
+        self.task, self.num_classes = task, num_classes
+        common: dict[str, Any] = {"validate_args": False}
+        c, per = num_classes, None
+        if task == "multiclass":
+            scalars = {"acc": tmc.MulticlassAccuracy(c, average="micro", **common),
+                       "f1_macro": tmc.MulticlassF1Score(c, average="macro", **common)}
+            if c > 5:
+                scalars["top5"] = tmc.MulticlassAccuracy(c, top_k=5, average="micro", **common)
+            per = {"precision": tmc.MulticlassPrecision(c, average="none", **common),
+                   "recall": tmc.MulticlassRecall(c, average="none", **common)}
+            self.confusion: Any = tmc.MulticlassConfusionMatrix(c, **common)
+        elif task == "binary":
+            scalars = {"acc": tmc.BinaryAccuracy(**common), "f1": tmc.BinaryF1Score(**common),
+                       "auroc": tmc.BinaryAUROC(**common)}
+            per = {"precision": tmc.BinaryPrecision(**common), "recall": tmc.BinaryRecall(**common)}
+            self.confusion = tmc.BinaryConfusionMatrix(**common)
+        elif task == "multilabel":
+            scalars = {"mAP": tmc.MultilabelAveragePrecision(c, average="macro", **common),
+                       "f1_macro": tmc.MultilabelF1Score(c, average="macro", **common),
+                       "acc": tmc.MultilabelAccuracy(c, average="macro", **common)}
+            per = {"precision": tmc.MultilabelPrecision(c, average="none", **common),
+                   "recall": tmc.MultilabelRecall(c, average="none", **common),
+                   "ap": tmc.MultilabelAveragePrecision(c, average="none", **common)}
+            self.confusion = None
+        elif task == "segmentation":
+            seg = {"ignore_index": ignore_index, **common}
+            scalars = {"mIoU": tmc.MulticlassJaccardIndex(c, average="macro", **seg),
+                       "dice": tmc.MulticlassF1Score(c, average="macro", multidim_average="global", **seg),
+                       "acc": tmc.MulticlassAccuracy(c, average="micro", multidim_average="global", **seg)}
+            per = {"iou": tmc.MulticlassJaccardIndex(c, average="none", **seg),
+                   "precision": tmc.MulticlassPrecision(c, average="none", multidim_average="global", **seg),
+                   "recall": tmc.MulticlassRecall(c, average="none", multidim_average="global", **seg)}
+            self.confusion = tmc.MulticlassConfusionMatrix(c, **seg)
+        else:
+            raise ValueError(task)
+        self.scalars = MetricCollection(scalars).to(device)
+        self.per_class = MetricCollection(per).to(device)
+        if self.confusion is not None:
+            self.confusion = self.confusion.to(device)
+
+    def _inputs(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = logits.float()
+        if self.task == "binary":
+            return logits.reshape(-1).sigmoid(), target.reshape(-1).long()
+        if self.task == "multilabel":
+            return logits.sigmoid(), target.long()
+        if self.task == "segmentation":
+            return logits.argmax(1), target.long()
+        return logits, target.long()
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        preds, target = self._inputs(logits, target)
+        self.scalars.update(preds, target)
+        self.per_class.update(preds, target)
+        if self.confusion is not None:
+            self.confusion.update(preds, target)
+
+    def compute(self) -> tuple[dict[str, float], dict[str, list[float]], torch.Tensor | None]:
+        scalars = {f"val/{k}": float(v) for k, v in self.scalars.compute().items()}
+        per = {k: [float(x) for x in v.reshape(-1).tolist()] for k, v in self.per_class.compute().items()}
+        cm = self.confusion.compute().cpu() if self.confusion is not None else None
+        return scalars, per, cm
+
+
+def confusion_matrix_image(cm: torch.Tensor, classes: list[str], cell: int = 0) -> Any:
+    """A PIL image of a confusion matrix: rows true, columns predicted, shaded by row share, counts written."""
+    from PIL import Image, ImageDraw
+
+    n = cm.shape[0]
+    labels = [str(c) for c in classes] if len(classes) == n else [str(i) for i in range(n)]
+    cell = cell or max(18, min(48, 640 // max(1, n)))
+    margin = 8 + 7 * min(16, max(len(s) for s in labels))
+    size = (margin + n * cell + 10, margin + n * cell + 24)
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    rows = cm.float().sum(1, keepdim=True).clamp(min=1)
+    share = (cm.float() / rows).tolist()
+    counts = cm.long().tolist()
+    for i in range(n):
+        draw.text((4, margin + i * cell + cell // 2 - 5), labels[i][:16], fill="black")
+        draw.text((margin + i * cell + 2, margin - 14), labels[i][:max(2, cell // 7)], fill="black")
+        for j in range(n):
+            s = share[i][j]
+            shade = (int(255 - 215 * s), int(255 - 140 * s), 255)
+            x0, y0 = margin + j * cell, margin + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=shade, outline=(200, 200, 200))
+            if cell >= 18:
+                draw.text((x0 + 3, y0 + cell // 2 - 5), str(counts[i][j]), fill="white" if s > 0.6 else "black")
+    draw.text((margin, margin + n * cell + 6), "rows: true class, columns: predicted", fill="black")
+    return img
