@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on its run's validation split: loss, accuracy, per-class accuracy.
+"""Evaluate a checkpoint on its run's validation split: loss, the task's metrics, per-class values.
 
     python scripts/evaluate.py outputs/<date>/<time>/checkpoints/best.pt
 
@@ -33,22 +33,10 @@ def evaluate_checkpoint(path: str) -> dict:
         if list(state["classes"]) != run.classes:
             raise UserError(f"{path} was trained on classes {state['classes']}, the data now has {run.classes}.")
         run.model.load_state_dict(state["model"])
-        # one pass over the val split: loss, accuracy and per-class accuracy together
-        n = len(run.classes)
-        correct, total, loss_sum = torch.zeros(n), torch.zeros(n), 0.0
-        run.model.eval()
-        with torch.no_grad():
-            for x, y, _bad in run.loaders.val:
-                if x.shape[0] == 0:
-                    continue
-                out = run.model(x.to(run.device)).float().cpu()
-                loss_sum += float(run.loss_fn.to("cpu")(out, y)) * y.shape[0]
-                pred = out.argmax(1)
-                total += torch.bincount(y, minlength=n)
-                correct += torch.bincount(y[pred == y], minlength=n)
-    result = {"val/loss": loss_sum / float(total.sum()), "val/acc": float(correct.sum() / total.sum())}
-    result["per_class_acc"] = {c: round(float(a), 4) for c, a in zip(run.classes, correct / total.clamp(min=1))}
+        result: dict = run.evaluate()  # the task's metrics, one pass over the val split
+        result["per_class"] = (run.last_eval or {}).get("per_class", {})
     result["epoch"] = state["epoch"]
+    result["classes"] = run.classes if run.task != "binary" else [run.classes[1]]
     return result
 
 
@@ -61,9 +49,12 @@ def main() -> None:
         r = evaluate_checkpoint(args.checkpoint)
     except UserError as e:
         sys.exit(f"error: {e}")
-    print(f"{args.checkpoint} (epoch {r['epoch']}): val/loss {r['val/loss']:.4f}  val/acc {r['val/acc']:.4f}")
-    for c, a in r["per_class_acc"].items():
-        print(f"  {c:>12}  {a:.4f}")
+    scalars = "  ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith("val/"))
+    print(f"{args.checkpoint} (epoch {r['epoch']}): {scalars}")
+    metrics = list(r["per_class"])
+    print(f"  {'class':>12}  " + "  ".join(f"{m:>9}" for m in metrics))
+    for i, c in enumerate(r["classes"]):
+        print(f"  {c:>12}  " + "  ".join(f"{r['per_class'][m][i]:9.4f}" for m in metrics))
 
 
 if __name__ == "__main__":

@@ -609,7 +609,7 @@ def test_a_plateau_scheduler_run_resumes_exactly(compose_cfg, tmp_path):
     expected = _final_tensors(tmp_path / "a")
     resumed = _interrupt_and_resume(cfg, tmp_path / "b", at_call=8 * 2 + 3)  # epoch 3, mid-epoch
     assert all(torch.equal(resumed[k], expected[k]) for k in expected)
-    assert unbroken.scheduler.state_dict()["num_bad_epochs"] is not None
+    assert unbroken.scheduler.state_dict()["scheduler"]["num_bad_epochs"] is not None
 
 
 def _resume_cfg(cfg, folder):
@@ -650,7 +650,7 @@ def test_fp16_steps_the_scaler_skips_do_not_advance_the_schedule(compose_cfg, tm
     run.fit()
     # one optimizer step was skipped by the scaler: the schedule moved one step less than the counter
     assert run.global_step == run.batches_per_epoch
-    assert run.scheduler.last_epoch == run.global_step - 1
+    assert run.scheduler.scheduler.last_epoch == run.global_step - 1
 
 
 def test_resume_with_other_classes_is_refused(tmp_path):

@@ -142,6 +142,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
         try:
             summary = build_run(cfg).fit()
         except InstantiationException as e:
+            if isinstance(e.__cause__, UserError):  # our own builders' messages pass through as they are
+                raise e.__cause__ from None
             raise UserError(f"a config option could not be built: {e}. Check its _target_ and keys "
                             "(train --cfg job prints the resolved config).") from None
         except MissingMandatoryValue as e:

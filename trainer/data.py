@@ -106,8 +106,9 @@ def decode_rgb(path: str) -> torch.Tensor:
 class FileImages(ImageSet):
     """Image files decoded with Pillow into RGB (any mode: gray, palette, RGBA, CMYK, 16-bit)."""
 
-    def __init__(self, paths: Sequence[str], targets: Sequence[int]) -> None:
-        self.paths, self.targets = [str(p) for p in paths], [int(t) for t in targets]
+    def __init__(self, paths: Sequence[str], targets: Sequence[Any]) -> None:
+        self.paths = [str(p) for p in paths]
+        self.targets = [list(t) if isinstance(t, (list, tuple)) else int(t) for t in targets]  # multilabel: lists
 
     def load(self, index: int) -> torch.Tensor:
         return decode_rgb(self.paths[index])

@@ -362,6 +362,8 @@ def loss_fits(loss_fn: Any, target: str, task: str) -> str | None:
     reason = ""
     if target in TORCH_LOSSES:
         tasks, reason = TORCH_LOSSES[target]
+    elif loss_fn is None:  # not built yet: only torch's losses are known by name
+        return None
     if tasks is None:  # a user's own loss that does not declare its tasks: trusted
         return None
     if task in tasks:

@@ -332,7 +332,7 @@ class Run:
         self.scheduler = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch, st.epochs)
         self.probe = backbone <= frozen and not self.segmentation
         self.feature_cache = {}
-        what = "the head only" if self.probe else ("all layers" if counts["frozen"] == 0 else "some layers")
+        what = "the head only" if backbone <= frozen else ("all layers" if counts["frozen"] == 0 else "some layers")
         log.info("stage %d/%d, epochs %d-%d, %s: %s trainable / %s frozen params; BatchNorm %s (model.bn=%s)%s",
                  index + 1, len(self.stages), st.start + 1, st.end, what, f"{counts['trainable']:,}", f"{counts['frozen']:,}",
                  f"{counts['bn_frozen']} layers in eval mode", self.bn_mode,
@@ -810,6 +810,19 @@ def _verify_data(splits: Any, max_bad_fraction: float) -> None:
                         "data.max_bad_fraction to train without them.")
 
 
+def _instantiate(node: Any) -> Any:
+    """hydra.utils.instantiate, with our own builders' UserErrors passed through unwrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise
+
+
 def check_task_fit(cfg: DictConfig, task: str, num_classes: int) -> None:
     """Refuse, before anything is built, a metric or optimizer setting that cannot serve this run."""
     from trainer.metrics import metric_names
@@ -833,8 +846,6 @@ def check_task_fit(cfg: DictConfig, task: str, num_classes: int) -> None:
 
 def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
     """seed -> data -> model -> loaders -> loss -> optimizer -> scheduler -> (resume)."""
-    from hydra.utils import instantiate
-
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
@@ -853,7 +864,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
         torch.backends.cudnn.benchmark = True
 
     log.info("building data %s", cfg.data.name)
-    splits = instantiate(cfg.data.dataset)
+    splits = _instantiate(cfg.data.dataset)
     task = splits.task
     if cfg.data.get("task") not in (None, task):
         raise UserError(f"data.task={cfg.data.task}, but data={cfg.data.name} gives {task} data: leave data.task "
@@ -868,15 +879,21 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
     check_task_fit(cfg, task, len(splits.classes))
     built = build_model(cfg.model, num_classes=len(splits.classes), task=task)
     loaders = build_loaders(cfg.data, splits, built.data_config, int(cfg.seed), pin_memory=device.type == "cuda")
-    loss_fn = instantiate(cfg.loss)
-    from trainer.losses import configure_loss, loss_fits
+    from trainer.losses import OPTIONS_BY_TASK, configure_loss, loss_fits
 
-    why = loss_fits(loss_fn, str(cfg.loss.get("_target_", "")), task)
-    if why:
-        from trainer.losses import OPTIONS_BY_TASK
+    loss_target = str(cfg.loss.get("_target_", ""))
 
-        raise UserError(f"loss {cfg.loss._target_} cannot train a {task} task: {why}. For {task} use one of: "
+    def refuse_loss(why: str) -> None:
+        raise UserError(f"loss {loss_target} cannot train a {task} task: {why}. For {task} use one of: "
                         f"loss={OPTIONS_BY_TASK[task].replace(', ', ', loss=')}.")
+
+    why = loss_fits(None, loss_target, task)  # torch's own losses are judged by name, before they are built
+    if why:
+        refuse_loss(why)
+    loss_fn = _instantiate(cfg.loss)
+    why = loss_fits(loss_fn, loss_target, task)  # ours and a user's by their `tasks` attribute
+    if why:
+        refuse_loss(why)
     configure_loss(loss_fn, task, cfg.data.get("ignore_index"))
     log.info("task %s; loss %s; device %s, precision %s", task, type(loss_fn).__name__, device, precision)
     run = Run(cfg=cfg, built=built, loaders=loaders, classes=splits.classes, loss_fn=loss_fn, device=device,
