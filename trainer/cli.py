@@ -161,8 +161,15 @@ def hydra_main(cfg: DictConfig) -> float | None:
                   HydraConfig.get().runtime.output_dir, HydraConfig.get().runtime.output_dir)
         sys.exit(130)
     except Exception as e:
+        from trainer import distributed
         from trainer.run import RunInterrupted
 
+        if distributed.is_distributed() and isinstance(e, RuntimeError) and not isinstance(e, RunInterrupted):
+            # a peer died (killed, out of memory): torchrun restarts the workers (--max-restarts) or ends the run
+            log.error("rank %d: lost contact with another process of this run (%s); the last checkpoint is in "
+                      "%s/checkpoints", distributed.rank(), str(e).splitlines()[0][:160],
+                      HydraConfig.get().runtime.output_dir)
+            sys.exit(1)
         if not isinstance(e, RunInterrupted):
             raise
         log.warning("%s", e)
@@ -217,13 +224,22 @@ def main() -> None:
 
             explain_overrides([a for a in argv if _is_override(a)])
         argv = resolve_resume(argv)
+        from trainer import distributed
+
+        distributed.launch_if_asked(argv)  # trainer.devices=N: hands over to torchrun
+        argv = distributed.prepare_argv(argv, OUTPUTS)  # under torchrun: one run folder for all ranks
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in argv) and "--resolve" not in argv:
         argv.append("--resolve")  # users want the values a run would use, not ${...} references
     sys.argv = [sys.argv[0]] + argv
-    hydra_main()
+    try:
+        hydra_main()
+    finally:
+        from trainer import distributed
+
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -516,11 +516,14 @@ def collate_skipping_bad(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor, 
 class EpochSampler(Sampler):
     """Shuffles with a generator seeded by (seed, epoch) and can start part-way into an epoch.
 
-    Yields ``(epoch, index)`` so the dataset can seed each sample's augmentation.
+    Yields ``(epoch, index)`` so the dataset can seed each sample's augmentation. With
+    ``world_size`` processes each takes every world_size-th index of the epoch's order (padded by
+    wrapping around, so every rank gets as many batches), like torch's DistributedSampler.
     """
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(self, size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
         self.size, self.seed, self.shuffle = size, int(seed), shuffle
+        self.rank, self.world_size = int(rank), max(1, int(world_size))
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -532,13 +535,21 @@ class EpochSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
         return torch.randperm(self.size, generator=g).tolist()
 
+    def shard(self, epoch: int) -> list[int]:
+        order = self.order(epoch)
+        if self.world_size == 1:
+            return order
+        per_rank = math.ceil(self.size / self.world_size)
+        padded = (order * (1 + per_rank * self.world_size // max(1, self.size)))[:per_rank * self.world_size]
+        return padded[self.rank::self.world_size]
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
-        for index in self.order(epoch)[self.start:]:
+        for index in self.shard(epoch)[self.start:]:
             yield epoch, index
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return math.ceil(self.size / self.world_size) - self.start
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "start": self.start}
@@ -576,9 +587,22 @@ class Loaders:
     train_eval: DataLoader  # the training images with eval transforms, in order (feature caching)
 
 
+class ShardSampler(Sampler):
+    """Every world_size-th index from ``rank`` (evaluation: each sample once over all ranks)."""
+
+    def __init__(self, size: int, rank: int, world_size: int) -> None:
+        self.indices = list(range(rank, size, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, Any], seed: int,
-                  pin_memory: bool) -> Loaders:
-    """Train loader (seeded shuffling and augmentation, drop_last) and val loader."""
+                  pin_memory: bool, rank: int = 0, world_size: int = 1) -> Loaders:
+    """Train loader (seeded shuffling and augmentation, drop_last) and val loader; sharded by rank."""
     spec = resolve_input(data_cfg, model_data_config)
     batch_size = int(data_cfg.batch_size)
     if batch_size < 1:
@@ -590,7 +614,7 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
     val_set = TransformedImages(splits.val, build_transforms(str(data_cfg.augment), spec, False, task), seed)
     if len(train_set) == 0 or len(val_set) == 0:
         raise UserError("the train or val split is empty: add images or change data.val_split.")
-    sampler = EpochSampler(len(train_set), seed, shuffle=True)
+    sampler = EpochSampler(len(train_set), seed, shuffle=True, rank=rank, world_size=world_size)
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                   collate_fn=collate_skipping_bad,
                   # own generators: building an iterator must not draw from the global RNG
@@ -598,8 +622,9 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
     if workers > 0:
         common["prefetch_factor"] = 4
     train = DataLoader(train_set, batch_size=batch_size, sampler=sampler,
-                       drop_last=len(train_set) > batch_size, **common)
-    val = DataLoader(val_set, batch_size=batch_size * 2, shuffle=False, **common)
+                       drop_last=len(sampler) > batch_size, **common)
+    val = DataLoader(val_set, batch_size=batch_size * 2,
+                     sampler=ShardSampler(len(val_set), rank, world_size) if world_size > 1 else None, **common)
     train_eval = DataLoader(TransformedImages(splits.train, val_set.transform, seed), batch_size=batch_size * 2,
                             shuffle=False, num_workers=workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad)
     log.info("data: %s, %d train / %d val images, %d classes, input %dpx (%s, crop_pct %.3f), augment=%s, "

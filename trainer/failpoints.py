@@ -1,7 +1,8 @@
 """Fault injection for crash tests: ``TRAINER_FAILPOINT=<point>:<n>`` kills this process with SIGKILL
 the n-th time it reaches that point. Points: ``step`` (after an optimizer step), ``save`` (a
 checkpoint's bytes written, before its rename), ``epoch`` (after an epoch's checkpoint).
-Unset (always, outside tests) it does nothing."""
+Under torchrun, ``TRAINER_FAILPOINT_RANK=r`` limits it to rank r, and it fires in the first attempt
+only (not after torchrun restarted the workers). Unset (always, outside tests) it does nothing."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ def failpoint(point: str) -> None:
         return
     name, _, nth = _SPEC.partition(":")
     if name != point:
+        return
+    only_rank = os.environ.get("TRAINER_FAILPOINT_RANK")
+    if only_rank is not None and os.environ.get("RANK", "0") != only_rank:
+        return
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return
     _counts[point] = _counts.get(point, 0) + 1
     if _counts[point] == int(nth or 1):

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer import __version__
 from trainer.checkpoint import (link_checkpoint, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint,
                                 set_rng_state)
+from trainer import distributed as dist
 from trainer.data import Loaders, build_loaders
 from trainer.errors import UserError
 from trainer.failpoints import failpoint
@@ -120,6 +121,10 @@ class Run:
         # head trains on the features it hands over (captured by this hook), or on cached ones.
         self.probe = False
         self.segmentation = task == "segmentation"  # the decoder takes feature lists: no probe shortcut
+        self.head_only = False  # the whole backbone frozen: it runs in eval mode
+        self.distributed = dist.is_distributed()
+        self.ddp: Any = None  # DistributedDataParallel around self.model, rebuilt per stage
+        self.main = dist.is_main()
         self.last_eval: dict[str, Any] | None = None
         self.per_class_last: dict[str, Any] | None = None
         self.per_class_best: dict[str, Any] | None = None
@@ -171,11 +176,14 @@ class Run:
             "history": self.history,
             "per_class_best": self.per_class_best,
             "partial_loss": list(self.partial_loss),
+            "partial_loss_ranks": dist.gather(list(self.partial_loss)) if self.distributed else None,
             "elapsed": self.elapsed,
             "images_logged": self.images_logged,
             "finished": self.finished,
             "sampler": {"epoch": self.epoch, "start": self.batch_in_epoch * self.loaders.batch_size},
             "rng": rng_state(),
+            "rng_ranks": dist.gather(rng_state()) if self.distributed else None,
+            "world_size": dist.world_size(),
             "config": OmegaConf.to_yaml(self.cfg, resolve=True),
             "classes": list(self.classes),
             "input_spec": {k: list(v) if isinstance(v, tuple) else v for k, v in self.loaders.input_spec.items()},
@@ -212,15 +220,31 @@ class Run:
             log.info("extending a finished run from %d to %d epochs: a fresh %s schedule over the %d new epochs",
                      int(planned), self.epochs, self.scheduler.name, remaining)
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        saved_world = int(state.get("world_size") or 1)
+        if saved_world != dist.world_size() and self.batch_in_epoch:
+            # the same share of the epoch, in this run's batches per process (not an exact continuation)
+            self.batch_in_epoch = self.batch_in_epoch * saved_world // dist.world_size()
+            log.warning("checkpoint written by %d process(es), resumed by %d: continuing the epoch at batch %d",
+                        saved_world, dist.world_size(), self.batch_in_epoch)
         self.global_step = int(state["global_step"])
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.history = list(state["history"])
         self.per_class_best = state.get("per_class_best")
-        self.partial_loss = (float(state["partial_loss"][0]), int(state["partial_loss"][1]))
+        partial = state["partial_loss"]
+        if state.get("partial_loss_ranks") and len(state["partial_loss_ranks"]) == dist.world_size():
+            partial = state["partial_loss_ranks"][dist.rank()]  # each rank's own running sum
+        self.partial_loss = (float(partial[0]), int(partial[1]))
         self.elapsed = float(state["elapsed"])
         self.images_logged = bool(state.get("images_logged", False))
         self.finished = bool(state.get("finished", False)) and self.epoch >= self.epochs
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        if ranks and len(ranks) == dist.world_size():
+            set_rng_state(ranks[dist.rank()])  # each rank continues its own random streams
+        else:
+            set_rng_state(state["rng"])
+            if self.distributed or ranks:
+                log.info("checkpoint written by %d process(es), resumed by %d: random streams restart from "
+                         "rank 0's", len(ranks or [0]), dist.world_size())
 
     def resume_from(self, path: str | Path) -> None:
         state = load_checkpoint(path)
@@ -231,9 +255,16 @@ class Run:
                  self.global_step, self.epochs)
 
     def save(self, best: bool = False) -> Path:
-        """A numbered checkpoint (the newest ``checkpoint.keep_last`` are kept), linked as last.pt (and best.pt)."""
+        """A numbered checkpoint (the newest ``checkpoint.keep_last`` are kept), linked as last.pt (and best.pt).
+
+        Distributed: every rank takes part (their random states are gathered); rank 0 writes.
+        """
         folder = self.run_dir / "checkpoints"
-        path = save_checkpoint(self.state_dict(), folder / f"epoch{self.epoch:03d}-step{self.global_step:07d}.pt")
+        path = folder / f"epoch{self.epoch:03d}-step{self.global_step:07d}.pt"
+        state = self.state_dict()
+        if not self.main:
+            return path
+        path = save_checkpoint(state, path)
         link_checkpoint(path, folder / "last.pt")
         if best:
             link_checkpoint(path, folder / "best.pt")
@@ -243,6 +274,8 @@ class Run:
     # ------------------------------------------------------------------ logging
     @property
     def writer(self) -> Any:
+        if self._writer is None and not self.main:
+            self._writer = _NullWriter()
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -267,6 +300,7 @@ class Run:
         self.images_logged = True
 
     def _write_metrics(self, wall: float) -> dict[str, Any]:
+        """metrics.json (rank 0 writes it); returns the summary on every rank."""
         last = self.history[-1] if self.history else {}
         summary = {
             "finished": self.finished,
@@ -282,14 +316,17 @@ class Run:
             "task": self.task,
             "per_class": {"last": self.per_class_last, "best": self.per_class_best},
         }
-        tmp = self.run_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(self.run_dir / "metrics.json")
+        if self.main:
+            tmp = self.run_dir / "metrics.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2))
+            tmp.replace(self.run_dir / "metrics.json")
         return summary
 
     def _write_hparams(self) -> None:
         from torch.utils.tensorboard.summary import hparams
 
+        if not self.main:
+            return
         cfg = OmegaConf.to_container(self.cfg, resolve=True)
         assert isinstance(cfg, dict)
         cfg.pop("resume", None)
@@ -330,7 +367,11 @@ class Run:
         self.optimizer = build_optimizer(self.cfg, self.model, groups, self.device)
         self.closure_step = isinstance(self.optimizer, torch.optim.LBFGS)
         self.scheduler = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch, st.epochs)
-        self.probe = backbone <= frozen and not self.segmentation
+        self.head_only = backbone <= frozen
+        # one process: the probe shortcut (features under no_grad); DDP needs its own forward
+        self.probe = self.head_only and not self.segmentation and not self.distributed
+        if self.distributed:
+            self.ddp = _wrap_ddp(self.model, self.device, bool(self.cfg.trainer.get("sync_bn", False)))
         self.feature_cache = {}
         what = "the head only" if backbone <= frozen else ("all layers" if counts["frozen"] == 0 else "some layers")
         log.info("stage %d/%d, epochs %d-%d, %s: %s trainable / %s frozen params; BatchNorm %s (model.bn=%s)%s",
@@ -377,7 +418,7 @@ class Run:
             return self.head(x)
         if self.probe:
             return self.head(self._features(x))
-        return self.model(x)
+        return (self.ddp or self.model)(x)
 
     def _train_batches(self) -> Any:
         """The training batches of this epoch: images, or cached features in a cached linear probe."""
@@ -405,7 +446,7 @@ class Run:
         restore = self._catch_stop_signals()
         try:
             for epoch in range(self.epoch, self.epochs):
-                if self._stop_signal is not None:  # arrived during evaluation: last.pt is this boundary
+                if self._agreed_stop(True):  # arrived during evaluation: last.pt is this boundary
                     raise RunInterrupted(self._stop_signal, self)
                 if stage_index(self.stages, epoch) != self.stage_idx:
                     self._enter_stage(stage_index(self.stages, epoch))
@@ -460,7 +501,7 @@ class Run:
         model, opt = self.model, self.optimizer
         if self.probe and self.cache_features and not self.feature_cache:
             self._build_feature_cache()  # counted in this epoch's time
-        model.train(not self.probe)  # frozen BatchNorm layers ignore this
+        model.train(not self.head_only)  # frozen BatchNorm layers ignore this
         self.head.train()
         self.loaders.sampler.set_epoch(epoch, start=self.batch_in_epoch * self.loaders.batch_size)
         loader = self._train_batches()
@@ -534,7 +575,7 @@ class Run:
                     for part, lr in self._lrs().items():
                         self.writer.add_scalar(f"lr/{part}", lr, self.global_step)
                     bar.set_postfix(loss=f"{mean:.4f}", lr=f"{self._lrs().get('head', 0.0):.2e}", refresh=False)
-                stop = self._stop_signal is not None and i + 1 < n_batches
+                stop = i + 1 < n_batches and self._agreed_stop(self.global_step % self.log_every == 0)
                 if stop or (self.every_n_steps and self.global_step % self.every_n_steps == 0 and i + 1 < n_batches):
                     epoch_sum += window
                     epoch_count += window_count
@@ -551,7 +592,22 @@ class Run:
         bar.close()
         self.batch_in_epoch = 0
         self.partial_loss = (0.0, 0)
-        return float(epoch_sum.item()) / max(1, epoch_count)
+        total = dist.all_sum(torch.stack([epoch_sum.float(), torch.tensor(float(epoch_count), device=self.device)]))
+        return float(total[0].item()) / max(1.0, float(total[1].item()))
+
+    def _agreed_stop(self, check_point: bool) -> bool:
+        """Whether to stop for a signal. Distributed: every rank decides together, at check points
+        (every trainer.log_every steps and epoch boundaries), so all of them save and stop alike."""
+        if not self.distributed:
+            return self._stop_signal is not None
+        if not check_point:
+            return False
+        import signal
+
+        if dist.any_rank(self._stop_signal is not None, self.device):
+            self._stop_signal = self._stop_signal or signal.SIGTERM
+            return True
+        return False
 
     def _note_bad_images(self, problems: list[str]) -> None:
         """Warn once per broken image; stop when more than data.max_bad_fraction of the data is broken."""
@@ -607,7 +663,8 @@ class Run:
             total += y.shape[0]
         scalars, per_class, confusion = metrics.compute()
         self.last_eval = {"per_class": per_class, "confusion": confusion}
-        return {"val/loss": loss_sum.item() / max(1, total), **scalars}
+        sums = dist.all_sum(torch.stack([loss_sum.float(), torch.tensor(float(total), device=self.device)]))
+        return {"val/loss": float(sums[0].item()) / max(1.0, float(sums[1].item())), **scalars}
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -660,12 +717,14 @@ class Run:
             import numpy as np
 
             self.writer.add_image("val/confusion_matrix", np.asarray(img), epoch, dataformats="HWC")
-            if improved:
+            if improved and self.main:
                 tmp = self.run_dir / "confusion_matrix.tmp.png"
                 img.save(tmp)
                 tmp.replace(self.run_dir / "confusion_matrix.png")
 
     def _print_summary(self, summary: dict[str, Any]) -> None:
+        if not self.main:
+            return
         best = "n/a" if self.best is None else f"{self.best:.4f}"
         log.info("done: best %s %s at epoch %s | training time %s (this session %s)", self.monitor, best,
                  self.best_epoch, _fmt_time(self.elapsed), _fmt_time(summary["wall_time_s"]))
@@ -684,6 +743,25 @@ class RunInterrupted(Exception):
         super().__init__(f"stopped by {signal.Signals(signum).name} at epoch {run.epoch + 1}, step "
                          f"{run.global_step}; state saved in {run.run_dir / 'checkpoints' / 'last.pt'}. "
                          f"Continue with: train resume={run.run_dir}")
+
+
+class _NullWriter:
+    """TensorBoard writer of ranks > 0: rank 0 alone writes events."""
+
+    def __getattr__(self, _name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def _wrap_ddp(model: torch.nn.Module, device: torch.device, sync_bn: bool) -> Any:
+    """DistributedDataParallel over the parameters that train now (frozen ones are left out)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_bn:
+        from timm.layers import convert_sync_batchnorm  # also converts timm's BatchNormAct layers
+
+        # in place below the top module: SyncBatchNorm layers replace the BatchNorm ones, keeping their state
+        convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -823,6 +901,20 @@ def _instantiate(node: Any) -> Any:
         raise
 
 
+def check_distributed(cfg: DictConfig) -> None:
+    """Settings that cannot work in lock-step over processes, refused with the alternative."""
+    bad = []
+    if str(cfg.trainer.get("nonfinite")) == "skip":
+        bad.append("trainer.nonfinite=skip (a rank that skips a batch would leave the others waiting)")
+    if str(cfg.optimizer.get("_target_", "")).endswith("LBFGS"):
+        bad.append("optimizer=lbfgs (its line search runs a different number of steps on each rank)")
+    if cfg.model.get("cache_features"):
+        bad.append("model.cache_features=true (a single-process linear probe)")
+    if bad:
+        raise UserError("distributed training does not combine with " + "; ".join(bad) + ". Drop them, or train "
+                        "in one process.")
+
+
 def check_task_fit(cfg: DictConfig, task: str, num_classes: int) -> None:
     """Refuse, before anything is built, a metric or optimizer setting that cannot serve this run."""
     from trainer.metrics import metric_names
@@ -855,8 +947,18 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
     # every object the config names must come from an allow-listed package (resume brings configs from files)
     check_targets(cfg, extra=tuple(cfg.get("allow_targets") or ()))
     validate_config(cfg)  # types and ranges, for every caller (CLI, scripts, tests)
-    seed_everything(int(cfg.seed))
     device = resolve_device(str(cfg.trainer.device))
+    if dist.is_distributed():
+        check_distributed(cfg)
+        if device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank())
+        dist.init(device.type == "cuda")
+        if not dist.is_main():
+            logging.getLogger("trainer").setLevel(logging.WARNING)
+        log.info("distributed: %d processes (%s), this is rank %d; data.batch_size=%d per process",
+                 dist.world_size(), "nccl" if device.type == "cuda" else "gloo", dist.rank(), int(cfg.data.batch_size))
+    # each rank its own random streams (dropout, augmentation draws); DDP copies rank 0's weights
+    seed_everything(int(cfg.seed) + dist.rank())
     precision = resolve_precision(str(cfg.trainer.precision), device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -878,7 +980,8 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
                         "trains on feature maps of augmented images: set model.cache_features=false.")
     check_task_fit(cfg, task, len(splits.classes))
     built = build_model(cfg.model, num_classes=len(splits.classes), task=task)
-    loaders = build_loaders(cfg.data, splits, built.data_config, int(cfg.seed), pin_memory=device.type == "cuda")
+    loaders = build_loaders(cfg.data, splits, built.data_config, int(cfg.seed), pin_memory=device.type == "cuda",
+                            rank=dist.rank(), world_size=dist.world_size())
     from trainer.losses import OPTIONS_BY_TASK, configure_loss, loss_fits
 
     loss_target = str(cfg.loss.get("_target_", ""))

@@ -36,6 +36,8 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "trainer.clip_grad_norm": _pos_float(),
     "trainer.precision": _choice("auto", "fp32", "bf16", "fp16"),
     "trainer.nonfinite": _choice("stop", "skip"),
+    "trainer.devices": _int(1),
+    "trainer.sync_bn": (bool, lambda v: True, "true or false"),
     "optimizer.lr": _pos_float(),
     "optimizer.weight_decay": _pos_float(strict=False),
     "optimizer.backbone_lr_mult": _pos_float(strict=False),
