@@ -20,6 +20,25 @@ OUTPUTS = Path("outputs")
 log = logging.getLogger("trainer")
 
 
+def visible_gpus() -> int:
+    """GPUs this process may use, without importing torch (CUDA_VISIBLE_DEVICES, else /dev/nvidia*)."""
+    import glob
+    import os
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len([d for d in glob.glob("/dev/nvidia[0-9]*")])
+
+
+def parallel_jobs() -> int:
+    """hydra/launcher=parallel: one job per visible GPU, or 2 on a CPU-only machine."""
+    return visible_gpus() or 2
+
+
+OmegaConf.register_new_resolver("parallel_jobs", parallel_jobs, replace=True)
+
+
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -139,6 +158,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 return previous.get("best")
             if previous is not None:
                 cfg.resume = str(previous)
+        if multirun:
+            _share_the_machine(cfg)
         try:
             summary = build_run(cfg).fit()
         except InstantiationException as e:
@@ -174,6 +195,31 @@ def hydra_main(cfg: DictConfig) -> float | None:
             raise
         log.warning("%s", e)
         sys.exit(e.exit_code)
+
+
+def _share_the_machine(cfg: DictConfig) -> None:
+    """A job of a parallel sweep (joblib launcher): its own GPU (job number modulo the GPUs), or its
+    share of the CPU cores, so that parallel jobs do not fight over one device."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    launcher = str(hc.launcher.get("_target_", ""))
+    if "joblib" not in launcher.lower():
+        return
+    import torch
+
+    n_jobs = int(hc.launcher.get("n_jobs") or 1)
+    n_jobs = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+    if torch.cuda.is_available() and str(cfg.trainer.device) in ("auto", "cuda"):
+        gpu = int(hc.job.num) % torch.cuda.device_count()
+        cfg.trainer.device = f"cuda:{gpu}"
+        torch.cuda.set_device(gpu)
+        log.info("parallel sweep: job %s on cuda:%d", hc.job.num, gpu)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, n_jobs)))
+        log.info("parallel sweep: job %s on %d CPU threads", hc.job.num, torch.get_num_threads())
 
 
 def _previous_sweep_job(job_dir: Path, cfg: DictConfig) -> dict | Path | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import math
 import platform
 import sys
@@ -314,6 +315,7 @@ class Run:
             "weights": self.weights_info,
             "classes": self.classes,
             "task": self.task,
+            "pid": os.getpid(),
             "per_class": {"last": self.per_class_last, "best": self.per_class_best},
         }
         if self.main:

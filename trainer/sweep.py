@@ -63,6 +63,9 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
         writer.writeheader()
         writer.writerows(rows)
     (sweep_dir / "summary.md").write_text(to_markdown(rows))
+    from trainer.sweep_plot import plot_summary
+
+    plot_summary(rows, sweep_dir / "summary.png")
     return rows
 
 
@@ -85,5 +88,6 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir():
             return
         rows = write_summary(sweep_dir)
-        print(f"\nsweep summary ({len(rows)} runs, best first): {sweep_dir}/summary.md")
+        print(f"\nsweep summary ({len(rows)} runs, best first): {sweep_dir}/summary.md"
+              + (f", plot: {sweep_dir}/summary.png" if (sweep_dir / "summary.png").is_file() else ""))
         print(to_markdown(rows))
