@@ -83,6 +83,10 @@ def decode_rgb(path: str) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
+    if path.lower().endswith((".jpg", ".jpeg")):
+        fast = _decode_jpeg(path)
+        if fast is not None:
+            return fast
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -101,6 +105,26 @@ def decode_rgb(path: str) -> torch.Tensor:
         raise BadImage(f"{path}: too large to decode safely ({e})") from None
     except Exception as e:
         raise BadImage(f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot decode'}") from None
+
+
+def _decode_jpeg(path: str) -> torch.Tensor | None:
+    """A JPEG through torchvision.io.decode_jpeg (libjpeg-turbo, straight into a uint8 tensor);
+    None when it is not a plain JPEG of a safe size or cannot be decoded so, for Pillow's path to
+    decode it or name the problem."""
+    import warnings
+
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    try:
+        with Image.open(path) as img:  # reads the header only: format and size (the bomb check)
+            if img.format != "JPEG" or img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                return None
+        with warnings.catch_warnings():  # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_jpeg(read_file(path), mode=ImageReadMode.RGB)
+    except Exception:
+        return None
 
 
 class FileImages(ImageSet):
@@ -414,8 +438,12 @@ def resolve_input(data_cfg: Any, model_data_config: dict[str, Any]) -> dict[str,
             "mean": tuple(model_data_config["mean"]), "std": tuple(model_data_config["std"])}
 
 
-def build_transforms(augment: str, spec: dict[str, Any], train: bool, task: str = "multiclass") -> Any:
+def build_transforms(augment: str, spec: dict[str, Any], train: bool, task: str = "multiclass",
+                     normalize: bool = True) -> Any:
     """torchvision v2 pipeline on uint8 tensors: geometry (and augmentation) -> float -> normalize.
+
+    ``normalize=False`` stops at uint8 (what the loaders use): batches travel as uint8, a quarter of
+    the bytes, and :class:`DeviceBatches` converts and normalizes them on the training device.
 
     Segmentation: the same geometry is applied to the image and its mask (nearest for the mask),
     and evaluation resizes to image_size x image_size without cropping, so every pixel is scored.
@@ -426,7 +454,7 @@ def build_transforms(augment: str, spec: dict[str, Any], train: bool, task: str 
     size = spec["size"]
     interp = InterpolationMode(spec["interpolation"]) if spec["interpolation"] in {m.value for m in InterpolationMode} \
         else InterpolationMode.BILINEAR
-    finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec["mean"], spec["std"])]
+    finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec["mean"], spec["std"])] if normalize else []
     if augment not in ("none", "affine", "flip_crop"):
         raise UserError(f"data.augment={augment!r} is not known: use none, affine or flip_crop.")
     if task == "segmentation":
@@ -438,7 +466,7 @@ def build_transforms(augment: str, spec: dict[str, Any], train: bool, task: str 
         else:
             geometry = [v2.RandomResizedCrop(size, scale=(0.4, 1.0), interpolation=interp, antialias=True),
                         v2.RandomHorizontalFlip()]
-        return JointTransform(v2.Compose(geometry), v2.Compose(finish))
+        return JointTransform(v2.Compose(geometry), v2.Compose(finish) if finish else None)
     resize = int(math.floor(size / spec["crop_pct"]))
     eval_geometry = [v2.Resize(resize, interpolation=interp, antialias=True), v2.CenterCrop(size)]
     if not train or augment == "none":
@@ -462,7 +490,8 @@ class JointTransform:
         if image.shape[-2:] != mask.shape[-2:]:
             raise BadImage(f"mask of size {tuple(mask.shape[-2:])} does not match its image {tuple(image.shape[-2:])}")
         img, m = self.geometry(tv_tensors.Image(image), tv_tensors.Mask(mask))
-        return self.finish(img.as_subclass(torch.Tensor)), m.as_subclass(torch.Tensor).long()
+        img = img.as_subclass(torch.Tensor)
+        return (self.finish(img) if self.finish is not None else img), m.as_subclass(torch.Tensor).long()
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -577,6 +606,68 @@ class CachedFeatures(Dataset):
         return self.features[index], self.images.target(index)
 
 
+class DeviceBatches:
+    """Batches of a loader on the training device: uint8 images copied (non_blocking from pinned
+    memory) and turned into normalized floats there. On CUDA the next batch is copied and
+    normalized on a side stream while the current one trains; elsewhere it is done in line.
+
+    Yields ``(x, y, bad)`` like the loader; ``x`` float32 ``(N, 3, H, W)`` in ``memory_format``.
+    Anything that is not a uint8 image batch (cached features) is only moved.
+    """
+
+    def __init__(self, loader: Any, device: torch.device, mean: Sequence[float], std: Sequence[float],
+                 memory_format: torch.memory_format = torch.preserve_format) -> None:
+        self.loader, self.device, self.memory_format = loader, device, memory_format
+        # x / 255 - mean) / std  ==  x * scale + shift, one fused op
+        std_t = torch.tensor(std, dtype=torch.float32)
+        self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(device)
+        self.shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1).to(device)
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _move(self, batch: Any) -> Any:
+        x, y = batch[0], batch[1]
+        rest = tuple(batch[2:])
+        y = y.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8 and x.ndim == 4:
+            x = x.to(self.device, non_blocking=True).float()
+            x = torch.addcmul(self.shift, x, self.scale).contiguous(memory_format=self.memory_format)
+        else:
+            x = x.to(self.device, non_blocking=True)
+        return (x, y, *rest)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.stream is None:
+            for batch in self.loader:
+                yield self._move(batch)
+            return
+        current = torch.cuda.current_stream(self.device)
+        ahead = None
+        for batch in self.loader:
+            with torch.cuda.stream(self.stream):
+                moved = self._move(batch)
+            if ahead is not None:
+                yield self._ready(ahead, current)
+            ahead = moved
+        if ahead is not None:
+            yield self._ready(ahead, current)
+
+    def _ready(self, batch: Any, current: Any) -> Any:
+        current.wait_stream(self.stream)
+        for t in batch[:2]:
+            t.record_stream(current)  # memory made on the side stream, used on this one
+        return batch
+
+
+def normalize_on(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """The same arithmetic as DeviceBatches, for a uint8 batch already where it is."""
+    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return torch.addcmul(-mean_t / std_t, x.float(), 1.0 / (255.0 * std_t))
+
+
 @dataclass
 class Loaders:
     train: DataLoader
@@ -610,8 +701,9 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
     workers = data_cfg.get("num_workers", "auto")
     workers = default_num_workers() if workers in (None, "auto") else int(workers)
     task = splits.task
-    train_set = TransformedImages(splits.train, build_transforms(str(data_cfg.augment), spec, True, task), seed)
-    val_set = TransformedImages(splits.val, build_transforms(str(data_cfg.augment), spec, False, task), seed)
+    augment = str(data_cfg.augment)
+    train_set = TransformedImages(splits.train, build_transforms(augment, spec, True, task, normalize=False), seed)
+    val_set = TransformedImages(splits.val, build_transforms(augment, spec, False, task, normalize=False), seed)
     if len(train_set) == 0 or len(val_set) == 0:
         raise UserError("the train or val split is empty: add images or change data.val_split.")
     sampler = EpochSampler(len(train_set), seed, shuffle=True, rank=rank, world_size=world_size)

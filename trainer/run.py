@@ -126,6 +126,10 @@ class Run:
         self.distributed = dist.is_distributed()
         self.ddp: Any = None  # DistributedDataParallel around self.model, rebuilt per stage
         self.main = dist.is_main()
+        compile_cfg = cfg.trainer.get("compile", False)
+        self.compile = compile_cfg not in (False, None, "false")
+        self.compile_backend = compile_cfg if isinstance(compile_cfg, str) and compile_cfg != "true" else "inductor"
+        self._compiled: tuple[Any, Any] | None = None  # (module, its compiled forward)
         self.last_eval: dict[str, Any] | None = None
         self.per_class_last: dict[str, Any] | None = None
         self.per_class_best: dict[str, Any] | None = None
@@ -404,12 +408,12 @@ class Run:
         self.model.eval()
         for split, loader in (("train", self.loaders.train_eval), ("val", self.loaders.val)):
             feats = []
-            for x, _, bad in loader:
+            for x, _, bad in self._on_device(loader):
                 if bad:
                     raise UserError(f"model.cache_features=true needs every image readable; broken: {bad[0]} "
                                     f"(and maybe more: data.verify=true lists them). Remove them or set "
                                     "model.cache_features=false.")
-                feats.append(self._features(x.to(self.device, non_blocking=True, memory_format=self.memory_format)))
+                feats.append(self._features(x))
             self.feature_cache[split] = torch.cat(feats)
         log.info("cached backbone features (augmentation off): train %s, val %s in %.1fs",
                  tuple(self.feature_cache["train"].shape), tuple(self.feature_cache["val"].shape),
@@ -420,7 +424,27 @@ class Run:
             return self.head(x)
         if self.probe:
             return self.head(self._features(x))
-        return (self.ddp or self.model)(x)
+        return self._train_forward(x)
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        module = self.ddp or self.model
+        if not self.compile:
+            return module(x)
+        if self._compiled is None or self._compiled[0] is not module:
+            t0 = time.perf_counter()
+            self._compiled = (module, torch.compile(module, backend=self.compile_backend))
+            out = self._compiled[1](x)
+            log.info("trainer.compile: compiled the training forward (%s) in %.1fs (first batch included)",
+                     self.compile_backend, time.perf_counter() - t0)
+            return out
+        return self._compiled[1](x)
+
+    def _on_device(self, loader: Any) -> Any:
+        """The loader's batches on the training device, images normalized there (from uint8)."""
+        from trainer.data import DeviceBatches
+
+        spec = self.loaders.input_spec
+        return DeviceBatches(loader, self.device, spec["mean"], spec["std"], self.memory_format)
 
     def _train_batches(self) -> Any:
         """The training batches of this epoch: images, or cached features in a cached linear probe."""
@@ -506,7 +530,7 @@ class Run:
         model.train(not self.head_only)  # frozen BatchNorm layers ignore this
         self.head.train()
         self.loaders.sampler.set_epoch(epoch, start=self.batch_in_epoch * self.loaders.batch_size)
-        loader = self._train_batches()
+        loader = self._on_device(self._train_batches())
         n_batches = self.batches_per_epoch
         # Running sums stay on the device: reading them is a host-device sync, done every log_every steps.
         epoch_sum = torch.tensor(self.partial_loss[0], device=self.device)
@@ -523,9 +547,6 @@ class Run:
                 if x.shape[0] == 0:
                     bar.update(len(batch[2]))
                     continue
-            x = x.to(self.device, non_blocking=True, memory_format=self.memory_format if x.ndim == 4 else
-                     torch.preserve_format)
-            y = y.to(self.device, non_blocking=True)
             if not self.images_logged and x.ndim == 4:
                 self._log_images(x)
             try:
@@ -648,18 +669,14 @@ class Run:
             size = self.loaders.val.batch_size or 1
             batches = [(self.feature_cache["val"][i:i + size], torch.utils.data.default_collate(targets[i:i + size]))
                        for i in range(0, len(targets), size)]
-        for batch in batches:
+        for batch in self._on_device(batches):
             x, y = batch[0], batch[1]
             if len(batch) > 2 and batch[2]:
                 self._note_bad_images(batch[2])
                 if x.shape[0] == 0:
                     continue
-            y = y.to(self.device, non_blocking=True)
             with self.autocast():
-                if x.ndim == 2:  # cached features
-                    out = self.head(x.to(self.device))
-                else:
-                    out = self.model(x.to(self.device, non_blocking=True, memory_format=self.memory_format))
+                out = self.head(x) if x.ndim == 2 else self.model(x)  # cached features, or images
             loss_sum += self.loss_fn(out.float(), y) * y.shape[0]
             metrics.update(out, y)
             total += y.shape[0]

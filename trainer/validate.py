@@ -38,6 +38,8 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "trainer.nonfinite": _choice("stop", "skip"),
     "trainer.devices": _int(1),
     "trainer.sync_bn": (bool, lambda v: True, "true or false"),
+    "trainer.compile": (object, lambda v: isinstance(v, (bool, str)), "true, false or a torch.compile backend "
+                                                                        "(e.g. inductor, aot_eager)"),
     "optimizer.lr": _pos_float(),
     "optimizer.weight_decay": _pos_float(strict=False),
     "optimizer.backbone_lr_mult": _pos_float(strict=False),

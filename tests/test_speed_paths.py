@@ -1,0 +1,70 @@
+"""The fast paths are correct: device-side normalization, compile, the benchmark script (no timing asserts)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, metrics, offline_env, train
+
+
+def test_uint8_batches_normalized_on_the_device_equal_the_plain_float_pipeline():
+    from torch.utils.data import DataLoader
+
+    from trainer.data import DeviceBatches, TransformedImages, build_transforms, collate_skipping_bad, make_fake
+
+    splits = make_fake(num_classes=3, train_size=24, val_size=8, image_size=40, seed=1)
+    spec = {"size": 32, "crop_pct": 0.9, "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225)}
+    for train_mode in (False, True):
+        plain = TransformedImages(splits.train, build_transforms("flip_crop", spec, train_mode), seed=5)
+        raw = TransformedImages(splits.train, build_transforms("flip_crop", spec, train_mode, normalize=False), seed=5)
+        keys = [(2, i) for i in range(len(raw))]  # (epoch, index): the same augmentation in both
+        expected = torch.stack([plain[k][0] for k in keys])
+        loader = DataLoader([raw[k] for k in keys], batch_size=10, collate_fn=collate_skipping_bad)
+        batches = list(DeviceBatches(loader, torch.device("cpu"), spec["mean"], spec["std"], torch.channels_last))
+        assert all(b[0].dtype == torch.float32 and b[0].is_contiguous(memory_format=torch.channels_last) for b in batches)
+        got = torch.cat([b[0] for b in batches])
+        assert raw[keys[0]][0].dtype == torch.uint8  # what travels from the workers
+        torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
+        assert torch.equal(torch.cat([b[1] for b in batches]), torch.tensor([plain[k][1] for k in keys]))
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path):
+    run_dir = tmp_path / "run"
+    out = train([*TINY, "trainer.precision=bf16", "trainer.epochs=2", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert "precision bf16" in out.stdout + out.stderr
+    h = metrics(run_dir)["history"]
+    assert h[-1]["train/loss"] < h[0]["train/loss"] and h[-1]["val/acc"] > 0.5
+
+
+def test_compile_path_runs_on_cpu(tmp_path):
+    run_dir = tmp_path / "run"
+    # aot_eager: torch.compile's graph capture and autograd without a C++ toolchain (inductor needs one)
+    out = train([*TINY, "trainer.compile=aot_eager", "trainer.epochs=1", "finetune.head_epochs=0",
+                 f"hydra.run.dir={run_dir}"], tmp_path, check=False)
+    if out.returncode != 0 and "torch._dynamo" in out.stderr and "not supported" in out.stderr:
+        pytest.skip("torch.compile is not supported on this platform")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "trainer.compile: compiled the training forward (aot_eager)" in out.stdout + out.stderr
+    assert metrics(run_dir)["finished"]
+
+
+def test_benchmark_script_runs_in_quick_mode_and_prints_its_table(tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, env=offline_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for line in ("| trainer, synthetic |", "| bare loop, synthetic |", "| trainer, frozen backbone |",
+                 "| trainer, JPEG files |", "ratio trainer / bare (synthetic):", "ratio JPEG / synthetic:",
+                 "ratio frozen / full (time per image):", "train --help:", "ratio first step: train / bare script:"):
+        assert line in proc.stdout, proc.stdout
+    result = json.loads(out.read_text())
+    assert {r["variant"] for r in result["rows"]} == {"trainer, synthetic", "bare loop, synthetic",
+                                                      "trainer, frozen backbone", "trainer, JPEG files"}
+    assert all(r["img_s"] > 0 for r in result["rows"])
