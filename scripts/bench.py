@@ -13,6 +13,8 @@ memory format, in interleaved rounds, median of --rounds; warm-up steps and comp
   loaders with their workers: the ratio to ``synthetic`` is what the input pipeline costs, and the
   data wait is the share of step time spent waiting for the next batch.
 - ``frozen``: the backbone frozen (a linear probe), against the trainer's own full fine-tuning.
+- ``bf16``: the trainer's synthetic row again with ``trainer.precision=bf16`` (autocast; on a CPU
+  that has bf16 instructions too), against the same row in fp32 (run with ``--precision fp32``).
 
 Also: ``train --help`` wall time, and time to the first optimizer step of ``train`` against a bare
 script that does the same imports, model build and one step. On CUDA: peak memory, and the
@@ -248,6 +250,11 @@ def main() -> None:
         if "synthetic" in modes or "jpeg" in modes:
             variants["trainer, synthetic"] = lambda: time_trainer(full, 1)
             variants["bare loop, synthetic"] = lambda: (bare(args.steps), 0.0, args.steps)
+        if "bf16" in modes:
+            half = build([o for o in common if not o.startswith("trainer.precision")] + ["trainer.precision=bf16"],
+                         f"{tmp}/bf16")
+            half.loaders.train = DeviceLoader(x, y, args.steps)
+            variants["trainer, synthetic, bf16"] = lambda: time_trainer(half, 1)
         if "frozen" in modes:
             frozen = build(common + ["model.freeze=backbone"], f"{tmp}/frozen")
             frozen.loaders.train = DeviceLoader(x, y, args.steps)
@@ -265,7 +272,7 @@ def main() -> None:
             variants["trainer, JPEG files"] = lambda: time_trainer(jpeg, 1)
         # warm-up (cudnn autotuning, allocator, first-step costs), not timed
         warm: dict[str, Any] = {"trainer, synthetic": full, "trainer, frozen backbone": locals().get("frozen"),
-                                "trainer, JPEG files": locals().get("jpeg")}
+                                "trainer, JPEG files": locals().get("jpeg"), "trainer, synthetic, bf16": locals().get("half")}
         for name in variants:
             if name.startswith("bare"):
                 bare(args.warmup)
@@ -305,6 +312,8 @@ def main() -> None:
         ratios["trainer / bare (synthetic)"] = by_name["trainer, synthetic"][1] / bare_ips
     if "trainer, JPEG files" in by_name and "trainer, synthetic" in by_name:
         ratios["JPEG / synthetic"] = by_name["trainer, JPEG files"][1] / by_name["trainer, synthetic"][1]
+    if "trainer, synthetic, bf16" in by_name and "trainer, synthetic" in by_name:
+        ratios[f"bf16 / {results['precision']} (img/s)"] = by_name["trainer, synthetic, bf16"][1] / by_name["trainer, synthetic"][1]
     if "trainer, frozen backbone" in by_name and "trainer, synthetic" in by_name:
         ratios["frozen / full (time per image)"] = by_name["trainer, synthetic"][1] / by_name["trainer, frozen backbone"][1]
     if not args.no_startup:
