@@ -168,8 +168,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
             raise UserError(f"a config option could not be built: {e}. Check its _target_ and keys "
                             "(train --cfg job prints the resolved config).") from None
         except MissingMandatoryValue as e:
-            raise UserError(f"missing value for {e.full_key}: give it on the command line, e.g. "
-                            f"{e.full_key}=... (data=imagefolder needs data.root=DIR).") from None
+            key = str(e.full_key)
+            if key.startswith("data.dataset."):  # the dataset's argument comes from the data option's own key
+                key = "data." + key.rsplit(".", 1)[-1]
+            example = {"data.root": "DIR", "data.csv": "FILE.csv"}.get(key, "...")
+            raise UserError(f"missing value for {key}: data={cfg.data.get('name')} needs it; give it on the "
+                            f"command line, e.g. {key}={example}.") from None
         return summary.get("best")
     except UserError as e:
         log.error("error: %s", e)
