@@ -75,3 +75,8 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_resumes_to_the_unbroken_resu
         [k for k in expected if not torch.equal(got[k], expected[k])][:5]
     assert metrics(broken)["history"] == [
         {**h, "seconds": b["seconds"]} for h, b in zip(metrics(unbroken)["history"], metrics(broken)["history"])]
+
+
+def test_devices_with_a_sweep_is_refused_with_the_alternative(tmp_path):
+    out = train(["-m", *TINY, "trainer.devices=2", "optimizer.lr=1e-3,1e-2"], tmp_path, check=False)
+    assert out.returncode == 2 and "does not combine with -m: sweep with hydra/launcher=parallel" in out.stderr

@@ -174,6 +174,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
             example = {"data.root": "DIR", "data.csv": "FILE.csv"}.get(key, "...")
             raise UserError(f"missing value for {key}: data={cfg.data.get('name')} needs it; give it on the "
                             f"command line, e.g. {key}={example}.") from None
+        if multirun:
+            _release_memory()  # a worker of a parallel sweep runs the next job in the same process
         return summary.get("best")
     except UserError as e:
         log.error("error: %s", e)
@@ -224,6 +226,16 @@ def _share_the_machine(cfg: DictConfig) -> None:
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, n_jobs)))
         log.info("parallel sweep: job %s on %d CPU threads", hc.job.num, torch.get_num_threads())
+
+
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _previous_sweep_job(job_dir: Path, cfg: DictConfig) -> dict | Path | None:

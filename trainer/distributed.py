@@ -122,8 +122,14 @@ def _override(argv: list[str], key: str) -> str | None:
 def launch_if_asked(argv: list[str]) -> None:
     """``train trainer.devices=N`` (N > 1) outside torchrun: start torchrun with N processes on this node."""
     devices = _override(argv, "trainer.devices")
-    if devices in (None, "1", "auto") or "WORLD_SIZE" in os.environ or any(a in ("-m", "--multirun") for a in argv):
+    if devices in (None, "1", "auto") or "WORLD_SIZE" in os.environ:
         return
+    if any(a in ("-m", "--multirun") for a in argv):
+        from trainer.errors import UserError
+
+        raise UserError(f"trainer.devices={devices} starts torchrun for one run, and does not combine with -m: "
+                        "sweep with hydra/launcher=parallel (one GPU per job), or start each run with "
+                        "`train trainer.devices=N ...`.")
     try:
         n = int(devices)
     except ValueError:
