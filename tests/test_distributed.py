@@ -77,6 +77,8 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_resumes_to_the_unbroken_resu
         {**h, "seconds": b["seconds"]} for h, b in zip(metrics(unbroken)["history"], metrics(broken)["history"])]
 
 
-def test_devices_with_a_sweep_is_refused_with_the_alternative(tmp_path):
+def test_devices_with_a_sweep_and_sync_bn_on_cpu_are_refused_with_the_alternative(tmp_path):
     out = train(["-m", *TINY, "trainer.devices=2", "optimizer.lr=1e-3,1e-2"], tmp_path, check=False)
     assert out.returncode == 2 and "does not combine with -m: sweep with hydra/launcher=parallel" in out.stderr
+    out = torchrun([*TINY, "trainer.device=cpu", "trainer.sync_bn=true", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
+    assert out.returncode != 0 and "trainer.sync_bn=true on a CPU (SyncBatchNorm runs on GPUs only)" in out.stdout + out.stderr

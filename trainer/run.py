@@ -920,9 +920,11 @@ def _instantiate(node: Any) -> Any:
         raise
 
 
-def check_distributed(cfg: DictConfig) -> None:
+def check_distributed(cfg: DictConfig, device: torch.device) -> None:
     """Settings that cannot work in lock-step over processes, refused with the alternative."""
     bad = []
+    if cfg.trainer.get("sync_bn") and device.type != "cuda":
+        bad.append("trainer.sync_bn=true on a CPU (SyncBatchNorm runs on GPUs only)")
     if str(cfg.trainer.get("nonfinite")) == "skip":
         bad.append("trainer.nonfinite=skip (a rank that skips a batch would leave the others waiting)")
     if str(cfg.optimizer.get("_target_", "")).endswith("LBFGS"):
@@ -968,7 +970,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
     validate_config(cfg)  # types and ranges, for every caller (CLI, scripts, tests)
     device = resolve_device(str(cfg.trainer.device))
     if dist.is_distributed():
-        check_distributed(cfg)
+        check_distributed(cfg, device)
         if device.type == "cuda":
             device = torch.device("cuda", dist.local_rank())
         dist.init(device.type == "cuda")
