@@ -661,13 +661,6 @@ class DeviceBatches:
         return batch
 
 
-def normalize_on(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """The same arithmetic as DeviceBatches, for a uint8 batch already where it is."""
-    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    return torch.addcmul(-mean_t / std_t, x.float(), 1.0 / (255.0 * std_t))
-
-
 @dataclass
 class Loaders:
     train: DataLoader

@@ -180,7 +180,8 @@ def prepare_argv(argv: list[str], outputs: Path) -> list[str]:
             plan["resume"] = str(last.resolve())
             print(f"restart {restarts} of torchrun run {run_id}: resuming {last}", file=sys.stderr)
     plan = broadcast(plan)
-    out = [a for a in argv if not (_override([a], "hydra.run.dir") or (plan["resume"] and _override([a], "resume")))]
+    replaced = {"hydra.run.dir"} | ({"resume"} if plan["resume"] else set())
+    out = [a for a in argv if not any(_override([a], key) is not None for key in replaced)]
     out.append(f"hydra.run.dir={plan['run_dir']}")
     if plan["resume"]:
         out.append(f"resume={plan['resume']}")

@@ -79,6 +79,14 @@ class TaskLoss(nn.Module):
         return as_one_hot(target, logits), valid
 
 
+def masked_mean(loss: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``loss`` over the entries whose target is not ignore_index (all of them without a mask)."""
+    if valid is None:
+        return loss.mean()
+    valid = valid.expand_as(loss)
+    return (loss * valid).sum() / valid.sum().clamp(min=1.0)
+
+
 def soft_dice_per_class(probs: torch.Tensor, one_hot: torch.Tensor, smooth: float,
                         valid: torch.Tensor | None = None) -> torch.Tensor:
     """Soft Dice coefficient of each class over the batch (and any spatial dims): shape (C,)."""
@@ -151,9 +159,7 @@ class BCEWithLogitsLoss(TaskLoss):
         dense, valid = self.dense(logits, target)
         loss = F.binary_cross_entropy_with_logits(logits, dense, reduction="none",
                                                   pos_weight=_per_class(self.pos_weight, logits.ndim))
-        if valid is None:
-            return loss.mean()
-        return (loss * valid).sum() / (valid.sum() * logits.shape[1]).clamp(min=1.0)
+        return masked_mean(loss, valid)
 
 
 class DiceLoss(TaskLoss):
@@ -180,8 +186,6 @@ class DiceBCELoss(TaskLoss):
         self.dice_weight, self.bce_weight = dice_weight, bce_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        for part in (self.dice, self.bce):
-            part.task, part.ignore_index = self.task, self.ignore_index
         return self.dice_weight * self.dice(logits, target) + self.bce_weight * self.bce(logits, target)
 
 
@@ -195,13 +199,8 @@ class IoULoss(TaskLoss):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         dense, valid = self.dense(logits, target)
-        probs = self.probs(logits)
-        if valid is not None:
-            probs, dense = probs * valid, dense * valid
-        dims = [d for d in range(probs.ndim) if d != 1]
-        intersection = (probs * dense).sum(dims)
-        union = probs.sum(dims) + dense.sum(dims) - intersection
-        return 1.0 - ((intersection + self.smooth) / (union + self.smooth)).mean()
+        # Jaccard = TP / (TP + FP + FN): the Tversky index with alpha = beta = 1
+        return 1.0 - tversky_per_class(self.probs(logits), dense, 1.0, 1.0, self.smooth, valid).mean()
 
 
 class TverskyLoss(TaskLoss):
@@ -262,17 +261,13 @@ class FocalLoss(TaskLoss):
             loss = (1.0 - p_t).clamp(min=0.0) ** self.gamma * ce
             if alpha is not None:
                 loss = loss * (dense * alpha + (1 - dense) * (1 - alpha) if alpha.ndim == 0 else alpha)
-            if valid is not None:
-                return (loss * valid).sum() / (valid.sum() * logits.shape[1]).clamp(min=1.0)
-            return loss.mean()
+            return masked_mean(loss, valid)
         log_p = logits.log_softmax(dim=1)
         log_pt = (log_p * dense).sum(1, keepdim=True)
         loss = -((1.0 - log_pt.exp()).clamp(min=0.0) ** self.gamma) * log_pt
         if alpha is not None:
             loss = loss * (dense * alpha).sum(1, keepdim=True)
-        if valid is not None:
-            return (loss * valid).sum() / valid.sum().clamp(min=1.0)
-        return loss.mean()
+        return masked_mean(loss, valid)
 
 
 class ProbabilityLoss(TaskLoss):
@@ -294,10 +289,7 @@ class ProbabilityLoss(TaskLoss):
         dense, valid = self.dense(logits, target)
         fn = self.KINDS[self.kind]
         kwargs = {"beta": self.beta} if self.kind == "smooth_l1" else {}
-        loss = fn(self.probs(logits), dense, reduction="none", **kwargs)
-        if valid is not None:
-            return (loss * valid).sum() / (valid.sum() * logits.shape[1]).clamp(min=1.0)
-        return loss.mean()
+        return masked_mean(fn(self.probs(logits), dense, reduction="none", **kwargs), valid)
 
 
 class KLDivLoss(TaskLoss):
@@ -319,9 +311,7 @@ class KLDivLoss(TaskLoss):
         if not target.dtype.is_floating_point and self.smoothing:
             dense = dense * (1 - self.smoothing) + self.smoothing / logits.shape[1]
         kl = F.kl_div(logits.log_softmax(dim=1), dense, reduction="none").sum(1, keepdim=True)
-        if valid is not None:
-            return (kl * valid).sum() / valid.sum().clamp(min=1.0)
-        return kl.mean()
+        return masked_mean(kl, valid)
 
 
 # ------------------------------------------------------------------ which loss serves which task

@@ -164,7 +164,6 @@ class SegmentationModel(nn.Module):
 
 
 def _build_segmentation(cfg: Any, num_classes: int) -> BuiltModel:
-    import timm
     from timm.data import resolve_data_config
 
     name, kind = str(cfg.name), str(cfg.decoder)
@@ -173,18 +172,7 @@ def _build_segmentation(cfg: Any, num_classes: int) -> BuiltModel:
                         "backbone that supports features_only, e.g. resnet34, efficientnet_b0, convnext_tiny).")
     if kind not in ("unet", "fpn"):
         raise UserError(f"model.decoder={kind!r} is not known: use unet or fpn.")
-    if not timm.is_model(name):
-        raise UserError(f"model.name={name!r} is not a timm model (the encoder of model.decoder={kind}).")
-    hub = bool(cfg.pretrained) and not _wants_file(cfg)
-    if hub:
-        _go_offline_if_unreachable()
-    try:
-        encoder = timm.create_model(name, pretrained=hub, features_only=True)
-    except Exception as e:
-        if not hub:
-            raise UserError(f"model.name={name}: timm cannot build it as an encoder (features_only): "
-                            f"{str(e).splitlines()[0]}") from None
-        raise UserError(_no_weights_message(name, "the timm / Hugging Face hub", e)) from None
+    encoder, weights = _create_timm(cfg, features_only=True)
     enc_channels = list(encoder.feature_info.channels())
     channels = cfg.get("decoder_channels") or [256, 128, 64, 32]
     decoder: nn.Module
@@ -193,11 +181,6 @@ def _build_segmentation(cfg: Any, num_classes: int) -> BuiltModel:
     else:
         decoder = FPNDecoder(enc_channels, int(channels[0] if not isinstance(channels, int) else channels), num_classes)
     model = SegmentationModel(encoder, decoder)
-    weights: dict[str, Any] = {"source": "hub" if hub else "none (random init)"}
-    if hub:
-        pcfg = getattr(encoder, "pretrained_cfg", None) or {}
-        weights["source"] = f"hub:{pcfg.get('hf_hub_id') or pcfg.get('url')}"
-        weights.update(_cached_file_info(_timm_cached_file(pcfg)))
     if _wants_file(cfg):
         weights = load_weights(encoder, str(cfg.weights), set(), name, encoder_only=True)
     try:
@@ -242,9 +225,10 @@ def _wants_file(cfg: Any) -> bool:
     return bool(cfg.pretrained) and cfg.get("weights") not in (None, "", "null")
 
 
-def _build_timm(cfg: Any, num_classes: int) -> BuiltModel:
+def _create_timm(cfg: Any, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """timm.create_model for ``model.name`` with hub weights when asked (offline: the cache only, or a
+    clear error); returns the model and where its weights came from."""
     import timm
-    from timm.data import resolve_data_config
 
     name = str(cfg.name)
     hub = bool(cfg.pretrained) and not _wants_file(cfg)
@@ -257,18 +241,27 @@ def _build_timm(cfg: Any, num_classes: int) -> BuiltModel:
     if hub:
         _go_offline_if_unreachable()
     try:
-        model = timm.create_model(name, pretrained=hub, num_classes=num_classes, drop_rate=float(cfg.drop_rate))
+        model = timm.create_model(name, pretrained=hub, **kwargs)
     except Exception as e:  # hub / cache failures come in many types
         if not hub:
-            raise
+            raise UserError(f"model.name={name}: timm cannot build it with {kwargs}: {str(e).splitlines()[0]}") from None
         raise UserError(_no_weights_message(name, "the timm / Hugging Face hub", e)) from None
+    weights: dict[str, Any] = {"source": "none (random init)"}
+    if hub:
+        pcfg = getattr(model, "pretrained_cfg", None) or {}
+        weights["source"] = f"hub:{pcfg.get('hf_hub_id') or pcfg.get('url')}"
+        weights.update(_cached_file_info(_timm_cached_file(pcfg)))
+    return model, weights
+
+
+def _build_timm(cfg: Any, num_classes: int) -> BuiltModel:
+    from timm.data import resolve_data_config
+
+    name = str(cfg.name)
+    model, weights = _create_timm(cfg, num_classes=num_classes, drop_rate=float(cfg.drop_rate))
     head = model.get_classifier()
     head_path = next(n for n, m in model.named_modules() if m is head)
     head_names = _param_names_of(model, head)
-    weights: dict[str, Any] = {"source": "hub" if hub else "none (random init)"}
-    if hub:
-        weights["source"] = f"hub:{model.pretrained_cfg.get('hf_hub_id') or model.pretrained_cfg.get('url')}"
-        weights.update(_cached_file_info(_timm_cached_file(model.pretrained_cfg)))
     if _wants_file(cfg):
         weights = load_weights(model, str(cfg.weights), head_names, name)
     data_config = resolve_data_config(model=model)

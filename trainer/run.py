@@ -350,8 +350,6 @@ class Run:
     # ------------------------------------------------------------------ the loop
     def _enter_stage(self, index: int) -> None:
         """Freeze per the stage, then a fresh optimizer over its trainable parameters and its schedule."""
-        from hydra.utils import instantiate
-
         st = self.stages[index]
         self.stage_idx = index
         backbone = {n for n, _ in self.model.named_parameters() if n not in self.head_names}
