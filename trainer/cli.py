@@ -191,7 +191,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         from trainer import distributed
         from trainer.run import RunInterrupted
 
-        if distributed.is_distributed() and isinstance(e, RuntimeError) and not isinstance(e, RunInterrupted):
+        if distributed.is_distributed() and distributed.is_peer_failure(e):
             # a peer died (killed, out of memory): torchrun restarts the workers (--max-restarts) or ends the run
             log.error("rank %d: lost contact with another process of this run (%s); the last checkpoint is in "
                       "%s/checkpoints", distributed.rank(), str(e).splitlines()[0][:160],
@@ -217,7 +217,8 @@ def _share_the_machine(cfg: DictConfig) -> None:
     import torch
 
     n_jobs = int(hc.launcher.get("n_jobs") or 1)
-    n_jobs = os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+    if n_jobs < 0:  # joblib: -1 = one per core
+        n_jobs = os.cpu_count() or 1
     if torch.cuda.is_available() and str(cfg.trainer.device) in ("auto", "cuda"):
         gpu = int(hc.job.num) % torch.cuda.device_count()
         cfg.trainer.device = f"cuda:{gpu}"

@@ -100,6 +100,17 @@ def all_sum(tensor: Any) -> Any:
     return tensor
 
 
+def is_peer_failure(e: BaseException) -> bool:
+    """An error from a collective whose other side went away (a killed or crashed rank)."""
+    import torch.distributed as dist
+
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(s in text for s in ("Connection reset", "Connection closed",
+                                                                    "gloo", "NCCL", "ProcessGroup"))
+
+
 def any_rank(flag: bool, device: Any) -> bool:
     """True on every rank when it is true on any (agreement before a collective decision)."""
     if not (is_distributed() and _initialized()):
