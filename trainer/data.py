@@ -111,18 +111,20 @@ def _decode_jpeg(path: str) -> torch.Tensor | None:
     """A JPEG through torchvision.io.decode_jpeg (libjpeg-turbo, straight into a uint8 tensor);
     None when it is not a plain JPEG of a safe size or cannot be decoded so, for Pillow's path to
     decode it or name the problem."""
+    import io
     import warnings
 
     from PIL import Image
-    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     try:
-        with Image.open(path) as img:  # reads the header only: format and size (the bomb check)
+        data = Path(path).read_bytes()  # read once: Pillow parses the header, libjpeg-turbo decodes
+        with Image.open(io.BytesIO(data)) as img:  # header only: format and size (the bomb check)
             if img.format != "JPEG" or img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
                 return None
         with warnings.catch_warnings():  # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec
             warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_jpeg(read_file(path), mode=ImageReadMode.RGB)
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except Exception:
         return None
 
