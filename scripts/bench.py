@@ -13,6 +13,7 @@ memory format, in interleaved rounds, median of --rounds; warm-up steps and comp
   loaders with their workers: the ratio to ``synthetic`` is what the input pipeline costs, and the
   data wait is the share of step time spent waiting for the next batch.
 - ``frozen``: the backbone frozen (a linear probe), against the trainer's own full fine-tuning.
+- ``compile``: the trainer's synthetic row with ``trainer.compile=true`` (compile time reported apart).
 - ``bf16``: the trainer's synthetic row again with ``trainer.precision=bf16`` (autocast; on a CPU
   that has bf16 instructions too), against the same row in fp32 (run with ``--precision fp32``).
 
@@ -46,21 +47,35 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_jpegs(root: Path, count: int, size: tuple[int, int]) -> None:
-    """Photo-like JPEGs (smooth colour fields + noise, 2 classes) at quality 90."""
+def _make_jpeg_chunk(args: tuple[str, range, tuple[int, int]]) -> None:
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    w, h = size
+    root, indices, (w, h) = Path(args[0]), args[1], args[2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    for i in range(count):
+    for i in indices:
+        rng = np.random.default_rng(i)
         cls = f"class{i % 2}"
-        (root / cls).mkdir(parents=True, exist_ok=True)
         fx, fy, ph = rng.uniform(0.005, 0.03, 2).tolist() + [rng.uniform(0, 6.28)]
         base = np.stack([np.sin(xx * fx + ph), np.cos(yy * fy + ph), np.sin((xx + yy) * 0.01 + i)], -1)
         img = ((base * 0.4 + 0.5 + rng.normal(0, 0.06, (h, w, 3))) * 255).clip(0, 255).astype(np.uint8)
         Image.fromarray(img).save(root / cls / f"{i:05d}.jpg", quality=90)
+
+
+def make_jpegs(root: Path, count: int, size: tuple[int, int]) -> None:
+    """Photo-like JPEGs (smooth colour fields + noise, 2 classes) at quality 90, made on all cores."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    for c in range(2):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+    procs = max(1, min(16, os.cpu_count() or 1))
+    chunks = [(str(root), range(k, count, procs), size) for k in range(procs)]
+    if procs == 1 or count < 64:
+        for chunk in chunks:
+            _make_jpeg_chunk(chunk)
+        return
+    with ProcessPoolExecutor(procs) as pool:
+        list(pool.map(_make_jpeg_chunk, chunks))
 
 
 def build(overrides: list[str], run_dir: str) -> Any:
@@ -188,7 +203,8 @@ def wall(cmd: list[str], env: dict[str, str]) -> float:
 def startup(model_args: list[str], bare_model: str, image: int, rounds: int) -> dict[str, float]:
     """`train --help`, and time to the first optimizer step: `train` (stopped there by a fault point)
     vs a bare script with the same imports, model build and one step."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1")
     bare = (f"import torch, torchvision, timm\nm = timm.create_model({bare_model!r}, num_classes=2)\n"
             f"opt = torch.optim.AdamW(m.parameters())\nx = torch.randn(8, 3, {image}, {image})\n"
             "torch.nn.functional.cross_entropy(m(x), torch.zeros(8, dtype=torch.long)).backward()\nopt.step()\n")
@@ -255,6 +271,10 @@ def main() -> None:
                          f"{tmp}/bf16")
             half.loaders.train = DeviceLoader(x, y, args.steps)
             variants["trainer, synthetic, bf16"] = lambda: time_trainer(half, 1)
+        if "compile" in modes:
+            comp = build(common + ["trainer.compile=true"], f"{tmp}/compile")
+            comp.loaders.train = DeviceLoader(x, y, args.steps)
+            variants["trainer, synthetic, compiled"] = lambda: time_trainer(comp, 1)
         if "frozen" in modes:
             frozen = build(common + ["model.freeze=backbone"], f"{tmp}/frozen")
             frozen.loaders.train = DeviceLoader(x, y, args.steps)
@@ -269,15 +289,20 @@ def main() -> None:
                          ["data=imagefolder", f"data.root={folder}", f"data.image_size={args.image}",
                           f"data.batch_size={batch}", "data.augment=flip_crop", f"data.num_workers={args.workers}",
                           "data.val_split=0.05"], f"{tmp}/jpeg")
+            results["jpeg_workers"] = jpeg.loaders.train.num_workers
             variants["trainer, JPEG files"] = lambda: time_trainer(jpeg, 1)
         # warm-up (cudnn autotuning, allocator, first-step costs), not timed
         warm: dict[str, Any] = {"trainer, synthetic": full, "trainer, frozen backbone": locals().get("frozen"),
-                                "trainer, JPEG files": locals().get("jpeg"), "trainer, synthetic, bf16": locals().get("half")}
+                                "trainer, JPEG files": locals().get("jpeg"), "trainer, synthetic, bf16": locals().get("half"),
+                                "trainer, synthetic, compiled": locals().get("comp")}
         for name in variants:
+            t0 = time.perf_counter()
             if name.startswith("bare"):
                 bare(args.warmup)
             elif warm.get(name) is not None:
                 time_trainer(warm[name], 0)
+            if name.endswith("compiled"):  # the first epoch compiles: reported, not timed
+                results["compile_s"] = round(time.perf_counter() - t0, 1)
         if device_type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times: dict[str, list[tuple[float, float, int]]] = {k: [] for k in variants}
@@ -314,6 +339,8 @@ def main() -> None:
         ratios["JPEG / synthetic"] = by_name["trainer, JPEG files"][1] / by_name["trainer, synthetic"][1]
     if "trainer, synthetic, bf16" in by_name and "trainer, synthetic" in by_name:
         ratios[f"bf16 / {results['precision']} (img/s)"] = by_name["trainer, synthetic, bf16"][1] / by_name["trainer, synthetic"][1]
+    if "trainer, synthetic, compiled" in by_name and "trainer, synthetic" in by_name:
+        ratios["compiled / eager (img/s)"] = by_name["trainer, synthetic, compiled"][1] / by_name["trainer, synthetic"][1]
     if "trainer, frozen backbone" in by_name and "trainer, synthetic" in by_name:
         ratios["frozen / full (time per image)"] = by_name["trainer, synthetic"][1] / by_name["trainer, frozen backbone"][1]
     if not args.no_startup:
@@ -325,7 +352,7 @@ def main() -> None:
               f"bare script {s['bare_first_step_s']:.2f} s")
     for k, v in ratios.items():
         print(f"ratio {k}: {v:.3f}")
-    for k in ("peak_memory_gib", "peak_rss_gib", "bf16_matmul_tflops"):
+    for k in ("peak_memory_gib", "peak_rss_gib", "bf16_matmul_tflops", "compile_s", "jpeg_make_s"):
         if k in results:
             print(f"{k}: {results[k]}")
     results["rows"] = [{"variant": n, "img_s": i, "step_ms": m, "data_wait": w} for n, i, m, w, _ in rows]
