@@ -205,9 +205,16 @@ def startup(model_args: list[str], bare_model: str, image: int, rounds: int) -> 
     vs a bare script with the same imports, model build and one step."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1")
-    bare = (f"import torch, torchvision, timm\nm = timm.create_model({bare_model!r}, num_classes=2)\n"
-            f"opt = torch.optim.AdamW(m.parameters())\nx = torch.randn(8, 3, {image}, {image})\n"
-            "torch.nn.functional.cross_entropy(m(x), torch.zeros(8, dtype=torch.long)).backward()\nopt.step()\n")
+    bare = ("import torch, torchvision, timm\n"
+            "dev = 'cuda' if torch.cuda.is_available() else 'cpu'\n"
+            "torch.backends.cudnn.benchmark = True\n"
+            f"m = timm.create_model({bare_model!r}, num_classes=2).to(dev)\n"
+            "m = m.to(memory_format=torch.channels_last) if dev == 'cuda' else m\n"
+            f"opt = torch.optim.AdamW(m.parameters())\nx = torch.randn(8, 3, {image}, {image}, device=dev)\n"
+            "with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == 'cuda'):\n"
+            "    loss = torch.nn.functional.cross_entropy(m(x).float(), torch.zeros(8, dtype=torch.long, device=dev))\n"
+            "loss.backward()\nopt.step()\n"
+            "torch.cuda.synchronize() if dev == 'cuda' else None\n")
     train = [sys.executable, "-m", "trainer", *model_args, "data=fake", f"data.image_size={image}",
              "data.batch_size=8", "finetune.head_epochs=0", "hydra.run.dir=" + tempfile.mkdtemp()]
     helps, firsts, bares = [], [], []
@@ -285,23 +292,28 @@ def main() -> None:
             t0 = time.perf_counter()
             make_jpegs(folder, count, (500, 375) if not args.quick else (160, 120))
             results["jpeg_files"], results["jpeg_make_s"] = count, round(time.perf_counter() - t0, 1)
-            jpeg = build([o for o in common if not o.startswith("data.")] +
-                         ["data=imagefolder", f"data.root={folder}", f"data.image_size={args.image}",
-                          f"data.batch_size={batch}", "data.augment=flip_crop", f"data.num_workers={args.workers}",
-                          "data.val_split=0.05"], f"{tmp}/jpeg")
+            jpeg_args = [o for o in common if not o.startswith("data.")] + [
+                "data=imagefolder", f"data.root={folder}", f"data.image_size={args.image}", f"data.batch_size={batch}",
+                "data.augment=flip_crop", f"data.num_workers={args.workers}", "data.val_split=0.05"]
+            jpeg = build(jpeg_args, f"{tmp}/jpeg")
             results["jpeg_workers"] = jpeg.loaders.train.num_workers
+            results["jpeg_pieces_per_batch"] = getattr(jpeg.loaders.train, "pieces", 1)
             variants["trainer, JPEG files"] = lambda: time_trainer(jpeg, 1)
+            if "compile" in modes:
+                jpeg_comp = build(jpeg_args + ["trainer.compile=true"], f"{tmp}/jpeg_compile")
+                variants["trainer, JPEG files, compiled"] = lambda: time_trainer(jpeg_comp, 1)
         # warm-up (cudnn autotuning, allocator, first-step costs), not timed
         warm: dict[str, Any] = {"trainer, synthetic": full, "trainer, frozen backbone": locals().get("frozen"),
                                 "trainer, JPEG files": locals().get("jpeg"), "trainer, synthetic, bf16": locals().get("half"),
-                                "trainer, synthetic, compiled": locals().get("comp")}
+                                "trainer, synthetic, compiled": locals().get("comp"),
+                                "trainer, JPEG files, compiled": locals().get("jpeg_comp")}
         for name in variants:
             t0 = time.perf_counter()
             if name.startswith("bare"):
                 bare(args.warmup)
             elif warm.get(name) is not None:
                 time_trainer(warm[name], 0)
-            if name.endswith("compiled"):  # the first epoch compiles: reported, not timed
+            if name == "trainer, synthetic, compiled":  # the first epoch compiles: reported, not timed
                 results["compile_s"] = round(time.perf_counter() - t0, 1)
         if device_type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -341,6 +353,9 @@ def main() -> None:
         ratios[f"bf16 / {results['precision']} (img/s)"] = by_name["trainer, synthetic, bf16"][1] / by_name["trainer, synthetic"][1]
     if "trainer, synthetic, compiled" in by_name and "trainer, synthetic" in by_name:
         ratios["compiled / eager (img/s)"] = by_name["trainer, synthetic, compiled"][1] / by_name["trainer, synthetic"][1]
+    if "trainer, JPEG files, compiled" in by_name and "trainer, synthetic, compiled" in by_name:
+        ratios["JPEG / synthetic, compiled"] = (by_name["trainer, JPEG files, compiled"][1]
+                                                / by_name["trainer, synthetic, compiled"][1])
     if "trainer, frozen backbone" in by_name and "trainer, synthetic" in by_name:
         ratios["frozen / full (time per image)"] = by_name["trainer, synthetic"][1] / by_name["trainer, frozen backbone"][1]
     if not args.no_startup:
@@ -352,7 +367,8 @@ def main() -> None:
               f"bare script {s['bare_first_step_s']:.2f} s")
     for k, v in ratios.items():
         print(f"ratio {k}: {v:.3f}")
-    for k in ("peak_memory_gib", "peak_rss_gib", "bf16_matmul_tflops", "compile_s", "jpeg_make_s"):
+    for k in ("peak_memory_gib", "peak_rss_gib", "bf16_matmul_tflops", "compile_s", "jpeg_make_s", "jpeg_workers",
+              "jpeg_pieces_per_batch"):
         if k in results:
             print(f"{k}: {results[k]}")
     results["rows"] = [{"variant": n, "img_s": i, "step_ms": m, "data_wait": w} for n, i, m, w, _ in rows]

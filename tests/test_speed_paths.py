@@ -33,6 +33,45 @@ def test_uint8_batches_normalized_on_the_device_equal_the_plain_float_pipeline()
         assert torch.equal(torch.cat([b[1] for b in batches]), torch.tensor([plain[k][1] for k in keys]))
 
 
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_batches_built_in_pieces_by_several_workers_equal_whole_batches(drop_last):
+    """The workers build each batch together (pieces joined on the device): the same batches, in the
+    same order, with the same undecodable images named, from the middle of an epoch too."""
+    from torch.utils.data import DataLoader
+
+    from trainer.data import (BadImage, DeviceBatches, EpochSampler, MicroBatchLoader, TransformedImages,
+                              build_transforms, collate_skipping_bad, make_fake, pieces_per_batch)
+
+    splits = make_fake(num_classes=3, train_size=70, val_size=8, image_size=36, seed=2)
+    broken = {20, 21, 22, 23, 45}  # 20-23: a whole piece of batch 1 (unshuffled keys 16-31)
+    images = splits.train
+    load = images.load
+
+    def flaky(index: int) -> torch.Tensor:
+        if index in broken:
+            raise BadImage(f"img{index}.jpg: broken")
+        return load(index)
+
+    images.load = flaky
+    spec = {"size": 32, "crop_pct": 0.9, "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    ds = TransformedImages(images, build_transforms("flip_crop", spec, True, normalize=False), seed=3)
+    assert pieces_per_batch(16, 4) == 1 and pieces_per_batch(64, 4) == 4 and pieces_per_batch(256, 15) == 8
+    for shuffle in (False, True):
+        sampler = EpochSampler(len(ds), seed=0, shuffle=shuffle)
+        whole = DataLoader(ds, batch_size=16, sampler=sampler, drop_last=drop_last, collate_fn=collate_skipping_bad)
+        pieces = MicroBatchLoader(ds, sampler, 16, 4, drop_last, num_workers=2, collate_fn=collate_skipping_bad)
+        for start in (0, 16):
+            sampler.set_epoch(1, start=start)
+            want = list(DeviceBatches(whole, torch.device("cpu"), spec["mean"], spec["std"]))
+            got = list(DeviceBatches(pieces, torch.device("cpu"), spec["mean"], spec["std"]))
+            assert len(got) == len(want) == len(pieces) == (70 - start) // 16 + (0 if drop_last else 1)
+            for (gx, gy, gbad), (wx, wy, wbad) in zip(got, want):
+                assert torch.equal(gx, wx) and torch.equal(gy, wy) and gbad == wbad
+            named = [name for *_, bad in got for name in bad]
+            assert len(named) == sum(1 for *_, bad in want for name in bad) and (shuffle or len(named) >= 4)
+            assert shuffle or start or got[1][0].shape[0] == 12  # the broken piece left out
+
+
 def test_bf16_autocast_on_cpu_trains(tmp_path):
     run_dir = tmp_path / "run"
     out = train([*TINY, "trainer.precision=bf16", "trainer.epochs=2", f"hydra.run.dir={run_dir}"], tmp_path)

@@ -537,6 +537,20 @@ def unbroken_kill_run(tmp_path_factory):
     return _final_tensors(root / "run")
 
 
+def test_batches_built_in_pieces_by_two_workers_train_like_one_process(tmp_path, unbroken_kill_run):
+    """data.num_workers=2 at batch 32 loads each batch in two pieces joined on the device; the run
+    must equal one loaded whole in the main process."""
+    from trainer.data import pieces_per_batch
+
+    assert pieces_per_batch(32, 2) == 2
+    args = [a for a in KILL_ARGS if not a.startswith("data.num_workers")] + ["data.num_workers=0"]
+    proc = train([*args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert "built by" not in proc.stdout + proc.stderr
+    final = _final_tensors(tmp_path / "run")
+    different = [k for k in final if not torch.equal(final[k], unbroken_kill_run[k])]
+    assert not different, different[:3]
+
+
 @pytest.mark.parametrize("point", ["epoch:1", "step:13", "save:3", "step:24"],
                          ids=["epoch-boundary", "mid-epoch", "during-checkpoint-write", "last-batch"])
 def test_sigkill_at_any_point_then_resume_auto_equals_the_unbroken_run(tmp_path, unbroken_kill_run, point):

@@ -11,6 +11,7 @@ same augmented images as an unbroken one, whatever the number of workers.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from trainer.errors import UserError
 
@@ -586,12 +587,75 @@ class EpochSampler(Sampler):
         return {"epoch": self.epoch, "start": self.start}
 
 
-def default_num_workers() -> int:
+def default_num_workers(accelerator: bool = False) -> int:
+    """Loader workers for ``data.num_workers=auto``: the cores this process may use, less one for
+    itself. Training on a GPU, decoding is the bottleneck and every core helps (shared between the
+    processes of one node under torchrun); on a CPU the model needs the cores, so at most 8 workers."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
+    if accelerator:
+        per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return max(0, min(32, per_process - 1))
     return max(0, min(8, cores - 1))
+
+
+def pieces_per_batch(batch_size: int, workers: int) -> int:
+    """How many pieces a batch is loaded in: up to one per worker, at least 16 images each, a
+    divisor of the batch so every piece is the same size. A worker builds one piece at a time, so
+    the first batch of an epoch is ready after one piece's images instead of a whole batch's."""
+    limit = max(1, min(workers, batch_size // 16))
+    return max(d for d in range(1, limit + 1) if batch_size % d == 0)
+
+
+class MicroBatches(list):
+    """The pieces of one batch, in order; :class:`DeviceBatches` joins them on the device."""
+
+
+class MicroBatchSampler(Sampler):
+    """Each batch of ``batch_size`` keys from ``sampler`` cut into pieces of ``piece`` keys (the
+    loader's batch_sampler). Batches are formed exactly as ``DataLoader(batch_size, drop_last)`` forms
+    them, so joining the pieces gives the same batches."""
+
+    def __init__(self, sampler: Sampler, batch_size: int, piece: int, drop_last: bool) -> None:
+        self.sampler, self.batch_size, self.piece, self.drop_last = sampler, batch_size, piece, drop_last
+
+    def batch_sizes(self) -> list[int]:
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return [self.batch_size] * full + ([rest] if rest and not self.drop_last else [])
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        keys = iter(self.sampler)
+        for size in self.batch_sizes():
+            batch = list(itertools.islice(keys, size))
+            for k in range(0, size, self.piece):
+                yield batch[k:k + self.piece]
+
+    def __len__(self) -> int:
+        return sum(math.ceil(size / self.piece) for size in self.batch_sizes())
+
+
+class MicroBatchLoader:
+    """A DataLoader whose workers build each batch together, piece by piece (see
+    :func:`pieces_per_batch`); yields each batch as :class:`MicroBatches`. Same batches, same order,
+    same augmentation (seeded per sample) as one worker per batch."""
+
+    def __init__(self, dataset: Dataset, sampler: Sampler, batch_size: int, pieces: int, drop_last: bool,
+                 **loader_args: Any) -> None:
+        self.batch_sampler = MicroBatchSampler(sampler, batch_size, batch_size // pieces, drop_last)
+        self.loader = DataLoader(dataset, batch_sampler=self.batch_sampler, **loader_args)
+        self.dataset, self.batch_size, self.drop_last = dataset, batch_size, drop_last
+        self.num_workers, self.pieces = self.loader.num_workers, pieces
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler.batch_sizes())
+
+    def __iter__(self) -> Iterator[MicroBatches]:
+        sizes = self.batch_sampler.batch_sizes()  # read before the loader starts drawing keys
+        pieces = iter(self.loader)
+        for size in sizes:
+            yield MicroBatches(next(pieces) for _ in range(math.ceil(size / self.batch_sampler.piece)))
 
 
 class CachedFeatures(Dataset):
@@ -630,15 +694,27 @@ class DeviceBatches:
         return len(self.loader)
 
     def _move(self, batch: Any) -> Any:
-        x, y = batch[0], batch[1]
-        rest = tuple(batch[2:])
-        y = y.to(self.device, non_blocking=True)
-        if x.dtype == torch.uint8 and x.ndim == 4:
-            x = x.to(self.device, non_blocking=True).float()
-            x = torch.addcmul(self.shift, x, self.scale).contiguous(memory_format=self.memory_format)
+        if isinstance(batch, MicroBatches):
+            x, y, rest = self._join([self._to_device(piece) for piece in batch])
         else:
-            x = x.to(self.device, non_blocking=True)
+            x, y, rest = self._to_device(batch)
+        if x.dtype == torch.uint8 and x.ndim == 4:
+            x = torch.addcmul(self.shift, x.float(), self.scale).contiguous(memory_format=self.memory_format)
         return (x, y, *rest)
+
+    def _to_device(self, batch: Any) -> tuple[torch.Tensor, Any, tuple[Any, ...]]:
+        return (batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True),
+                tuple(batch[2:]))
+
+    @staticmethod
+    def _join(pieces: list[tuple[torch.Tensor, Any, tuple[Any, ...]]]) -> tuple[torch.Tensor, Any, tuple[Any, ...]]:
+        """One batch from its pieces; pieces left empty by undecodable images are left out, their
+        names kept."""
+        bad = [name for piece in pieces if piece[2] for name in piece[2][0]]
+        full = [piece for piece in pieces if piece[0].shape[0] > 0] or pieces[:1]
+        if len(full) == 1:
+            return full[0][0], full[0][1], (bad,)
+        return torch.cat([piece[0] for piece in full]), torch.cat([piece[1] for piece in full]), (bad,)
 
     def __iter__(self) -> Iterator[Any]:
         if self.stream is None:
@@ -694,7 +770,7 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
     if batch_size < 1:
         raise UserError(f"data.batch_size={batch_size}: must be 1 or more.")
     workers = data_cfg.get("num_workers", "auto")
-    workers = default_num_workers() if workers in (None, "auto") else int(workers)
+    workers = default_num_workers(accelerator=pin_memory) if workers in (None, "auto") else int(workers)
     task = splits.task
     augment = str(data_cfg.augment)
     train_set = TransformedImages(splits.train, build_transforms(augment, spec, True, task, normalize=False), seed)
@@ -708,13 +784,20 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
                   generator=torch.Generator().manual_seed(int(seed)))
     if workers > 0:
         common["prefetch_factor"] = 4
-    train = DataLoader(train_set, batch_size=batch_size, sampler=sampler,
-                       drop_last=len(sampler) > batch_size, **common)
-    val = DataLoader(val_set, batch_size=batch_size * 2,
-                     sampler=ShardSampler(len(val_set), rank, world_size) if world_size > 1 else None, **common)
+    val_sampler = ShardSampler(len(val_set), rank, world_size) if world_size > 1 else SequentialSampler(val_set)
+    pieces = pieces_per_batch(batch_size, workers)
+    if pieces > 1:  # the workers build each batch together: a short wait at the start of an epoch
+        train = MicroBatchLoader(train_set, sampler, batch_size, pieces, len(sampler) > batch_size, **common)
+        val = MicroBatchLoader(val_set, val_sampler, batch_size * 2, pieces_per_batch(batch_size * 2, workers),
+                               False, **common)
+    else:
+        train = DataLoader(train_set, batch_size=batch_size, sampler=sampler,
+                           drop_last=len(sampler) > batch_size, **common)
+        val = DataLoader(val_set, batch_size=batch_size * 2, sampler=val_sampler, **common)
     train_eval = DataLoader(TransformedImages(splits.train, val_set.transform, seed), batch_size=batch_size * 2,
                             shuffle=False, num_workers=workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad)
     log.info("data: %s, %d train / %d val images, %d classes, input %dpx (%s, crop_pct %.3f), augment=%s, "
-             "batch %d, %d workers", task, len(train_set), len(val_set), len(splits.classes), spec["size"],
-             spec["interpolation"], spec["crop_pct"], data_cfg.augment, batch_size, workers)
+             "batch %d, %d workers%s", task, len(train_set), len(val_set), len(splits.classes), spec["size"],
+             spec["interpolation"], spec["crop_pct"], data_cfg.augment, batch_size, workers,
+             f" (each batch built by {pieces} together)" if pieces > 1 else "")
     return Loaders(train, val, sampler, spec, batch_size, train_eval)
