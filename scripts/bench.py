@@ -239,6 +239,7 @@ def main() -> None:
     ap.add_argument("--modes", default="synthetic,jpeg,frozen")
     ap.add_argument("--jpeg-count", type=int, default=None, help="default: enough for steps x batch")
     ap.add_argument("--workers", default="auto")
+    ap.add_argument("--decode", default="workers", help="data.decode for the JPEG rows: workers or device")
     ap.add_argument("--no-startup", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--quick", action="store_true", help="tiny model, small images, 2 rounds (seconds)")
@@ -294,9 +295,10 @@ def main() -> None:
             results["jpeg_files"], results["jpeg_make_s"] = count, round(time.perf_counter() - t0, 1)
             jpeg_args = [o for o in common if not o.startswith("data.")] + [
                 "data=imagefolder", f"data.root={folder}", f"data.image_size={args.image}", f"data.batch_size={batch}",
-                "data.augment=flip_crop", f"data.num_workers={args.workers}", "data.val_split=0.05"]
+                "data.augment=flip_crop", f"data.num_workers={args.workers}", "data.val_split=0.05",
+                f"data.decode={args.decode}"]
             jpeg = build(jpeg_args, f"{tmp}/jpeg")
-            results["jpeg_workers"] = jpeg.loaders.train.num_workers
+            results["jpeg_workers"], results["jpeg_decode"] = jpeg.loaders.train.num_workers, args.decode
             results["jpeg_pieces_per_batch"] = getattr(jpeg.loaders.train, "pieces", 1)
             variants["trainer, JPEG files"] = lambda: time_trainer(jpeg, 1)
             if "compile" in modes:
@@ -368,7 +370,7 @@ def main() -> None:
     for k, v in ratios.items():
         print(f"ratio {k}: {v:.3f}")
     for k in ("peak_memory_gib", "peak_rss_gib", "bf16_matmul_tflops", "compile_s", "jpeg_make_s", "jpeg_workers",
-              "jpeg_pieces_per_batch"):
+              "jpeg_pieces_per_batch", "jpeg_decode"):
         if k in results:
             print(f"{k}: {results[k]}")
     results["rows"] = [{"variant": n, "img_s": i, "step_ms": m, "data_wait": w} for n, i, m, w, _ in rows]

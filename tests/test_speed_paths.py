@@ -72,6 +72,49 @@ def test_batches_built_in_pieces_by_several_workers_equal_whole_batches(drop_las
             assert shuffle or start or got[1][0].shape[0] == 12  # the broken piece left out
 
 
+def test_jpegs_decoded_on_the_device_equal_jpegs_decoded_by_the_workers(tmp_path):
+    """data.decode=device: the workers read the bytes and draw the augmentation from the JPEG header,
+    decoding and resampling happen where DeviceBatches runs (here the CPU, on a GPU nvjpeg). Same
+    pixels, same order, same targets; PNGs still decoded by the workers; a corrupt JPEG named."""
+    import numpy as np
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    from trainer.data import (DeviceBatches, EpochSampler, MicroBatchLoader, RawJpeg, TransformedImages,
+                              build_transforms, collate_raw, collate_skipping_bad, load_imagefolder)
+
+    rng = np.random.default_rng(0)
+    for i in range(22):
+        folder = tmp_path / f"c{i % 2}"
+        folder.mkdir(exist_ok=True)
+        h, w = int(rng.integers(40, 90)), int(rng.integers(40, 90))
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        img.save(folder / (f"{i}.png" if i == 5 else f"{i}.jpg"), quality=85)
+    data = (tmp_path / "c1" / "7.jpg").read_bytes()
+    (tmp_path / "c1" / "7.jpg").write_bytes(data[:200] + bytes(len(data) - 200))  # header kept, scan data gone
+    splits = load_imagefolder(str(tmp_path), val_split=0.25, seed=0)
+    spec = {"size": 32, "crop_pct": 0.875, "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    for train_mode, images in ((True, splits.train), (False, splits.val)):
+        tf = build_transforms("flip_crop", spec, train_mode, normalize=False)
+        workers = TransformedImages(images, tf, seed=4)
+        device = TransformedImages(images, tf, seed=4, decode_on_device=True)
+        sampler = EpochSampler(len(images), seed=1, shuffle=train_mode)
+        sampler.set_epoch(2)
+        assert isinstance(device[(2, 0)][0], RawJpeg) or images.paths[0].endswith(".png")
+        want = list(DeviceBatches(DataLoader(workers, batch_size=8, sampler=sampler, collate_fn=collate_skipping_bad),
+                                  torch.device("cpu"), spec["mean"], spec["std"]))
+        got = list(DeviceBatches(MicroBatchLoader(device, sampler, 8, 2, False, num_workers=2, collate_fn=collate_raw),
+                                 torch.device("cpu"), spec["mean"], spec["std"]))
+        assert len(got) == len(want) >= (2 if train_mode else 1)
+        for (gx, gy, gbad), (wx, wy, wbad) in zip(got, want):
+            assert torch.equal(gx, wx) and torch.equal(gy, wy)
+            assert [b.split(":")[0] for b in gbad] == [b.split(":")[0] for b in wbad]
+    named = [b for batch in got + list(DeviceBatches(DataLoader(TransformedImages(splits.train, build_transforms(
+        "flip_crop", spec, True, normalize=False), seed=4, decode_on_device=True), batch_size=32,
+        collate_fn=collate_raw), torch.device("cpu"), spec["mean"], spec["std"])) for b in batch[2]]
+    assert any("7.jpg" in b for b in named) and "7.jpg" in " ".join(splits.train.paths)
+
+
 def test_bf16_autocast_on_cpu_trains(tmp_path):
     run_dir = tmp_path / "run"
     out = train([*TINY, "trainer.precision=bf16", "trainer.epochs=2", f"hydra.run.dir={run_dir}"], tmp_path)

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
@@ -108,26 +108,47 @@ def decode_rgb(path: str) -> torch.Tensor:
         raise BadImage(f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot decode'}") from None
 
 
-def _decode_jpeg(path: str) -> torch.Tensor | None:
-    """A JPEG through torchvision.io.decode_jpeg (libjpeg-turbo, straight into a uint8 tensor);
-    None when it is not a plain JPEG of a safe size or cannot be decoded so, for Pillow's path to
-    decode it or name the problem."""
+def _jpeg_bytes(path: str) -> tuple[torch.Tensor, int, int] | None:
+    """A plain JPEG's bytes as a uint8 tensor with its height and width (from the header, no
+    decoding); None when it is not a JPEG of a safe size, for Pillow's path to decode it or name
+    the problem."""
     import io
-    import warnings
 
     from PIL import Image
-    from torchvision.io import ImageReadMode, decode_jpeg
 
     try:
         data = Path(path).read_bytes()  # read once: Pillow parses the header, libjpeg-turbo decodes
         with Image.open(io.BytesIO(data)) as img:  # header only: format and size (the bomb check)
             if img.format != "JPEG" or img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
                 return None
-        with warnings.catch_warnings():  # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8), img.height, img.width
     except Exception:
         return None
+
+
+def _decode_jpeg(path: str) -> torch.Tensor | None:
+    """A JPEG through torchvision.io.decode_jpeg (libjpeg-turbo, straight into a uint8 tensor);
+    None when it is not a plain JPEG of a safe size or cannot be decoded so."""
+    found = _jpeg_bytes(path)
+    if found is None:
+        return None
+    try:
+        return decode_jpegs([found[0]], torch.device("cpu"))[0]
+    except Exception:
+        return None
+
+
+def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """JPEG bytes to uint8 RGB tensors (3, H, W) on ``device`` (CUDA: nvjpeg, the whole list in one call)."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():  # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if device.type == "cpu":
+            return [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
 class FileImages(ImageSet):
@@ -139,6 +160,11 @@ class FileImages(ImageSet):
 
     def load(self, index: int) -> torch.Tensor:
         return decode_rgb(self.paths[index])
+
+    def jpeg(self, index: int) -> tuple[torch.Tensor, int, int] | None:
+        """The undecoded bytes, height and width of a plain JPEG; None for any other file."""
+        path = self.paths[index]
+        return _jpeg_bytes(path) if path.lower().endswith((".jpg", ".jpeg")) else None
 
 
 def verify_images(images: ImageSet) -> list[str]:
@@ -501,16 +527,98 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((int(seed) * 1_000_003 + int(epoch)) * 1_000_003 + int(index)) % (2**63 - 1)
 
 
+class RawJpeg(NamedTuple):
+    """A JPEG to decode on the training device: its bytes, and the geometry drawn for it."""
+    data: torch.Tensor
+    ops: list[Any]
+    path: str
+
+
+class RawBatch(NamedTuple):
+    """``data.decode=device``: a batch of undecoded JPEGs (and finished uint8 images for other files)."""
+    items: list[Any]
+    targets: Any
+    bad: list[str]
+
+
+class DeviceGeometry:
+    """The geometry of a v2 pipeline (RandomResizedCrop + RandomHorizontalFlip, or Resize +
+    CenterCrop) cut in two for ``data.decode=device``: the loader's worker draws the random
+    parameters from the image size in the JPEG header (the same draws, in the same order, as the
+    pipeline makes), and the pixels are resampled on the training device after decoding there."""
+
+    def __init__(self, pipeline: Any) -> None:
+        from torchvision.transforms import v2
+
+        self.steps = list(pipeline.transforms)
+        kinds = [type(t) for t in self.steps]
+        if kinds not in ([v2.RandomResizedCrop, v2.RandomHorizontalFlip], [v2.Resize, v2.CenterCrop],
+                         [v2.RandomResizedCrop]):
+            raise UserError(f"data.decode=device supports data.augment=flip_crop or none; this pipeline is "
+                            f"{[k.__name__ for k in kinds]}. Use data.decode=workers.")
+
+    def plan(self, height: int, width: int) -> list[Any]:
+        from torchvision.transforms import v2
+
+        size = [torch.empty((3, height, width), dtype=torch.uint8)]  # no pixels: make_params reads the size
+        ops: list[Any] = []
+        for t in self.steps:
+            if isinstance(t, v2.RandomResizedCrop):
+                p = t.make_params(size)
+                ops.append(("resized_crop", p["top"], p["left"], p["height"], p["width"], list(t.size),
+                            t.interpolation))
+            elif isinstance(t, v2.RandomHorizontalFlip):
+                if not bool(torch.rand(1) >= t.p):  # the draw v2 makes before flipping
+                    ops.append(("hflip",))
+            elif isinstance(t, v2.Resize):
+                ops.append(("resize", t.size, t.interpolation, t.max_size))
+            else:
+                ops.append(("center_crop", list(t.size)))
+        return ops
+
+
+def apply_geometry(img: torch.Tensor, ops: list[Any]) -> torch.Tensor:
+    """What :meth:`DeviceGeometry.plan` drew, applied with the kernels the v2 pipeline uses."""
+    from torchvision.transforms.v2 import functional as F
+
+    for op in ops:
+        if op[0] == "resized_crop":
+            img = F.resized_crop(img, op[1], op[2], op[3], op[4], size=list(op[5]), interpolation=op[6],
+                                 antialias=True)
+        elif op[0] == "hflip":
+            img = F.horizontal_flip(img)
+        elif op[0] == "resize":
+            img = F.resize(img, size=op[1], interpolation=op[2], max_size=op[3], antialias=True)
+        else:
+            img = F.center_crop(img, list(op[1]))
+    return img
+
+
+def collate_raw(items: list[Any]) -> RawBatch:
+    """``data.decode=device``: undecoded JPEGs and their targets; unreadable files named."""
+    from torch.utils.data import default_collate
+
+    good = [it for it in items if not isinstance(it, BadImage)]
+    targets = default_collate([t for _, t in good]) if good else torch.empty(0, dtype=torch.long)
+    return RawBatch([x for x, _ in good], targets, [str(it) for it in items if isinstance(it, BadImage)])
+
+
 class TransformedImages(Dataset):
     """Applies a transform to an :class:`ImageSet`. Keys ``(epoch, index)`` seed the augmentation."""
 
-    def __init__(self, images: ImageSet, transform: Any, seed: int = 0) -> None:
+    def __init__(self, images: ImageSet, transform: Any, seed: int = 0, decode_on_device: bool = False) -> None:
         self.images, self.transform, self.seed = images, transform, seed
+        self.geometry = DeviceGeometry(transform) if decode_on_device else None
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def _apply(self, index: int) -> tuple[torch.Tensor, Any]:
+    def _apply(self, index: int) -> tuple[Any, Any]:
+        if self.geometry is not None and hasattr(self.images, "jpeg"):
+            found = self.images.jpeg(index)
+            if found is not None:  # decoded and resampled on the training device
+                return RawJpeg(found[0], self.geometry.plan(found[1], found[2]), self.images.paths[index]), \
+                    self.images.target(index)
         img, target = self.images.load(index), self.images.target(index)
         if isinstance(self.transform, JointTransform):
             try:
@@ -694,7 +802,12 @@ class DeviceBatches:
         return len(self.loader)
 
     def _move(self, batch: Any) -> Any:
-        if isinstance(batch, MicroBatches):
+        if isinstance(batch, MicroBatches) and batch and isinstance(batch[0], RawBatch):
+            batch = RawBatch([it for b in batch for it in b.items], torch.cat([b.targets for b in batch]),
+                             [name for b in batch for name in b.bad])
+        if isinstance(batch, RawBatch):
+            x, y, rest = self._decode(batch)
+        elif isinstance(batch, MicroBatches):
             x, y, rest = self._join([self._to_device(piece) for piece in batch])
         else:
             x, y, rest = self._to_device(batch)
@@ -705,6 +818,35 @@ class DeviceBatches:
     def _to_device(self, batch: Any) -> tuple[torch.Tensor, Any, tuple[Any, ...]]:
         return (batch[0].to(self.device, non_blocking=True), batch[1].to(self.device, non_blocking=True),
                 tuple(batch[2:]))
+
+    def _decode(self, batch: RawBatch) -> tuple[torch.Tensor, Any, tuple[Any, ...]]:
+        """Decode a batch's JPEGs on the device in one call, resample each as its worker drew, stack."""
+        raws = [k for k, it in enumerate(batch.items) if isinstance(it, RawJpeg)]
+        try:
+            decoded: list[torch.Tensor | None] = list(decode_jpegs([batch.items[k].data for k in raws], self.device))
+        except Exception:  # one bad file fails the whole call: decode one by one to name it
+            decoded = []
+            for k in raws:
+                try:
+                    decoded.append(decode_jpegs([batch.items[k].data], self.device)[0])
+                except Exception:
+                    decoded.append(None)
+        images = dict(zip(raws, decoded))
+        bad, keep, out = list(batch.bad), [], []
+        for k, item in enumerate(batch.items):
+            if isinstance(item, RawJpeg):
+                if images[k] is None:
+                    bad.append(f"{item.path}: cannot be decoded as a JPEG")
+                    continue
+                out.append(apply_geometry(images[k], item.ops))
+            else:
+                out.append(item.to(self.device, non_blocking=True))
+            keep.append(k)
+        y = batch.targets.to(self.device, non_blocking=True)
+        if len(keep) < len(batch.items):
+            y = y[torch.tensor(keep, dtype=torch.long, device=self.device)]
+        x = torch.stack(out) if out else torch.empty(0, device=self.device)
+        return x, y, (bad,)
 
     @staticmethod
     def _join(pieces: list[tuple[torch.Tensor, Any, tuple[Any, ...]]]) -> tuple[torch.Tensor, Any, tuple[Any, ...]]:
@@ -773,13 +915,23 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
     workers = default_num_workers(accelerator=pin_memory) if workers in (None, "auto") else int(workers)
     task = splits.task
     augment = str(data_cfg.augment)
-    train_set = TransformedImages(splits.train, build_transforms(augment, spec, True, task, normalize=False), seed)
-    val_set = TransformedImages(splits.val, build_transforms(augment, spec, False, task, normalize=False), seed)
+    decode = str(data_cfg.get("decode", "workers"))
+    if decode not in ("workers", "device"):
+        raise UserError(f"data.decode={decode!r} is not known: use workers (decode in the loader's worker "
+                        "processes) or device (JPEGs decoded on the training device, nvjpeg on a GPU).")
+    on_device = decode == "device"
+    if on_device and (task == "segmentation" or not isinstance(splits.train, FileImages)):
+        raise UserError("data.decode=device decodes JPEG files of a classification dataset (data=imagefolder or "
+                        "data=multilabel_csv); this data is not. Use data.decode=workers.")
+    train_set = TransformedImages(splits.train, build_transforms(augment, spec, True, task, normalize=False), seed,
+                                  decode_on_device=on_device)
+    val_set = TransformedImages(splits.val, build_transforms(augment, spec, False, task, normalize=False), seed,
+                                decode_on_device=on_device)
     if len(train_set) == 0 or len(val_set) == 0:
         raise UserError("the train or val split is empty: add images or change data.val_split.")
     sampler = EpochSampler(len(train_set), seed, shuffle=True, rank=rank, world_size=world_size)
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-                  collate_fn=collate_skipping_bad,
+                  collate_fn=collate_raw if on_device else collate_skipping_bad,
                   # own generators: building an iterator must not draw from the global RNG
                   generator=torch.Generator().manual_seed(int(seed)))
     if workers > 0:
@@ -800,4 +952,7 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
              "batch %d, %d workers%s", task, len(train_set), len(val_set), len(splits.classes), spec["size"],
              spec["interpolation"], spec["crop_pct"], data_cfg.augment, batch_size, workers,
              f" (each batch built by {pieces} together)" if pieces > 1 else "")
+    if on_device:
+        log.info("data.decode=device: JPEGs are decoded and resampled on %s; the workers read files and draw "
+                 "the augmentation", "the GPU" if pin_memory else "the main process")
     return Loaders(train, val, sampler, spec, batch_size, train_eval)

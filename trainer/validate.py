@@ -48,6 +48,7 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "data.val_split": (float, lambda v: 0 < v < 1, "a number between 0 and 1, e.g. 0.2"),
     "data.image_size": _int(8),
     "data.augment": _choice("none", "affine", "flip_crop"),
+    "data.decode": _choice("workers", "device"),
     "data.max_bad_fraction": (float, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 0.01"),
     "data.verify": (bool, lambda v: True, "true or false"),
     "checkpoint.monitor": (str, lambda v: v == "auto" or v.startswith("val/"),
