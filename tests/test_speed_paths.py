@@ -150,3 +150,32 @@ def test_benchmark_script_runs_in_quick_mode_and_prints_its_table(tmp_path):
     assert {r["variant"] for r in result["rows"]} == {"trainer, synthetic", "bare loop, synthetic",
                                                       "trainer, frozen backbone", "trainer, JPEG files"}
     assert all(r["img_s"] > 0 for r in result["rows"])
+
+
+def test_decode_on_the_device_is_refused_where_it_cannot_work(tmp_path):
+    bad_value = train(["data=imagefolder", f"data.root={tmp_path}", "data.decode=gpu", *TINY[:3]], tmp_path, check=False)
+    said = bad_value.stdout + bad_value.stderr
+    assert bad_value.returncode == 2 and "data.decode" in said and "workers, device" in said and "Traceback" not in said
+    generated = train([*TINY, "+data.decode=device"], tmp_path, check=False)
+    said = generated.stdout + generated.stderr
+    assert generated.returncode == 2 and "data.decode=device decodes JPEG files" in said and "Traceback" not in said
+
+
+def test_a_run_with_jpegs_decoded_on_the_device_trains_and_evaluates(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for i in range(48):
+        folder = tmp_path / "data" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        img = np.full((40, 48, 3), (200, 40, 40) if i % 2 else (40, 40, 200), np.uint8)
+        img = (img + rng.integers(0, 40, img.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"{i}.jpg", quality=90)
+    run_dir = tmp_path / "run"
+    out = train(["data=imagefolder", f"data.root={tmp_path / 'data'}", "data.decode=device", "data.num_workers=2",
+                 "data.image_size=32", "data.batch_size=16", "trainer.epochs=2", *TINY[:3],
+                 f"hydra.run.dir={run_dir}"], tmp_path)
+    assert "data.decode=device" in out.stdout + out.stderr and "built by" not in out.stdout + out.stderr
+    m = metrics(run_dir)
+    assert m["finished"] and m["history"][-1]["val/acc"] > 0.5
