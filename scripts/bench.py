@@ -78,6 +78,17 @@ def make_jpegs(root: Path, count: int, size: tuple[int, int]) -> None:
         list(pool.map(_make_jpeg_chunk, chunks))
 
 
+def synthetic_overrides(model: str, image: int, batch: int, precision: str) -> list[str]:
+    """A run of ``model`` (random weights) on generated data, built for timing: one full-network
+    stage, no schedule, no logging or checkpoints inside the timed epochs."""
+    return [f"model.name={model}", "model.pretrained=false", "model.weights=null", "data=fake",
+            f"data.image_size={image}", f"data.batch_size={batch}", "data.augment=none",
+            f"trainer.precision={precision}", "trainer.log_every=1000000", "checkpoint.every_n_steps=0",
+            "finetune.head_epochs=0", "scheduler=none", "optimizer.backbone_lr_mult=1.0",
+            f"data.dataset.image_size={image}", f"data.dataset.train_size={batch * 2}", "data.dataset.val_size=8",
+            "data.dataset.num_classes=2"]
+
+
 def build(overrides: list[str], run_dir: str) -> Any:
     from hydra import compose, initialize_config_dir
 
@@ -253,12 +264,8 @@ def main() -> None:
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     batch = args.batch or (256 if device_type == "cuda" else 32)
     modes = [m for m in args.modes.split(",") if m]
-    common = [f"model.name={args.model}", "model.pretrained=false", "model.weights=null", "data=fake",
-              f"data.image_size={args.image}", f"data.batch_size={batch}", "data.augment=none",
-              f"trainer.precision={args.precision}", f"trainer.channels_last={args.channels_last}",
-              "trainer.log_every=1000000", "checkpoint.every_n_steps=0", "finetune.head_epochs=0",
-              "scheduler=none", "optimizer.backbone_lr_mult=1.0", f"data.dataset.image_size={args.image}",
-              f"data.dataset.train_size={batch * 2}", "data.dataset.val_size=8", "data.dataset.num_classes=2"]
+    common = synthetic_overrides(args.model, args.image, batch, args.precision) + [
+        f"trainer.channels_last={args.channels_last}"]
     results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device_type == "cuda" else "cpu",
                                "model": args.model, "batch": batch, "image": args.image}
     rows: list[tuple[str, float, float, float, str]] = []

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import DeviceLoader, build, time_trainer  # noqa: E402
+from bench import DeviceLoader, build, synthetic_overrides, time_trainer  # noqa: E402
 
 FAMILIES = ("resnet50,resnext50_32x4d,regnety_016,efficientnet_b0,mobilenetv3_large_100,convnext_tiny,"
             "densenet121,vit_small_patch16_224")
@@ -48,11 +48,7 @@ def main() -> None:
     print("| model | NCHW img/s | channels_last img/s | channels_last / NCHW | auto picks |\n|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)
     for name in args.models.split(","):
-        common = [f"model.name={name}", "model.pretrained=false", "model.weights=null", "data=fake",
-                  f"data.image_size={args.image}", f"data.batch_size={args.batch}", "data.augment=none",
-                  f"trainer.precision={args.precision}", "trainer.log_every=1000000", "checkpoint.every_n_steps=0",
-                  "finetune.head_epochs=0", "scheduler=none", f"data.dataset.image_size={args.image}",
-                  f"data.dataset.train_size={args.batch * 2}", "data.dataset.val_size=8", "data.dataset.num_classes=2"]
+        common = synthetic_overrides(name, args.image, args.batch, args.precision)
         with tempfile.TemporaryDirectory() as tmp:
             runs = {cl: build(common + [f"trainer.channels_last={cl}"], f"{tmp}/{cl}") for cl in ("false", "true")}
             dev = runs["false"].device

@@ -552,8 +552,7 @@ class DeviceGeometry:
 
         self.steps = list(pipeline.transforms)
         kinds = [type(t) for t in self.steps]
-        if kinds not in ([v2.RandomResizedCrop, v2.RandomHorizontalFlip], [v2.Resize, v2.CenterCrop],
-                         [v2.RandomResizedCrop]):
+        if kinds not in ([v2.RandomResizedCrop, v2.RandomHorizontalFlip], [v2.Resize, v2.CenterCrop]):
             raise UserError(f"data.decode=device supports data.augment=flip_crop or none; this pipeline is "
                             f"{[k.__name__ for k in kinds]}. Use data.decode=workers.")
 
@@ -695,7 +694,7 @@ class EpochSampler(Sampler):
         return {"epoch": self.epoch, "start": self.start}
 
 
-def default_num_workers(accelerator: bool = False) -> int:
+def default_num_workers(on_gpu: bool = False) -> int:
     """Loader workers for ``data.num_workers=auto``: the cores this process may use, less one for
     itself. Training on a GPU, decoding is the bottleneck and every core helps (shared between the
     processes of one node under torchrun); on a CPU the model needs the cores, so at most 8 workers."""
@@ -703,7 +702,7 @@ def default_num_workers(accelerator: bool = False) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    if accelerator:
+    if on_gpu:
         per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         return max(0, min(32, per_process - 1))
     return max(0, min(8, cores - 1))
@@ -905,21 +904,17 @@ class ShardSampler(Sampler):
 
 
 def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, Any], seed: int,
-                  pin_memory: bool, rank: int = 0, world_size: int = 1) -> Loaders:
+                  on_gpu: bool, rank: int = 0, world_size: int = 1) -> Loaders:
     """Train loader (seeded shuffling and augmentation, drop_last) and val loader; sharded by rank."""
     spec = resolve_input(data_cfg, model_data_config)
     batch_size = int(data_cfg.batch_size)
     if batch_size < 1:
         raise UserError(f"data.batch_size={batch_size}: must be 1 or more.")
     workers = data_cfg.get("num_workers", "auto")
-    workers = default_num_workers(accelerator=pin_memory) if workers in (None, "auto") else int(workers)
+    workers = default_num_workers(on_gpu) if workers in (None, "auto") else int(workers)
     task = splits.task
     augment = str(data_cfg.augment)
-    decode = str(data_cfg.get("decode", "workers"))
-    if decode not in ("workers", "device"):
-        raise UserError(f"data.decode={decode!r} is not known: use workers (decode in the loader's worker "
-                        "processes) or device (JPEGs decoded on the training device, nvjpeg on a GPU).")
-    on_device = decode == "device"
+    on_device = data_cfg.get("decode", "workers") == "device"  # the value is checked by validate_config
     if on_device and (task == "segmentation" or not isinstance(splits.train, FileImages)):
         raise UserError("data.decode=device decodes JPEG files of a classification dataset (data=imagefolder or "
                         "data=multilabel_csv); this data is not. Use data.decode=workers.")
@@ -930,7 +925,7 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
     if len(train_set) == 0 or len(val_set) == 0:
         raise UserError("the train or val split is empty: add images or change data.val_split.")
     sampler = EpochSampler(len(train_set), seed, shuffle=True, rank=rank, world_size=world_size)
-    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+    common = dict(num_workers=workers, pin_memory=on_gpu, persistent_workers=workers > 0,
                   collate_fn=collate_raw if on_device else collate_skipping_bad,
                   # own generators: building an iterator must not draw from the global RNG
                   generator=torch.Generator().manual_seed(int(seed)))
@@ -947,12 +942,12 @@ def build_loaders(data_cfg: Any, splits: Splits, model_data_config: dict[str, An
                            drop_last=len(sampler) > batch_size, **common)
         val = DataLoader(val_set, batch_size=batch_size * 2, sampler=val_sampler, **common)
     train_eval = DataLoader(TransformedImages(splits.train, val_set.transform, seed), batch_size=batch_size * 2,
-                            shuffle=False, num_workers=workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad)
+                            shuffle=False, num_workers=workers, pin_memory=on_gpu, collate_fn=collate_skipping_bad)
     log.info("data: %s, %d train / %d val images, %d classes, input %dpx (%s, crop_pct %.3f), augment=%s, "
              "batch %d, %d workers%s", task, len(train_set), len(val_set), len(splits.classes), spec["size"],
              spec["interpolation"], spec["crop_pct"], data_cfg.augment, batch_size, workers,
              f" (each batch built by {pieces} together)" if pieces > 1 else "")
     if on_device:
         log.info("data.decode=device: JPEGs are decoded and resampled on %s; the workers read files and draw "
-                 "the augmentation", "the GPU" if pin_memory else "the main process")
+                 "the augmentation", "the GPU" if on_gpu else "the main process")
     return Loaders(train, val, sampler, spec, batch_size, train_eval)

@@ -999,7 +999,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
                         "trains on feature maps of augmented images: set model.cache_features=false.")
     check_task_fit(cfg, task, len(splits.classes))
     built = build_model(cfg.model, num_classes=len(splits.classes), task=task)
-    loaders = build_loaders(cfg.data, splits, built.data_config, int(cfg.seed), pin_memory=device.type == "cuda",
+    loaders = build_loaders(cfg.data, splits, built.data_config, int(cfg.seed), on_gpu=device.type == "cuda",
                             rank=dist.rank(), world_size=dist.world_size())
     from trainer.losses import OPTIONS_BY_TASK, configure_loss, loss_fits
 
