@@ -103,16 +103,55 @@ def test_jpegs_decoded_on_the_device_equal_jpegs_decoded_by_the_workers(tmp_path
         assert isinstance(device[(2, 0)][0], RawJpeg) or images.paths[0].endswith(".png")
         want = list(DeviceBatches(DataLoader(workers, batch_size=8, sampler=sampler, collate_fn=collate_skipping_bad),
                                   torch.device("cpu"), spec["mean"], spec["std"]))
-        got = list(DeviceBatches(MicroBatchLoader(device, sampler, 8, 2, False, num_workers=2, collate_fn=collate_raw),
-                                 torch.device("cpu"), spec["mean"], spec["std"]))
-        assert len(got) == len(want) >= (2 if train_mode else 1)
-        for (gx, gy, gbad), (wx, wy, wbad) in zip(got, want):
-            assert torch.equal(gx, wx) and torch.equal(gy, wy)
-            assert [b.split(":")[0] for b in gbad] == [b.split(":")[0] for b in wbad]
+        on_device = DeviceBatches(MicroBatchLoader(device, sampler, 8, 2, False, num_workers=2, collate_fn=collate_raw),
+                                  torch.device("cpu"), spec["mean"], spec["std"])
+        got = list(on_device)
+        on_device.batched_resample = True  # what a GPU does: the batch resampled in a few matrix products
+        batched = list(on_device)
+        assert len(got) == len(batched) == len(want) >= (2 if train_mode else 1)
+        for (gx, gy, gbad), (bx, by, bbad), (wx, wy, wbad) in zip(got, batched, want):
+            assert torch.equal(gx, wx) and torch.equal(gy, wy) and torch.equal(by, wy)
+            assert [b.split(":")[0] for b in gbad] == [b.split(":")[0] for b in wbad] == [b.split(":")[0] for b in bbad]
+            # the workers resize uint8 in fixed point (torch's CPU kernel), the batched path in float32
+            # as torch's CUDA kernel does (equal to it: test_batched_resampling_equals_torch_resize)
+            levels = ((bx - wx) * spec["std"][0] * 255).abs()
+            assert bx.shape == wx.shape and 0 < levels.mean() < 0.5
     named = [b for batch in got + list(DeviceBatches(DataLoader(TransformedImages(splits.train, build_transforms(
         "flip_crop", spec, True, normalize=False), seed=4, decode_on_device=True), batch_size=32,
         collate_fn=collate_raw), torch.device("cpu"), spec["mean"], spec["std"])) for b in batch[2]]
     assert any("7.jpg" in b for b in named) and "7.jpg" in " ".join(splits.train.paths)
+
+
+def test_batched_resampling_equals_torch_resize():
+    """data.decode=device resamples a whole batch in a few matrix products: the same pixels as
+    torch's antialiased resize in float (what v2 runs on a GPU) for crops, flips, resize + center
+    crop (padded too), bilinear and bicubic, images of mixed sizes split into groups."""
+    from torchvision.transforms import v2
+
+    from trainer.data import DeviceGeometry, apply_geometry, plan_resample, resample_batch
+
+    torch.manual_seed(0)
+    for mode in (v2.InterpolationMode.BICUBIC, v2.InterpolationMode.BILINEAR):
+        pipelines = [
+            v2.Compose([v2.RandomResizedCrop((40, 48), scale=(0.05, 1.0), interpolation=mode), v2.RandomHorizontalFlip()]),
+            v2.Compose([v2.Resize(44, interpolation=mode), v2.CenterCrop(40)]),
+            v2.Compose([v2.Resize((30, 90), interpolation=mode), v2.CenterCrop((40, 48))]),  # pads rows
+        ]
+        for tf in pipelines:
+            geometry, images, plans, want = DeviceGeometry(tf), [], [], []
+            for _ in range(24):
+                h, w = (int(v) for v in torch.randint(20, 160, (2,)))
+                img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
+                ops = geometry.plan(h, w)
+                images.append(img)
+                plans.append(plan_resample(ops, h, w))
+                want.append(apply_geometry(img.float(), ops).round().clamp(0, 255).to(torch.uint8))
+            got = resample_batch(images, plans, budget=20_000)  # several groups
+            diff = (got.int() - torch.stack(want).int()).abs()
+            assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3, (tf, diff.float().mean())
+            assert tf is not pipelines[0] or 0 < sum(p[2].flip for p in plans) < len(plans)  # both ways tested
+    nearest = DeviceGeometry(v2.Compose([v2.Resize(44, interpolation=v2.InterpolationMode.NEAREST), v2.CenterCrop(40)]))
+    assert plan_resample(nearest.plan(50, 60), 50, 60) is None  # left to the per-image kernels
 
 
 def test_bf16_autocast_on_cpu_trains(tmp_path):
@@ -150,6 +189,14 @@ def test_benchmark_script_runs_in_quick_mode_and_prints_its_table(tmp_path):
     assert {r["variant"] for r in result["rows"]} == {"trainer, synthetic", "bare loop, synthetic",
                                                       "trainer, frozen backbone", "trainer, JPEG files"}
     assert all(r["img_s"] > 0 for r in result["rows"])
+
+
+def test_resampling_benchmark_runs_and_prints_its_table(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_resample.py"), "--batch", "6", "--rounds", "1",
+                           "--size", "64"], capture_output=True, text=True, env=offline_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith(("train ", "eval "))}
+    assert set(rows) == {"train", "eval"} and all(float(r[3]) > 0 and int(r[4]) <= 8 for r in rows.values()), proc.stdout
 
 
 def test_decode_on_the_device_is_refused_where_it_cannot_work(tmp_path):
