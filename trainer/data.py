@@ -528,10 +528,14 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class RawJpeg(NamedTuple):
-    """A JPEG to decode on the training device: its bytes, and the geometry drawn for it."""
+    """A JPEG to decode on the training device: its bytes, the geometry drawn for it, and that
+    geometry as one resampling per axis (``plan_resample``; made in the worker, off the training
+    process) for the header's ``size``."""
     data: torch.Tensor
     ops: list[Any]
     path: str
+    size: tuple[int, int]
+    plan: Any
 
 
 class RawBatch(NamedTuple):
@@ -601,8 +605,7 @@ def _cubic(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
 
 
-# interpolation: (half the filter's width at scale 1, the filter)
-_RESAMPLE_FILTERS = {"bilinear": (1.0, lambda x: (1.0 - x.abs()).clamp_min(0.0)), "bicubic": (2.0, _cubic)}
+_RESAMPLE_FILTERS = {"bilinear": lambda x: (1.0 - x.abs()).clamp_min(0.0), "bicubic": _cubic}
 
 
 class _AxisPlan(NamedTuple):
@@ -660,7 +663,7 @@ def plan_resample(ops: list[Any], height: int, width: int) -> tuple[str, _AxisPl
 def _resample_weights(plans: list[_AxisPlan], span: int, mode: str, device: torch.device) -> torch.Tensor:
     """(N, count, span) matrices: row o holds the weights torch's antialiased resize gives the
     source pixels for output pixel o (source pixel j at column j - start)."""
-    half, kernel = _RESAMPLE_FILTERS[mode]
+    kernel = _RESAMPLE_FILTERS[mode]  # zero outside its support, so no window is needed
     p = _small_tensor([[a.length, a.size, a.offset, int(a.flip)] for a in plans], torch.float32, device)
     length, size, offset, flip = (p[:, k, None] for k in range(4))
     count = plans[0].count
@@ -695,13 +698,14 @@ def resample_batch(images: list[torch.Tensor], plans: list[tuple[str, _AxisPlan,
         while order:
             group = [order.pop(0)]
             rows, cols = crops[group[0]].shape[1:]
+            area = rows * cols  # the group's real pixels
             while order and plans[order[0]][0] == plans[group[0]][0]:
                 h, w = crops[order[0]].shape[1:]
                 padded = (len(group) + 1) * max(rows, h) * max(cols, w)
-                if padded > budget or padded > 2 * (sum(crops[k][0].numel() for k in group) + h * w):
+                if padded > budget or padded > 2 * (area + h * w):
                     break
                 group.append(order.pop(0))
-                rows, cols = max(rows, h), max(cols, w)
+                rows, cols, area = max(rows, h), max(cols, w), area + h * w
             # (n, rows, channels, cols): each pass is then one plain batched product, no broadcast copies
             channels = crops[group[0]].shape[0]
             if all(crops[k].shape[1:] == (rows, cols) for k in group):
@@ -746,8 +750,10 @@ class TransformedImages(Dataset):
         if self.geometry is not None and hasattr(self.images, "jpeg"):
             found = self.images.jpeg(index)
             if found is not None:  # decoded and resampled on the training device
-                return RawJpeg(found[0], self.geometry.plan(found[1], found[2]), self.images.paths[index]), \
-                    self.images.target(index)
+                data, height, width = found
+                ops = self.geometry.plan(height, width)
+                return RawJpeg(data, ops, self.images.paths[index], (height, width),
+                               plan_resample(ops, height, width)), self.images.target(index)
         img, target = self.images.load(index), self.images.target(index)
         if isinstance(self.transform, JointTransform):
             try:
@@ -971,23 +977,25 @@ class DeviceBatches:
                 if images[k] is None:
                     bad.append(f"{item.path}: cannot be decoded as a JPEG")
                     continue
-                plan = plan_resample(item.ops, *images[k].shape[1:]) if self.batched_resample else None
-                if plan is None:
-                    out.append(apply_geometry(images[k], item.ops))
-                else:
-                    together[len(out)] = plan
+                if self.batched_resample and item.plan is not None and tuple(images[k].shape[1:]) == item.size:
+                    together[len(out)] = item.plan
                     out.append(images[k])
+                else:
+                    out.append(apply_geometry(images[k], item.ops))
             else:
                 out.append(item.to(self.device, non_blocking=True))
             keep.append(k)
-        if together:
-            done = resample_batch([out[i] for i in together], list(together.values()))
+        done = resample_batch([out[i] for i in together], list(together.values())) if together else None
+        if done is not None and len(together) < len(out):
             for i, img in zip(together, done):
                 out[i] = img
         y = batch.targets.to(self.device, non_blocking=True)
         if len(keep) < len(batch.items):
             y = y[_small_tensor(keep, torch.long, self.device)]
-        x = torch.stack(out) if out else torch.empty(0, device=self.device)
+        if done is not None and len(together) == len(out):
+            x = done  # every image resampled together: already the batch
+        else:
+            x = torch.stack(out) if out else torch.empty(0, device=self.device)
         return x, y, (bad,)
 
     @staticmethod
