@@ -33,8 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = str(REPO / "conf")
@@ -81,18 +82,31 @@ def make_jpegs(root: Path, count: int, size: tuple[int, int]) -> None:
 def synthetic_overrides(model: str, image: int, batch: int, precision: str) -> list[str]:
     """A run of ``model`` (random weights) on generated data, built for timing: one full-network
     stage, no schedule, no logging or checkpoints inside the timed epochs."""
-    return [f"model.name={model}", "model.pretrained=false", "model.weights=null", "data=fake",
-            f"data.image_size={image}", f"data.batch_size={batch}", "data.augment=none",
-            f"trainer.precision={precision}", "trainer.log_every=1000000", "checkpoint.every_n_steps=0",
-            "finetune.head_epochs=0", "scheduler=none", "optimizer.backbone_lr_mult=1.0",
-            f"data.dataset.image_size={image}", f"data.dataset.train_size={batch * 2}", "data.dataset.val_size=8",
-            "data.dataset.num_classes=2"]
+    return [
+        f"model.name={model}",
+        "model.pretrained=false",
+        "model.weights=null",
+        "data=fake",
+        f"data.image_size={image}",
+        f"data.batch_size={batch}",
+        "data.augment=none",
+        f"trainer.precision={precision}",
+        "trainer.log_every=1000000",
+        "checkpoint.every_n_steps=0",
+        "finetune.head_epochs=0",
+        "scheduler=none",
+        "finetune.backbone_lr_mult=1.0",
+        f"data.dataset.image_size={image}",
+        f"data.dataset.train_size={batch * 2}",
+        "data.dataset.val_size=8",
+        "data.dataset.num_classes=2",
+    ]
 
 
 def build(overrides: list[str], run_dir: str) -> Any:
     from hydra import compose, initialize_config_dir
 
-    from trainer.run import build_run
+    from trainer.build import build_run
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return build_run(compose("train", overrides=overrides), run_dir=run_dir)
@@ -115,7 +129,7 @@ class DeviceLoader:
 
 def time_trainer(run: Any, epoch: int) -> tuple[float, float, int]:
     """One epoch of the trainer's own loop: (seconds, seconds waiting for the next batch, batches)."""
-    from trainer.data import DeviceBatches
+    from trainer.data.device import DeviceBatches
 
     waited, count = [0.0], [0]
     original = DeviceBatches.__iter__
@@ -153,12 +167,19 @@ def bare_step_fn(run: Any, x: Any, y: Any) -> Callable[[int], float]:
 
     model = copy.deepcopy(run.model).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = type(run.optimizer)(params, lr=1e-4, **({"fused": True} if run.device.type == "cuda"
-                                                 and type(run.optimizer) in (torch.optim.AdamW, torch.optim.Adam) else {}))
+    opt = type(run.optimizer)(
+        params,
+        lr=1e-4,
+        **(
+            {"fused": True}
+            if run.device.type == "cuda" and type(run.optimizer) in (torch.optim.AdamW, torch.optim.Adam)
+            else {}
+        ),
+    )
     spec = run.loaders.input_spec
     std = torch.tensor(spec["std"], device=run.device).view(1, -1, 1, 1)
     scale, shift = 1.0 / (255.0 * std), (-torch.tensor(spec["mean"], device=run.device).view(1, -1, 1, 1) / std)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.settings.precision)
 
     def steps(n: int) -> float:
         sync(run.device)
@@ -202,7 +223,7 @@ def matmul_rate(device: Any) -> float:
     for _ in range(reps):
         a @ b
     sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def wall(cmd: list[str], env: dict[str, str]) -> float:
@@ -216,25 +237,39 @@ def startup(model_args: list[str], bare_model: str, image: int, rounds: int) -> 
     vs a bare script with the same imports, model build and one step."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1")
-    bare = ("import torch, torchvision, timm\n"
-            "dev = 'cuda' if torch.cuda.is_available() else 'cpu'\n"
-            "torch.backends.cudnn.benchmark = True\n"
-            f"m = timm.create_model({bare_model!r}, num_classes=2).to(dev)\n"
-            "m = m.to(memory_format=torch.channels_last) if dev == 'cuda' else m\n"
-            f"opt = torch.optim.AdamW(m.parameters())\nx = torch.randn(8, 3, {image}, {image}, device=dev)\n"
-            "with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == 'cuda'):\n"
-            "    loss = torch.nn.functional.cross_entropy(m(x).float(), torch.zeros(8, dtype=torch.long, device=dev))\n"
-            "loss.backward()\nopt.step()\n"
-            "torch.cuda.synchronize() if dev == 'cuda' else None\n")
-    train = [sys.executable, "-m", "trainer", *model_args, "data=fake", f"data.image_size={image}",
-             "data.batch_size=8", "finetune.head_epochs=0", "hydra.run.dir=" + tempfile.mkdtemp()]
+    bare = (
+        "import torch, torchvision, timm\n"
+        "dev = 'cuda' if torch.cuda.is_available() else 'cpu'\n"
+        "torch.backends.cudnn.benchmark = True\n"
+        f"m = timm.create_model({bare_model!r}, num_classes=2).to(dev)\n"
+        "m = m.to(memory_format=torch.channels_last) if dev == 'cuda' else m\n"
+        f"opt = torch.optim.AdamW(m.parameters())\nx = torch.randn(8, 3, {image}, {image}, device=dev)\n"
+        "with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == 'cuda'):\n"
+        "    loss = torch.nn.functional.cross_entropy(m(x).float(), torch.zeros(8, dtype=torch.long, device=dev))\n"
+        "loss.backward()\nopt.step()\n"
+        "torch.cuda.synchronize() if dev == 'cuda' else None\n"
+    )
+    train = [
+        sys.executable,
+        "-m",
+        "trainer",
+        *model_args,
+        "data=fake",
+        f"data.image_size={image}",
+        "data.batch_size=8",
+        "finetune.head_epochs=0",
+        "hydra.run.dir=" + tempfile.mkdtemp(),
+    ]
     helps, firsts, bares = [], [], []
     for _ in range(rounds):
         helps.append(wall([sys.executable, "-m", "trainer", "--help"], env))
         firsts.append(wall(train, dict(env, TRAINER_FAILPOINT="step:1")))
         bares.append(wall([sys.executable, "-c", bare], env))
-    return {"help_s": statistics.median(helps), "first_step_s": statistics.median(firsts),
-            "bare_first_step_s": statistics.median(bares)}
+    return {
+        "help_s": statistics.median(helps),
+        "first_step_s": statistics.median(firsts),
+        "bare_first_step_s": statistics.median(bares),
+    }
 
 
 def main() -> None:
@@ -265,13 +300,18 @@ def main() -> None:
     batch = args.batch or (256 if device_type == "cuda" else 32)
     modes = [m for m in args.modes.split(",") if m]
     common = synthetic_overrides(args.model, args.image, batch, args.precision) + [
-        f"trainer.channels_last={args.channels_last}"]
-    results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device_type == "cuda" else "cpu",
-                               "model": args.model, "batch": batch, "image": args.image}
+        f"trainer.channels_last={args.channels_last}"
+    ]
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device_type == "cuda" else "cpu",
+        "model": args.model,
+        "batch": batch,
+        "image": args.image,
+    }
     rows: list[tuple[str, float, float, float, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         full = build(common, f"{tmp}/full")
-        results["precision"], results["channels_last"] = full.precision, full.channels_last
+        results["precision"], results["channels_last"] = full.settings.precision, full.settings.channels_last
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (batch, 3, args.image, args.image), dtype=torch.uint8, generator=g).to(full.device)
         y = torch.randint(0, 2, (batch,), generator=g).to(full.device)
@@ -282,8 +322,9 @@ def main() -> None:
             variants["trainer, synthetic"] = lambda: time_trainer(full, 1)
             variants["bare loop, synthetic"] = lambda: (bare(args.steps), 0.0, args.steps)
         if "bf16" in modes:
-            half = build([o for o in common if not o.startswith("trainer.precision")] + ["trainer.precision=bf16"],
-                         f"{tmp}/bf16")
+            half = build(
+                [o for o in common if not o.startswith("trainer.precision")] + ["trainer.precision=bf16"], f"{tmp}/bf16"
+            )
             half.loaders.train = DeviceLoader(x, y, args.steps)
             variants["trainer, synthetic, bf16"] = lambda: time_trainer(half, 1)
         if "compile" in modes:
@@ -301,9 +342,15 @@ def main() -> None:
             make_jpegs(folder, count, (500, 375) if not args.quick else (160, 120))
             results["jpeg_files"], results["jpeg_make_s"] = count, round(time.perf_counter() - t0, 1)
             jpeg_args = [o for o in common if not o.startswith("data.")] + [
-                "data=imagefolder", f"data.root={folder}", f"data.image_size={args.image}", f"data.batch_size={batch}",
-                "data.augment=flip_crop", f"data.num_workers={args.workers}", "data.val_split=0.05",
-                f"data.decode={args.decode}"]
+                "data=imagefolder",
+                f"data.root={folder}",
+                f"data.image_size={args.image}",
+                f"data.batch_size={batch}",
+                "data.augment=flip_crop",
+                f"data.num_workers={args.workers}",
+                "data.val_split=0.05",
+                f"data.decode={args.decode}",
+            ]
             jpeg = build(jpeg_args, f"{tmp}/jpeg")
             results["jpeg_workers"], results["jpeg_decode"] = jpeg.loaders.train.num_workers, args.decode
             results["jpeg_pieces_per_batch"] = getattr(jpeg.loaders.train, "pieces", 1)
@@ -312,10 +359,14 @@ def main() -> None:
                 jpeg_comp = build(jpeg_args + ["trainer.compile=true"], f"{tmp}/jpeg_compile")
                 variants["trainer, JPEG files, compiled"] = lambda: time_trainer(jpeg_comp, 1)
         # warm-up (cudnn autotuning, allocator, first-step costs), not timed
-        warm: dict[str, Any] = {"trainer, synthetic": full, "trainer, frozen backbone": locals().get("frozen"),
-                                "trainer, JPEG files": locals().get("jpeg"), "trainer, synthetic, bf16": locals().get("half"),
-                                "trainer, synthetic, compiled": locals().get("comp"),
-                                "trainer, JPEG files, compiled": locals().get("jpeg_comp")}
+        warm: dict[str, Any] = {
+            "trainer, synthetic": full,
+            "trainer, frozen backbone": locals().get("frozen"),
+            "trainer, JPEG files": locals().get("jpeg"),
+            "trainer, synthetic, bf16": locals().get("half"),
+            "trainer, synthetic, compiled": locals().get("comp"),
+            "trainer, JPEG files, compiled": locals().get("jpeg_comp"),
+        }
         for name in variants:
             t0 = time.perf_counter()
             if name.startswith("bare"):
@@ -345,8 +396,10 @@ def main() -> None:
 
             results["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     by_name = {r[0]: r for r in rows}
-    print(f"device {results['device']}, model {args.model}, batch {batch}, {args.image}px, precision "
-          f"{results['precision']}, channels_last {results['channels_last']}, median of {args.rounds} interleaved rounds")
+    print(
+        f"device {results['device']}, model {args.model}, batch {batch}, {args.image}px, precision "
+        f"{results['precision']}, channels_last {results['channels_last']}, median of {args.rounds} interleaved rounds"
+    )
     print("| variant | img/s | step ms | data wait | vs bare loop | MFU |\n|---|---|---|---|---|---|")
     bare_ips = by_name.get("bare loop, synthetic", (None, None))[1]
     for name, ips, ms, wait, _ in rows:
@@ -359,25 +412,42 @@ def main() -> None:
     if "trainer, JPEG files" in by_name and "trainer, synthetic" in by_name:
         ratios["JPEG / synthetic"] = by_name["trainer, JPEG files"][1] / by_name["trainer, synthetic"][1]
     if "trainer, synthetic, bf16" in by_name and "trainer, synthetic" in by_name:
-        ratios[f"bf16 / {results['precision']} (img/s)"] = by_name["trainer, synthetic, bf16"][1] / by_name["trainer, synthetic"][1]
+        ratios[f"bf16 / {results['precision']} (img/s)"] = (
+            by_name["trainer, synthetic, bf16"][1] / by_name["trainer, synthetic"][1]
+        )
     if "trainer, synthetic, compiled" in by_name and "trainer, synthetic" in by_name:
-        ratios["compiled / eager (img/s)"] = by_name["trainer, synthetic, compiled"][1] / by_name["trainer, synthetic"][1]
+        ratios["compiled / eager (img/s)"] = (
+            by_name["trainer, synthetic, compiled"][1] / by_name["trainer, synthetic"][1]
+        )
     if "trainer, JPEG files, compiled" in by_name and "trainer, synthetic, compiled" in by_name:
-        ratios["JPEG / synthetic, compiled"] = (by_name["trainer, JPEG files, compiled"][1]
-                                                / by_name["trainer, synthetic, compiled"][1])
+        ratios["JPEG / synthetic, compiled"] = (
+            by_name["trainer, JPEG files, compiled"][1] / by_name["trainer, synthetic, compiled"][1]
+        )
     if "trainer, frozen backbone" in by_name and "trainer, synthetic" in by_name:
-        ratios["frozen / full (time per image)"] = by_name["trainer, synthetic"][1] / by_name["trainer, frozen backbone"][1]
+        ratios["frozen / full (time per image)"] = (
+            by_name["trainer, synthetic"][1] / by_name["trainer, frozen backbone"][1]
+        )
     if not args.no_startup:
         model_args = [f"model.name={args.model}", "model.pretrained=false", "model.weights=null"]
         s = startup(model_args, args.model, min(args.image, 64), max(1, min(args.rounds, 3)))
         results.update(s)
         ratios["first step: train / bare script"] = s["first_step_s"] / s["bare_first_step_s"]
-        print(f"train --help: {s['help_s']:.2f} s; time to first step: train {s['first_step_s']:.2f} s, "
-              f"bare script {s['bare_first_step_s']:.2f} s")
+        print(
+            f"train --help: {s['help_s']:.2f} s; time to first step: train {s['first_step_s']:.2f} s, "
+            f"bare script {s['bare_first_step_s']:.2f} s"
+        )
     for k, v in ratios.items():
         print(f"ratio {k}: {v:.3f}")
-    for k in ("peak_memory_gib", "peak_rss_gib", "bf16_matmul_tflops", "compile_s", "jpeg_make_s", "jpeg_workers",
-              "jpeg_pieces_per_batch", "jpeg_decode"):
+    for k in (
+        "peak_memory_gib",
+        "peak_rss_gib",
+        "bf16_matmul_tflops",
+        "compile_s",
+        "jpeg_make_s",
+        "jpeg_workers",
+        "jpeg_pieces_per_batch",
+        "jpeg_decode",
+    ):
         if k in results:
             print(f"{k}: {results[k]}")
     results["rows"] = [{"variant": n, "img_s": i, "step_ms": m, "data_wait": w} for n, i, m, w, _ in rows]

@@ -23,8 +23,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import DeviceLoader, build, synthetic_overrides, time_trainer  # noqa: E402
 
-FAMILIES = ("resnet50,resnext50_32x4d,regnety_016,efficientnet_b0,mobilenetv3_large_100,convnext_tiny,"
-            "densenet121,vit_small_patch16_224")
+FAMILIES = (
+    "resnet50,resnext50_32x4d,regnety_016,efficientnet_b0,mobilenetv3_large_100,convnext_tiny,"
+    "densenet121,vit_small_patch16_224"
+)
 
 
 def main() -> None:
@@ -39,12 +41,14 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from trainer.models import is_convnet
+    from trainer.models.backbones import is_convnet
 
     cuda = torch.cuda.is_available()
     rows: list[dict[str, Any]] = []
-    print(f"device {torch.cuda.get_device_name() if cuda else 'cpu'}, batch {args.batch}, {args.image}px, "
-          f"precision {args.precision}, median of {args.rounds} interleaved rounds of {args.steps} steps")
+    print(
+        f"device {torch.cuda.get_device_name() if cuda else 'cpu'}, batch {args.batch}, {args.image}px, "
+        f"precision {args.precision}, median of {args.rounds} interleaved rounds of {args.steps} steps"
+    )
     print("| model | NCHW img/s | channels_last img/s | channels_last / NCHW | auto picks |\n|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)
     for name in args.models.split(","):
@@ -64,8 +68,13 @@ def main() -> None:
                     times[cl].append(t / n)
             ips = {cl: args.batch / statistics.median(ts) for cl, ts in times.items()}
             auto = "channels_last" if (cuda and is_convnet(runs["false"].model)) else "NCHW"
-            row = {"model": name, "nchw_img_s": ips["false"], "channels_last_img_s": ips["true"],
-                   "ratio": ips["true"] / ips["false"], "auto": auto}
+            row = {
+                "model": name,
+                "nchw_img_s": ips["false"],
+                "channels_last_img_s": ips["true"],
+                "ratio": ips["true"] / ips["false"],
+                "auto": auto,
+            }
             rows.append(row)
             print(f"| {name} | {ips['false']:,.0f} | {ips['true']:,.0f} | {row['ratio']:.3f} | {auto} |", flush=True)
             del runs, x, y

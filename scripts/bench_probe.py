@@ -22,16 +22,16 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
 VARIANTS = {
     "full fine-tune": ["finetune.head_epochs=0"],
-    "linear probe": ["model.freeze=backbone", "finetune.head_epochs=0"],
-    "linear probe, cached (first epoch)": ["model.freeze=backbone", "model.cache_features=true", "finetune.head_epochs=0"],
-    "linear probe, cached (later epochs)": ["model.freeze=backbone", "model.cache_features=true", "finetune.head_epochs=0"],
+    "linear probe": ["+experiment=linear_probe", "finetune.cache_features=false"],
+    "linear probe, cached (first epoch)": ["+experiment=linear_probe"],
+    "linear probe, cached (later epochs)": ["+experiment=linear_probe"],
 }
 
 
 def main() -> None:
     from hydra import compose, initialize_config_dir
 
-    from trainer.run import build_run
+    from trainer.build import build_run
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -59,7 +59,7 @@ def main() -> None:
                 run.train_one_epoch(epoch)
                 times[name].append(time.perf_counter() - t0)
     full = statistics.median(times["full fine-tune"])
-    print(f"| variant | median epoch (s) | ratio to full | rounds |\n|---|---|---|---|")
+    print("| variant | median epoch (s) | ratio to full | rounds |\n|---|---|---|---|")
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"| {name} | {med:.3f} | {med / full:.3f} | {len(ts)} |")

@@ -35,7 +35,8 @@ def main() -> None:
     import torch
     from torchvision.transforms import v2
 
-    from trainer.data import DeviceGeometry, apply_geometry, decode_jpegs, plan_resample, resample_batch
+    from trainer.data.images import decode_jpegs
+    from trainer.data.resample import DeviceGeometry, apply_geometry, plan_resample, resample_batch
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     batch = args.batch or (256 if device.type == "cuda" else 32)
@@ -51,13 +52,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         make_jpegs(Path(tmp), batch, (500, 375))
-        data = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in sorted(Path(tmp).rglob("*.jpg"))]
+        data = [
+            torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in sorted(Path(tmp).rglob("*.jpg"))
+        ]
     decode_ms, images = timed(lambda: decode_jpegs(data, device))
     print(f"device {device}, batch {batch}; decode: {decode_ms:.1f} ms ({batch / decode_ms * 1000:,.0f} img/s)")
     interp = v2.InterpolationMode.BICUBIC
-    pipelines = {"train": v2.Compose([v2.RandomResizedCrop(args.size, interpolation=interp), v2.RandomHorizontalFlip()]),
-                 "eval": v2.Compose([v2.Resize(round(args.size / 0.875), interpolation=interp), v2.CenterCrop(args.size)])}
-    print(f"{'batch':<6} {'per image ms':>12} {'batched ms':>11} {'per image / batched':>20} {'max diff':>9} {'differing':>10}")
+    pipelines = {
+        "train": v2.Compose([v2.RandomResizedCrop(args.size, interpolation=interp), v2.RandomHorizontalFlip()]),
+        "eval": v2.Compose([v2.Resize(round(args.size / 0.875), interpolation=interp), v2.CenterCrop(args.size)]),
+    }
+    print(
+        f"{'batch':<6} {'per image ms':>12} {'batched ms':>11} {'per image / batched':>20} {'max diff':>9} {'differing':>10}"
+    )
     for name, pipeline in pipelines.items():
         geometry = DeviceGeometry(pipeline)
         torch.manual_seed(0)
@@ -66,11 +73,15 @@ def main() -> None:
         for _ in range(args.rounds):  # interleaved: both see the same machine state
             ms, want = timed(lambda: torch.stack([apply_geometry(img, o) for img, o in zip(images, ops)]))
             per_image.append(ms)
-            ms, got = timed(lambda: resample_batch(images, [plan_resample(o, *img.shape[1:]) for img, o in zip(images, ops)]))
+            ms, got = timed(
+                lambda: resample_batch(images, [plan_resample(o, *img.shape[1:]) for img, o in zip(images, ops)])
+            )
             batched.append(ms)
         a, b = statistics.median(per_image), statistics.median(batched)
         diff = (got.int() - want.int()).abs()
-        print(f"{name:<6} {a:>12.1f} {b:>11.1f} {a / b:>20.2f} {diff.max().item():>9} {(diff > 0).float().mean().item():>10.2%}")
+        print(
+            f"{name:<6} {a:>12.1f} {b:>11.1f} {a / b:>20.2f} {diff.max().item():>9} {(diff > 0).float().mean().item():>10.2%}"
+        )
 
 
 if __name__ == "__main__":

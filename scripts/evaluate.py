@@ -16,9 +16,9 @@ import tempfile
 import torch
 from omegaconf import OmegaConf
 
+from trainer.build import build_run
 from trainer.checkpoint import check_targets, load_checkpoint
 from trainer.errors import UserError
-from trainer.run import build_run
 
 
 def evaluate_checkpoint(path: str) -> dict:
@@ -33,10 +33,10 @@ def evaluate_checkpoint(path: str) -> dict:
         if list(state["classes"]) != run.classes:
             raise UserError(f"{path} was trained on classes {state['classes']}, the data now has {run.classes}.")
         run.model.load_state_dict(state["model"])
-        result: dict = run.evaluate()  # the task's metrics, one pass over the val split
-        result["per_class"] = (run.last_eval or {}).get("per_class", {})
+        scalars, per_class, _ = run.evaluate()  # the task's metrics, one pass over the val split
+        result: dict = {**scalars, "per_class": per_class}
     result["epoch"] = state["epoch"]
-    result["classes"] = run.classes if run.task != "binary" else [run.classes[1]]
+    result["classes"] = run.classes if run.settings.task != "binary" else [run.classes[1]]
     return result
 
 

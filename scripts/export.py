@@ -33,11 +33,14 @@ def export(checkpoint: str, out: Path) -> tuple[Path, Path]:
     save_file(tensors, str(weights), metadata={"classes": json.dumps(state["classes"])})
     data = cfg.get("data", {})
     meta = {
-        "model": {"name": cfg.model.name, "source": cfg.model.source,
-                  "head": OmegaConf.to_container(cfg.model.get("head") or {}, resolve=True)},
+        "model": {
+            "name": cfg.model.name,
+            "source": cfg.model.source,
+            "head": OmegaConf.to_container(cfg.model.get("head") or {}, resolve=True),
+        },
         "classes": list(state["classes"]),
-        "preprocessing": state.get("input_spec") or {"image_size": data.get("image_size"),
-                                                     "crop_pct": data.get("crop_pct")},
+        "preprocessing": state.get("input_spec")
+        or {"image_size": data.get("image_size"), "crop_pct": data.get("crop_pct")},
         "epoch": state["epoch"],
         "checkpoint": str(checkpoint),
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),

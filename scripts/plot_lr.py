@@ -15,48 +15,45 @@ import logging
 import math
 from pathlib import Path
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
 def lr_curves(overrides: list[str]) -> tuple[dict[str, list[float]], int, list[int]]:
-    """lr of each group label after every optimizer step; steps per epoch; the step where each stage starts."""
+    """lr of each group label after every optimizer step; steps per epoch; the step where each stage starts.
+
+    The run's own stage plan (trainer.stages) over a stand-in model with one backbone and one head
+    parameter: the same groups, lrs, optimizers and schedules as a real run, nothing trained.
+    """
     import torch
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    from trainer.finetune import plan_stages
-    from trainer.optim import OPTIMIZER_KEYS
-    from trainer.run import build_scheduler
+    from trainer.build import setup_plan
+    from trainer.config import compose_config
 
-    with initialize_config_dir(config_dir=CONF, version_base="1.3", job_name="train"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_config(overrides)
     splits = instantiate(cfg.data.dataset)
     batch = int(cfg.data.batch_size)
     batches = len(splits.train) // batch if len(splits.train) > batch else 1
     steps_per_epoch = math.ceil(batches / max(1, int(cfg.trainer.accumulate)))
-    opt_cfg = cfg.optimizer
-    opt_args = {k: v for k, v in OmegaConf.to_container(opt_cfg, resolve=True).items() if k not in OPTIMIZER_KEYS}
-    curves: dict[str, list[float]] = {"head": [], "backbone": []}
+    plan = setup_plan(cfg, torch.device("cpu"), "max")
+    plan.freeze = "backbone" if cfg.model.get("freeze") == "backbone" else "none"  # stand-in parts
+    model = torch.nn.ModuleDict(
+        {"backbone": torch.nn.Linear(1, 1, bias=False), "head": torch.nn.Linear(1, 1, bias=False)}
+    )
+    steps: list[dict[str, float]] = []
     starts = []
-    for st in plan_stages(cfg.get("finetune"), int(cfg.trainer.epochs)):
-        starts.append(len(curves["head"]))
-        lr = float(st.lr if st.lr is not None else opt_cfg.lr)
-        mult = st.backbone_lr_mult if st.backbone_lr_mult is not None else opt_cfg.get("backbone_lr_mult", 1.0)
-        groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr, "label": "head"}]
-        if st.train == "all" and str(cfg.model.get("freeze", "none")) != "backbone":
-            groups.append({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr * float(mult), "label": "backbone"})
-        optimizer = instantiate(opt_args)(groups)
-        schedule = build_scheduler(cfg, optimizer, steps_per_epoch, st.epochs)
-        for step in range(st.epochs * steps_per_epoch):
+    for index, stage in enumerate(plan.stages):
+        starts.append(len(steps))
+        setup = plan.setup(index, model, {"head.weight"}, steps_per_epoch)
+        optimizer, schedule = setup.optimizer, setup.schedule
+        for step in range(stage.epochs * steps_per_epoch):
             optimizer.step()
             schedule.after_step()
             if (step + 1) % steps_per_epoch == 0 and schedule.interval == "epoch":
                 schedule.after_epoch(0.0)  # a plateau schedule needs a validation metric: flat here
-            lrs = {g["label"]: g["lr"] for g in optimizer.param_groups}
-            for label in curves:
-                curves[label].append(lrs.get(label, 0.0))
+            steps.append({g["label"]: g["lr"] for g in optimizer.param_groups})
+    labels = ["head", "backbone"] + sorted({k for lrs in steps for k in lrs} - {"head", "backbone"})
+    curves = {label: [lrs.get(label, 0.0) for lrs in steps] for label in labels}
     return curves, steps_per_epoch, starts
 
 
@@ -99,8 +96,10 @@ def main() -> None:
     draw(curves, steps_per_epoch, Path(args.out), " ".join(args.overrides) or "default config")
     for label, values in curves.items():
         if any(values):
-            print(f"lr/{label}: first {values[0]:.3e}  peak {max(values):.3e}  last {values[-1]:.3e}  "
-                  f"({len(values)} steps, {steps_per_epoch} per epoch, stages start at steps {starts})")
+            print(
+                f"lr/{label}: first {values[0]:.3e}  peak {max(values):.3e}  last {values[-1]:.3e}  "
+                f"({len(values)} steps, {steps_per_epoch} per epoch, stages start at steps {starts})"
+            )
     print(f"wrote {args.out}")
 
 

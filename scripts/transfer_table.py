@@ -16,15 +16,11 @@ import time
 from pathlib import Path
 
 ROWS = [
-    ("scratch (random init, all layers)", ["model.pretrained=false", "finetune.head_epochs=0",
-                                            "optimizer.backbone_lr_mult=1.0"]),
-    ("linear probe (frozen backbone, cached features)", ["model.freeze=backbone", "model.cache_features=true",
-                                                         "finetune.head_epochs=0", "optimizer.lr=1e-2"]),
-    ("linear probe at 128 px (frozen backbone, cached features)",
-     ["model.freeze=backbone", "model.cache_features=true", "finetune.head_epochs=0", "optimizer.lr=1e-2",
-      "data.image_size=128"]),
-    ("full fine-tune (all layers, one lr)", ["finetune.head_epochs=0", "optimizer.backbone_lr_mult=1.0"]),
-    ("staged fine-tune (1 epoch head, then all; backbone lr x0.5) = `train`", []),
+    ("scratch (random init, all layers)", ["+experiment=scratch"]),
+    ("linear probe (frozen backbone, cached features)", ["+experiment=linear_probe"]),
+    ("linear probe at 128 px (frozen backbone, cached features)", ["+experiment=linear_probe", "data.image_size=128"]),
+    ("full fine-tune (all layers, one lr)", ["+experiment=full"]),
+    ("staged fine-tune (1 epoch head, then all; backbone lr x0.5) = `train`", ["+experiment=demo"]),
 ]
 
 
@@ -34,8 +30,10 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args()
     root = Path("outputs/transfer") / time.strftime("%Y-%m-%d_%H-%M-%S")
-    lines = [f"| method ({args.epochs} epochs) | best val acc | at epoch | lowest val loss | wall time (s) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"| method ({args.epochs} epochs) | best val acc | at epoch | lowest val loss | wall time (s) |",
+        "|---|---|---|---|---|",
+    ]
     for i, (label, overrides) in enumerate(ROWS):
         run_dir = root / str(i)
         cmd = [sys.executable, "-m", "trainer", *overrides, f"trainer.epochs={args.epochs}", f"hydra.run.dir={run_dir}"]

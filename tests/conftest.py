@@ -12,22 +12,39 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
 # A tiny timm model from scratch on generated data: seconds on a laptop CPU.
-TINY = ["model.name=test_resnet", "model.pretrained=false", "model.weights=null", "model.drop_rate=0.1",
-        "data=fake", "trainer.log_every=2"]
+TINY = [
+    "model.name=test_resnet",
+    "model.pretrained=false",
+    "model.weights=null",
+    "model.drop_rate=0.1",
+    "data=fake",
+    "trainer.log_every=2",
+]
 
 
 def offline_env(tmp_path: Path) -> dict[str, str]:
     """No hub cache of the user's, no network retries, output not a TTY."""
     env = dict(os.environ)
-    env.update(HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"), HYDRA_FULL_ERROR="0",
-               PYTHONUNBUFFERED="1", PYTHONPATH=str(tmp_path))  # a user's own modules live in their folder
+    env.update(
+        HF_HOME=str(tmp_path / "hf"),
+        TORCH_HOME=str(tmp_path / "torch"),
+        HYDRA_FULL_ERROR="0",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(tmp_path),
+    )  # a user's own modules live in their folder
     return env
 
 
 def train(args: list[str], cwd: Path, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
     """Run the real `train` command (as `python -m trainer`) in ``cwd``."""
-    proc = subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, env=offline_env(cwd),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        cwd=cwd,
+        env=offline_env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"train {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

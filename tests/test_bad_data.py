@@ -10,20 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import metrics, train
 from PIL import Image
 
-from conftest import metrics, train
-from trainer.data import BadImage, decode_rgb
+from trainer.data.images import BadImage, decode_rgb
 
 
 def _bomb_png(path: Path, side: int = 40000) -> None:
     """A tiny PNG whose header claims side x side pixels: Pillow must refuse it before decoding."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def _valid_images(folder: Path) -> dict[str, Path]:
@@ -33,7 +35,8 @@ def _valid_images(folder: Path) -> dict[str, Path]:
     out = {}
     rgb.convert("CMYK").save(out.setdefault("cmyk", folder / "cmyk.jpg"))
     Image.fromarray((np.arange(24 * 30).reshape(24, 30) * 90).astype(np.uint16)).save(
-        out.setdefault("16bit", folder / "sixteen.png"))
+        out.setdefault("16bit", folder / "sixteen.png")
+    )
     rgb.convert("RGBA").save(out.setdefault("rgba", folder / "rgba.png"))
     pal = rgb.convert("P")
     pal.info["transparency"] = 0
@@ -46,8 +49,12 @@ def _broken_images(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     Image.fromarray(np.full((64, 64, 3), 128, dtype=np.uint8)).save(buf, format="JPEG")
-    out = {"truncated": folder / "truncated.jpg", "empty": folder / "empty.jpg", "text": folder / "notes.jpg",
-           "bomb": folder / "bomb.png"}
+    out = {
+        "truncated": folder / "truncated.jpg",
+        "empty": folder / "empty.jpg",
+        "text": folder / "notes.jpg",
+        "bomb": folder / "bomb.png",
+    }
     out["truncated"].write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # header intact, data cut
     out["empty"].write_bytes(b"")
     out["text"].write_text("this is not an image\n")
@@ -83,8 +90,16 @@ def _dataset(root: Path) -> dict[str, Path]:
     return _broken_images(root / "b" / "broken")
 
 
-ARGS = ["data=imagefolder", "data.image_size=24", "data.batch_size=8", "model.name=test_resnet",
-        "model.pretrained=false", "model.weights=null", "trainer.epochs=2", "finetune.head_epochs=0"]
+ARGS = [
+    "data=imagefolder",
+    "data.image_size=24",
+    "data.batch_size=8",
+    "model.name=test_resnet",
+    "model.pretrained=false",
+    "model.weights=null",
+    "trainer.epochs=2",
+    "finetune.head_epochs=0",
+]
 
 
 def test_broken_images_are_skipped_by_name_and_bounded(tmp_path):
@@ -95,8 +110,9 @@ def test_broken_images_are_skipped_by_name_and_bounded(tmp_path):
     assert "Traceback" not in out
 
     run_dir = tmp_path / "run"
-    done = train([*ARGS, f"data.root={tmp_path / 'data'}", "data.max_bad_fraction=0.1",
-                  f"hydra.run.dir={run_dir}"], tmp_path)
+    done = train(
+        [*ARGS, f"data.root={tmp_path / 'data'}", "data.max_bad_fraction=0.1", f"hydra.run.dir={run_dir}"], tmp_path
+    )
     log = (run_dir / "train.log").read_text()
     for path in broken.values():
         assert log.count(f"skipping an image that cannot be read: {path}") == 1, path

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, offline_env, train
 
 NO_HEAVY_IMPORTS = """
@@ -22,8 +21,14 @@ print("HEAVY:", sorted(m for m in ("torch", "timm", "torchvision") if m in sys.m
 
 
 def test_help_lists_groups_and_options_without_importing_torch(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, "--help"], cwd=tmp_path,
-                          capture_output=True, text=True, env=offline_env(tmp_path), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_HEAVY_IMPORTS, "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=offline_env(tmp_path),
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for line in ("model: ", "data: digits, fake, imagefolder", "loss: ", "optimizer: ", "scheduler: "):
@@ -33,9 +38,14 @@ def test_help_lists_groups_and_options_without_importing_torch(tmp_path):
 
 
 def test_cfg_job_prints_resolved_config_without_torch(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, "--cfg", "job",
-                           "model=resnet34", "optimizer.lr=0.01"], cwd=tmp_path, capture_output=True,
-                          text=True, env=offline_env(tmp_path), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_HEAVY_IMPORTS, "--cfg", "job", "model=resnet34", "optimizer.lr=0.01"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=offline_env(tmp_path),
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "name: resnet34" in proc.stdout and "lr: 0.01" in proc.stdout
     assert "seed: 0" in proc.stdout  # interpolations resolved (data.dataset.seed)
@@ -62,16 +72,28 @@ def test_resnet34_without_network_or_cache_says_how_to_give_weights(tmp_path):
 
 
 def test_imagefolder_without_root_is_a_clear_error(tmp_path):
-    proc = train(["data=imagefolder", "model.name=test_resnet", "model.pretrained=false", "model.weights=null"],
-                 tmp_path, check=False)
+    proc = train(
+        ["data=imagefolder", "model.name=test_resnet", "model.pretrained=false", "model.weights=null"],
+        tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     err = proc.stderr + proc.stdout
     assert "data.root" in err and "Traceback" not in err
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path):
-    proc = train(["data=imagefolder", f"data.root={tmp_path / 'nope'}", "model.name=test_resnet",
-                  "model.pretrained=false", "model.weights=null"], tmp_path, check=False)
+    proc = train(
+        [
+            "data=imagefolder",
+            f"data.root={tmp_path / 'nope'}",
+            "model.name=test_resnet",
+            "model.pretrained=false",
+            "model.weights=null",
+        ],
+        tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     err = proc.stderr + proc.stdout
     assert "no such folder" in err and "nope" in err and "Traceback" not in err
@@ -81,8 +103,11 @@ def test_weights_file_that_does_not_fit_is_refused(tmp_path):
     import torch
 
     torch.save({"foo.weight": torch.zeros(3, 3)}, tmp_path / "w.pth")
-    proc = train(["model.name=test_resnet", f"model.weights={tmp_path / 'w.pth'}", "data=fake",
-                  "trainer.epochs=1"], tmp_path, check=False)
+    proc = train(
+        ["model.name=test_resnet", f"model.weights={tmp_path / 'w.pth'}", "data=fake", "trainer.epochs=1"],
+        tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     err = proc.stderr + proc.stdout
     assert "does not fit test_resnet" in err and "missing" in err and "unexpected" in err
@@ -106,14 +131,25 @@ CONFIG_MISTAKES = [
 
 @pytest.mark.parametrize("args,expected", CONFIG_MISTAKES, ids=[a[0][0] for a in CONFIG_MISTAKES])
 def test_config_mistakes_get_one_clear_paragraph_and_exit_2(tmp_path, args, expected):
-    proc = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, *args], cwd=tmp_path, capture_output=True,
-                          text=True, env=offline_env(tmp_path), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_HEAVY_IMPORTS, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=offline_env(tmp_path),
+        timeout=60,
+    )
     assert proc.returncode == 0  # the wrapper swallows SystemExit; the code is checked below
     err = proc.stderr
     for text in expected:
         assert text in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "HEAVY: []" in proc.stdout  # answered before torch was imported
-    code = subprocess.run([sys.executable, "-m", "trainer", *args], cwd=tmp_path, capture_output=True,
-                          env=offline_env(tmp_path), timeout=60).returncode
+    code = subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        env=offline_env(tmp_path),
+        timeout=60,
+    ).returncode
     assert code == 2

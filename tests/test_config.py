@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import CONF, TINY
 
-GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in
-          ("model", "data", "loss", "optimizer", "scheduler")}
+GROUPS = {
+    g: sorted(p.stem for p in (CONF / g).glob("*.yaml") if not p.stem.startswith("_"))
+    for g in ("model", "data", "loss", "optimizer", "scheduler")
+}
 
 
 def test_required_options_exist():
-    assert {"efficientnet_lite0", "resnet18", "resnet34", "resnet50", "mobilenetv3_large_100", "convnext_tiny",
-            "vit_small_patch16_224", "tv_resnet50"} <= set(GROUPS["model"])
+    assert {
+        "efficientnet_lite0",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "mobilenetv3_large_100",
+        "convnext_tiny",
+        "vit_small_patch16_224",
+        "tv_resnet50",
+    } <= set(GROUPS["model"])
     assert {"cross_entropy", "bce", "dice", "dice_bce", "iou", "focal"} <= set(GROUPS["loss"])
     assert {"sgd", "adam", "adamw", "rmsprop"} <= set(GROUPS["optimizer"])
-    assert {"none", "step", "multistep", "exponential", "cosine", "onecycle", "plateau",
-            "warmup_cosine"} <= set(GROUPS["scheduler"])
+    assert {"none", "step", "multistep", "exponential", "cosine", "onecycle", "plateau", "warmup_cosine"} <= set(
+        GROUPS["scheduler"]
+    )
     assert {"digits", "imagefolder", "fake"} <= set(GROUPS["data"])
 
 
@@ -31,28 +41,25 @@ def test_every_option_composes(compose_cfg, group, option):
 
 @pytest.mark.parametrize("option", GROUPS["model"])
 def test_every_model_builds_with_a_new_head(compose_cfg, option):
-    from trainer.models import build_model
+    from hydra.utils import instantiate
 
     cfg = compose_cfg(f"model={option}", "model.pretrained=false")
     segmentation = bool(cfg.model.get("decoder"))
-    built = build_model(cfg.model, num_classes=7, task="segmentation" if segmentation else "multiclass")
+    built = instantiate(cfg.model)(num_classes=7, task="segmentation" if segmentation else "multiclass")
     heads = [p for n, p in built.model.named_parameters() if n in built.head_names]
     assert any(p.ndim == (4 if segmentation else 2) and p.shape[0] == 7 for p in heads)
     assert {"mean", "std", "input_size", "interpolation"} <= set(built.data_config)
 
 
 def _tiny_model():
-    from trainer.models import build_model
-    from omegaconf import OmegaConf
+    from trainer.models import create_model
 
-    return build_model(OmegaConf.create({"name": "test_resnet", "source": "timm", "pretrained": False,
-                                         "weights": None, "drop_rate": 0.0}), num_classes=4)
+    return create_model(name="test_resnet", pretrained=False, num_classes=4)
 
 
 @pytest.mark.parametrize("option", GROUPS["optimizer"])
 def test_every_optimizer_builds_and_steps(compose_cfg, option, tmp_path):
-    from trainer.run import build_run
-
+    from trainer.build import build_run
     from trainer.errors import UserError
 
     cfg = compose_cfg(f"optimizer={option}", *TINY, "finetune.head_epochs=0")
@@ -71,7 +78,9 @@ def test_every_optimizer_builds_and_steps(compose_cfg, option, tmp_path):
         for g in opt.param_groups:
             if g["name"].endswith("no_decay"):
                 assert g["weight_decay"] == 0.0
-            assert g.get("initial_lr", g["lr"]) == pytest.approx(cfg.optimizer.lr * (cfg.optimizer.backbone_lr_mult if g["part"] == "backbone" else 1))
+            assert g.get("initial_lr", g["lr"]) == pytest.approx(
+                cfg.optimizer.lr * (cfg.finetune.backbone_lr_mult if g["part"] == "backbone" else 1)
+            )
     before = [p.detach().clone() for p in run.model.parameters()]
     x = torch.randn(2, 3, 32, 32)
 
@@ -88,14 +97,14 @@ def test_every_optimizer_builds_and_steps(compose_cfg, option, tmp_path):
 
 @pytest.mark.parametrize("option", GROUPS["scheduler"])
 def test_every_scheduler_builds_steps_and_saves(compose_cfg, option, tmp_path):
+    from trainer.build import schedule_builder
     from trainer.optim import param_groups
-    from trainer.run import build_scheduler
 
     cfg = compose_cfg(f"scheduler={option}", *TINY)
     built = _tiny_model()
     opt = torch.optim.SGD(param_groups(built.model, built.head_names, 0.1, 0.0), lr=0.1)
-    sched = build_scheduler(cfg, opt, steps_per_epoch=5, epochs=4)
-    assert sched.interval == ("metric" if option == "plateau" else str(cfg.scheduler.interval))
+    sched = schedule_builder(cfg)(opt, 5, 4)
+    assert sched.interval == ("metric" if option == "plateau" else str(cfg.schedule.interval))
     lrs = []
     for step in range(20):
         opt.step()
@@ -129,14 +138,27 @@ def test_plot_lr_draws_the_schedule_without_training(tmp_path):
     import subprocess
     import sys
 
+    from conftest import REPO, offline_env
     from PIL import Image
 
-    from conftest import REPO, offline_env
-
     out = tmp_path / "lr.png"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "plot_lr.py"), "--out", str(out),
-                           "scheduler=onecycle", "data=fake", "trainer.epochs=3", "finetune.head_epochs=0",
-                           "optimizer.lr=0.01"], capture_output=True, text=True, env=offline_env(tmp_path), timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "plot_lr.py"),
+            "--out",
+            str(out),
+            "scheduler=onecycle",
+            "data=fake",
+            "trainer.epochs=3",
+            "finetune.head_epochs=0",
+            "optimizer.lr=0.01",
+        ],
+        capture_output=True,
+        text=True,
+        env=offline_env(tmp_path),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     head = next(line for line in proc.stdout.splitlines() if line.startswith("lr/head"))
     peak = float(head.split("peak ")[1].split()[0])

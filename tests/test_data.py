@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.data import EpochSampler, TransformedImages, build_transforms, load_digits, load_imagefolder
+from trainer.data.datasets import load_digits, load_imagefolder
+from trainer.data.loaders import EpochSampler, TransformedImages
+from trainer.data.transforms import build_transforms
 from trainer.errors import UserError
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, TINY, metrics, offline_env, train
 
 DDP = [*TINY, "trainer.device=cpu", "data.dataset.train_size=192", "checkpoint.every_n_steps=2"]
@@ -17,9 +16,24 @@ DDP = [*TINY, "trainer.device=cpu", "data.dataset.train_size=192", "checkpoint.e
 def torchrun(args, cwd, env_extra=None, restarts=0, timeout=300):
     env = offline_env(cwd)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           f"--max-restarts={restarts}", "-m", "trainer", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            f"--max-restarts={restarts}",
+            "-m",
+            "trainer",
+            *args,
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _tensors(run_dir: Path):
@@ -45,8 +59,13 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path
     assert two["best"] >= 0.7 and abs(two["best"] - one["best"]) <= 0.15, (one["history"], two["history"])
     assert (ddp / "train.log").read_text().count("epoch 3/3") == 1  # rank 0 alone logs
     # the DDP checkpoint, in one process: the same val accuracy as the sharded, all-reduced evaluation
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), str(ddp / "checkpoints" / "last.pt")],
-                          capture_output=True, text=True, env=offline_env(tmp_path), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "evaluate.py"), str(ddp / "checkpoints" / "last.pt")],
+        capture_output=True,
+        text=True,
+        env=offline_env(tmp_path),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     acc = float(proc.stdout.split("val/acc ")[1].split()[0])
     assert acc == pytest.approx(two["history"][-1]["val/acc"], abs=1e-4)
@@ -63,22 +82,31 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_resumes_to_the_unbroken_resu
     done = torchrun([*args, f"hydra.run.dir={unbroken}"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     # rank 1 is SIGKILLed at its 7th optimizer step (epoch 1 of 2, after the step-6 checkpoint)
-    proc = torchrun([*args, f"hydra.run.dir={broken}"], tmp_path, restarts=1,
-                    env_extra={"TRAINER_FAILPOINT": "step:7", "TRAINER_FAILPOINT_RANK": "1"})
+    proc = torchrun(
+        [*args, f"hydra.run.dir={broken}"],
+        tmp_path,
+        restarts=1,
+        env_extra={"TRAINER_FAILPOINT": "step:7", "TRAINER_FAILPOINT_RANK": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming" in proc.stderr and "restart 1 of torchrun run" in proc.stderr
     expected, _ = _tensors(unbroken)
     got, state = _tensors(broken)
     assert metrics(broken)["finished"] and state["world_size"] == 2
     assert set(got) == set(expected)
-    assert all(torch.equal(got[k], expected[k]) for k in expected), \
-        [k for k in expected if not torch.equal(got[k], expected[k])][:5]
+    assert all(torch.equal(got[k], expected[k]) for k in expected), [
+        k for k in expected if not torch.equal(got[k], expected[k])
+    ][:5]
     assert metrics(broken)["history"] == [
-        {**h, "seconds": b["seconds"]} for h, b in zip(metrics(unbroken)["history"], metrics(broken)["history"])]
+        {**h, "seconds": b["seconds"]} for h, b in zip(metrics(unbroken)["history"], metrics(broken)["history"])
+    ]
 
 
 def test_devices_with_a_sweep_and_sync_bn_on_cpu_are_refused_with_the_alternative(tmp_path):
     out = train(["-m", *TINY, "trainer.devices=2", "optimizer.lr=1e-3,1e-2"], tmp_path, check=False)
     assert out.returncode == 2 and "does not combine with -m: sweep with hydra/launcher=parallel" in out.stderr
     out = torchrun([*TINY, "trainer.device=cpu", "trainer.sync_bn=true", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
-    assert out.returncode != 0 and "trainer.sync_bn=true on a CPU (SyncBatchNorm runs on GPUs only)" in out.stdout + out.stderr
+    assert (
+        out.returncode != 0
+        and "trainer.sync_bn=true on a CPU (SyncBatchNorm runs on GPUs only)" in out.stdout + out.stderr
+    )

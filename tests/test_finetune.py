@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY
 from omegaconf import OmegaConf
 
-from conftest import TINY
 from trainer.errors import UserError
-from trainer.models import apply_freeze, build_model, resolve_freeze
+from trainer.models import create_model
+from trainer.models.freeze import apply_freeze, resolve_freeze
 
 
 def _model(name: str, source: str = "timm", **extra):
-    cfg = OmegaConf.create({"name": name, "source": source, "pretrained": False, "weights": None,
-                            "drop_rate": 0.0, **extra})
-    return build_model(cfg, num_classes=3)
+    return create_model(name=name, source=source, num_classes=3, **{"pretrained": False, **extra})
 
 
 def _names(model, *prefixes):
@@ -73,10 +72,11 @@ def test_head_is_never_frozen_and_bad_specs_are_refused():
 
 @pytest.mark.parametrize("mode", ["frozen_stats", "frozen"])
 def test_batchnorm_policy_survives_train_and_an_epoch(compose_cfg, tmp_path, mode):
-    from trainer.run import build_run
+    from trainer.build import build_run
 
-    run = build_run(compose_cfg(*TINY, "trainer.epochs=1", "finetune.head_epochs=0", f"model.bn={mode}"),
-                    run_dir=tmp_path)
+    run = build_run(
+        compose_cfg(*TINY, "trainer.epochs=1", "finetune.head_epochs=0", f"finetune.bn={mode}"), run_dir=tmp_path
+    )
     bns = [(n, m) for n, m in run.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
     stats = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in bns}
     affine = {n: m.weight.detach().clone() for n, m in bns}
@@ -132,11 +132,11 @@ STAGES = "finetune.stages=[{epochs: 1, train: head, lr: 0.003}, {epochs: 2, trai
 
 
 def test_stages_change_the_trainable_set_and_learning_rates_at_the_right_epoch(compose_cfg, tmp_path):
-    from trainer.run import build_run
+    from trainer.build import build_run
 
     run = build_run(compose_cfg(*TINY, "trainer.epochs=3", "optimizer.lr=0.001", STAGES), run_dir=tmp_path)
     seen = []
-    original = run._enter_stage
+    original = run.enter_stage
 
     def spy(i):
         original(i)
@@ -144,7 +144,7 @@ def test_stages_change_the_trainable_set_and_learning_rates_at_the_right_epoch(c
         lrs = {g["name"]: g["initial_lr"] for g in run.optimizer.param_groups}
         seen.append((run.epoch, i, trainable == run.head_names, lrs))
 
-    run._enter_stage = spy
+    run.enter_stage = spy
     spy(0)
     run.fit()
     assert [(e, i, head_only) for e, i, head_only, _ in seen] == [(0, 0, True), (1, 1, False)]
@@ -153,13 +153,13 @@ def test_stages_change_the_trainable_set_and_learning_rates_at_the_right_epoch(c
 
 
 def test_stage_plan_errors_are_clear(compose_cfg, tmp_path):
-    from trainer.finetune import plan_stages
+    from trainer.stages import plan_stages
 
     with pytest.raises(UserError, match="cover 5 epochs but trainer.epochs=3"):
-        plan_stages({"stages": [{"epochs": 2, "train": "head"}, {"epochs": 3}]}, 3)
+        plan_stages([{"epochs": 2, "train": "head"}, {"epochs": 3}], 0, 3)
     with pytest.raises(UserError, match="unknown key"):
-        plan_stages({"stages": [{"epochs": 3, "speed": 2}]}, 3)
-    assert [s.epochs for s in plan_stages({"stages": [{"epochs": 1, "train": "head"}, {"train": "all"}]}, 4)] == [1, 3]
+        plan_stages([{"epochs": 3, "speed": 2}], 0, 3)
+    assert [s.epochs for s in plan_stages([{"epochs": 1, "train": "head"}, {"train": "all"}], 0, 4)] == [1, 3]
 
 
 def _tensors(run):
@@ -170,7 +170,7 @@ def _tensors(run):
 
 
 def test_resume_exactly_at_a_stage_boundary_equals_an_unbroken_run(compose_cfg, tmp_path):
-    from trainer.run import build_run
+    from trainer.build import build_run
 
     cfg = compose_cfg(*TINY, "trainer.epochs=3", STAGES)
     unbroken = build_run(cfg, run_dir=tmp_path / "a")
@@ -179,8 +179,9 @@ def test_resume_exactly_at_a_stage_boundary_equals_an_unbroken_run(compose_cfg, 
     first = build_run(cfg, run_dir=tmp_path / "b")
     first.epochs = 1  # stop after stage 1's last epoch: its checkpoint holds the head-only optimizer
     first.fit()
-    resumed = build_run(OmegaConf.merge(cfg, {"resume": str(tmp_path / "b" / "checkpoints" / "last.pt")}),
-                        run_dir=tmp_path / "b")
+    resumed = build_run(
+        OmegaConf.merge(cfg, {"resume": str(tmp_path / "b" / "checkpoints" / "last.pt")}), run_dir=tmp_path / "b"
+    )
     assert resumed.epoch == 1 and resumed.stage_idx == 0
     resumed.fit()
     a, b = _tensors(unbroken), _tensors(resumed)
@@ -188,10 +189,18 @@ def test_resume_exactly_at_a_stage_boundary_equals_an_unbroken_run(compose_cfg, 
 
 
 def test_layer_decay_scales_lr_by_depth(compose_cfg, tmp_path):
-    from trainer.run import build_run
+    from trainer.build import build_run
 
-    run = build_run(compose_cfg(*TINY, "finetune.head_epochs=0", "optimizer.layer_decay=0.5",
-                                "optimizer.backbone_lr_mult=1.0", "optimizer.lr=0.01"), run_dir=tmp_path)
+    run = build_run(
+        compose_cfg(
+            *TINY,
+            "finetune.head_epochs=0",
+            "finetune.layer_decay=0.5",
+            "finetune.backbone_lr_mult=1.0",
+            "optimizer.lr=0.01",
+        ),
+        run_dir=tmp_path,
+    )
     groups = [g for g in run.optimizer.param_groups if not g["name"].endswith("no_decay")]
     mults = [g["lr_mult"] for g in groups]
     assert mults == sorted(mults) and mults[-1] == 1.0 and groups[-1]["part"] == "head"
@@ -201,10 +210,19 @@ def test_layer_decay_scales_lr_by_depth(compose_cfg, tmp_path):
 
 @pytest.mark.parametrize("cache", [False, True])
 def test_linear_probe_runs_the_backbone_without_gradients(compose_cfg, tmp_path, cache):
-    from trainer.run import build_run
+    from trainer.build import build_run
 
-    run = build_run(compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0", "model.freeze=backbone",
-                                f"model.cache_features={cache}", "optimizer.lr=0.1"), run_dir=tmp_path)
+    run = build_run(
+        compose_cfg(
+            *TINY,
+            "trainer.epochs=2",
+            "finetune.head_epochs=0",
+            "model.freeze=backbone",
+            f"finetune.cache_features={cache}",
+            "optimizer.lr=0.1",
+        ),
+        run_dir=tmp_path,
+    )
     assert run.probe
     backbone = {n: p.detach().clone() for n, p in run.model.named_parameters() if n not in run.head_names}
     bn = next(m for m in run.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -217,9 +235,11 @@ def test_linear_probe_runs_the_backbone_without_gradients(compose_cfg, tmp_path,
     first, last = summary["history"][0], summary["history"][-1]
     assert last["train/loss"] < first["train/loss"] and summary["best"] > 0.4, summary["history"]  # chance 0.25
     if cache:
-        cached = run.evaluate()
-        run.feature_cache.clear()
-        assert run.evaluate()["val/acc"] == pytest.approx(cached["val/acc"])
+        from trainer.steps import Forward, ImageInputs
+
+        cached = run.evaluate()[0]  # the head on cached features
+        run.forward, run.inputs = Forward(run.model, run.model), ImageInputs(run.loaders, run.device, run.memory_format)
+        assert run.evaluate()[0]["val/acc"] == pytest.approx(cached["val/acc"])  # the whole model on the images
 
 
 def test_probe_benchmark_runs_in_quick_mode(tmp_path):
@@ -230,14 +250,22 @@ def test_probe_benchmark_runs_in_quick_mode(tmp_path):
     from conftest import offline_env
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "bench_probe.py"
-    proc = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, cwd=tmp_path,
-                          env=offline_env(tmp_path), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=offline_env(tmp_path),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| linear probe") or line.startswith("| full")]
     assert len(rows) == 4 and rows[0].split("|")[3].strip() == "1.000"
 
 
-@pytest.mark.parametrize("name,head_path", [("mobilenet_v3_small", "classifier.3"), ("efficientnet_b0", "classifier.1")])
+@pytest.mark.parametrize(
+    "name,head_path", [("mobilenet_v3_small", "classifier.3"), ("efficientnet_b0", "classifier.1")]
+)
 def test_torchvision_heads_are_found_whatever_they_are_called(name, head_path):
     built = _model(name, source="torchvision")
     assert built.head_path == head_path

@@ -39,7 +39,9 @@ def test_dice_near_zero_when_all_correct_and_finite_with_absent_class():
 
 def test_focal_with_gamma_zero_is_cross_entropy():
     logits, target = torch.randn(16, 4), torch.randint(0, 4, (16,))
-    assert FocalLoss(gamma=0.0)(logits, target).item() == pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-5)
+    assert FocalLoss(gamma=0.0)(logits, target).item() == pytest.approx(
+        F.cross_entropy(logits, target).item(), rel=1e-5
+    )
 
 
 def test_focal_down_weights_easy_examples():
@@ -60,4 +62,6 @@ def test_cross_entropy_class_weights_and_smoothing():
     logits, target = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
     w = [1.0, 2.0, 0.5]
     expected = F.cross_entropy(logits, target, weight=torch.tensor(w), label_smoothing=0.1)
-    assert CrossEntropyLoss(weight=w, label_smoothing=0.1)(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert CrossEntropyLoss(weight=w, label_smoothing=0.1)(logits, target).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )

@@ -7,18 +7,25 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, TINY, metrics, offline_env, train
 
 
 def test_uint8_batches_normalized_on_the_device_equal_the_plain_float_pipeline():
     from torch.utils.data import DataLoader
 
-    from trainer.data import DeviceBatches, TransformedImages, build_transforms, collate_skipping_bad, make_fake
+    from trainer.data.datasets import make_fake
+    from trainer.data.device import DeviceBatches
+    from trainer.data.loaders import TransformedImages, collate_skipping_bad
+    from trainer.data.transforms import build_transforms
 
     splits = make_fake(num_classes=3, train_size=24, val_size=8, image_size=40, seed=1)
-    spec = {"size": 32, "crop_pct": 0.9, "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
-            "std": (0.229, 0.224, 0.225)}
+    spec = {
+        "size": 32,
+        "crop_pct": 0.9,
+        "interpolation": "bilinear",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+    }
     for train_mode in (False, True):
         plain = TransformedImages(splits.train, build_transforms("flip_crop", spec, train_mode), seed=5)
         raw = TransformedImages(splits.train, build_transforms("flip_crop", spec, train_mode, normalize=False), seed=5)
@@ -26,7 +33,9 @@ def test_uint8_batches_normalized_on_the_device_equal_the_plain_float_pipeline()
         expected = torch.stack([plain[k][0] for k in keys])
         loader = DataLoader([raw[k] for k in keys], batch_size=10, collate_fn=collate_skipping_bad)
         batches = list(DeviceBatches(loader, torch.device("cpu"), spec["mean"], spec["std"], torch.channels_last))
-        assert all(b[0].dtype == torch.float32 and b[0].is_contiguous(memory_format=torch.channels_last) for b in batches)
+        assert all(
+            b[0].dtype == torch.float32 and b[0].is_contiguous(memory_format=torch.channels_last) for b in batches
+        )
         got = torch.cat([b[0] for b in batches])
         assert raw[keys[0]][0].dtype == torch.uint8  # what travels from the workers
         torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
@@ -39,8 +48,17 @@ def test_batches_built_in_pieces_by_several_workers_equal_whole_batches(drop_las
     same order, with the same undecodable images named, from the middle of an epoch too."""
     from torch.utils.data import DataLoader
 
-    from trainer.data import (BadImage, DeviceBatches, EpochSampler, MicroBatchLoader, TransformedImages,
-                              build_transforms, collate_skipping_bad, make_fake, pieces_per_batch)
+    from trainer.data.datasets import make_fake
+    from trainer.data.device import DeviceBatches
+    from trainer.data.images import BadImage
+    from trainer.data.loaders import (
+        EpochSampler,
+        MicroBatchLoader,
+        TransformedImages,
+        collate_skipping_bad,
+        pieces_per_batch,
+    )
+    from trainer.data.transforms import build_transforms
 
     splits = make_fake(num_classes=3, train_size=70, val_size=8, image_size=36, seed=2)
     broken = {20, 21, 22, 23, 45}  # 20-23: a whole piece of batch 1 (unshuffled keys 16-31)
@@ -80,8 +98,11 @@ def test_jpegs_decoded_on_the_device_equal_jpegs_decoded_by_the_workers(tmp_path
     from PIL import Image
     from torch.utils.data import DataLoader
 
-    from trainer.data import (DeviceBatches, EpochSampler, MicroBatchLoader, RawJpeg, TransformedImages,
-                              build_transforms, collate_raw, collate_skipping_bad, load_imagefolder)
+    from trainer.data.datasets import load_imagefolder
+    from trainer.data.device import DeviceBatches
+    from trainer.data.loaders import EpochSampler, MicroBatchLoader, TransformedImages, collate_skipping_bad
+    from trainer.data.resample import RawJpeg, collate_raw
+    from trainer.data.transforms import build_transforms
 
     rng = np.random.default_rng(0)
     for i in range(22):
@@ -101,10 +122,20 @@ def test_jpegs_decoded_on_the_device_equal_jpegs_decoded_by_the_workers(tmp_path
         sampler = EpochSampler(len(images), seed=1, shuffle=train_mode)
         sampler.set_epoch(2)
         assert isinstance(device[(2, 0)][0], RawJpeg) or images.paths[0].endswith(".png")
-        want = list(DeviceBatches(DataLoader(workers, batch_size=8, sampler=sampler, collate_fn=collate_skipping_bad),
-                                  torch.device("cpu"), spec["mean"], spec["std"]))
-        on_device = DeviceBatches(MicroBatchLoader(device, sampler, 8, 2, False, num_workers=2, collate_fn=collate_raw),
-                                  torch.device("cpu"), spec["mean"], spec["std"])
+        want = list(
+            DeviceBatches(
+                DataLoader(workers, batch_size=8, sampler=sampler, collate_fn=collate_skipping_bad),
+                torch.device("cpu"),
+                spec["mean"],
+                spec["std"],
+            )
+        )
+        on_device = DeviceBatches(
+            MicroBatchLoader(device, sampler, 8, 2, False, num_workers=2, collate_fn=collate_raw),
+            torch.device("cpu"),
+            spec["mean"],
+            spec["std"],
+        )
         got = list(on_device)
         on_device.batched_resample = True  # what a GPU does: the batch resampled in a few matrix products
         batched = list(on_device)
@@ -116,9 +147,28 @@ def test_jpegs_decoded_on_the_device_equal_jpegs_decoded_by_the_workers(tmp_path
             # as torch's CUDA kernel does (equal to it: test_batched_resampling_equals_torch_resize)
             levels = ((bx - wx) * spec["std"][0] * 255).abs()
             assert bx.shape == wx.shape and 0 < levels.mean() < 0.5
-    named = [b for batch in got + list(DeviceBatches(DataLoader(TransformedImages(splits.train, build_transforms(
-        "flip_crop", spec, True, normalize=False), seed=4, decode_on_device=True), batch_size=32,
-        collate_fn=collate_raw), torch.device("cpu"), spec["mean"], spec["std"])) for b in batch[2]]
+    named = [
+        b
+        for batch in got
+        + list(
+            DeviceBatches(
+                DataLoader(
+                    TransformedImages(
+                        splits.train,
+                        build_transforms("flip_crop", spec, True, normalize=False),
+                        seed=4,
+                        decode_on_device=True,
+                    ),
+                    batch_size=32,
+                    collate_fn=collate_raw,
+                ),
+                torch.device("cpu"),
+                spec["mean"],
+                spec["std"],
+            )
+        )
+        for b in batch[2]
+    ]
     assert any("7.jpg" in b for b in named) and "7.jpg" in " ".join(splits.train.paths)
 
 
@@ -128,12 +178,14 @@ def test_batched_resampling_equals_torch_resize():
     crop (padded too), bilinear and bicubic, images of mixed sizes split into groups."""
     from torchvision.transforms import v2
 
-    from trainer.data import DeviceGeometry, apply_geometry, plan_resample, resample_batch
+    from trainer.data.resample import DeviceGeometry, apply_geometry, plan_resample, resample_batch
 
     torch.manual_seed(0)
     for mode in (v2.InterpolationMode.BICUBIC, v2.InterpolationMode.BILINEAR):
         pipelines = [
-            v2.Compose([v2.RandomResizedCrop((40, 48), scale=(0.05, 1.0), interpolation=mode), v2.RandomHorizontalFlip()]),
+            v2.Compose(
+                [v2.RandomResizedCrop((40, 48), scale=(0.05, 1.0), interpolation=mode), v2.RandomHorizontalFlip()]
+            ),
             v2.Compose([v2.Resize(44, interpolation=mode), v2.CenterCrop(40)]),
             v2.Compose([v2.Resize((30, 90), interpolation=mode), v2.CenterCrop((40, 48))]),  # pads rows
         ]
@@ -165,8 +217,11 @@ def test_bf16_autocast_on_cpu_trains(tmp_path):
 def test_compile_path_runs_on_cpu(tmp_path):
     run_dir = tmp_path / "run"
     # aot_eager: torch.compile's graph capture and autograd without a C++ toolchain (inductor needs one)
-    out = train([*TINY, "trainer.compile=aot_eager", "trainer.epochs=1", "finetune.head_epochs=0",
-                 f"hydra.run.dir={run_dir}"], tmp_path, check=False)
+    out = train(
+        [*TINY, "trainer.compile=aot_eager", "trainer.epochs=1", "finetune.head_epochs=0", f"hydra.run.dir={run_dir}"],
+        tmp_path,
+        check=False,
+    )
     if out.returncode != 0 and "torch._dynamo" in out.stderr and "not supported" in out.stderr:
         pytest.skip("torch.compile is not supported on this platform")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -178,32 +233,58 @@ def test_benchmark_script_runs_in_quick_mode_and_prints_its_table(tmp_path):
     import json
 
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, env=offline_env(tmp_path), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        env=offline_env(tmp_path),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for line in ("| trainer, synthetic |", "| bare loop, synthetic |", "| trainer, frozen backbone |",
-                 "| trainer, JPEG files |", "ratio trainer / bare (synthetic):", "ratio JPEG / synthetic:",
-                 "ratio frozen / full (time per image):", "train --help:", "ratio first step: train / bare script:"):
+    for line in (
+        "| trainer, synthetic |",
+        "| bare loop, synthetic |",
+        "| trainer, frozen backbone |",
+        "| trainer, JPEG files |",
+        "ratio trainer / bare (synthetic):",
+        "ratio JPEG / synthetic:",
+        "ratio frozen / full (time per image):",
+        "train --help:",
+        "ratio first step: train / bare script:",
+    ):
         assert line in proc.stdout, proc.stdout
     result = json.loads(out.read_text())
-    assert {r["variant"] for r in result["rows"]} == {"trainer, synthetic", "bare loop, synthetic",
-                                                      "trainer, frozen backbone", "trainer, JPEG files"}
+    assert {r["variant"] for r in result["rows"]} == {
+        "trainer, synthetic",
+        "bare loop, synthetic",
+        "trainer, frozen backbone",
+        "trainer, JPEG files",
+    }
     assert all(r["img_s"] > 0 for r in result["rows"])
 
 
 def test_resampling_benchmark_runs_and_prints_its_table(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_resample.py"), "--batch", "6", "--rounds", "1",
-                           "--size", "64"], capture_output=True, text=True, env=offline_env(tmp_path), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_resample.py"), "--batch", "6", "--rounds", "1", "--size", "64"],
+        capture_output=True,
+        text=True,
+        env=offline_env(tmp_path),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith(("train ", "eval "))}
-    assert set(rows) == {"train", "eval"} and all(float(r[3]) > 0 and int(r[4]) <= 8 for r in rows.values()), proc.stdout
+    # timings are printed, not judged (a busy machine makes any ratio); the pixels must agree
+    assert set(rows) == {"train", "eval"} and all(int(r[4]) <= 8 for r in rows.values()), proc.stdout
+    assert all(float(r[1]) >= 0 and float(r[2]) >= 0 for r in rows.values()), proc.stdout
 
 
 def test_decode_on_the_device_is_refused_where_it_cannot_work(tmp_path):
-    bad_value = train(["data=imagefolder", f"data.root={tmp_path}", "data.decode=gpu", *TINY[:3]], tmp_path, check=False)
+    bad_value = train(
+        ["data=imagefolder", f"data.root={tmp_path}", "data.decode=gpu", *TINY[:3]], tmp_path, check=False
+    )
     said = bad_value.stdout + bad_value.stderr
     assert bad_value.returncode == 2 and "data.decode" in said and "workers, device" in said and "Traceback" not in said
-    generated = train([*TINY, "+data.decode=device"], tmp_path, check=False)
+    generated = train([*TINY, "data.decode=device"], tmp_path, check=False)
     said = generated.stdout + generated.stderr
     assert generated.returncode == 2 and "data.decode=device decodes JPEG files" in said and "Traceback" not in said
 
@@ -220,9 +301,20 @@ def test_a_run_with_jpegs_decoded_on_the_device_trains_and_evaluates(tmp_path):
         img = (img + rng.integers(0, 40, img.shape)).clip(0, 255).astype(np.uint8)
         Image.fromarray(img).save(folder / f"{i}.jpg", quality=90)
     run_dir = tmp_path / "run"
-    out = train(["data=imagefolder", f"data.root={tmp_path / 'data'}", "data.decode=device", "data.num_workers=2",
-                 "data.image_size=32", "data.batch_size=16", "trainer.epochs=2", *TINY[:3],
-                 f"hydra.run.dir={run_dir}"], tmp_path)
+    out = train(
+        [
+            "data=imagefolder",
+            f"data.root={tmp_path / 'data'}",
+            "data.decode=device",
+            "data.num_workers=2",
+            "data.image_size=32",
+            "data.batch_size=16",
+            "trainer.epochs=2",
+            *TINY[:3],
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     assert "data.decode=device" in out.stdout + out.stderr and "built by" not in out.stdout + out.stderr
     m = metrics(run_dir)
     assert m["finished"] and m["history"][-1]["val/acc"] > 0.5

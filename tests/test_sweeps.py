@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-
 from conftest import TINY, train
 
 QUICK = [*TINY, "trainer.epochs=1", "data.dataset.train_size=64", "data.dataset.val_size=32"]
@@ -33,8 +32,17 @@ def _check_summary(sweep_dir, n):
 
 def test_parallel_sweep_runs_jobs_at_once_in_their_own_processes(tmp_path):
     sweep = tmp_path / "sweep"
-    out = train(["-m", *QUICK, "optimizer.lr=1e-3,3e-3", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
-                 f"hydra.sweep.dir={sweep}"], tmp_path)
+    out = train(
+        [
+            "-m",
+            *QUICK,
+            "optimizer.lr=1e-3,3e-3",
+            "hydra/launcher=parallel",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
     assert "Joblib.Parallel(n_jobs=2" in out.stdout + out.stderr
     rows = _check_summary(sweep, 2)
     assert {r["status"] for r in rows} == {"finished"}
@@ -49,10 +57,20 @@ def test_optuna_search_survives_failing_trials(tmp_path):
     # a search space with a batch size that fails its config check: those trials fail, the search goes on
     (conf / "tiny_search.yaml").write_text(
         "defaults:\n  - search\n  - _self_\nn_trials: 3\nparams:\n"
-        "  optimizer.lr: tag(log, interval(1e-3, 1e-2))\n  data.batch_size: choice(0, 16)\n")
+        "  optimizer.lr: tag(log, interval(1e-3, 1e-2))\n  data.batch_size: choice(0, 16)\n"
+    )
     sweep = tmp_path / "sweep"
-    out = train(["-m", *QUICK, f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "hydra/sweeper=tiny_search",
-                 f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
+    out = train(
+        [
+            "-m",
+            *QUICK,
+            f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
+            "hydra/sweeper=tiny_search",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        timeout=600,
+    )
     rows = _check_summary(sweep, 3)
     statuses = [r["status"] for r in rows]
     assert "finished" in statuses and "failed" in statuses, out.stdout[-2000:]
@@ -69,8 +87,18 @@ def test_optuna_search_survives_failing_trials(tmp_path):
 def test_submitit_local_executor_runs_a_sweep(tmp_path):
     pytest.importorskip("submitit")
     sweep = tmp_path / "sweep"
-    train(["-m", *QUICK, "optimizer.lr=1e-3,3e-3", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
-           f"hydra.sweep.dir={sweep}"], tmp_path, timeout=600)
+    train(
+        [
+            "-m",
+            *QUICK,
+            "optimizer.lr=1e-3,3e-3",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=5",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        timeout=600,
+    )
     rows = _check_summary(sweep, 2)
     assert {r["status"] for r in rows} == {"finished"}
 
@@ -78,20 +106,24 @@ def test_submitit_local_executor_runs_a_sweep(tmp_path):
 def test_the_plot_holds_the_swept_values_and_their_results():
     from trainer.sweep_plot import swept_points
 
-    rows = [{"swept": "optimizer.lr=0.001 data.batch_size=16", "best": 0.8, "monitor": "val/acc"},
-            {"swept": "optimizer.lr=0.01 data.batch_size=32", "best": 0.9, "monitor": "val/acc"},
-            {"swept": "optimizer.lr=0.1 data.batch_size=16", "best": None, "monitor": ""}]
-    assert swept_points(rows) == {"optimizer.lr": [("0.001", 0.8), ("0.01", 0.9)],
-                                  "data.batch_size": [("16", 0.8), ("32", 0.9)]}
+    rows = [
+        {"swept": "optimizer.lr=0.001 data.batch_size=16", "best": 0.8, "monitor": "val/acc"},
+        {"swept": "optimizer.lr=0.01 data.batch_size=32", "best": 0.9, "monitor": "val/acc"},
+        {"swept": "optimizer.lr=0.1 data.batch_size=16", "best": None, "monitor": ""},
+    ]
+    assert swept_points(rows) == {
+        "optimizer.lr": [("0.001", 0.8), ("0.01", 0.9)],
+        "data.batch_size": [("16", 0.8), ("32", 0.9)],
+    }
 
 
 def test_slurm_launcher_config_composes():
+    from conftest import CONF
     from hydra import compose, initialize_config_dir
 
-    from conftest import CONF
-
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="train"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True
+        )
     launcher = cfg.hydra.launcher
     assert "SlurmLauncher" in launcher._target_ and launcher.gpus_per_node == 1 and launcher.partition == "gpu"

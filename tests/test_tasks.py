@@ -8,26 +8,31 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import CONF, TINY, metrics, train
 
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
-SEG_TINY = ["model=unet_resnet34", "model.name=test_resnet", "model.pretrained=false", "data=shapes",
-            "model.decoder_channels=[64,32,32,16]", "finetune.head_epochs=0", "optimizer.lr=3e-3",
-            "trainer.log_every=4"]
+SEG_TINY = [
+    "model=unet_resnet34",
+    "model.name=test_resnet",
+    "model.pretrained=false",
+    "data=shapes",
+    "model.decoder_channels=[64,32,32,16]",
+    "finetune.head_epochs=0",
+    "optimizer.lr=3e-3",
+    "trainer.log_every=4",
+]
 
 
 def _loss(compose_cfg, option, task, ignore_index=None):
     from hydra.utils import instantiate
 
-    from trainer.losses import configure_loss
-
-    fn = instantiate(compose_cfg(f"loss={option}").loss)
-    configure_loss(fn, task, ignore_index)
-    return fn
+    cfg = compose_cfg(f"loss={option}")
+    ignore = cfg.loss.ignore_index if cfg.loss.get("ignore_index") is not None else ignore_index
+    return instantiate(cfg.loss, task=task, ignore_index=ignore)
 
 
 # ---------------------------------------------------------------- losses by hand
+
 
 def test_nll_is_cross_entropy_of_log_softmax():
     from trainer.losses import NLLLoss
@@ -112,15 +117,18 @@ def test_segmentation_ignore_index_counts_nowhere():
 
 # ---------------------------------------------------------------- every loss, every task it serves, at the edges
 
+
 def _edge_cases(task):
     """(logits, target) pairs: all correct and confident, a class absent, empty masks."""
     if task == "segmentation":
         empty = torch.zeros(2, 8, 8, dtype=torch.long)  # background only: objects absent
         some = empty.clone()
         some[:, 2:4, 2:4] = 1
-        return [(F.one_hot(some, 3).permute(0, 3, 1, 2).float() * 30, some),  # all correct, class 2 absent
-                (torch.randn(2, 3, 8, 8), empty),
-                (F.one_hot(empty, 3).permute(0, 3, 1, 2).float() * 30, empty)]
+        return [
+            (F.one_hot(some, 3).permute(0, 3, 1, 2).float() * 30, some),  # all correct, class 2 absent
+            (torch.randn(2, 3, 8, 8), empty),
+            (F.one_hot(empty, 3).permute(0, 3, 1, 2).float() * 30, empty),
+        ]
     if task == "multilabel":
         t = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # label 1 and 2 absent, an empty row
         return [((t * 2 - 1) * 30, t), (torch.randn(2, 3), t), (torch.randn(2, 3), torch.zeros(2, 3))]
@@ -155,24 +163,35 @@ def test_every_loss_is_finite_at_the_edges_for_every_task_it_serves(compose_cfg,
 
 # ---------------------------------------------------------------- refusals
 
-@pytest.mark.parametrize("args,message", [
-    (["data.task=binary", "data.dataset.num_classes=2", "loss=cross_entropy"],
-     "loss trainer.losses.CrossEntropyLoss cannot train a binary task: it serves multiclass, segmentation tasks. "
-     "For binary use one of: loss=bce"),
-    (["loss._target_=torch.nn.CTCLoss"],
-     "it scores sequence alignments (speech, OCR lines), not images"),
-    (["checkpoint.monitor=val/mIoU"], "checkpoint.monitor=val/mIoU is not a metric of a multiclass task: use one of "
-                                      "val/loss, val/acc, val/f1_macro"),
-    (["checkpoint.monitor=val/top5"], "(val/top5 needs more than 5 classes)"),
-    (["data=shapes"], "data.task=segmentation needs an encoder-decoder model"),
-    (["+model.decoder=unet"], "model.decoder=unet makes per-pixel masks, but data.task=multiclass"),
-    (["optimizer=lbfgs", "trainer.accumulate=2"], "optimizer=lbfgs re-evaluates the loss inside its own step, so it "
-                                                  "does not combine with trainer.accumulate>1"),
-    (["data.task=binary"], "data.task=binary needs exactly two classes, found 4"),
-])
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["data.task=binary", "data.dataset.num_classes=2", "loss=cross_entropy"],
+            "loss trainer.losses.CrossEntropyLoss cannot train a binary task: it serves multiclass, segmentation tasks. "
+            "For binary use one of: loss=bce",
+        ),
+        (["loss._target_=torch.nn.CTCLoss"], "it scores sequence alignments (speech, OCR lines), not images"),
+        (
+            ["checkpoint.monitor=val/mIoU"],
+            "checkpoint.monitor=val/mIoU is not a metric of a multiclass task: use one of "
+            "val/loss, val/acc, val/f1_macro",
+        ),
+        (["checkpoint.monitor=val/top5"], "(val/top5 needs more than 5 classes)"),
+        (["data=shapes"], "data.task=segmentation needs an encoder-decoder model"),
+        (["+model.decoder=unet"], "model.decoder=unet makes per-pixel masks, but data.task=multiclass"),
+        (
+            ["optimizer=lbfgs", "trainer.accumulate=2"],
+            "optimizer=lbfgs re-evaluates the loss inside its own step, so it "
+            "does not combine with trainer.accumulate>1",
+        ),
+        (["data.task=binary"], "data.task=binary needs exactly two classes, found 4"),
+    ],
+)
 def test_what_cannot_serve_the_task_is_refused_with_what_fits(compose_cfg, tmp_path, args, message):
+    from trainer.build import build_run
     from trainer.errors import UserError
-    from trainer.run import build_run
 
     cfg = compose_cfg(*TINY, *args)
     with pytest.raises(UserError) as err:
@@ -182,12 +201,13 @@ def test_what_cannot_serve_the_task_is_refused_with_what_fits(compose_cfg, tmp_p
 
 # ---------------------------------------------------------------- schedules and optimizers as documented
 
+
 def _lrs(compose_cfg, option, *overrides, steps_per_epoch=4, epochs=6, metric=lambda epoch: 1.0):
-    from trainer.run import build_scheduler
+    from trainer.build import schedule_builder
 
     cfg = compose_cfg(*TINY, f"scheduler={option}", *overrides)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = build_scheduler(cfg, opt, steps_per_epoch=steps_per_epoch, epochs=epochs)
+    sched = schedule_builder(cfg)(opt, steps_per_epoch, epochs)
     lrs = []  # the lr each optimizer step used
     for step in range(steps_per_epoch * epochs):
         lrs.append(opt.param_groups[0]["lr"])
@@ -200,15 +220,22 @@ def _lrs(compose_cfg, option, *overrides, steps_per_epoch=4, epochs=6, metric=la
 
 def test_every_schedule_moves_the_lr_as_documented(compose_cfg):
     per_epoch = lambda lrs: lrs[::4]  # noqa: E731  (lr at the first step of each epoch)
-    assert per_epoch(_lrs(compose_cfg, "step", "scheduler.step_size=2", "scheduler.gamma=0.1")) == \
-        pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
-    assert per_epoch(_lrs(compose_cfg, "multistep", "scheduler.milestones=[1,4]", "scheduler.gamma=0.5")) == \
-        pytest.approx([1, 0.5, 0.5, 0.5, 0.25, 0.25])
-    assert per_epoch(_lrs(compose_cfg, "exponential", "scheduler.gamma=0.5")) == pytest.approx([0.5 ** e for e in range(6)])
-    assert per_epoch(_lrs(compose_cfg, "multiplicative", "scheduler.factor=0.9")) == pytest.approx([0.9 ** e for e in range(6)])
+    assert per_epoch(_lrs(compose_cfg, "step", "scheduler.step_size=2", "scheduler.gamma=0.1")) == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
+    assert per_epoch(
+        _lrs(compose_cfg, "multistep", "scheduler.milestones=[1,4]", "scheduler.gamma=0.5")
+    ) == pytest.approx([1, 0.5, 0.5, 0.5, 0.25, 0.25])
+    assert per_epoch(_lrs(compose_cfg, "exponential", "scheduler.gamma=0.5")) == pytest.approx(
+        [0.5**e for e in range(6)]
+    )
+    assert per_epoch(_lrs(compose_cfg, "multiplicative", "scheduler.factor=0.9")) == pytest.approx(
+        [0.9**e for e in range(6)]
+    )
     # the classic hand-written rule as a named lambda: x0.1 every 2 epochs, per step
-    assert per_epoch(_lrs(compose_cfg, "lambda", "scheduler.rule=step_decay", "scheduler.every=2")) == \
-        pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert per_epoch(_lrs(compose_cfg, "lambda", "scheduler.rule=step_decay", "scheduler.every=2")) == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
     linear = _lrs(compose_cfg, "lambda", "scheduler.rule=linear")
     assert linear[0] == 1 and linear[12] == pytest.approx(0.5) and linear[-1] == pytest.approx(1 / 24)
     poly = _lrs(compose_cfg, "polynomial", "scheduler.power=2")
@@ -231,28 +258,28 @@ def test_every_schedule_moves_the_lr_as_documented(compose_cfg):
 
 
 def test_a_linear_warmup_goes_in_front_of_any_schedule(compose_cfg):
-    lrs = _lrs(compose_cfg, "step", "scheduler.step_size=2", "scheduler.gamma=0.1", "scheduler.warmup_epochs=1")
+    lrs = _lrs(compose_cfg, "step", "scheduler.step_size=2", "scheduler.gamma=0.1", "schedule.warmup_epochs=1")
     assert lrs[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])  # 4 warm-up steps, rising to the schedule's lr
     assert lrs[4:8] == pytest.approx([1, 1, 1, 1]) and lrs[8] == pytest.approx(0.1)
-    cos = _lrs(compose_cfg, "cosine", "scheduler.warmup_epochs=2")
+    cos = _lrs(compose_cfg, "cosine", "schedule.warmup_epochs=2")
     assert cos[:8] == pytest.approx([(i + 1) / 9 for i in range(8)])
     assert cos[8] == 1 and cos[16] == pytest.approx(0.5)  # the cosine runs over the 16 steps after the warm-up
 
 
 def test_resume_mid_warmup_continues_the_same_lrs(compose_cfg):
-    from trainer.run import build_scheduler
+    from trainer.build import schedule_builder
 
-    cfg = compose_cfg(*TINY, "scheduler=exponential", "scheduler.warmup_epochs=1.5", "scheduler.gamma=0.5")
+    cfg = compose_cfg(*TINY, "scheduler=exponential", "schedule.warmup_epochs=1.5", "scheduler.gamma=0.5")
 
     def make():
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        return opt, build_scheduler(cfg, opt, steps_per_epoch=4, epochs=4)
+        return opt, schedule_builder(cfg)(opt, 4, 4)
 
     opt, sched = make()
     seen = []
     for step in range(16):
         if step == 5:
-            state = ({"o": opt.state_dict(), "s": sched.state_dict()})
+            state = {"o": opt.state_dict(), "s": sched.state_dict()}
             opt, sched = make()
             opt.load_state_dict(state["o"])
             sched.load_state_dict(state["s"])
@@ -262,20 +289,34 @@ def test_resume_mid_warmup_continues_the_same_lrs(compose_cfg):
         if (step + 1) % 4 == 0:
             sched.after_epoch(0.0)
     _, unbroken_sched = make()
-    assert seen == pytest.approx(_lrs(compose_cfg, "exponential", "scheduler.warmup_epochs=1.5", "scheduler.gamma=0.5",
-                                      epochs=4))
+    assert seen == pytest.approx(
+        _lrs(compose_cfg, "exponential", "schedule.warmup_epochs=1.5", "scheduler.gamma=0.5", epochs=4)
+    )
 
 
 def test_lbfgs_trains_with_its_closure(tmp_path):
     run_dir = tmp_path / "run"
-    train([*TINY, "optimizer=lbfgs", "optimizer.max_iter=2", "optimizer.lr=0.5", "trainer.epochs=2",
-           "data.dataset.train_size=96", "data.dataset.val_size=32",
-           "finetune.head_epochs=0", "scheduler=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    train(
+        [
+            *TINY,
+            "optimizer=lbfgs",
+            "optimizer.max_iter=2",
+            "optimizer.lr=0.5",
+            "trainer.epochs=2",
+            "data.dataset.train_size=96",
+            "data.dataset.val_size=32",
+            "finetune.head_epochs=0",
+            "scheduler=none",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     h = metrics(run_dir)["history"]
     assert h[-1]["train/loss"] < h[0]["train/loss"] and h[-1]["val/acc"] > 0.5
 
 
 # ---------------------------------------------------------------- runs that learn
+
 
 def test_segmentation_on_generated_shapes_reaches_miou_0_8(tmp_path):
     from PIL import Image
@@ -292,9 +333,20 @@ def test_segmentation_on_generated_shapes_reaches_miou_0_8(tmp_path):
 
 def test_fpn_decoder_and_frozen_encoder_train(tmp_path):
     run_dir = tmp_path / "run"
-    out = train([*SEG_TINY, "model.decoder=fpn", "model.decoder_channels=[32]", "model.freeze=backbone",
-                 "trainer.epochs=1", "data.dataset.train_size=64", "data.dataset.val_size=16", "loss=focal_tversky",
-                 f"hydra.run.dir={run_dir}"], tmp_path)
+    out = train(
+        [
+            *SEG_TINY,
+            "model.decoder=fpn",
+            "model.decoder_channels=[32]",
+            "model.freeze=backbone",
+            "trainer.epochs=1",
+            "data.dataset.train_size=64",
+            "data.dataset.val_size=16",
+            "loss=focal_tversky",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     assert "the head only" in out.stdout + out.stderr
     assert metrics(run_dir)["finished"]
 
@@ -314,7 +366,7 @@ def _write_multilabel(root, n, seed):
         for k in range(4):
             if torch.rand(1, generator=g).item() < 0.4:
                 y, x = (int(v) for v in torch.randint(0, 22, (2,), generator=g))
-                img[y:y + 10, x:x + 10] = torch.tensor(colours[k], dtype=torch.uint8)
+                img[y : y + 10, x : x + 10] = torch.tensor(colours[k], dtype=torch.uint8)
                 labels.append(names[k])
         Image.fromarray(img.numpy()).save(root / "img" / f"{seed}_{i}.png")
         rows.append(f"img/{seed}_{i}.png,{' '.join(labels)}")
@@ -327,12 +379,28 @@ def test_multilabel_from_a_csv_beats_chance_by_a_wide_margin(tmp_path):
     (data / "train.csv").write_text("\n".join(_write_multilabel(data, 192, 1)) + "\n")
     (data / "val.csv").write_text("\n".join(_write_multilabel(data, 64, 2)) + "\n")
     run_dir = tmp_path / "run"
-    train([*TINY, "data=multilabel_csv", f"data.csv={data / 'train.csv'}", f"data.val_csv={data / 'val.csv'}",
-           "data.image_size=32", "data.num_workers=0", "data.augment=none", "loss=bce", "trainer.epochs=6",
-           "data.batch_size=16",
-           "finetune.head_epochs=0", "optimizer.lr=5e-3", f"hydra.run.dir={run_dir}"], tmp_path)
+    train(
+        [
+            *TINY,
+            "data=multilabel_csv",
+            f"data.csv={data / 'train.csv'}",
+            f"data.val_csv={data / 'val.csv'}",
+            "data.image_size=32",
+            "data.num_workers=0",
+            "data.augment=none",
+            "loss=bce",
+            "trainer.epochs=6",
+            "data.batch_size=16",
+            "finetune.head_epochs=0",
+            "optimizer.lr=5e-3",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     m = metrics(run_dir)
-    assert m["task"] == "multilabel" and m["monitor"] == "val/mAP" and m["classes"] == ["blue", "green", "red", "yellow"]
+    assert (
+        m["task"] == "multilabel" and m["monitor"] == "val/mAP" and m["classes"] == ["blue", "green", "red", "yellow"]
+    )
     # chance: mAP ~ the share of positives (0.4); macro F1 of a coin ~0.44
     assert m["best"] >= 0.8, m["history"]
     assert m["history"][-1]["val/f1_macro"] >= 0.8
@@ -343,8 +411,18 @@ def test_binary_task_has_one_output_and_its_metrics(tmp_path):
     from trainer.checkpoint import load_checkpoint
 
     run_dir = tmp_path / "run"
-    train([*TINY, "data.task=binary", "data.dataset.num_classes=2", "loss=focal", "trainer.epochs=2",
-           "checkpoint.monitor=val/auroc", f"hydra.run.dir={run_dir}"], tmp_path)
+    train(
+        [
+            *TINY,
+            "data.task=binary",
+            "data.dataset.num_classes=2",
+            "loss=focal",
+            "trainer.epochs=2",
+            "checkpoint.monitor=val/auroc",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     m = metrics(run_dir)
     assert m["task"] == "binary" and m["best"] >= 0.9, m["history"]
     assert {"val/acc", "val/f1", "val/auroc"} <= set(m["history"][-1])
@@ -355,8 +433,16 @@ def test_binary_task_has_one_output_and_its_metrics(tmp_path):
 
 def test_multiclass_metrics_per_class_and_confusion_matrix(tmp_path):
     run_dir = tmp_path / "run"
-    train([*TINY, "data.dataset.num_classes=6", "trainer.epochs=1", "checkpoint.monitor=val/f1_macro",
-           f"hydra.run.dir={run_dir}"], tmp_path)
+    train(
+        [
+            *TINY,
+            "data.dataset.num_classes=6",
+            "trainer.epochs=1",
+            "checkpoint.monitor=val/f1_macro",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     m = metrics(run_dir)
     assert m["monitor"] == "val/f1_macro" and {"val/top5", "val/acc"} <= set(m["history"][-1])
     assert m["history"][-1]["val/top5"] >= m["history"][-1]["val/acc"]
@@ -373,7 +459,9 @@ def test_multiclass_metrics_per_class_and_confusion_matrix(tmp_path):
 def test_segfolder_reads_images_and_masks_by_stem(tmp_path):
     from PIL import Image
 
-    from trainer.data import BadImage, build_transforms, load_segfolder
+    from trainer.data.datasets import load_segfolder
+    from trainer.data.images import BadImage
+    from trainer.data.transforms import build_transforms
 
     root = tmp_path / "seg"
     (root / "images").mkdir(parents=True)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, metrics, offline_env, train
 
 
@@ -30,8 +29,20 @@ def test_tiny_run_learns_and_leaves_a_complete_run_folder(tmp_path):
     assert "epoch 3/3" in (run_dir / "train.log").read_text()
 
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "global_step", "best", "rng", "sampler",
-                "config", "classes", "versions"):
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "global_step",
+        "best",
+        "rng",
+        "sampler",
+        "config",
+        "classes",
+        "versions",
+    ):
         assert key in ckpt, key
     assert ckpt["classes"] == ["class0", "class1", "class2", "class3"]
     assert "test_resnet" in ckpt["config"]
@@ -50,7 +61,7 @@ def test_tiny_run_learns_and_leaves_a_complete_run_folder(tmp_path):
 
 
 def test_head_only_stage_freezes_backbone_and_its_batchnorm(compose_cfg, tmp_path):
-    from trainer.run import build_run
+    from trainer.build import build_run
 
     cfg = compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=1")
     run = build_run(cfg, run_dir=tmp_path)
@@ -65,7 +76,7 @@ def test_head_only_stage_freezes_backbone_and_its_batchnorm(compose_cfg, tmp_pat
         if n not in run.head_names:
             assert torch.equal(p, backbone_before[n]), n
     assert torch.equal(bn[0].running_mean, stats_before)
-    run._enter_stage(1)
+    run.enter_stage(1)
     assert not run.probe
     run.model.train()
     assert all(m.training for m in bn)
@@ -74,7 +85,7 @@ def test_head_only_stage_freezes_backbone_and_its_batchnorm(compose_cfg, tmp_pat
 
 
 def test_checkpoint_round_trip_restores_every_tensor(compose_cfg, tmp_path):
-    from trainer.run import build_run
+    from trainer.build import build_run
 
     cfg = compose_cfg(*TINY, "trainer.epochs=1", "finetune.head_epochs=0")
     run = build_run(cfg, run_dir=tmp_path / "a")
@@ -103,8 +114,13 @@ def _final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def _kill_after_first_checkpoint(args: list[str], cwd: Path) -> Path:
     """Start `train`, SIGKILL it as soon as it has written a checkpoint; return the run folder."""
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=cwd, env=offline_env(cwd),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer", *args],
+        cwd=cwd,
+        env=offline_env(cwd),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     found = []
     while time.time() < deadline and proc.poll() is None:
@@ -120,8 +136,14 @@ def _kill_after_first_checkpoint(args: list[str], cwd: Path) -> Path:
 
 @pytest.mark.parametrize("how,workers", [("auto", 0), ("path", 2)])
 def test_killed_run_resumes_to_exactly_the_unbroken_result(tmp_path, how, workers):
-    args = [*TINY, "trainer.epochs=3", "finetune.head_epochs=1", "checkpoint.every_n_steps=3",
-            "data.dataset.train_size=512", f"data.num_workers={workers}"]
+    args = [
+        *TINY,
+        "trainer.epochs=3",
+        "finetune.head_epochs=1",
+        "checkpoint.every_n_steps=3",
+        "data.dataset.train_size=512",
+        f"data.num_workers={workers}",
+    ]
     unbroken = tmp_path / "unbroken"
     train([*args, f"hydra.run.dir={unbroken}"], tmp_path)
 
@@ -144,7 +166,8 @@ def test_killed_run_resumes_to_exactly_the_unbroken_result(tmp_path, how, worker
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
     assert metrics(run_dir)["history"] == [
-        {**h, "seconds": h2["seconds"]} for h, h2 in zip(metrics(unbroken)["history"], metrics(run_dir)["history"])]
+        {**h, "seconds": h2["seconds"]} for h, h2 in zip(metrics(unbroken)["history"], metrics(run_dir)["history"])
+    ]
 
 
 def test_resume_auto_without_an_unfinished_run_starts_fresh(tmp_path):
@@ -156,8 +179,7 @@ def test_resume_auto_without_an_unfinished_run_starts_fresh(tmp_path):
 
 def test_sweep_writes_a_summary_best_first(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = train(["-m", "optimizer.lr=1e-5,3e-3,1e-3", *TINY, "trainer.epochs=2", f"hydra.sweep.dir={sweep}"],
-                 tmp_path)
+    proc = train(["-m", "optimizer.lr=1e-5,3e-3,1e-3", *TINY, "trainer.epochs=2", f"hydra.sweep.dir={sweep}"], tmp_path)
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
     assert len(rows) == 3
     assert [float(r["best"]) for r in rows] == sorted((float(r["best"]) for r in rows), reverse=True)
@@ -172,9 +194,20 @@ def test_sweep_writes_a_summary_best_first(tmp_path):
 
 def test_digits_with_a_small_model_reaches_a_real_accuracy(tmp_path):
     run_dir = tmp_path / "digits"
-    train(["model.name=test_resnet", "model.pretrained=false", "model.weights=null", "model.drop_rate=0",
-           "data.image_size=32", "trainer.epochs=6", "finetune.head_epochs=0", "optimizer.lr=3e-3",
-           f"hydra.run.dir={run_dir}"], tmp_path)
+    train(
+        [
+            "model.name=test_resnet",
+            "model.pretrained=false",
+            "model.weights=null",
+            "model.drop_rate=0",
+            "data.image_size=32",
+            "trainer.epochs=6",
+            "finetune.head_epochs=0",
+            "optimizer.lr=3e-3",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     assert metrics(run_dir)["best"] >= 0.9
 
 
@@ -192,16 +225,20 @@ def test_the_builtin_demo(tmp_path):
     print(f"demo: best val/acc {m['best']:.4f} at epoch {m['best_epoch']}, {time.time() - start:.0f}s")
 
 
-@pytest.mark.parametrize("overrides", [
-    ["trainer.precision=bf16"],
-    ["trainer.accumulate=2", "trainer.clip_grad_norm=1.0"],
-    ["model.freeze=backbone", "optimizer.lr=1e-2"],
-    ["scheduler=plateau", "optimizer=sgd", "optimizer.lr=0.05"],
-    ["scheduler=onecycle", "loss=dice", "optimizer.lr=5e-3"],
-    ["scheduler=step", "scheduler.step_size=1", "loss=focal", "checkpoint.monitor=val/loss", "checkpoint.mode=min"],
-], ids=["bf16-autocast", "accumulate-clip", "frozen-backbone", "plateau-sgd", "onecycle-dice", "step-focal-minloss"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.precision=bf16"],
+        ["trainer.accumulate=2", "trainer.clip_grad_norm=1.0"],
+        ["model.freeze=backbone", "optimizer.lr=1e-2"],
+        ["scheduler=plateau", "optimizer=sgd", "optimizer.lr=0.05"],
+        ["scheduler=onecycle", "loss=dice", "optimizer.lr=5e-3"],
+        ["scheduler=step", "scheduler.step_size=1", "loss=focal", "checkpoint.monitor=val/loss", "checkpoint.mode=min"],
+    ],
+    ids=["bf16-autocast", "accumulate-clip", "frozen-backbone", "plateau-sgd", "onecycle-dice", "step-focal-minloss"],
+)
 def test_training_settings_learn(compose_cfg, tmp_path, overrides):
-    from trainer.run import build_run
+    from trainer.build import build_run
 
     cfg = compose_cfg(*TINY, "trainer.epochs=3", "finetune.head_epochs=0", *overrides)
     run = build_run(cfg, run_dir=tmp_path)
@@ -217,9 +254,17 @@ def test_training_settings_learn(compose_cfg, tmp_path, overrides):
 def test_evaluate_script_reads_a_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
-    proc = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "scripts" / "evaluate.py"),
-                           str(run_dir / "checkpoints" / "best.pt")], capture_output=True, text=True,
-                          env=offline_env(tmp_path), timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parent.parent / "scripts" / "evaluate.py"),
+            str(run_dir / "checkpoints" / "best.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        env=offline_env(tmp_path),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     acc = float(proc.stdout.split("val/acc ")[1].split()[0])
     assert acc == pytest.approx(metrics(run_dir)["best"], abs=1e-4)  # printed with 4 decimals
@@ -248,20 +293,43 @@ def test_imagefolder_run_on_generated_images(tmp_path):
             arr = np.clip(rng.normal(colour, 40, size=(40, 52, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(root / name / f"{i}.{'jpg' if i % 2 else 'png'}")
     run_dir = tmp_path / "run"
-    train(["data=imagefolder", f"data.root={root}", "data.image_size=32", "data.batch_size=8",
-           "model.name=test_resnet", "model.pretrained=false", "model.weights=null", "trainer.epochs=2",
-           "finetune.head_epochs=0", f"hydra.run.dir={run_dir}"], tmp_path)
+    train(
+        [
+            "data=imagefolder",
+            f"data.root={root}",
+            "data.image_size=32",
+            "data.batch_size=8",
+            "model.name=test_resnet",
+            "model.pretrained=false",
+            "model.weights=null",
+            "trainer.epochs=2",
+            "finetune.head_epochs=0",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     m = metrics(run_dir)
     assert m["classes"] == ["cat", "dog"] and m["best"] >= 0.9, m["history"]
 
 
 def test_a_failing_sweep_job_is_listed_and_a_rerun_skips_finished_and_resumes_unfinished(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", "optimizer.lr=-1,3e-3,1e-3", *TINY, "trainer.epochs=3", "checkpoint.every_n_steps=2",
-            f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "optimizer.lr=-1,3e-3,1e-3",
+        *TINY,
+        "trainer.epochs=3",
+        "checkpoint.every_n_steps=2",
+        f"hydra.sweep.dir={sweep}",
+    ]
     # first attempt: killed while job 2 is under way (job 0 failed, job 1 finished)
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=tmp_path, env=offline_env(tmp_path),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer", *args],
+        cwd=tmp_path,
+        env=offline_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (sweep / "2" / "checkpoints" / "last.pt").exists():
@@ -293,8 +361,14 @@ def test_sigterm_and_ctrl_c_save_and_resume_exactly(tmp_path, sig):
     unbroken = tmp_path / "unbroken"
     train([*args, f"hydra.run.dir={unbroken}"], tmp_path)
     run_dir = tmp_path / "stopped"
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                            env=offline_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer", *args, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=offline_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (run_dir / "checkpoints" / "last.pt").exists():
         time.sleep(0.01)
@@ -310,8 +384,10 @@ def test_sigterm_and_ctrl_c_save_and_resume_exactly(tmp_path, sig):
 
 def test_keep_last_retention_and_checksums(tmp_path):
     run_dir = tmp_path / "run"
-    train([*TINY, "trainer.epochs=3", "checkpoint.every_n_steps=3", "checkpoint.keep_last=2",
-           f"hydra.run.dir={run_dir}"], tmp_path)
+    train(
+        [*TINY, "trainer.epochs=3", "checkpoint.every_n_steps=3", "checkpoint.keep_last=2", f"hydra.run.dir={run_dir}"],
+        tmp_path,
+    )
     folder = run_dir / "checkpoints"
     numbered = sorted(folder.glob("epoch*-step*.pt"))
     assert len(numbered) == 2 and numbered[-1].name.startswith("epoch003")
@@ -330,7 +406,7 @@ def _corrupt(path: Path, how: str) -> None:
         path.write_bytes(os.urandom(len(data)))
     elif how == "flipped":  # same size, one byte changed: only the checksum can tell
         i = len(data) // 2
-        path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
 
 
 @pytest.mark.parametrize("how", ["empty", "truncated", "garbage", "flipped"])
@@ -345,8 +421,9 @@ def test_a_broken_checkpoint_gives_a_clear_error_naming_the_file(tmp_path, how):
     err = proc.stdout + proc.stderr
     assert proc.returncode == 2, err
     assert str(last) in err and "Traceback" not in err
-    assert {"empty": "is empty", "truncated": "cannot be read", "garbage": "cannot be read",
-            "flipped": "is corrupt"}[how] in err or "is corrupt" in err
+    assert {"empty": "is empty", "truncated": "cannot be read", "garbage": "cannot be read", "flipped": "is corrupt"}[
+        how
+    ] in err or "is corrupt" in err
 
 
 def test_resume_auto_falls_back_to_the_newest_valid_checkpoint(tmp_path):
@@ -382,8 +459,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     proc = train([f"resume={evil}", "trainer.epochs=2"], tmp_path, check=False)
     assert proc.returncode == 2 and "Nothing in it was run" in proc.stdout + proc.stderr
     assert not marker.exists()
-    model_weights = train([*TINY, "model.pretrained=true", f"model.weights={evil}", "trainer.epochs=1"], tmp_path,
-                          check=False)
+    model_weights = train(
+        [*TINY, "model.pretrained=true", f"model.weights={evil}", "trainer.epochs=1"], tmp_path, check=False
+    )
     assert model_weights.returncode == 2 and not marker.exists()
 
 
@@ -395,8 +473,13 @@ def test_export_writes_safetensors_and_json_that_train_can_start_from(tmp_path):
     run_dir = tmp_path / "run"
     train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
     script = Path(__file__).resolve().parent.parent / "scripts" / "export.py"
-    proc = subprocess.run([sys.executable, str(script), str(run_dir / "checkpoints" / "best.pt"), "--out",
-                           str(tmp_path / "exp")], capture_output=True, text=True, env=offline_env(tmp_path), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(run_dir / "checkpoints" / "best.pt"), "--out", str(tmp_path / "exp")],
+        capture_output=True,
+        text=True,
+        env=offline_env(tmp_path),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     tensors = load_file(str(tmp_path / "exp" / "model.safetensors"))
     ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
@@ -404,8 +487,16 @@ def test_export_writes_safetensors_and_json_that_train_can_start_from(tmp_path):
     meta = json.loads((tmp_path / "exp" / "model.json").read_text())
     assert meta["classes"] == ["class0", "class1", "class2", "class3"] and meta["preprocessing"]["size"] == 32
     again = tmp_path / "again"
-    train([*TINY, "model.pretrained=true", f"model.weights={tmp_path / 'exp' / 'model.safetensors'}",
-           "trainer.epochs=1", f"hydra.run.dir={again}"], tmp_path)
+    train(
+        [
+            *TINY,
+            "model.pretrained=true",
+            f"model.weights={tmp_path / 'exp' / 'model.safetensors'}",
+            "trainer.epochs=1",
+            f"hydra.run.dir={again}",
+        ],
+        tmp_path,
+    )
     assert metrics(again)["weights"]["source"].endswith("model.safetensors")
 
 
@@ -447,13 +538,25 @@ def test_own_loss_optimizer_and_scheduler_from_a_config_folder_outside_the_packa
     """README: your own parts in your module, named by _target_ in your own YAML, found through hydra.searchpath."""
     (tmp_path / "my_parts.py").write_text(OWN_MODULE)
     conf = tmp_path / "myconf"
-    for group, text in (("loss", "_target_: my_parts.SmoothCE\neps: 0.2\n"),
-                        ("optimizer", "_target_: my_parts.SignSGD\n_partial_: true\nlr: 0.002\n"),
-                        ("scheduler", "_target_: my_parts.halving\ninterval: step\n")):
+    for group, text in (
+        ("loss", "_target_: my_parts.SmoothCE\neps: 0.2\n"),
+        ("optimizer", "_target_: my_parts.SignSGD\n_partial_: true\nlr: 0.002\n"),
+        (
+            "scheduler",
+            "# @package _global_\nscheduler:\n  _target_: my_parts.halving\n  _partial_: true\nschedule:\n  interval: step\n",
+        ),
+    ):
         (conf / group).mkdir(parents=True)
         (conf / group / "mine.yaml").write_text(text)
-    args = [*TINY, "trainer.epochs=2", f"hydra.searchpath=[file://{conf}]", "loss=mine", "optimizer=mine",
-            "scheduler=mine", "finetune.head_epochs=0"]
+    args = [
+        *TINY,
+        "trainer.epochs=2",
+        f"hydra.searchpath=[file://{conf}]",
+        "loss=mine",
+        "optimizer=mine",
+        "scheduler=mine",
+        "finetune.head_epochs=0",
+    ]
     refused = train(args, tmp_path, check=False)
     assert refused.returncode == 2 and "allow_targets=[my_parts.]" in refused.stdout + refused.stderr
     run_dir = tmp_path / "run"
@@ -464,9 +567,13 @@ def test_own_loss_optimizer_and_scheduler_from_a_config_folder_outside_the_packa
     # the schedule halves the lr every epoch: 0.002 -> 0.001 -> 0.0005 after two epochs
     assert m["history"][-1]["lr"] == pytest.approx(0.0005)
     # a task the loss does not declare is refused with what fits
-    wrong = train([*args, "allow_targets=[my_parts.]", "data.task=binary", "data.dataset.num_classes=2"], tmp_path,
-                  check=False)
-    assert wrong.returncode == 2 and "cannot train a binary task: it serves multiclass tasks" in wrong.stdout + wrong.stderr
+    wrong = train(
+        [*args, "allow_targets=[my_parts.]", "data.task=binary", "data.dataset.num_classes=2"], tmp_path, check=False
+    )
+    assert (
+        wrong.returncode == 2
+        and "cannot train a binary task: it serves multiclass tasks" in wrong.stdout + wrong.stderr
+    )
     evil = train([*TINY, "loss._target_=os.system", "trainer.epochs=1"], tmp_path, check=False)
     assert evil.returncode == 2 and "'os.system' is not allowed" in evil.stdout + evil.stderr
 
@@ -487,24 +594,28 @@ class _NaNOn:
 
 
 def test_nonfinite_stop_keeps_the_last_good_checkpoint(compose_cfg, tmp_path):
+    from trainer.build import build_run
     from trainer.errors import UserError
-    from trainer.run import build_run
 
-    run = build_run(compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0", "trainer.log_every=100"),
-                    run_dir=tmp_path)
+    run = build_run(
+        compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0", "trainer.log_every=100"), run_dir=tmp_path
+    )
     n = run.batches_per_epoch
     run.loss_fn = _NaNOn(run.loss_fn, {n + 2})  # in epoch 2
     with pytest.raises(UserError, match=r"became nan at step \d+ \(epoch 2\).*last checkpoint is the last good"):
         run.fit()
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
-    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert state["epoch"] == 1 and all(
+        torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+    )
 
 
 def test_nonfinite_skip_skips_the_batch_and_trains_on(compose_cfg, tmp_path):
-    from trainer.run import build_run
+    from trainer.build import build_run
 
-    run = build_run(compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0", "trainer.nonfinite=skip"),
-                    run_dir=tmp_path)
+    run = build_run(
+        compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0", "trainer.nonfinite=skip"), run_dir=tmp_path
+    )
     run.loss_fn = _NaNOn(run.loss_fn, {3, 5})
     summary = run.fit()
     assert run.skipped_steps == 2 and summary["finished"]
@@ -513,8 +624,8 @@ def test_nonfinite_skip_skips_the_batch_and_trains_on(compose_cfg, tmp_path):
 
 
 def test_out_of_memory_names_the_batch_size_and_what_to_change(compose_cfg, tmp_path):
+    from trainer.build import build_run
     from trainer.errors import UserError
-    from trainer.run import build_run
 
     run = build_run(compose_cfg(*TINY, "trainer.epochs=1"), run_dir=tmp_path)
 
@@ -526,8 +637,13 @@ def test_out_of_memory_names_the_batch_size_and_what_to_change(compose_cfg, tmp_
         run.fit()
 
 
-KILL_ARGS = [*TINY, "trainer.epochs=3", "finetune.head_epochs=1", "checkpoint.every_n_steps=3",
-             "data.num_workers=2"]  # 256 images, batch 32: 8 steps an epoch, 24 in all
+KILL_ARGS = [
+    *TINY,
+    "trainer.epochs=3",
+    "finetune.head_epochs=1",
+    "checkpoint.every_n_steps=3",
+    "data.num_workers=2",
+]  # 256 images, batch 32: 8 steps an epoch, 24 in all
 
 
 @pytest.fixture(scope="module")
@@ -540,7 +656,7 @@ def unbroken_kill_run(tmp_path_factory):
 def test_batches_built_in_pieces_by_two_workers_train_like_one_process(tmp_path, unbroken_kill_run):
     """data.num_workers=2 at batch 32 loads each batch in two pieces joined on the device; the run
     must equal one loaded whole in the main process."""
-    from trainer.data import pieces_per_batch
+    from trainer.data.loaders import pieces_per_batch
 
     assert pieces_per_batch(32, 2) == 2
     args = [a for a in KILL_ARGS if not a.startswith("data.num_workers")] + ["data.num_workers=0"]
@@ -551,13 +667,22 @@ def test_batches_built_in_pieces_by_two_workers_train_like_one_process(tmp_path,
     assert not different, different[:3]
 
 
-@pytest.mark.parametrize("point", ["epoch:1", "step:13", "save:3", "step:24"],
-                         ids=["epoch-boundary", "mid-epoch", "during-checkpoint-write", "last-batch"])
+@pytest.mark.parametrize(
+    "point",
+    ["epoch:1", "step:13", "save:3", "step:24"],
+    ids=["epoch-boundary", "mid-epoch", "during-checkpoint-write", "last-batch"],
+)
 def test_sigkill_at_any_point_then_resume_auto_equals_the_unbroken_run(tmp_path, unbroken_kill_run, point):
     env = offline_env(tmp_path)
     env["TRAINER_FAILPOINT"] = point
-    proc = subprocess.run([sys.executable, "-m", "trainer", *KILL_ARGS], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", *KILL_ARGS],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     (run_dir,) = list(tmp_path.glob("outputs/*/*"))
     assert not (run_dir / "metrics.json").exists() or not metrics(run_dir)["finished"]
@@ -571,8 +696,8 @@ def test_sigkill_at_any_point_then_resume_auto_equals_the_unbroken_run(tmp_path,
 
 def test_negative_control_resume_without_the_sampler_position_differs(compose_cfg, tmp_path, monkeypatch):
     """The equality checks above can fail: forget where the epoch stopped, and the weights differ."""
-    from trainer.data import EpochSampler
-    from trainer.run import build_run
+    from trainer.build import build_run
+    from trainer.data.loaders import EpochSampler
 
     cfg = compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0")
     unbroken = build_run(cfg, run_dir=tmp_path / "a")
@@ -593,7 +718,8 @@ def test_negative_control_resume_without_the_sampler_position_differs(compose_cf
 
 def _interrupt_and_resume(cfg, folder, at_call):
     """In-process: SIGTERM-stop a run after ``at_call`` batches, resume it from last.pt, return final tensors."""
-    from trainer.run import RunInterrupted, build_run
+    from trainer.build import build_run
+    from trainer.interrupt import RunInterrupted
 
     first = build_run(cfg, run_dir=folder)
     calls = {"n": 0}
@@ -602,7 +728,7 @@ def _interrupt_and_resume(cfg, folder, at_call):
     def stop_later(out, y):
         calls["n"] += 1
         if calls["n"] == at_call:
-            first._stop_signal = signal.SIGTERM
+            first.guard.request(signal.SIGTERM)
         return loss(out, y)
 
     first.loss_fn = stop_later
@@ -614,9 +740,16 @@ def _interrupt_and_resume(cfg, folder, at_call):
 
 
 def test_a_plateau_scheduler_run_resumes_exactly(compose_cfg, tmp_path):
-    cfg = compose_cfg(*TINY, "trainer.epochs=4", "finetune.head_epochs=1", "scheduler=plateau",
-                      "scheduler.patience=0", "optimizer=sgd", "optimizer.lr=0.05")
-    from trainer.run import build_run
+    cfg = compose_cfg(
+        *TINY,
+        "trainer.epochs=4",
+        "finetune.head_epochs=1",
+        "scheduler=plateau",
+        "scheduler.patience=0",
+        "optimizer=sgd",
+        "optimizer.lr=0.05",
+    )
+    from trainer.build import build_run
 
     unbroken = build_run(cfg, run_dir=tmp_path / "a")
     unbroken.fit()
@@ -648,10 +781,14 @@ def test_extending_a_finished_run_gives_the_new_epochs_a_fresh_schedule(tmp_path
 
 
 def test_fp16_steps_the_scaler_skips_do_not_advance_the_schedule(compose_cfg, tmp_path):
-    from trainer.run import build_run
+    from trainer.build import build_run
 
-    run = build_run(compose_cfg(*TINY, "trainer.epochs=1", "finetune.head_epochs=0", "trainer.precision=fp16",
-                                "trainer.log_every=100"), run_dir=tmp_path)
+    run = build_run(
+        compose_cfg(
+            *TINY, "trainer.epochs=1", "finetune.head_epochs=0", "trainer.precision=fp16", "trainer.log_every=100"
+        ),
+        run_dir=tmp_path,
+    )
     assert run.scaler.is_enabled()
     calls = {"n": 0}
     head_weight = next(p for n, p in run.model.named_parameters() if n in run.head_names and p.ndim == 2)
@@ -676,8 +813,16 @@ def test_resume_with_other_classes_is_refused(tmp_path):
         for i in range(10):
             Image.new("RGB", (20, 20), (i * 20, 100 if name == "cat" else 10, 50)).save(root / name / f"{i}.png")
     run_dir = tmp_path / "run"
-    args = ["data=imagefolder", f"data.root={root}", "data.image_size=16", "data.batch_size=4",
-            "model.name=test_resnet", "model.pretrained=false", "model.weights=null", "trainer.epochs=1"]
+    args = [
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=16",
+        "data.batch_size=4",
+        "model.name=test_resnet",
+        "model.pretrained=false",
+        "model.weights=null",
+        "trainer.epochs=1",
+    ]
     train([*args, f"hydra.run.dir={run_dir}"], tmp_path)
     (root / "fox").mkdir()
     for i in range(10):
@@ -686,6 +831,11 @@ def test_resume_with_other_classes_is_refused(tmp_path):
     err = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "trained on classes ['cat', 'dog']" in err and "'fox'" in err
     script = Path(__file__).resolve().parent.parent / "scripts" / "evaluate.py"
-    proc = subprocess.run([sys.executable, str(script), str(run_dir / "checkpoints" / "last.pt")], capture_output=True,
-                          text=True, env=offline_env(tmp_path), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(run_dir / "checkpoints" / "last.pt")],
+        capture_output=True,
+        text=True,
+        env=offline_env(tmp_path),
+        timeout=120,
+    )
     assert proc.returncode != 0 and "trained on classes ['cat', 'dog']" in proc.stderr

@@ -99,31 +99,41 @@ def verify_checkpoint(path: Path) -> None:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     if h.hexdigest() != expected:
-        raise UserError(f"checkpoint {str(path)!r} is corrupt: its sha256 does not match {side.name} written "
-                        "when it was saved (the file changed or was cut short since). Resume from another "
-                        "checkpoint in the same folder, or with resume=auto, which picks the newest valid one.")
+        raise UserError(
+            f"checkpoint {str(path)!r} is corrupt: its sha256 does not match {side.name} written "
+            "when it was saved (the file changed or was cut short since). Resume from another "
+            "checkpoint in the same folder, or with resume=auto, which picks the newest valid one."
+        )
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read one of our checkpoints with ``weights_only=True`` (no code runs); clear errors otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {str(path)!r} does not exist. Give resume=auto, a run folder, "
-                        "or the path of a .pt file under a run's checkpoints/ folder.")
+        raise UserError(
+            f"checkpoint {str(path)!r} does not exist. Give resume=auto, a run folder, "
+            "or the path of a .pt file under a run's checkpoints/ folder."
+        )
     if path.stat().st_size == 0:
-        raise UserError(f"checkpoint {str(path)!r} is empty (0 bytes): it was never fully written. Resume "
-                        "from another checkpoint in the same folder, or with resume=auto.")
+        raise UserError(
+            f"checkpoint {str(path)!r} is empty (0 bytes): it was never fully written. Resume "
+            "from another checkpoint in the same folder, or with resume=auto."
+        )
     verify_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise UserError(f"checkpoint {str(path)!r} cannot be read: it is truncated, corrupt, not a "
-                        f"checkpoint, or holds objects that are not plain data ({type(e).__name__}: {first}). "
-                        "Nothing in it was run. Resume from another checkpoint instead.") from None
+        raise UserError(
+            f"checkpoint {str(path)!r} cannot be read: it is truncated, corrupt, not a "
+            f"checkpoint, or holds objects that are not plain data ({type(e).__name__}: {first}). "
+            "Nothing in it was run. Resume from another checkpoint instead."
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
-        raise UserError(f"checkpoint {str(path)!r} is not a training checkpoint of this tool "
-                        "(no model/epoch entries). To start from its weights, use model.weights=PATH.")
+        raise UserError(
+            f"checkpoint {str(path)!r} is not a training checkpoint of this tool "
+            "(no model/epoch entries). To start from its weights, use model.weights=PATH."
+        )
     return state
 
 
@@ -169,12 +179,17 @@ def is_finished(run_dir: Path) -> bool:
 
 # ---------------------------------------------------------------- RNG state (weights_only-safe)
 
+
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -186,8 +201,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -208,9 +224,11 @@ def check_targets(cfg: Any, extra: tuple[str, ...] = (), where: str = "config") 
             items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()
             for k, v in items:
                 if k == "_target_" and not str(v).startswith(allowed):
-                    raise UserError(f"{where}: {path}_target_={v!r} is not allowed to be built (allowed "
-                                    f"prefixes: {', '.join(allowed)}). If it is your own code, add its "
-                                    f"package to allow_targets, e.g. 'allow_targets=[{str(v).split('.')[0]}.]'.")
+                    raise UserError(
+                        f"{where}: {path}_target_={v!r} is not allowed to be built (allowed "
+                        f"prefixes: {', '.join(allowed)}). If it is your own code, add its "
+                        f"package to allow_targets, e.g. 'allow_targets=[{str(v).split('.')[0]}.]'."
+                    )
                 walk(v, f"{path}{k}.")
         elif isinstance(node, (ListConfig, list)):
             for i, v in enumerate(node):

@@ -13,9 +13,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.config import CONF_DIR
 from trainer.errors import UserError
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 OUTPUTS = Path("outputs")
 log = logging.getLogger("trainer")
 
@@ -110,8 +110,10 @@ def resolve_resume(argv: list[str]) -> list[str]:
         except Exception:
             return rest + ["resume=null"]  # a bad override: let Hydra report it the usual way
         if ckpt is None:
-            print(f"resume=auto: no unfinished run with this config under {OUTPUTS}/; starting a new run.",
-                  file=sys.stderr)
+            print(
+                f"resume=auto: no unfinished run with this config under {OUTPUTS}/; starting a new run.",
+                file=sys.stderr,
+            )
             return rest + ["resume=null"]
         from trainer.checkpoint import newest_valid_checkpoint
 
@@ -119,8 +121,10 @@ def resolve_resume(argv: list[str]) -> list[str]:
         for problem in problems:
             print(f"resume=auto: skipping {problem}", file=sys.stderr)
         if valid is None:
-            raise UserError(f"resume=auto: run {run_dir_of(ckpt)} has no readable checkpoint left; start a new "
-                            "run (without resume) or resume=<another checkpoint>.")
+            raise UserError(
+                f"resume=auto: run {run_dir_of(ckpt)} has no readable checkpoint left; start a new "
+                "run (without resume) or resume=<another checkpoint>."
+            )
         if valid != ckpt:
             print(f"resume=auto: falling back to the newest valid checkpoint, {valid}", file=sys.stderr)
         ckpt = valid
@@ -140,67 +144,82 @@ def resolve_resume(argv: list[str]) -> list[str]:
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
+    """One job: its result (the best monitored value) for Hydra's sweepers; exit codes for the shell."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf.errors import MissingMandatoryValue
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    out_dir = HydraConfig.get().runtime.output_dir
     try:
-        from hydra.errors import InstantiationException
-
-        from trainer.run import build_run  # torch and timm load here, not before
-
-        if multirun and not cfg.get("resume"):
-            previous = _previous_sweep_job(Path(HydraConfig.get().runtime.output_dir), cfg)
-            if isinstance(previous, dict):
-                log.info("this job already finished in %s (same config): skipping it (best %s)",
-                         HydraConfig.get().runtime.output_dir, previous.get("best"))
-                return previous.get("best")
-            if previous is not None:
-                cfg.resume = str(previous)
-        if multirun:
-            _share_the_machine(cfg)
-        try:
-            summary = build_run(cfg).fit()
-        except InstantiationException as e:
-            if isinstance(e.__cause__, UserError):  # our own builders' messages pass through as they are
-                raise e.__cause__ from None
-            raise UserError(f"a config option could not be built: {e}. Check its _target_ and keys "
-                            "(train --cfg job prints the resolved config).") from None
-        except MissingMandatoryValue as e:
-            key = str(e.full_key)
-            if key.startswith("data.dataset."):  # the dataset's argument comes from the data option's own key
-                key = "data." + key.rsplit(".", 1)[-1]
-            example = {"data.root": "DIR", "data.csv": "FILE.csv"}.get(key, "...")
-            raise UserError(f"missing value for {key}: data={cfg.data.get('name')} needs it; give it on the "
-                            f"command line, e.g. {key}={example}.") from None
-        if multirun:
-            _release_memory()  # a worker of a parallel sweep runs the next job in the same process
-        return summary.get("best")
+        return _train(cfg, multirun, Path(out_dir))
     except UserError as e:
         log.error("error: %s", e)
         if multirun:  # one bad job must not end the sweep; the summary marks it failed
-            _mark_failed(Path(HydraConfig.get().runtime.output_dir), str(e))
+            _mark_failed(Path(out_dir), str(e))
             return None
         sys.exit(2)
     except KeyboardInterrupt:
-        log.error("interrupted: the last checkpoint is in %s/checkpoints; continue with `train resume=%s`",
-                  HydraConfig.get().runtime.output_dir, HydraConfig.get().runtime.output_dir)
+        log.error(
+            "interrupted: the last checkpoint is in %s/checkpoints; continue with `train resume=%s`", out_dir, out_dir
+        )
         sys.exit(130)
     except Exception as e:
         from trainer import distributed
-        from trainer.run import RunInterrupted
+        from trainer.interrupt import RunInterrupted
 
         if distributed.is_distributed() and distributed.is_peer_failure(e):
             # a peer died (killed, out of memory): torchrun restarts the workers (--max-restarts) or ends the run
-            log.error("rank %d: lost contact with another process of this run (%s); the last checkpoint is in "
-                      "%s/checkpoints", distributed.rank(), str(e).splitlines()[0][:160],
-                      HydraConfig.get().runtime.output_dir)
+            log.error(
+                "rank %d: lost contact with another process of this run (%s); the last checkpoint is in %s/checkpoints",
+                distributed.rank(),
+                str(e).splitlines()[0][:160],
+                out_dir,
+            )
             sys.exit(1)
         if not isinstance(e, RunInterrupted):
             raise
         log.warning("%s", e)
         sys.exit(e.exit_code)
+
+
+def _train(cfg: DictConfig, multirun: bool, out_dir: Path) -> float | None:
+    from hydra.errors import InstantiationException
+    from omegaconf.errors import MissingMandatoryValue
+
+    from trainer.build import build_run  # torch and timm load here, not before
+
+    if multirun and not cfg.get("resume"):
+        previous = _previous_sweep_job(out_dir, cfg)
+        if isinstance(previous, dict):
+            log.info(
+                "this job already finished in %s (same config): skipping it (best %s)", out_dir, previous.get("best")
+            )
+            return previous.get("best")
+        if previous is not None:
+            cfg.resume = str(previous)
+    if multirun:
+        _share_the_machine(cfg)
+    try:
+        summary = build_run(cfg).fit()
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):  # our own builders' messages pass through as they are
+            raise e.__cause__ from None
+        raise UserError(
+            f"a config option could not be built: {e}. Check its _target_ and keys "
+            "(train --cfg job prints the resolved config)."
+        ) from None
+    except MissingMandatoryValue as e:
+        key = str(e.full_key)
+        if key.startswith("data.dataset."):  # the dataset's argument comes from the data option's own key
+            key = "data." + key.rsplit(".", 1)[-1]
+        example = {"data.root": "DIR", "data.csv": "FILE.csv"}.get(key, "...")
+        raise UserError(
+            f"missing value for {key}: data={cfg.data.get('name')} needs it; give it on the "
+            f"command line, e.g. {key}={example}."
+        ) from None
+    if multirun:
+        _release_memory()  # a worker of a parallel sweep runs the next job in the same process
+    return summary.get("best")
 
 
 def _share_the_machine(cfg: DictConfig) -> None:
@@ -277,13 +296,27 @@ def _mark_failed(job_dir: Path, error: str) -> None:
 
 def main() -> None:
     if not Path(CONF_DIR, "train.yaml").is_file():
-        sys.exit(f"error: config folder {CONF_DIR} is missing: install the project from its source "
-                 "folder with `pip install -e .`.")
+        sys.exit(
+            f"error: config folder {CONF_DIR} is missing: install the project from its source "
+            "folder with `pip install -e .`."
+        )
     try:
         argv = sys.argv[1:]
-        info = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
+        if any(a in ("--help", "-h") for a in argv):
+            from trainer.config import explain_overrides
+            from trainer.help import help_text
+
+            overrides = [a for a in argv if _is_override(a)]
+            try:
+                text = help_text(overrides)
+            except Exception:
+                explain_overrides(overrides)  # says what is wrong with them, in one paragraph
+                raise
+            print(text)
+            return
+        info = {"--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
         if not any(a in info for a in argv) and not any(a in ("-m", "--multirun") for a in argv):
-            from trainer.validate import explain_overrides
+            from trainer.config import explain_overrides
 
             explain_overrides([a for a in argv if _is_override(a)])
         argv = resolve_resume(argv)

@@ -60,10 +60,19 @@ def init(use_cuda: bool) -> None:
     import datetime
 
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size(),
-                          is_master=not agent_store and rank() == 0, timeout=datetime.timedelta(minutes=10))
-    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"trainer/attempt{restart}", store),
-                            rank=rank(), world_size=world_size())
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size(),
+        is_master=not agent_store and rank() == 0,
+        timeout=datetime.timedelta(minutes=10),
+    )
+    dist.init_process_group(
+        backend=backend,
+        store=dist.PrefixStore(f"trainer/attempt{restart}", store),
+        rank=rank(),
+        world_size=world_size(),
+    )
 
 
 def shutdown() -> None:
@@ -107,8 +116,9 @@ def is_peer_failure(e: BaseException) -> bool:
     if isinstance(e, getattr(dist, "DistError", ())):
         return True
     text = str(e)
-    return isinstance(e, RuntimeError) and any(s in text for s in ("Connection reset", "Connection closed",
-                                                                    "gloo", "NCCL", "ProcessGroup"))
+    return isinstance(e, RuntimeError) and any(
+        s in text for s in ("Connection reset", "Connection closed", "gloo", "NCCL", "ProcessGroup")
+    )
 
 
 def any_rank(flag: bool, device: Any) -> bool:
@@ -138,24 +148,37 @@ def launch_if_asked(argv: list[str]) -> None:
     if any(a in ("-m", "--multirun") for a in argv):
         from trainer.errors import UserError
 
-        raise UserError(f"trainer.devices={devices} starts torchrun for one run, and does not combine with -m: "
-                        "sweep with hydra/launcher=parallel (one GPU per job), or start each run with "
-                        "`train trainer.devices=N ...`.")
+        raise UserError(
+            f"trainer.devices={devices} starts torchrun for one run, and does not combine with -m: "
+            "sweep with hydra/launcher=parallel (one GPU per job), or start each run with "
+            "`train trainer.devices=N ...`."
+        )
     try:
         n = int(devices)
     except ValueError:
         from trainer.errors import UserError
 
-        raise UserError(f"trainer.devices={devices!r}: use an integer (processes on this node), e.g. "
-                        "trainer.devices=8.") from None
+        raise UserError(
+            f"trainer.devices={devices!r}: use an integer (processes on this node), e.g. trainer.devices=8."
+        ) from None
     if n < 1:
         from trainer.errors import UserError
 
         raise UserError(f"trainer.devices={n}: use 1 or more.")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           "-m", "trainer", *argv]
-    print(f"starting {n} processes: torchrun --standalone --nproc_per_node={n} -m trainer {' '.join(argv)}",
-          file=sys.stderr)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n}",
+        "-m",
+        "trainer",
+        *argv,
+    ]
+    print(
+        f"starting {n} processes: torchrun --standalone --nproc_per_node={n} -m trainer {' '.join(argv)}",
+        file=sys.stderr,
+    )
     sys.stdout.flush()
     os.execv(sys.executable, cmd)
 
@@ -205,3 +228,15 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def wrap_ddp(model: Any, device: Any, sync_bn: bool) -> Any:
+    """DistributedDataParallel over the parameters that train now (frozen ones are left out)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_bn:
+        from timm.layers import convert_sync_batchnorm  # also converts timm's BatchNormAct layers
+
+        # in place below the top module: SyncBatchNorm layers replace the BatchNorm ones, keeping their state
+        convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TASKS = ("multiclass", "multilabel", "binary", "segmentation")
+from trainer.config import TASKS
+
 SOFTMAX_TASKS = ("multiclass", "segmentation")
 
 
@@ -56,11 +57,10 @@ class TaskLoss(nn.Module):
     """Base of our losses: the task decides softmax vs sigmoid; ignore_index masks targets out."""
 
     tasks: tuple[str, ...] = TASKS
-    task: str = "multiclass"
 
-    def __init__(self, ignore_index: int | None = None) -> None:
+    def __init__(self, ignore_index: int | None = None, task: str = "multiclass") -> None:
         super().__init__()
-        self.ignore_index = ignore_index
+        self.ignore_index, self.task = ignore_index, task
 
     @property
     def sigmoid(self) -> bool:
@@ -87,8 +87,9 @@ def masked_mean(loss: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return (loss * valid).sum() / valid.sum().clamp(min=1.0)
 
 
-def soft_dice_per_class(probs: torch.Tensor, one_hot: torch.Tensor, smooth: float,
-                        valid: torch.Tensor | None = None) -> torch.Tensor:
+def soft_dice_per_class(
+    probs: torch.Tensor, one_hot: torch.Tensor, smooth: float, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Soft Dice coefficient of each class over the batch (and any spatial dims): shape (C,)."""
     if valid is not None:
         probs, one_hot = probs * valid, one_hot * valid
@@ -98,8 +99,14 @@ def soft_dice_per_class(probs: torch.Tensor, one_hot: torch.Tensor, smooth: floa
     return (2.0 * intersection + smooth) / (total + smooth)
 
 
-def tversky_per_class(probs: torch.Tensor, one_hot: torch.Tensor, alpha: float, beta: float, smooth: float,
-                      valid: torch.Tensor | None = None) -> torch.Tensor:
+def tversky_per_class(
+    probs: torch.Tensor,
+    one_hot: torch.Tensor,
+    alpha: float,
+    beta: float,
+    smooth: float,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Tversky index per class: TP / (TP + alpha FP + beta FN), soft counts, smoothed. Shape (C,)."""
     if valid is not None:
         probs, one_hot = probs * valid, one_hot * valid
@@ -118,16 +125,22 @@ class CrossEntropyLoss(TaskLoss):
 
     tasks = SOFTMAX_TASKS
 
-    def __init__(self, weight: Sequence[float] | None = None, label_smoothing: float = 0.0,
-                 ignore_index: int | None = None) -> None:
-        super().__init__(ignore_index)
+    def __init__(
+        self,
+        weight: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        ignore_index: int | None = None,
+        task: str = "multiclass",
+    ) -> None:
+        super().__init__(ignore_index, task)
         self.register_buffer("weight", _optional_tensor(weight), persistent=False)
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ignore = -100 if self.ignore_index is None else self.ignore_index
-        return F.cross_entropy(logits.float(), target, weight=self.weight,
-                               label_smoothing=self.label_smoothing, ignore_index=ignore)
+        return F.cross_entropy(
+            logits.float(), target, weight=self.weight, label_smoothing=self.label_smoothing, ignore_index=ignore
+        )
 
 
 class NLLLoss(TaskLoss):
@@ -135,8 +148,10 @@ class NLLLoss(TaskLoss):
 
     tasks = SOFTMAX_TASKS
 
-    def __init__(self, weight: Sequence[float] | None = None, ignore_index: int | None = None) -> None:
-        super().__init__(ignore_index)
+    def __init__(
+        self, weight: Sequence[float] | None = None, ignore_index: int | None = None, task: str = "multiclass"
+    ) -> None:
+        super().__init__(ignore_index, task)
         self.register_buffer("weight", _optional_tensor(weight), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -150,23 +165,29 @@ class BCEWithLogitsLoss(TaskLoss):
     ``pos_weight``: one number per class (or one number), weighting the positive term.
     """
 
-    def __init__(self, pos_weight: Sequence[float] | float | None = None, ignore_index: int | None = None) -> None:
-        super().__init__(ignore_index)
+    def __init__(
+        self,
+        pos_weight: Sequence[float] | float | None = None,
+        ignore_index: int | None = None,
+        task: str = "multiclass",
+    ) -> None:
+        super().__init__(ignore_index, task)
         self.register_buffer("pos_weight", _optional_tensor(pos_weight), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         dense, valid = self.dense(logits, target)
-        loss = F.binary_cross_entropy_with_logits(logits, dense, reduction="none",
-                                                  pos_weight=_per_class(self.pos_weight, logits.ndim))
+        loss = F.binary_cross_entropy_with_logits(
+            logits, dense, reduction="none", pos_weight=_per_class(self.pos_weight, logits.ndim)
+        )
         return masked_mean(loss, valid)
 
 
 class DiceLoss(TaskLoss):
     """1 - mean soft Dice over classes (softmax, or sigmoid for multilabel / binary)."""
 
-    def __init__(self, smooth: float = 1.0, ignore_index: int | None = None) -> None:
-        super().__init__(ignore_index)
+    def __init__(self, smooth: float = 1.0, ignore_index: int | None = None, task: str = "multiclass") -> None:
+        super().__init__(ignore_index, task)
         self.smooth = smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -178,11 +199,17 @@ class DiceLoss(TaskLoss):
 class DiceBCELoss(TaskLoss):
     """``dice_weight`` x soft Dice loss + ``bce_weight`` x binary cross-entropy."""
 
-    def __init__(self, smooth: float = 1.0, dice_weight: float = 1.0, bce_weight: float = 1.0,
-                 ignore_index: int | None = None) -> None:
-        super().__init__(ignore_index)
-        self.dice = DiceLoss(smooth, ignore_index)
-        self.bce = BCEWithLogitsLoss(ignore_index=ignore_index)
+    def __init__(
+        self,
+        smooth: float = 1.0,
+        dice_weight: float = 1.0,
+        bce_weight: float = 1.0,
+        ignore_index: int | None = None,
+        task: str = "multiclass",
+    ) -> None:
+        super().__init__(ignore_index, task)
+        self.dice = DiceLoss(smooth, ignore_index, task)
+        self.bce = BCEWithLogitsLoss(ignore_index=ignore_index, task=task)
         self.dice_weight, self.bce_weight = dice_weight, bce_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -192,8 +219,8 @@ class DiceBCELoss(TaskLoss):
 class IoULoss(TaskLoss):
     """1 - mean soft Jaccard (IoU) over classes."""
 
-    def __init__(self, smooth: float = 1.0, ignore_index: int | None = None) -> None:
-        super().__init__(ignore_index)
+    def __init__(self, smooth: float = 1.0, ignore_index: int | None = None, task: str = "multiclass") -> None:
+        super().__init__(ignore_index, task)
         self.smooth = smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -209,9 +236,15 @@ class TverskyLoss(TaskLoss):
     alpha = beta = 0.5 is Dice; beta > alpha favours recall (small structures, rare positives).
     """
 
-    def __init__(self, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0,
-                 ignore_index: int | None = None) -> None:
-        super().__init__(ignore_index)
+    def __init__(
+        self,
+        alpha: float = 0.3,
+        beta: float = 0.7,
+        smooth: float = 1.0,
+        ignore_index: int | None = None,
+        task: str = "multiclass",
+    ) -> None:
+        super().__init__(ignore_index, task)
         self.alpha, self.beta, self.smooth = alpha, beta, smooth
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -224,9 +257,16 @@ class TverskyLoss(TaskLoss):
 class FocalTverskyLoss(TverskyLoss):
     """mean over classes of ``(1 - Tversky index) ** gamma``; gamma < 1 focuses on hard classes."""
 
-    def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 0.75, smooth: float = 1.0,
-                 ignore_index: int | None = None) -> None:
-        super().__init__(alpha, beta, smooth, ignore_index)
+    def __init__(
+        self,
+        alpha: float = 0.3,
+        beta: float = 0.7,
+        gamma: float = 0.75,
+        smooth: float = 1.0,
+        ignore_index: int | None = None,
+        task: str = "multiclass",
+    ) -> None:
+        super().__init__(alpha, beta, smooth, ignore_index, task)
         self.gamma = gamma
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -245,9 +285,14 @@ class FocalLoss(TaskLoss):
     or one weight per class).
     """
 
-    def __init__(self, gamma: float = 2.0, alpha: Sequence[float] | float | None = None,
-                 ignore_index: int | None = None) -> None:
-        super().__init__(ignore_index)
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: Sequence[float] | float | None = None,
+        ignore_index: int | None = None,
+        task: str = "multiclass",
+    ) -> None:
+        super().__init__(ignore_index, task)
         self.gamma = gamma
         self.register_buffer("alpha", _optional_tensor(alpha), persistent=False)
 
@@ -278,8 +323,10 @@ class ProbabilityLoss(TaskLoss):
 
     KINDS = {"l1": F.l1_loss, "mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss}
 
-    def __init__(self, kind: str = "mse", beta: float = 1.0, ignore_index: int | None = None) -> None:
-        super().__init__(ignore_index)
+    def __init__(
+        self, kind: str = "mse", beta: float = 1.0, ignore_index: int | None = None, task: str = "multiclass"
+    ) -> None:
+        super().__init__(ignore_index, task)
         if kind not in self.KINDS:
             raise ValueError(f"kind={kind!r}: use one of {', '.join(self.KINDS)}")
         self.kind, self.beta = kind, beta
@@ -301,8 +348,8 @@ class KLDivLoss(TaskLoss):
 
     tasks = SOFTMAX_TASKS
 
-    def __init__(self, smoothing: float = 0.0, ignore_index: int | None = None) -> None:
-        super().__init__(ignore_index)
+    def __init__(self, smoothing: float = 0.0, ignore_index: int | None = None, task: str = "multiclass") -> None:
+        super().__init__(ignore_index, task)
         self.smoothing = smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -362,14 +409,3 @@ def loss_fits(loss_fn: Any, target: str, task: str) -> str | None:
         return reason
     serves = ", ".join(tasks)
     return f"it serves {serves} tasks" if serves else "it serves none of this trainer's tasks"
-
-
-def configure_loss(loss_fn: Any, task: str, ignore_index: int | None) -> None:
-    """Tell one of our losses the task (softmax vs sigmoid) and the data's ignore_index."""
-    if isinstance(loss_fn, TaskLoss):
-        loss_fn.task = task
-        if loss_fn.ignore_index is None:
-            loss_fn.ignore_index = ignore_index
-        for m in loss_fn.modules():
-            if isinstance(m, TaskLoss):
-                m.task, m.ignore_index = task, loss_fn.ignore_index

@@ -17,21 +17,6 @@ from typing import Any
 
 import torch
 
-TASK_METRICS = {
-    "multiclass": ("val/loss", "val/acc", "val/top5", "val/f1_macro"),
-    "binary": ("val/loss", "val/acc", "val/f1", "val/auroc"),
-    "multilabel": ("val/loss", "val/mAP", "val/f1_macro", "val/acc"),
-    "segmentation": ("val/loss", "val/mIoU", "val/dice", "val/acc"),
-}
-DEFAULT_MONITOR = {"multiclass": "val/acc", "binary": "val/acc", "multilabel": "val/mAP", "segmentation": "val/mIoU"}
-
-
-def metric_names(task: str, num_classes: int) -> list[str]:
-    names = list(TASK_METRICS[task])
-    if task == "multiclass" and num_classes <= 5:
-        names.remove("val/top5")
-    return names
-
 
 class Metrics:
     """``update(logits, target)`` per batch; ``compute()`` -> (scalars, per-class values, confusion matrix)."""
@@ -44,34 +29,49 @@ class Metrics:
         common: dict[str, Any] = {"validate_args": False}
         c, per = num_classes, None
         if task == "multiclass":
-            scalars = {"acc": tmc.MulticlassAccuracy(c, average="micro", **common),
-                       "f1_macro": tmc.MulticlassF1Score(c, average="macro", **common)}
+            scalars = {
+                "acc": tmc.MulticlassAccuracy(c, average="micro", **common),
+                "f1_macro": tmc.MulticlassF1Score(c, average="macro", **common),
+            }
             if c > 5:
                 scalars["top5"] = tmc.MulticlassAccuracy(c, top_k=5, average="micro", **common)
-            per = {"precision": tmc.MulticlassPrecision(c, average="none", **common),
-                   "recall": tmc.MulticlassRecall(c, average="none", **common)}
+            per = {
+                "precision": tmc.MulticlassPrecision(c, average="none", **common),
+                "recall": tmc.MulticlassRecall(c, average="none", **common),
+            }
             self.confusion: Any = tmc.MulticlassConfusionMatrix(c, **common)
         elif task == "binary":
-            scalars = {"acc": tmc.BinaryAccuracy(**common), "f1": tmc.BinaryF1Score(**common),
-                       "auroc": tmc.BinaryAUROC(**common)}
+            scalars = {
+                "acc": tmc.BinaryAccuracy(**common),
+                "f1": tmc.BinaryF1Score(**common),
+                "auroc": tmc.BinaryAUROC(**common),
+            }
             per = {"precision": tmc.BinaryPrecision(**common), "recall": tmc.BinaryRecall(**common)}
             self.confusion = tmc.BinaryConfusionMatrix(**common)
         elif task == "multilabel":
-            scalars = {"mAP": tmc.MultilabelAveragePrecision(c, average="macro", **common),
-                       "f1_macro": tmc.MultilabelF1Score(c, average="macro", **common),
-                       "acc": tmc.MultilabelAccuracy(c, average="macro", **common)}
-            per = {"precision": tmc.MultilabelPrecision(c, average="none", **common),
-                   "recall": tmc.MultilabelRecall(c, average="none", **common),
-                   "ap": tmc.MultilabelAveragePrecision(c, average="none", **common)}
+            scalars = {
+                "mAP": tmc.MultilabelAveragePrecision(c, average="macro", **common),
+                "f1_macro": tmc.MultilabelF1Score(c, average="macro", **common),
+                "acc": tmc.MultilabelAccuracy(c, average="macro", **common),
+            }
+            per = {
+                "precision": tmc.MultilabelPrecision(c, average="none", **common),
+                "recall": tmc.MultilabelRecall(c, average="none", **common),
+                "ap": tmc.MultilabelAveragePrecision(c, average="none", **common),
+            }
             self.confusion = None
         elif task == "segmentation":
             seg = {"ignore_index": ignore_index, **common}
-            scalars = {"mIoU": tmc.MulticlassJaccardIndex(c, average="macro", **seg),
-                       "dice": tmc.MulticlassF1Score(c, average="macro", multidim_average="global", **seg),
-                       "acc": tmc.MulticlassAccuracy(c, average="micro", multidim_average="global", **seg)}
-            per = {"iou": tmc.MulticlassJaccardIndex(c, average="none", **seg),
-                   "precision": tmc.MulticlassPrecision(c, average="none", multidim_average="global", **seg),
-                   "recall": tmc.MulticlassRecall(c, average="none", multidim_average="global", **seg)}
+            scalars = {
+                "mIoU": tmc.MulticlassJaccardIndex(c, average="macro", **seg),
+                "dice": tmc.MulticlassF1Score(c, average="macro", multidim_average="global", **seg),
+                "acc": tmc.MulticlassAccuracy(c, average="micro", multidim_average="global", **seg),
+            }
+            per = {
+                "iou": tmc.MulticlassJaccardIndex(c, average="none", **seg),
+                "precision": tmc.MulticlassPrecision(c, average="none", multidim_average="global", **seg),
+                "recall": tmc.MulticlassRecall(c, average="none", multidim_average="global", **seg),
+            }
             self.confusion = tmc.MulticlassConfusionMatrix(c, **seg)
         else:
             raise ValueError(task)
@@ -121,7 +121,7 @@ def confusion_matrix_image(cm: torch.Tensor, classes: list[str], cell: int = 0) 
     counts = cm.long().tolist()
     for i in range(n):
         draw.text((4, top + i * cell + cell // 2 - 5), labels[i][:16], fill="black")
-        draw.text((left + i * cell + 2, top - 14), labels[i][:max(2, cell // 6)], fill="black")
+        draw.text((left + i * cell + 2, top - 14), labels[i][: max(2, cell // 6)], fill="black")
         for j in range(n):
             s = share[i][j]
             shade = (int(255 - 215 * s), int(255 - 140 * s), 255)

@@ -20,15 +20,27 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
         job_dir = overrides_file.parent.parent
         overrides = yaml.safe_load(overrides_file.read_text()) or []
-        row: dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(overrides), "monitor": "",
-                               "best": None, "best_epoch": None, "status": "failed", "run_dir": str(job_dir),
-                               "error": ""}
+        row: dict[str, Any] = {
+            "job": job_dir.name,
+            "overrides": " ".join(overrides),
+            "monitor": "",
+            "best": None,
+            "best_epoch": None,
+            "status": "failed",
+            "run_dir": str(job_dir),
+            "error": "",
+        }
         try:
             m = json.loads((job_dir / "metrics.json").read_text())
             status = m.get("status") or ("finished" if m.get("finished") else "unfinished")
-            row.update(monitor=m.get("monitor", ""), best=m.get("best"), best_epoch=m.get("best_epoch"),
-                       status=status, mode=m.get("mode", "max"), error=(m.get("error") or "").splitlines()[0][:300]
-                       if m.get("error") else "")
+            row.update(
+                monitor=m.get("monitor", ""),
+                best=m.get("best"),
+                best_epoch=m.get("best_epoch"),
+                status=status,
+                mode=m.get("mode", "max"),
+                error=(m.get("error") or "").splitlines()[0][:300] if m.get("error") else "",
+            )
         except (OSError, ValueError):
             row["error"] = "no metrics.json (the job died before its first epoch ended)"
         rows.append(row)
@@ -88,6 +100,8 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir():
             return
         rows = write_summary(sweep_dir)
-        print(f"\nsweep summary ({len(rows)} runs, best first): {sweep_dir}/summary.md"
-              + (f", plot: {sweep_dir}/summary.png" if (sweep_dir / "summary.png").is_file() else ""))
+        print(
+            f"\nsweep summary ({len(rows)} runs, best first): {sweep_dir}/summary.md"
+            + (f", plot: {sweep_dir}/summary.png" if (sweep_dir / "summary.png").is_file() else "")
+        )
         print(to_markdown(rows))

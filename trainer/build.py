@@ -1,0 +1,272 @@
+"""``build_run``: the one reader of the config. It builds each part in order and logs what it built:
+
+seed -> device -> data -> model -> loaders -> loss -> stage plan (optimizer, schedule) -> tracker -> Run.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from trainer import distributed as dist
+from trainer.checkpoint import check_targets
+from trainer.config import check_run, resolve_monitor, validate_config
+from trainer.data.datasets import Splits
+from trainer.data.images import BadImageLog, verify_splits
+from trainer.data.loaders import Loaders, build_loaders, default_num_workers
+from trainer.data.transforms import resolve_input
+from trainer.errors import UserError
+from trainer.losses import OPTIONS_BY_TASK, loss_fits
+from trainer.models import BuiltModel
+from trainer.models.backbones import is_convnet
+from trainer.optim import build_optimizer, runtime_kwargs
+from trainer.run import Run, Settings
+from trainer.schedules import Schedule, build_schedule
+from trainer.stages import StagePlan, plan_stages
+from trainer.tracking import NullTracker, Tracker, flat_hparams
+
+log = logging.getLogger("trainer")
+
+
+def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
+    """The run a config describes, ready to ``fit()`` (resumed when ``resume`` names a checkpoint)."""
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    # every object the config names must come from an allow-listed package (resume brings configs from files)
+    check_targets(cfg, extra=tuple(cfg.get("allow_targets") or ()))
+    validate_config(cfg)  # types and ranges, for every caller (CLI, scripts, tests)
+    device = setup_device(cfg)
+    seed_everything(int(cfg.seed) + dist.rank())  # each rank its own streams; DDP copies rank 0's weights
+    precision = resolve_precision(str(cfg.trainer.precision), device)
+    splits = setup_data(cfg)
+    check_run(cfg, splits.task, len(splits.classes), device.type, dist.is_distributed())
+    built = setup_model(cfg, splits)
+    loaders = setup_loaders(cfg, splits, built, device)
+    loss_fn = setup_loss(cfg, splits.task)
+    monitor, mode = resolve_monitor(cfg, splits.task)
+    plan = setup_plan(cfg, device, mode)
+    log.info("task %s; loss %s; device %s, precision %s", splits.task, type(loss_fn).__name__, device, precision)
+    settings = Settings(
+        epochs=int(cfg.trainer.epochs),
+        device=device,
+        precision=precision,
+        task=splits.task,
+        accumulate=int(cfg.trainer.accumulate),
+        clip_grad_norm=cfg.trainer.clip_grad_norm,
+        log_every=int(cfg.trainer.log_every),
+        nonfinite=str(cfg.trainer.nonfinite),
+        every_n_steps=int(cfg.checkpoint.every_n_steps),
+        keep_last=int(cfg.checkpoint.keep_last),
+        monitor=monitor,
+        mode=mode,
+        ignore_index=cfg.data.get("ignore_index"),
+        channels_last=resolve_channels_last(cfg.trainer.channels_last, device, built.model),
+        compile_backend=resolve_compile(cfg.trainer.compile),
+        cache_features=bool(cfg.finetune.cache_features),
+        sync_bn=bool(cfg.trainer.sync_bn),
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+    )
+    run = Run(
+        built=built,
+        loaders=loaders,
+        classes=splits.classes,
+        loss_fn=loss_fn,
+        plan=plan,
+        settings=settings,
+        tracker=setup_tracker(cfg, Path(run_dir), loaders),
+        bad_images=BadImageLog(len(splits.train) + len(splits.val), float(cfg.data.max_bad_fraction)),
+        run_dir=Path(run_dir),
+    )
+    if cfg.get("resume"):
+        if str(cfg.resume) == "auto":
+            raise UserError("resume=auto chooses one run to continue: it does not combine with -m (multirun).")
+        run.resume_from(cfg.resume)
+    else:
+        run.enter_stage(0)
+    return run
+
+
+def setup_device(cfg: DictConfig) -> torch.device:
+    """trainer.device, and under torchrun this process's GPU and the process group."""
+    device = resolve_device(str(cfg.trainer.device))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    if not dist.is_distributed():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank())
+    dist.init(device.type == "cuda")
+    if not dist.is_main():
+        logging.getLogger("trainer").setLevel(logging.WARNING)
+    log.info(
+        "distributed: %d processes (%s), this is rank %d; data.batch_size=%d per process",
+        dist.world_size(),
+        "nccl" if device.type == "cuda" else "gloo",
+        dist.rank(),
+        int(cfg.data.batch_size),
+    )
+    return device
+
+
+def setup_data(cfg: DictConfig) -> Splits:
+    log.info("building data %s", cfg.data.name)
+    splits = instantiate_node(cfg.data.dataset)
+    if cfg.data.verify:
+        verify_splits(splits.train, splits.val, float(cfg.data.max_bad_fraction))
+    return splits
+
+
+def setup_model(cfg: DictConfig, splits: Splits) -> BuiltModel:
+    m = cfg.model
+    log.info(
+        "building model %s (%s, pretrained=%s, weights=%s) with a %d-class head",
+        m.name,
+        m.source,
+        m.pretrained,
+        m.get("weights"),
+        len(splits.classes),
+    )
+    return instantiate_node(m)(num_classes=len(splits.classes), task=splits.task)
+
+
+def setup_loaders(cfg: DictConfig, splits: Splits, built: BuiltModel, device: torch.device) -> Loaders:
+    d = cfg.data
+    workers = d.get("num_workers", "auto")
+    on_gpu = device.type == "cuda"
+    return build_loaders(
+        splits,
+        resolve_input(built.data_config, d.get("image_size"), d.get("crop_pct")),
+        batch_size=int(d.batch_size),
+        num_workers=default_num_workers(on_gpu) if workers in (None, "auto") else int(workers),
+        augment=str(d.augment),
+        decode_on_device=d.get("decode", "workers") == "device",
+        seed=int(cfg.seed),
+        on_gpu=on_gpu,
+        rank=dist.rank(),
+        world_size=dist.world_size(),
+    )
+
+
+def setup_loss(cfg: DictConfig, task: str) -> torch.nn.Module:
+    """The loss option, told the task and the data's ignore_index when it takes them; refused when it
+    cannot serve the task (torch's own losses by name before they are built, ours by their ``tasks``)."""
+    target = str(cfg.loss._target_)
+
+    def refuse(why: str) -> None:
+        options = OPTIONS_BY_TASK[task].replace(", ", ", loss=")
+        raise UserError(f"loss {target} cannot train a {task} task: {why}. For {task} use one of: loss={options}.")
+
+    why = loss_fits(None, target, task)
+    if why:
+        refuse(why)
+    ignore = cfg.loss.get("ignore_index")
+    runtime = {"task": task, "ignore_index": cfg.data.get("ignore_index") if ignore is None else ignore}
+    loss_fn = instantiate_node(cfg.loss, **runtime_kwargs(get_object(target), runtime))
+    why = loss_fits(loss_fn, target, task)
+    if why:
+        refuse(why)
+    return loss_fn
+
+
+def setup_plan(cfg: DictConfig, device: torch.device, monitor_mode: str) -> StagePlan:
+    """The stages and the builders of each stage's optimizer and schedule."""
+    ft = cfg.finetune
+    make_optimizer = optimizer_builder(cfg, device)
+    return StagePlan(
+        stages=plan_stages(ft.stages, ft.head_epochs, int(cfg.trainer.epochs)),
+        lr=float(cfg.optimizer.lr),
+        weight_decay=float(cfg.optimizer.get("weight_decay") or 0.0),
+        backbone_lr_mult=float(ft.backbone_lr_mult),
+        layer_decay=ft.layer_decay,
+        freeze=cfg.model.get("freeze", "none"),
+        bn_mode=str(ft.bn),
+        make_optimizer=make_optimizer,
+        make_schedule=schedule_builder(cfg, monitor_mode),
+    )
+
+
+def optimizer_builder(cfg: DictConfig, device: torch.device) -> Callable[[list[dict[str, Any]], Any], Any]:
+    factory = instantiate_node(cfg.optimizer)
+    return lambda groups, model: build_optimizer(factory, groups, model, device)
+
+
+def schedule_builder(cfg: DictConfig, monitor_mode: str = "max") -> Callable[[Any, int, int], Schedule]:
+    """``(optimizer, steps_per_epoch, epochs) -> Schedule`` for the scheduler option and ``schedule.*``."""
+    factory = instantiate_node(cfg.scheduler)
+    interval, warmup = str(cfg.schedule.interval), float(cfg.schedule.warmup_epochs)
+    return lambda opt, steps, epochs: build_schedule(factory, opt, steps, epochs, interval, warmup, monitor_mode)
+
+
+def setup_tracker(cfg: DictConfig, run_dir: Path, loaders: Loaders) -> Tracker:
+    hp = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(hp, dict)
+    hp.pop("resume", None)
+    spec = loaders.input_spec
+    kind = Tracker if dist.is_main() else NullTracker
+    return kind(run_dir, flat_hparams(hp), tuple(spec["mean"]), tuple(spec["std"]))
+
+
+def instantiate_node(node: Any, **runtime: Any) -> Any:
+    """hydra.utils.instantiate, with our own builders' UserErrors passed through unwrapped and
+    other failures named by their ``_target_``."""
+    try:
+        return instantiate(node, **runtime)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        msg = str(e.__cause__ or e).splitlines()[0]
+        raise UserError(
+            f"{node.get('_target_')}: {msg}. Check its keys (train --cfg job prints the resolved config)."
+        ) from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but no CUDA device is visible: use trainer.device=auto or cpu.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("trainer.device=mps but MPS is not available: use trainer.device=auto or cpu.")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return name
+
+
+def resolve_channels_last(value: Any, device: torch.device, model: torch.nn.Module) -> bool:
+    """auto: channels_last on CUDA for convolutional nets (measured faster there, docs/BENCHMARKS.md)."""
+    return device.type == "cuda" and is_convnet(model) if value == "auto" else bool(value)
+
+
+def resolve_compile(value: Any) -> str | None:
+    """trainer.compile: false | true (inductor) | a backend name."""
+    if value in (False, None, "false"):
+        return None
+    return value if isinstance(value, str) and value != "true" else "inductor"
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,1 @@
+"""Data: images and their decoding, dataset options, transforms, device resampling, loaders."""

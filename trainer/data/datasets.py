@@ -1,0 +1,318 @@
+"""The dataset options: each returns :class:`Splits` (train and val image sets, classes, task).
+
+A dataset option's ``_target_`` gives uint8 ``(3, H, W)`` images with their targets: ``multiclass``
+(a class index), ``binary`` (0 or 1, one output), ``multilabel`` (a set of class indices, multi-hot) or
+``segmentation`` (a class-index mask per image, transformed together with its image).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainer.config import TASKS
+from trainer.data.images import (
+    IMAGE_EXTENSIONS,
+    BadImage,
+    FileImages,
+    ImageSet,
+    SegmentationImages,
+    TensorImages,
+    decode_mask,
+)
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Splits:
+    train: ImageSet
+    val: ImageSet
+    classes: list[str]
+    task: str = "multiclass"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise UserError(f"data.task={self.task!r} is not known: use one of {', '.join(TASKS)}.")
+        if self.task == "binary" and len(self.classes) != 2:
+            raise UserError(
+                f"data.task=binary needs exactly two classes, found {len(self.classes)} "
+                f"({', '.join(self.classes[:6])}): use data.task=multiclass."
+            )
+        for images in (self.train, self.val):
+            images.task, images.num_classes = self.task, len(self.classes)
+
+
+def random_split(n: int, val_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of a random train/val split with a fixed seed (multilabel, segmentation)."""
+    if not 0.0 < float(val_split) < 1.0:
+        raise UserError(f"data.val_split={val_split}: must be between 0 and 1 (e.g. 0.2).")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    n_val = max(1, int(round(n * float(val_split))))
+    if n - n_val < 1:
+        raise UserError(f"cannot split {n} images with data.val_split={val_split}: too few images.")
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def stratified_split(targets: Sequence[int], val_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of a stratified train/val split with a fixed seed."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < float(val_split) < 1.0:
+        raise UserError(f"data.val_split={val_split}: must be between 0 and 1 (e.g. 0.2).")
+    idx = list(range(len(targets)))
+    try:
+        train_idx, val_idx = train_test_split(
+            idx, test_size=float(val_split), random_state=int(seed), stratify=list(targets)
+        )
+    except ValueError as e:
+        raise UserError(f"cannot split {len(idx)} images with data.val_split={val_split}: {e}") from None
+    return sorted(train_idx), sorted(val_idx)
+
+
+def load_digits(val_split: float = 0.2, seed: int = 0) -> Splits:
+    """scikit-learn's 8x8 digits (1,797 real images, 10 classes), stratified split."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    digits = sk_digits()
+    images = torch.from_numpy(digits.images * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
+    targets = digits.target.tolist()
+    train_idx, val_idx = stratified_split(targets, val_split, seed)
+    return Splits(
+        TensorImages(images[train_idx], [targets[i] for i in train_idx]),
+        TensorImages(images[val_idx], [targets[i] for i in val_idx]),
+        [str(i) for i in range(10)],
+    )
+
+
+def _scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int]]:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths, targets = [], []
+    for ci, c in enumerate(classes):
+        for f in sorted((root / c).rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                paths.append(str(f))
+                targets.append(ci)
+    return classes, paths, targets
+
+
+def load_imagefolder(root: str, val_split: float = 0.2, seed: int = 0, task: str = "multiclass") -> Splits:
+    """``root/train/<class>/*`` and ``root/val/<class>/*``, or ``root/<class>/*`` split by val_split."""
+    base = Path(str(root)).expanduser()
+    if not base.is_dir():
+        raise UserError(
+            f"data.root={str(root)!r}: no such folder. It must hold train/ and val/ class "
+            "folders, or one set of class folders (e.g. data.root=~/data/pets)."
+        )
+    if (base / "train").is_dir() and (base / "val").is_dir():
+        classes, tr_paths, tr_targets = _scan_class_folders(base / "train")
+        val_classes, va_paths, va_targets = _scan_class_folders(base / "val")
+        if classes != val_classes:
+            only_train = sorted(set(classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(classes))
+            raise UserError(
+                f"data.root={str(base)!r}: train/ and val/ have different class folders "
+                f"(only in train: {only_train or '-'}; only in val: {only_val or '-'}). "
+                "Make both hold the same class folders so labels mean the same thing."
+            )
+        if not tr_paths or not va_paths:
+            empty = "train/" if not tr_paths else "val/"
+            raise UserError(
+                f"data.root={str(base)!r}: {empty} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})."
+            )
+        return Splits(FileImages(tr_paths, tr_targets), FileImages(va_paths, va_targets), classes, task)
+    classes, paths, targets = _scan_class_folders(base)
+    if not classes or not paths:
+        raise UserError(
+            f"data.root={str(base)!r} holds no class folders with images. Expected "
+            "DIR/<class>/<image> (or DIR/train/<class>/... and DIR/val/<class>/...)."
+        )
+    if len(classes) < 2:
+        raise UserError(
+            f"data.root={str(base)!r}: found one class folder ({classes[0]}); a classifier needs two or more."
+        )
+    train_idx, val_idx = stratified_split(targets, val_split, seed)
+    return Splits(
+        FileImages([paths[i] for i in train_idx], [targets[i] for i in train_idx]),
+        FileImages([paths[i] for i in val_idx], [targets[i] for i in val_idx]),
+        classes,
+        task,
+    )
+
+
+def make_fake(
+    num_classes: int = 4,
+    train_size: int = 256,
+    val_size: int = 64,
+    image_size: int = 32,
+    seed: int = 0,
+    task: str = "multiclass",
+) -> Splits:
+    """Generated images a small net can learn: each class has its own colour and stripe direction."""
+    g = torch.Generator().manual_seed(int(seed) + 12345)
+    colours = torch.rand(num_classes, 3, 1, 1, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(image_size), torch.arange(image_size), indexing="ij")
+
+    def make(n: int) -> tuple[torch.Tensor, list[int]]:
+        labels = torch.arange(n) % num_classes
+        labels = labels[torch.randperm(n, generator=g)]
+        angle = labels.float() * math.pi / num_classes
+        phase = torch.rand(n, generator=g) * 6.28
+        wave = torch.sin(
+            (xx * torch.cos(angle)[:, None, None] + yy * torch.sin(angle)[:, None, None]) * 0.8 + phase[:, None, None]
+        )
+        img = 0.5 * colours[labels] + 0.3 * wave[:, None] + 0.2 * torch.rand(n, 3, image_size, image_size, generator=g)
+        return (img.clamp(0, 1) * 255).to(torch.uint8), labels.tolist()
+
+    tr_x, tr_y = make(train_size)
+    va_x, va_y = make(val_size)
+    return Splits(TensorImages(tr_x, tr_y), TensorImages(va_x, va_y), [f"class{i}" for i in range(num_classes)], task)
+
+
+def read_label_csv(path: Path, root: Path) -> tuple[list[str], list[list[str]]]:
+    """Rows ``path,labels`` (header optional; labels separated by spaces, may be empty)."""
+    import csv
+
+    paths, labels = [], []
+    with open(path, newline="") as f:
+        for n, row in enumerate(csv.reader(f), start=1):
+            if not row or (n == 1 and row[0].strip().lower() in ("path", "image", "file", "filename")):
+                continue
+            if len(row) < 2:
+                raise UserError(f"{path}, line {n}: expected `path,labels` (labels separated by spaces), got {row}.")
+            p = Path(row[0].strip())
+            paths.append(str(p if p.is_absolute() else root / p))
+            labels.append(row[1].split())
+    if not paths:
+        raise UserError(f"{path} lists no images: write one `path,labels` row per image.")
+    return paths, labels
+
+
+def load_multilabel_csv(
+    csv: str, root: str | None = None, val_csv: str | None = None, val_split: float = 0.2, seed: int = 0
+) -> Splits:
+    """Multilabel images listed in a CSV (``path,labels``, labels space-separated); paths relative to
+    ``root`` (default: the CSV's folder). Validation: ``val_csv``, or a random ``val_split``."""
+    csv_path = Path(str(csv)).expanduser()
+    if not csv_path.is_file():
+        raise UserError(
+            f"data.csv={str(csv)!r}: no such file. Give a CSV with rows `path,labels`, e.g. `img/001.jpg,cat dog`."
+        )
+    base = Path(str(root)).expanduser() if root else csv_path.parent
+    paths, labels = read_label_csv(csv_path, base)
+    if val_csv:
+        vpath = Path(str(val_csv)).expanduser()
+        if not vpath.is_file():
+            raise UserError(f"data.val_csv={str(val_csv)!r}: no such file.")
+        vpaths, vlabels = read_label_csv(vpath, base)
+    else:
+        tr, va = random_split(len(paths), val_split, seed)
+        paths, labels, vpaths, vlabels = (
+            [paths[i] for i in tr],
+            [labels[i] for i in tr],
+            [paths[i] for i in va],
+            [labels[i] for i in va],
+        )
+    classes = sorted({lab for row in labels + vlabels for lab in row})
+    if len(classes) < 2:
+        raise UserError(f"{csv_path}: found {len(classes)} label name(s); a multilabel task needs two or more.")
+    index = {c: i for i, c in enumerate(classes)}
+    return Splits(
+        FileImages(paths, [[index[lab] for lab in row] for row in labels]),
+        FileImages(vpaths, [[index[lab] for lab in row] for row in vlabels]),
+        classes,
+        "multilabel",
+    )
+
+
+def _pairs(images_dir: Path, masks_dir: Path) -> tuple[list[str], list[str]]:
+    masks = {f.stem: f for f in masks_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS}
+    images = sorted(f for f in images_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    missing = [f.name for f in images if f.stem not in masks]
+    if missing:
+        raise UserError(
+            f"{images_dir}: {len(missing)} image(s) have no mask of the same name in {masks_dir} "
+            f"(e.g. {', '.join(missing[:3])}). Each image needs masks/<same stem>.png."
+        )
+    return [str(f) for f in images], [str(masks[f.stem]) for f in images]
+
+
+def load_segfolder(root: str, classes: Sequence[str] | None = None, val_split: float = 0.2, seed: int = 0) -> Splits:
+    """``root/images/*`` with ``root/masks/<same stem>.png`` (class-index PNGs), split by val_split; or
+    ``root/train/{images,masks}`` and ``root/val/{images,masks}``. ``classes``: names by index (null:
+    ``class0..`` up to the largest index found in the masks, 255 aside)."""
+    base = Path(str(root)).expanduser()
+    if (base / "train" / "images").is_dir() and (base / "val" / "images").is_dir():
+        tr_i, tr_m = _pairs(base / "train" / "images", base / "train" / "masks")
+        va_i, va_m = _pairs(base / "val" / "images", base / "val" / "masks")
+    elif (base / "images").is_dir() and (base / "masks").is_dir():
+        all_i, all_m = _pairs(base / "images", base / "masks")
+        tr, va = random_split(len(all_i), val_split, seed)
+        tr_i, tr_m, va_i, va_m = (
+            [all_i[i] for i in tr],
+            [all_m[i] for i in tr],
+            [all_i[i] for i in va],
+            [all_m[i] for i in va],
+        )
+    else:
+        raise UserError(
+            f"data.root={str(root)!r} must hold images/ and masks/ folders (masks: class-index PNGs "
+            "with the images' names), or train/ and val/ folders that each hold them."
+        )
+    if not tr_i or not va_i:
+        raise UserError(f"data.root={str(base)!r}: the train or val split holds no images.")
+    if classes is None:
+        top = 0
+        for m in tr_m + va_m:
+            try:
+                values = decode_mask(m).unique()
+            except BadImage:
+                continue  # reported by name when it is loaded
+            values = values[values != 255]
+            top = max(top, int(values.max()) if len(values) else 0)
+        names = [f"class{i}" for i in range(top + 1)]
+        log.info("segmentation classes from the masks: %d (indices 0-%d; set data.classes to name them)", top + 1, top)
+    else:
+        names = [str(c) for c in classes]
+    if len(names) < 2:
+        raise UserError(
+            f"data.root={str(base)!r}: masks hold one class only; segmentation needs two or more "
+            "(e.g. background and object)."
+        )
+    return Splits(SegmentationImages(tr_i, tr_m), SegmentationImages(va_i, va_m), names, "segmentation")
+
+
+def make_shapes(train_size: int = 256, val_size: int = 64, image_size: int = 64, seed: int = 0) -> Splits:
+    """Generated segmentation data: squares and discs (each class its own colour, jittered) on noise."""
+    g = torch.Generator().manual_seed(int(seed) + 777)
+    yy, xx = torch.meshgrid(torch.arange(image_size).float(), torch.arange(image_size).float(), indexing="ij")
+    colours = torch.tensor([[0.85, 0.25, 0.2], [0.2, 0.45, 0.9]])
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        imgs = 0.35 + 0.3 * torch.rand(n, 3, image_size, image_size, generator=g)
+        masks = torch.zeros(n, image_size, image_size, dtype=torch.uint8)
+        for i in range(n):
+            for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
+                cls = int(torch.randint(1, 3, (1,), generator=g))
+                r = float(torch.empty(1).uniform_(image_size * 0.08, image_size * 0.2, generator=g))
+                cy, cx = (float(v) for v in torch.empty(2).uniform_(r, image_size - r, generator=g))
+                if cls == 1:
+                    inside = ((yy - cy).abs() <= r) & ((xx - cx).abs() <= r)
+                else:
+                    inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+                colour = (colours[cls - 1] + 0.1 * torch.randn(3, generator=g)).clamp(0, 1)
+                imgs[i][:, inside] = colour[:, None] * (0.9 + 0.2 * torch.rand(int(inside.sum()), generator=g))
+                masks[i][inside] = cls
+        return (imgs.clamp(0, 1) * 255).to(torch.uint8), masks
+
+    tr_x, tr_m = make(train_size)
+    va_x, va_m = make(val_size)
+    return Splits(
+        SegmentationImages(tr_x, tr_m), SegmentationImages(va_x, va_m), ["background", "square", "disc"], "segmentation"
+    )

@@ -1,0 +1,104 @@
+"""Transforms from the model's pretrained config (size, mean, std, interpolation), ``data.*`` overriding.
+
+Training augmentation is seeded per (seed, epoch, sample), so a resumed run sees the same augmented
+images as an unbroken one, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+
+from trainer.data.images import BadImage
+
+log = logging.getLogger(__name__)
+
+
+def resolve_input(
+    model_data_config: dict[str, Any], image_size: int | None = None, crop_pct: float | None = None
+) -> dict[str, Any]:
+    """Size, crop, interpolation, mean and std for this run: the model's, unless data.image_size / crop_pct say."""
+    size = image_size or model_data_config["input_size"][-1]
+    crop_pct = crop_pct or model_data_config.get("crop_pct") or 1.0
+    return {
+        "size": int(size),
+        "crop_pct": float(crop_pct),
+        "interpolation": model_data_config.get("interpolation", "bilinear"),
+        "mean": tuple(model_data_config["mean"]),
+        "std": tuple(model_data_config["std"]),
+    }
+
+
+def build_transforms(
+    augment: str, spec: dict[str, Any], train: bool, task: str = "multiclass", normalize: bool = True
+) -> Any:
+    """torchvision v2 pipeline on uint8 tensors: geometry (and augmentation) -> float -> normalize.
+
+    ``normalize=False`` stops at uint8 (what the loaders use): batches travel as uint8, a quarter of
+    the bytes, and :class:`DeviceBatches` converts and normalizes them on the training device.
+
+    Segmentation: the same geometry is applied to the image and its mask (nearest for the mask),
+    and evaluation resizes to image_size x image_size without cropping, so every pixel is scored.
+    """
+    from torchvision.transforms import InterpolationMode, v2
+
+    size = spec["size"]
+    interp = (
+        InterpolationMode(spec["interpolation"])
+        if spec["interpolation"] in {m.value for m in InterpolationMode}
+        else InterpolationMode.BILINEAR
+    )
+    finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec["mean"], spec["std"])] if normalize else []
+    if task == "segmentation":
+        if not train or augment == "none":
+            geometry = [v2.Resize((size, size), interpolation=interp, antialias=True)]
+        elif augment == "affine":
+            geometry = [
+                v2.Resize((size, size), interpolation=interp, antialias=True),
+                v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+            ]
+        else:
+            geometry = [
+                v2.RandomResizedCrop(size, scale=(0.4, 1.0), interpolation=interp, antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
+        return JointTransform(v2.Compose(geometry), v2.Compose(finish) if finish else None)
+    resize = int(math.floor(size / spec["crop_pct"]))
+    eval_geometry = [v2.Resize(resize, interpolation=interp, antialias=True), v2.CenterCrop(size)]
+    if not train or augment == "none":
+        return v2.Compose(eval_geometry + finish)
+    if augment == "affine":
+        return v2.Compose(
+            [
+                v2.Resize((size, size), interpolation=interp, antialias=True),
+                v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+            ]
+            + finish
+        )
+    return v2.Compose(
+        [v2.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interp, antialias=True), v2.RandomHorizontalFlip()]
+        + finish
+    )
+
+
+class JointTransform:
+    """Image + mask: one geometry for both (masks resampled nearest), then the image alone is normalized."""
+
+    def __init__(self, geometry: Any, finish: Any) -> None:
+        self.geometry, self.finish = geometry, finish
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from torchvision import tv_tensors
+
+        if image.shape[-2:] != mask.shape[-2:]:
+            raise BadImage(f"mask of size {tuple(mask.shape[-2:])} does not match its image {tuple(image.shape[-2:])}")
+        img, m = self.geometry(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        img = img.as_subclass(torch.Tensor)
+        return (self.finish(img) if self.finish is not None else img), m.as_subclass(torch.Tensor).long()
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return ((int(seed) * 1_000_003 + int(epoch)) * 1_000_003 + int(index)) % (2**63 - 1)

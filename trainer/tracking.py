@@ -1,0 +1,176 @@
+"""What a run records: TensorBoard scalars and images, hparams, metrics.json, the confusion matrix PNG.
+
+Rank 0 writes; other ranks get a :class:`NullTracker` whose methods do nothing, chosen at build
+time so the loop never asks which rank it is on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("trainer")
+
+
+def flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Config flattened to scalars for TensorBoard's HParams tab."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, key + "."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+def _replace(path: Path, write: Any) -> None:
+    """Write through a temporary file and rename: a reader never sees half a file."""
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    write(tmp)
+    tmp.replace(path)
+
+
+class Tracker:
+    """TensorBoard events (opened on first use) and the run folder's summary files."""
+
+    def __init__(self, run_dir: Path, hparams: dict[str, Any], mean: tuple[float, ...], std: tuple[float, ...]):
+        self.run_dir, self.hparams = Path(run_dir), hparams
+        self.mean, self.std = mean, std
+        self.images_logged = False
+        self.purge_step: int | None = None
+        self._writer: Any = None
+
+    @property
+    def writer(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed session wrote after the checkpoint we resumed from
+            self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.purge_step)
+        return self._writer
+
+    def resumed_at(self, step: int, images_logged: bool) -> None:
+        self.purge_step, self.images_logged = step, images_logged
+
+    def log_images(self, x: torch.Tensor, step: int) -> None:
+        """The first training batch as TensorBoard sees it, de-normalized (once per run)."""
+        if self.images_logged or x.ndim != 4:
+            return
+        from torchvision.utils import make_grid
+
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        imgs = (x[:32].float() * std + mean).clamp(0, 1)
+        self.writer.add_image("train/images", make_grid(imgs.cpu(), nrow=8), step)
+        self.images_logged = True
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+
+    def log_per_class(self, per_class: dict[str, dict[str, float]], epoch: int) -> None:
+        for metric, values in per_class.items():
+            for name, v in values.items():
+                self.writer.add_scalar(f"val_per_class/{metric}/{name}", v, epoch)
+
+    def log_confusion(self, confusion: torch.Tensor, classes: list[str], epoch: int, save_png: bool) -> None:
+        """The confusion matrix as a TensorBoard image; as confusion_matrix.png too when it is the best epoch."""
+        import numpy as np
+
+        from trainer.metrics import confusion_matrix_image
+
+        img = confusion_matrix_image(confusion, classes)
+        self.writer.add_image("val/confusion_matrix", np.asarray(img), epoch, dataformats="HWC")
+        if save_png:
+            _replace(self.run_dir / "confusion_matrix.png", img.save)
+
+    def write_metrics(self, summary: dict[str, Any]) -> None:
+        _replace(self.run_dir / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+
+    def write_hparams(self, last: dict[str, float], best: float | None, epoch: int) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        metrics = {"hparam/best": float(best) if best is not None else float("nan")}
+        metrics.update({"hparam/" + k[4:]: float(v) for k, v in last.items() if k.startswith("val/")})
+        for summary in hparams(self.hparams, metrics):
+            self.writer.file_writer.add_summary(summary)
+        self.log_scalars(metrics, epoch)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class NullTracker(Tracker):
+    """The tracker of ranks > 0: rank 0 alone writes."""
+
+    def log_images(self, x: torch.Tensor, step: int) -> None:
+        pass
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def log_per_class(self, per_class: dict[str, dict[str, float]], epoch: int) -> None:
+        pass
+
+    def log_confusion(self, confusion: torch.Tensor, classes: list[str], epoch: int, save_png: bool) -> None:
+        pass
+
+    def write_metrics(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def write_hparams(self, last: dict[str, float], best: float | None, epoch: int) -> None:
+        pass
+
+
+def run_summary(run: Any, wall: float) -> dict[str, Any]:
+    """What metrics.json says of a run: state, best value, the history, where things are."""
+    return {
+        "finished": run.finished,
+        "monitor": run.settings.monitor,
+        "mode": run.settings.mode,
+        "best": run.best,
+        "best_epoch": run.best_epoch,
+        "epochs_done": run.epoch,
+        "epochs": run.epochs,
+        "global_step": run.global_step,
+        "last": run.history[-1] if run.history else {},
+        "history": run.history,
+        "train_time_s": round(run.elapsed, 2),
+        "wall_time_s": round(wall, 2),
+        "run_dir": str(run.run_dir),
+        "best_checkpoint": str(run.run_dir / "checkpoints" / "best.pt") if run.best is not None else None,
+        "weights": run.weights_info,
+        "classes": run.classes,
+        "task": run.settings.task,
+        "pid": os.getpid(),
+        "per_class": {"last": run.per_class_last, "best": run.per_class_best},
+    }
+
+
+def print_summary(run: Any, summary: dict[str, Any]) -> None:
+    """The last lines of a run's log: best value, time, where the run and its best checkpoint are."""
+    best = "n/a" if run.best is None else f"{run.best:.4f}"
+    log.info(
+        "done: best %s %s at epoch %s | training time %s (this session %s)",
+        run.settings.monitor,
+        best,
+        run.best_epoch,
+        _fmt_time(run.elapsed),
+        _fmt_time(summary["wall_time_s"]),
+    )
+    log.info("run folder: %s", run.run_dir)
+    log.info("best checkpoint: %s", summary["best_checkpoint"])
+
+
+def _fmt_time(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
