@@ -102,6 +102,7 @@ ARGS = [
 ]
 
 
+@pytest.mark.slow
 def test_broken_images_are_skipped_by_name_and_bounded(tmp_path):
     broken = _dataset(tmp_path / "data")
     stopped = train([*ARGS, f"data.root={tmp_path / 'data'}"], tmp_path, check=False)
@@ -121,6 +122,7 @@ def test_broken_images_are_skipped_by_name_and_bounded(tmp_path):
     del done
 
 
+@pytest.mark.slow
 def test_verify_lists_every_problem_before_training(tmp_path):
     broken = _dataset(tmp_path / "data")
     proc = train([*ARGS, f"data.root={tmp_path / 'data'}", "data.verify=true"], tmp_path, check=False)

@@ -61,6 +61,7 @@ def test_unknown_option_names_the_available_ones(tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_resnet34_without_network_or_cache_says_how_to_give_weights(tmp_path):
     proc = train(["model=resnet34", "loss=dice", "trainer.epochs=1"], tmp_path, check=False, timeout=120)
     assert proc.returncode == 2
@@ -99,6 +100,7 @@ def test_missing_data_folder_is_a_clear_error(tmp_path):
     assert "no such folder" in err and "nope" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_weights_file_that_does_not_fit_is_refused(tmp_path):
     import torch
 

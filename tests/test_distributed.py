@@ -46,6 +46,7 @@ def _tensors(run_dir: Path):
     return out, state
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     train([*DDP, "trainer.epochs=3", "data.batch_size=16", f"hydra.run.dir={single}"], tmp_path)
@@ -76,6 +77,7 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path
     assert metrics(single)["epochs_done"] == 4 and metrics(single)["finished"]
 
 
+@pytest.mark.slow
 def test_a_killed_rank_is_restarted_by_torchrun_and_resumes_to_the_unbroken_result(tmp_path):
     args = [*DDP, "trainer.epochs=2", "data.batch_size=8", "data.augment=flip_crop"]
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
@@ -102,6 +104,7 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_resumes_to_the_unbroken_resu
     ]
 
 
+@pytest.mark.slow
 def test_devices_with_a_sweep_and_sync_bn_on_cpu_are_refused_with_the_alternative(tmp_path):
     out = train(["-m", *TINY, "trainer.devices=2", "optimizer.lr=1e-3,1e-2"], tmp_path, check=False)
     assert out.returncode == 2 and "does not combine with -m: sweep with hydra/launcher=parallel" in out.stderr

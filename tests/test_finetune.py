@@ -242,6 +242,7 @@ def test_linear_probe_runs_the_backbone_without_gradients(compose_cfg, tmp_path,
         assert run.evaluate()[0]["val/acc"] == pytest.approx(cached["val/acc"])  # the whole model on the images
 
 
+@pytest.mark.slow
 def test_probe_benchmark_runs_in_quick_mode(tmp_path):
     import subprocess
     import sys

@@ -206,6 +206,7 @@ def test_batched_resampling_equals_torch_resize():
     assert plan_resample(nearest.plan(50, 60), 50, 60) is None  # left to the per-image kernels
 
 
+@pytest.mark.slow
 def test_bf16_autocast_on_cpu_trains(tmp_path):
     run_dir = tmp_path / "run"
     out = train([*TINY, "trainer.precision=bf16", "trainer.epochs=2", f"hydra.run.dir={run_dir}"], tmp_path)
@@ -214,6 +215,7 @@ def test_bf16_autocast_on_cpu_trains(tmp_path):
     assert h[-1]["train/loss"] < h[0]["train/loss"] and h[-1]["val/acc"] > 0.5
 
 
+@pytest.mark.slow
 def test_compile_path_runs_on_cpu(tmp_path):
     run_dir = tmp_path / "run"
     # aot_eager: torch.compile's graph capture and autograd without a C++ toolchain (inductor needs one)
@@ -229,6 +231,7 @@ def test_compile_path_runs_on_cpu(tmp_path):
     assert metrics(run_dir)["finished"]
 
 
+@pytest.mark.slow
 def test_benchmark_script_runs_in_quick_mode_and_prints_its_table(tmp_path):
     import json
 
@@ -278,6 +281,7 @@ def test_resampling_benchmark_runs_and_prints_its_table(tmp_path):
     assert all(float(r[1]) >= 0 and float(r[2]) >= 0 for r in rows.values()), proc.stdout
 
 
+@pytest.mark.slow
 def test_decode_on_the_device_is_refused_where_it_cannot_work(tmp_path):
     bad_value = train(
         ["data=imagefolder", f"data.root={tmp_path}", "data.decode=gpu", *TINY[:3]], tmp_path, check=False
@@ -289,6 +293,7 @@ def test_decode_on_the_device_is_refused_where_it_cannot_work(tmp_path):
     assert generated.returncode == 2 and "data.decode=device decodes JPEG files" in said and "Traceback" not in said
 
 
+@pytest.mark.slow
 def test_a_run_with_jpegs_decoded_on_the_device_trains_and_evaluates(tmp_path):
     import numpy as np
     from PIL import Image

@@ -30,6 +30,7 @@ def _check_summary(sweep_dir, n):
     return rows
 
 
+@pytest.mark.slow
 def test_parallel_sweep_runs_jobs_at_once_in_their_own_processes(tmp_path):
     sweep = tmp_path / "sweep"
     out = train(
@@ -51,6 +52,7 @@ def test_parallel_sweep_runs_jobs_at_once_in_their_own_processes(tmp_path):
     assert "on 1 CPU threads" in (sweep / "0" / "train.log").read_text()  # 2 cores shared by 2 jobs
 
 
+@pytest.mark.slow
 def test_optuna_search_survives_failing_trials(tmp_path):
     conf = tmp_path / "myconf" / "hydra" / "sweeper"
     conf.mkdir(parents=True)
@@ -84,6 +86,7 @@ def test_optuna_search_survives_failing_trials(tmp_path):
             assert "data.batch_size=0 is not valid" in r["error"]
 
 
+@pytest.mark.slow
 def test_submitit_local_executor_runs_a_sweep(tmp_path):
     pytest.importorskip("submitit")
     sweep = tmp_path / "sweep"

@@ -294,6 +294,7 @@ def test_resume_mid_warmup_continues_the_same_lrs(compose_cfg):
     )
 
 
+@pytest.mark.slow
 def test_lbfgs_trains_with_its_closure(tmp_path):
     run_dir = tmp_path / "run"
     train(
@@ -318,6 +319,7 @@ def test_lbfgs_trains_with_its_closure(tmp_path):
 # ---------------------------------------------------------------- runs that learn
 
 
+@pytest.mark.slow
 def test_segmentation_on_generated_shapes_reaches_miou_0_8(tmp_path):
     from PIL import Image
 
@@ -331,6 +333,7 @@ def test_segmentation_on_generated_shapes_reaches_miou_0_8(tmp_path):
     assert Image.open(run_dir / "confusion_matrix.png").size[0] > 100
 
 
+@pytest.mark.slow
 def test_fpn_decoder_and_frozen_encoder_train(tmp_path):
     run_dir = tmp_path / "run"
     out = train(
@@ -373,6 +376,7 @@ def _write_multilabel(root, n, seed):
     return rows
 
 
+@pytest.mark.slow
 def test_multilabel_from_a_csv_beats_chance_by_a_wide_margin(tmp_path):
     data = tmp_path / "data"
     (data).mkdir()
@@ -407,6 +411,7 @@ def test_multilabel_from_a_csv_beats_chance_by_a_wide_margin(tmp_path):
     assert set(m["per_class"]["best"]["ap"]) == {"blue", "green", "red", "yellow"}
 
 
+@pytest.mark.slow
 def test_binary_task_has_one_output_and_its_metrics(tmp_path):
     from trainer.checkpoint import load_checkpoint
 
@@ -431,6 +436,7 @@ def test_binary_task_has_one_output_and_its_metrics(tmp_path):
     assert (run_dir / "confusion_matrix.png").is_file()
 
 
+@pytest.mark.slow
 def test_multiclass_metrics_per_class_and_confusion_matrix(tmp_path):
     run_dir = tmp_path / "run"
     train(

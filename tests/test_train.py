@@ -134,6 +134,7 @@ def _kill_after_first_checkpoint(args: list[str], cwd: Path) -> Path:
     return found[0].parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how,workers", [("auto", 0), ("path", 2)])
 def test_killed_run_resumes_to_exactly_the_unbroken_result(tmp_path, how, workers):
     args = [
@@ -170,6 +171,7 @@ def test_killed_run_resumes_to_exactly_the_unbroken_result(tmp_path, how, worker
     ]
 
 
+@pytest.mark.slow
 def test_resume_auto_without_an_unfinished_run_starts_fresh(tmp_path):
     proc = train([*TINY, "trainer.epochs=1", "resume=auto"], tmp_path)
     assert "no unfinished run" in proc.stderr
@@ -177,6 +179,7 @@ def test_resume_auto_without_an_unfinished_run_starts_fresh(tmp_path):
     assert metrics(run_dir)["finished"]
 
 
+@pytest.mark.slow
 def test_sweep_writes_a_summary_best_first(tmp_path):
     sweep = tmp_path / "sweep"
     proc = train(["-m", "optimizer.lr=1e-5,3e-3,1e-3", *TINY, "trainer.epochs=2", f"hydra.sweep.dir={sweep}"], tmp_path)
@@ -192,6 +195,7 @@ def test_sweep_writes_a_summary_best_first(tmp_path):
     assert "sweep summary" in proc.stdout
 
 
+@pytest.mark.slow
 def test_digits_with_a_small_model_reaches_a_real_accuracy(tmp_path):
     run_dir = tmp_path / "digits"
     train(
@@ -237,6 +241,7 @@ def test_the_builtin_demo(tmp_path):
     ],
     ids=["bf16-autocast", "accumulate-clip", "frozen-backbone", "plateau-sgd", "onecycle-dice", "step-focal-minloss"],
 )
+@pytest.mark.slow
 def test_training_settings_learn(compose_cfg, tmp_path, overrides):
     from trainer.build import build_run
 
@@ -251,6 +256,7 @@ def test_training_settings_learn(compose_cfg, tmp_path, overrides):
         assert all(not p.requires_grad for n, p in run.model.named_parameters() if n not in run.head_names)
 
 
+@pytest.mark.slow
 def test_evaluate_script_reads_a_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
@@ -281,6 +287,7 @@ def test_a_checkpoint_config_with_a_foreign_target_is_refused():
         check_targets({"loss": {"_target_": "os.system", "command": "touch x"}})
 
 
+@pytest.mark.slow
 def test_imagefolder_run_on_generated_images(tmp_path):
     import numpy as np
     from PIL import Image
@@ -312,6 +319,7 @@ def test_imagefolder_run_on_generated_images(tmp_path):
     assert m["classes"] == ["cat", "dog"] and m["best"] >= 0.9, m["history"]
 
 
+@pytest.mark.slow
 def test_a_failing_sweep_job_is_listed_and_a_rerun_skips_finished_and_resumes_unfinished(tmp_path):
     sweep = tmp_path / "sweep"
     args = [
@@ -355,6 +363,7 @@ def test_a_failing_sweep_job_is_listed_and_a_rerun_skips_finished_and_resumes_un
     assert "failed" in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_sigterm_and_ctrl_c_save_and_resume_exactly(tmp_path, sig):
     args = [*TINY, "trainer.epochs=3", "checkpoint.every_n_steps=2", "data.dataset.train_size=512"]
@@ -382,6 +391,7 @@ def test_sigterm_and_ctrl_c_save_and_resume_exactly(tmp_path, sig):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_keep_last_retention_and_checksums(tmp_path):
     run_dir = tmp_path / "run"
     train(
@@ -409,6 +419,7 @@ def _corrupt(path: Path, how: str) -> None:
         path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["empty", "truncated", "garbage", "flipped"])
 def test_a_broken_checkpoint_gives_a_clear_error_naming_the_file(tmp_path, how):
     run_dir = tmp_path / "run"
@@ -426,6 +437,7 @@ def test_a_broken_checkpoint_gives_a_clear_error_naming_the_file(tmp_path, how):
     ] in err or "is corrupt" in err
 
 
+@pytest.mark.slow
 def test_resume_auto_falls_back_to_the_newest_valid_checkpoint(tmp_path):
     args = [*TINY, "trainer.epochs=3", "checkpoint.every_n_steps=3", "data.dataset.train_size=512"]
     work = tmp_path / "w"
@@ -441,6 +453,7 @@ def test_resume_auto_falls_back_to_the_newest_valid_checkpoint(tmp_path):
     assert metrics(run_dir)["finished"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     import pickle
 
@@ -465,6 +478,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     assert model_weights.returncode == 2 and not marker.exists()
 
 
+@pytest.mark.slow
 def test_export_writes_safetensors_and_json_that_train_can_start_from(tmp_path):
     import json
 
@@ -534,6 +548,7 @@ def halving(optimizer, steps_per_epoch):
 """
 
 
+@pytest.mark.slow
 def test_own_loss_optimizer_and_scheduler_from_a_config_folder_outside_the_package(tmp_path):
     """README: your own parts in your module, named by _target_ in your own YAML, found through hydra.searchpath."""
     (tmp_path / "my_parts.py").write_text(OWN_MODULE)
@@ -653,6 +668,7 @@ def unbroken_kill_run(tmp_path_factory):
     return _final_tensors(root / "run")
 
 
+@pytest.mark.slow
 def test_batches_built_in_pieces_by_two_workers_train_like_one_process(tmp_path, unbroken_kill_run):
     """data.num_workers=2 at batch 32 loads each batch in two pieces joined on the device; the run
     must equal one loaded whole in the main process."""
@@ -672,6 +688,7 @@ def test_batches_built_in_pieces_by_two_workers_train_like_one_process(tmp_path,
     ["epoch:1", "step:13", "save:3", "step:24"],
     ids=["epoch-boundary", "mid-epoch", "during-checkpoint-write", "last-batch"],
 )
+@pytest.mark.slow
 def test_sigkill_at_any_point_then_resume_auto_equals_the_unbroken_run(tmp_path, unbroken_kill_run, point):
     env = offline_env(tmp_path)
     env["TRAINER_FAILPOINT"] = point
@@ -765,6 +782,7 @@ def _resume_cfg(cfg, folder):
     return OmegaConf.merge(cfg, {"resume": str(folder / "checkpoints" / "last.pt")})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["warmup_cosine", "onecycle"])
 def test_extending_a_finished_run_gives_the_new_epochs_a_fresh_schedule(tmp_path, scheduler):
     run_dir = tmp_path / "run"
@@ -804,6 +822,7 @@ def test_fp16_steps_the_scaler_skips_do_not_advance_the_schedule(compose_cfg, tm
     assert run.scheduler.scheduler.last_epoch == run.global_step - 1
 
 
+@pytest.mark.slow
 def test_resume_with_other_classes_is_refused(tmp_path):
     from PIL import Image
 

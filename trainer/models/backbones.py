@@ -29,6 +29,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def imagenet_data_config(crop_pct: float) -> dict[str, Any]:
+    """Input settings of a model without a pretrained config of its own: 224 px, ImageNet mean and std."""
+    return {
+        "input_size": (3, 224, 224),
+        "interpolation": "bilinear",
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "crop_pct": crop_pct,
+    }
+
+
 @dataclass
 class BuiltModel:
     model: nn.Module
@@ -208,14 +219,7 @@ def _build_torchvision(cfg: Any, num_classes: int) -> BuiltModel:
         weights.update(cached_file_info(Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)))
     if wants_file(cfg):
         weights = load_weights(model, str(cfg.weights), head_names, name)
-    data_config = {
-        "input_size": (3, 224, 224),
-        "interpolation": "bilinear",
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-        "crop_pct": 0.875,
-        "crop_mode": "center",
-    }
+    data_config = {**imagenet_data_config(0.875), "crop_mode": "center"}
     return BuiltModel(model, head_names, data_config, weights, head_path)
 
 
@@ -267,13 +271,7 @@ def _build_segmentation(cfg: Any, num_classes: int) -> BuiltModel:
     try:
         data_config = dict(resolve_data_config(model=encoder))
     except Exception:
-        data_config = {
-            "input_size": (3, 224, 224),
-            "interpolation": "bilinear",
-            "mean": IMAGENET_MEAN,
-            "std": IMAGENET_STD,
-            "crop_pct": 1.0,
-        }
+        data_config = imagenet_data_config(1.0)
     head_names = {f"decoder.{n}" for n, _ in decoder.named_parameters()}
     log.info("segmentation model: %s encoder (channels %s) + %s decoder", name, enc_channels, kind)
     return BuiltModel(model, head_names, data_config, weights, "decoder")
