@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -39,8 +41,6 @@ log = logging.getLogger("trainer")
 def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
     """The run a config describes, ready to ``fit()`` (resumed when ``resume`` names a checkpoint)."""
     if run_dir is None:
-        from hydra.core.hydra_config import HydraConfig
-
         run_dir = HydraConfig.get().runtime.output_dir
     # every object the config names must come from an allow-listed package (resume brings configs from files)
     check_targets(cfg, extra=tuple(cfg.get("allow_targets") or ()))
@@ -265,7 +265,6 @@ def resolve_compile(value: Any) -> str | None:
 
 
 def seed_everything(seed: int) -> None:
-    import numpy as np
 
     random.seed(seed)
     np.random.seed(seed % 2**32)

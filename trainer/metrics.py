@@ -16,14 +16,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from PIL import Image, ImageDraw
+from torchmetrics import MetricCollection
+from torchmetrics import classification as tmc
 
 
 class Metrics:
     """``update(logits, target)`` per batch; ``compute()`` -> (scalars, per-class values, confusion matrix)."""
 
     def __init__(self, task: str, num_classes: int, device: torch.device, ignore_index: int | None = None) -> None:
-        from torchmetrics import MetricCollection
-        from torchmetrics import classification as tmc
 
         self.task, self.num_classes = task, num_classes
         common: dict[str, Any] = {"validate_args": False}
@@ -106,7 +107,6 @@ class Metrics:
 
 def confusion_matrix_image(cm: torch.Tensor, classes: list[str], cell: int = 0) -> Any:
     """A PIL image of a confusion matrix: rows true, columns predicted, shaded by row share, counts written."""
-    from PIL import Image, ImageDraw
 
     n = cm.shape[0]
     labels = [str(c) for c in classes] if len(classes) == n else [str(i) for i in range(n)]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from trainer.errors import UserError
+from trainer.models.freeze import layer_ids
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,6 @@ def param_groups(
     """
     ids: dict[str, int] = {}
     if layer_decay is not None:
-        from trainer.models.freeze import layer_ids
-
         ids = layer_ids(model, head_names)
     top = max(ids.values(), default=0)
     buckets: dict[tuple[str, int, bool], list[nn.Parameter]] = {}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from trainer import distributed as dist
 from trainer.data.images import BadImageLog
@@ -383,6 +384,5 @@ class Run(RunState):
 
 
 def _progress(**kwargs: Any) -> Any:
-    from tqdm import tqdm
 
     return tqdm(unit="img", unit_scale=True, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty(), **kwargs)

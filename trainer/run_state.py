@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from trainer import __version__
 from trainer import distributed as dist
@@ -126,8 +127,6 @@ class RunState:
         length (warm-up and decay again), with the optimizer state and weights carried on."""
         planned = state.get("planned_epochs")
         if planned is None and state.get("config"):
-            import yaml
-
             planned = yaml.safe_load(state["config"]).get("trainer", {}).get("epochs")
         if planned is None or int(state["epoch"]) < int(planned) or self.epochs <= int(planned):
             return

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.errors import UserError
+from trainer.models.freeze import apply_freeze, resolve_freeze
+from trainer.optim import param_groups
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +122,6 @@ class StagePlan:
 
     def setup(self, index: int, model: Any, head_names: set[str], steps_per_epoch: int) -> StageSetup:
         """Freeze per the stage, then a fresh optimizer over its trainable parameters and its schedule."""
-        from trainer.models.freeze import apply_freeze, resolve_freeze
-        from trainer.optim import param_groups
 
         st = self.stages[index]
         backbone = {n for n, _ in model.named_parameters() if n not in head_names}

@@ -12,7 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torchvision.utils import make_grid
+
+from trainer.metrics import confusion_matrix_image
 
 log = logging.getLogger("trainer")
 
@@ -64,7 +68,6 @@ class Tracker:
         """The first training batch as TensorBoard sees it, de-normalized (once per run)."""
         if self.images_logged or x.ndim != 4:
             return
-        from torchvision.utils import make_grid
 
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
@@ -83,9 +86,6 @@ class Tracker:
 
     def log_confusion(self, confusion: torch.Tensor, classes: list[str], epoch: int, save_png: bool) -> None:
         """The confusion matrix as a TensorBoard image; as confusion_matrix.png too when it is the best epoch."""
-        import numpy as np
-
-        from trainer.metrics import confusion_matrix_image
 
         img = confusion_matrix_image(confusion, classes)
         self.writer.add_image("val/confusion_matrix", np.asarray(img), epoch, dataformats="HWC")

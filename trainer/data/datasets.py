@@ -7,6 +7,7 @@ A dataset option's ``_target_`` gives uint8 ``(3, H, W)`` images with their targ
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 from collections.abc import Sequence
@@ -177,7 +178,6 @@ def make_fake(
 
 def read_label_csv(path: Path, root: Path) -> tuple[list[str], list[list[str]]]:
     """Rows ``path,labels`` (header optional; labels separated by spaces, may be empty)."""
-    import csv
 
     paths, labels = [], []
     with open(path, newline="") as f:

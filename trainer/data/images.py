@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from trainer.errors import UserError
 
@@ -63,10 +69,6 @@ def decode_rgb(path: str) -> torch.Tensor:
     Grayscale, palette, RGBA/LA (alpha dropped), CMYK and 16-bit images become RGB; 16-bit values
     are scaled to 8 bits. A decompression bomb (more than Pillow's MAX_IMAGE_PIXELS) is refused.
     """
-    import warnings
-
-    import numpy as np
-    from PIL import Image
 
     if path.lower().endswith((".jpg", ".jpeg")):
         fast = _decode_jpeg(path)
@@ -96,9 +98,6 @@ def _jpeg_bytes(path: str) -> tuple[torch.Tensor, int, int] | None:
     """A plain JPEG's bytes as a uint8 tensor with its height and width (from the header, no
     decoding); None when it is not a JPEG of a safe size, for Pillow's path to decode it or name
     the problem."""
-    import io
-
-    from PIL import Image
 
     try:
         data = Path(path).read_bytes()  # read once: Pillow parses the header, libjpeg-turbo decodes
@@ -124,9 +123,6 @@ def _decode_jpeg(path: str) -> torch.Tensor | None:
 
 def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """JPEG bytes to uint8 RGB tensors (3, H, W) on ``device`` (CUDA: nvjpeg, the whole list in one call)."""
-    import warnings
-
-    from torchvision.io import ImageReadMode, decode_jpeg
 
     with warnings.catch_warnings():  # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -184,8 +180,6 @@ class SegmentationImages(ImageSet):
 
 def decode_mask(path: str) -> torch.Tensor:
     """A class-index mask (one channel, value = class) as a uint8 tensor (H, W); BadImage if unreadable."""
-    import numpy as np
-    from PIL import Image
 
     try:
         with Image.open(path) as img:
@@ -222,7 +216,6 @@ class BadImageLog:
 
 def verify_splits(train: ImageSet, val: ImageSet, max_fraction: float) -> None:
     """data.verify=true: decode every image first and list every problem."""
-    import time
 
     t0 = time.perf_counter()
     problems = verify_images(train) + verify_images(val)

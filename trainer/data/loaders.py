@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler, default_collate
 
 from trainer.data.datasets import Splits
 from trainer.data.images import BadImage, FileImages, ImageSet
@@ -65,7 +65,6 @@ class TransformedImages(Dataset):
 
 def collate_skipping_bad(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(images, targets, problems): images that could not be decoded are left out and named."""
-    from torch.utils.data import default_collate
 
     good = [it for it in items if not isinstance(it, BadImage)]
     if good:

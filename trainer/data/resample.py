@@ -8,6 +8,9 @@ import logging
 from typing import Any, NamedTuple
 
 import torch
+from torch.utils.data import default_collate
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from trainer.data.images import BadImage
 from trainer.errors import UserError
@@ -42,7 +45,6 @@ class DeviceGeometry:
     pipeline makes), and the pixels are resampled on the training device after decoding there."""
 
     def __init__(self, pipeline: Any) -> None:
-        from torchvision.transforms import v2
 
         self.steps = list(pipeline.transforms)
         kinds = [type(t) for t in self.steps]
@@ -53,7 +55,6 @@ class DeviceGeometry:
             )
 
     def plan(self, height: int, width: int) -> list[Any]:
-        from torchvision.transforms import v2
 
         size = [torch.empty((3, height, width), dtype=torch.uint8)]  # no pixels: make_params reads the size
         ops: list[Any] = []
@@ -75,7 +76,6 @@ class DeviceGeometry:
 
 def apply_geometry(img: torch.Tensor, ops: list[Any]) -> torch.Tensor:
     """What :meth:`DeviceGeometry.plan` drew, applied with the kernels the v2 pipeline uses."""
-    from torchvision.transforms.v2 import functional as F
 
     for op in ops:
         if op[0] == "resized_crop":
@@ -125,7 +125,6 @@ def _center_anchor(size: int, crop: int) -> int:
 def plan_resample(ops: list[Any], height: int, width: int) -> tuple[str, _AxisPlan, _AxisPlan] | None:
     """What :func:`apply_geometry` would do to an image of this size, as one separable resampling
     per axis (for :func:`resample_batch`); None when it is not one (e.g. nearest interpolation)."""
-    from torchvision.transforms.v2 import functional as F
 
     mode, y, x = None, _AxisPlan(0, height, height, 0, height), _AxisPlan(0, width, width, 0, width)
     for op in ops:
@@ -226,7 +225,6 @@ def resample_batch(
 
 def collate_raw(items: list[Any]) -> RawBatch:
     """``data.decode=device``: undecoded JPEGs and their targets; unreadable files named."""
-    from torch.utils.data import default_collate
 
     good = [it for it in items if not isinstance(it, BadImage)]
     targets = default_collate([t for _, t in good]) if good else torch.empty(0, dtype=torch.long)

@@ -11,6 +11,8 @@ import math
 from typing import Any
 
 import torch
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode, v2
 
 from trainer.data.images import BadImage
 
@@ -43,7 +45,6 @@ def build_transforms(
     Segmentation: the same geometry is applied to the image and its mask (nearest for the mask),
     and evaluation resizes to image_size x image_size without cropping, so every pixel is scored.
     """
-    from torchvision.transforms import InterpolationMode, v2
 
     size = spec["size"]
     interp = (
@@ -91,7 +92,6 @@ class JointTransform:
         self.geometry, self.finish = geometry, finish
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from torchvision import tv_tensors
 
         if image.shape[-2:] != mask.shape[-2:]:
             raise BadImage(f"mask of size {tuple(mask.shape[-2:])} does not match its image {tuple(image.shape[-2:])}")

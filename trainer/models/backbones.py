@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+import torchvision
+from timm.data import resolve_data_config
 from torch import nn
 
 from trainer.errors import UserError
@@ -149,7 +152,6 @@ def init_head(model: nn.Module, head_names: set[str]) -> None:
 def _create_timm(cfg: Any, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """timm.create_model for ``model.name`` with hub weights when asked (offline: the cache only, or a
     clear error); returns the model and where its weights came from."""
-    import timm
 
     name = str(cfg.name)
     hub = bool(cfg.pretrained) and not wants_file(cfg)
@@ -180,7 +182,6 @@ def _create_timm(cfg: Any, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def _build_timm(cfg: Any, num_classes: int) -> BuiltModel:
-    from timm.data import resolve_data_config
 
     name = str(cfg.name)
     model, weights = _create_timm(cfg, num_classes=num_classes, drop_rate=float(cfg.drop_rate))
@@ -194,7 +195,6 @@ def _build_timm(cfg: Any, num_classes: int) -> BuiltModel:
 
 
 def _build_torchvision(cfg: Any, num_classes: int) -> BuiltModel:
-    import torchvision
 
     name = str(cfg.name)
     if name not in torchvision.models.list_models():
@@ -249,7 +249,6 @@ def is_convnet(model: nn.Module) -> bool:
 
 
 def _build_segmentation(cfg: Any, num_classes: int) -> BuiltModel:
-    from timm.data import resolve_data_config
 
     name, kind = str(cfg.name), str(cfg.decoder)
     if str(cfg.source) != "timm":

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 import types
 from typing import Any
 
+from omegaconf import DictConfig, ListConfig
+from timm.models import group_parameters
 from torch import nn
 
 from trainer.errors import UserError
@@ -22,8 +25,6 @@ def model_parts(model: nn.Module, head_names: set[str]) -> dict[str, list[str]]:
     """
     parts: dict[str, list[str]] = {}
     if hasattr(model, "group_matcher"):
-        from timm.models import group_parameters
-
         groups = [
             [n for n in names if n not in head_names]
             for names in group_parameters(model, model.group_matcher(coarse=True)).values()
@@ -40,8 +41,6 @@ def layer_ids(model: nn.Module, head_names: set[str]) -> dict[str, int]:
     """Depth index of every parameter (for layer-wise lr decay); the head is deepest."""
     names = [n for n, _ in model.named_parameters()]
     if hasattr(model, "group_matcher"):
-        from timm.models import group_parameters
-
         ids = {}
         for gid, group in enumerate(group_parameters(model, model.group_matcher(coarse=False)).values()):
             for n in group:
@@ -71,9 +70,6 @@ def resolve_freeze(spec: Any, model: nn.Module, head_names: set[str]) -> set[str
     ``layer1``) | ``{until: part}`` (everything before that part) | ``{regex: pattern}`` or a
     string that names no part (a regex searched in parameter names).
     """
-    import re
-
-    from omegaconf import DictConfig, ListConfig
 
     all_names = [n for n, _ in model.named_parameters()]
     backbone = [n for n in all_names if n not in head_names]
