@@ -155,3 +155,32 @@ def test_config_mistakes_get_one_clear_paragraph_and_exit_2(tmp_path, args, expe
         timeout=60,
     ).returncode
     assert code == 2
+
+
+def test_help_shows_every_group_option_and_the_composed_defaults_with_overrides(tmp_path):
+    from trainer.help import group_options
+
+    proc = train(["--help", "optimizer=sgd", "trainer.epochs=3"], tmp_path)
+    out = proc.stdout
+    for group, options in group_options().items():
+        assert f"{group}: {', '.join(options)}" in out
+    assert "_base" not in out.split("Defaults and every key")[0]  # shared keys are no option
+    assert "_target_: torch.optim.SGD" in out and "epochs: 3" in out and "Examples:" in out
+    bad = train(["--help", "model=resnet99"], tmp_path, check=False)
+    assert bad.returncode == 2 and "Did you mean model=resnet50" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("model.bn=frozen", "finetune.bn"),
+        ("optimizer.backbone_lr_mult=1", "finetune.backbone_lr_mult"),
+        ("scheduler.warmup_epochs=1", None),
+    ],  # warmup_cosine (the default) has its own warmup_epochs
+)
+def test_a_key_that_moved_names_its_new_place(tmp_path, old, new):
+    proc = train([old, "--cfg", "job"], tmp_path, check=False)
+    if new is None:
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode == 2 and f"is now {new}" in proc.stderr and "Traceback" not in proc.stderr

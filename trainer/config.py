@@ -243,10 +243,25 @@ def _no_such_option(e: Exception, overrides: list[str]) -> str:
     )
 
 
+# keys that moved to the node of what they configure
+MOVED_KEYS = {
+    "model.bn": "finetune.bn",
+    "model.cache_features": "finetune.cache_features",
+    "optimizer.backbone_lr_mult": "finetune.backbone_lr_mult",
+    "optimizer.layer_decay": "finetune.layer_decay",
+    "scheduler.interval": "schedule.interval",
+    "scheduler.warmup_epochs": "schedule.warmup_epochs",
+    "optimizer.fused": "+optimizer.fused (passed to the torch optimizer; fused is the default on CUDA)",
+}
+
+
 def _no_such_key(e: Exception, overrides: list[str]) -> str:
     full_key = getattr(e.__cause__, "full_key", None)
     if not full_key:
         return str(e).splitlines()[0]
+    if full_key in MOVED_KEYS:
+        bad = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == full_key), full_key)
+        return f"{bad}: {full_key} is now {MOVED_KEYS[full_key]}; write that instead."
     parent, _, leaf = str(full_key).rpartition(".")
     bad = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == full_key), full_key)
     try:
