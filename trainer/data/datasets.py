@@ -52,8 +52,6 @@ class Splits:
 
 def random_split(n: int, val_split: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices of a random train/val split with a fixed seed (multilabel, segmentation)."""
-    if not 0.0 < float(val_split) < 1.0:
-        raise UserError(f"data.val_split={val_split}: must be between 0 and 1 (e.g. 0.2).")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
     n_val = max(1, int(round(n * float(val_split))))
     if n - n_val < 1:
@@ -65,8 +63,6 @@ def stratified_split(targets: Sequence[int], val_split: float, seed: int) -> tup
     """Indices of a stratified train/val split with a fixed seed."""
     from sklearn.model_selection import train_test_split
 
-    if not 0.0 < float(val_split) < 1.0:
-        raise UserError(f"data.val_split={val_split}: must be between 0 and 1 (e.g. 0.2).")
     idx = list(range(len(targets)))
     try:
         train_idx, val_idx = train_test_split(
