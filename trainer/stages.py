@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from trainer.errors import UserError
@@ -25,9 +25,6 @@ from trainer.models.freeze import apply_freeze, resolve_freeze
 from trainer.optim import param_groups
 
 log = logging.getLogger(__name__)
-
-STAGE_KEYS = {"epochs", "train", "lr", "backbone_lr_mult", "layer_decay", "freeze"}
-
 
 @dataclass(frozen=True)
 class Stage:
@@ -42,6 +39,9 @@ class Stage:
     @property
     def end(self) -> int:
         return self.start + self.epochs
+
+
+STAGE_KEYS = {f.name for f in fields(Stage)} - {"start"}  # what a finetune.stages entry may set
 
 
 def plan_stages(stages: Any, head_epochs: int, total_epochs: int) -> list[Stage]:
