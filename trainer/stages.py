@@ -26,6 +26,7 @@ from trainer.optim import param_groups
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Stage:
     start: int  # first epoch (0-based)
