@@ -22,7 +22,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write through a temporary file, fsync, rename: a reader never sees half a file, a crash leaves the old one."""
     from trainer.failpoints import failpoint
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -52,8 +53,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
-    _atomic_write_bytes(path, data)
-    _atomic_write_bytes(_sidecar(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(_sidecar(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
     _fsync_dir(path.parent)
     return path
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.config import CONF_DIR
+from trainer.config import CONF_DIR, compose_config
 from trainer.errors import UserError
 
 OUTPUTS = Path("outputs")
@@ -65,12 +65,9 @@ def _comparable(cfg: DictConfig) -> dict:
 
 def find_unfinished_run(overrides: list[str], outputs: Path = OUTPUTS) -> Path | None:
     """Newest run under ``outputs`` with a last.pt, not finished, whose config equals this one."""
-    from hydra import compose, initialize_config_dir
-
     from trainer.checkpoint import is_finished
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="train"):
-        wanted = _comparable(compose("train", overrides=overrides))
+    wanted = _comparable(compose_config(overrides))
     candidates = []
     for last in outputs.glob("**/checkpoints/last.pt"):
         run_dir = last.parent.parent

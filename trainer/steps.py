@@ -271,9 +271,9 @@ class LossMeter:
         return mean
 
     def total(self) -> tuple[float, int]:
-        """(sum, count) over the epoch so far."""
-        self._merge()
-        return float(self.sum.item()), self.count
+        """(sum, count) over the epoch so far, read to the host."""
+        total, count = self.totals().tolist()
+        return total, int(count)
 
     def totals(self) -> torch.Tensor:
         """(sum, count) over the epoch as one tensor on the device, to sum over ranks without a sync."""

@@ -6,6 +6,7 @@ time so the loop never asks which rank it is on.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
+from trainer.checkpoint import atomic_write_bytes
 from trainer.metrics import confusion_matrix_image
 
 log = logging.getLogger("trainer")
@@ -33,13 +35,6 @@ def flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = str(v)
     return out
-
-
-def _replace(path: Path, write: Any) -> None:
-    """Write through a temporary file and rename: a reader never sees half a file."""
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    write(tmp)
-    tmp.replace(path)
 
 
 class Tracker:
@@ -90,10 +85,12 @@ class Tracker:
         img = confusion_matrix_image(confusion, classes)
         self.writer.add_image("val/confusion_matrix", np.asarray(img), epoch, dataformats="HWC")
         if save_png:
-            _replace(self.run_dir / "confusion_matrix.png", img.save)
+            png = io.BytesIO()
+            img.save(png, format="PNG")
+            atomic_write_bytes(self.run_dir / "confusion_matrix.png", png.getvalue())
 
     def write_metrics(self, summary: dict[str, Any]) -> None:
-        _replace(self.run_dir / "metrics.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+        atomic_write_bytes(self.run_dir / "metrics.json", json.dumps(summary, indent=2).encode())
 
     def write_hparams(self, last: dict[str, float], best: float | None, epoch: int) -> None:
         from torch.utils.tensorboard.summary import hparams
