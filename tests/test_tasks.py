@@ -494,3 +494,14 @@ def test_segfolder_reads_images_and_masks_by_stem(tmp_path):
 
     with pytest.raises(UserError, match="have no mask of the same name"):
         load_segfolder(str(root), None, 0.2, 0)
+
+
+def test_torch_cross_entropy_as_the_loss_takes_the_data_ignore_index_or_its_own_default(compose_cfg, tmp_path):
+    from trainer.build import build_run
+
+    cfg = compose_cfg(*TINY, "trainer.epochs=1", "finetune.head_epochs=0", "loss._target_=torch.nn.CrossEntropyLoss")
+    run = build_run(cfg, run_dir=tmp_path / "a")
+    assert type(run.loss_fn) is torch.nn.CrossEntropyLoss and run.loss_fn.ignore_index == -100  # torch's default
+    assert run.fit()["finished"]
+    cfg = compose_cfg(*TINY, "loss._target_=torch.nn.CrossEntropyLoss", "data.ignore_index=3")
+    assert build_run(cfg, run_dir=tmp_path / "b").loss_fn.ignore_index == 3

@@ -5,6 +5,7 @@ seed -> device -> data -> model -> loaders -> loss -> stage plan (optimizer, sch
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 from collections.abc import Callable
@@ -171,9 +172,12 @@ def setup_loss(cfg: DictConfig, task: str) -> torch.nn.Module:
     why = loss_fits(None, target, task)
     if why:
         refuse(why)
+    loss_class = get_object(target)
     ignore = cfg.loss.get("ignore_index")
-    runtime = {"task": task, "ignore_index": cfg.data.get("ignore_index") if ignore is None else ignore}
-    loss_fn = instantiate_node(cfg.loss, **runtime_kwargs(get_object(target), runtime))
+    ignore = cfg.data.get("ignore_index") if ignore is None else ignore
+    if ignore is None and "ignore_index" in runtime_kwargs(loss_class, {"ignore_index": None}):
+        ignore = inspect.signature(loss_class).parameters["ignore_index"].default  # torch's own: -100
+    loss_fn = instantiate_node(cfg.loss, **runtime_kwargs(loss_class, {"task": task, "ignore_index": ignore}))
     why = loss_fits(loss_fn, target, task)
     if why:
         refuse(why)
