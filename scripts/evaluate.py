@@ -17,14 +17,16 @@ import torch
 from omegaconf import OmegaConf
 
 from trainer.build import build_run
-from trainer.checkpoint import check_targets, load_checkpoint
+from trainer.checkpoint import load_checkpoint
 from trainer.errors import UserError
+from trainer.targets import check_targets
 
 
-def evaluate_checkpoint(path: str) -> dict:
+def evaluate_checkpoint(path: str, trusted: tuple[str, ...] = ()) -> dict:
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
-    check_targets(cfg, extra=tuple(cfg.get("allow_targets") or ()), where=f"config stored in {path}")
+    cfg.allow_targets = list(trusted)  # a stored list is not trusted: only the one given here
+    check_targets(cfg, extra=trusted, where=f"config stored in {path}")
     cfg.model.pretrained = False  # the checkpoint brings the weights
     cfg.resume = None
     cfg.trainer.device = "cpu" if not torch.cuda.is_available() else cfg.trainer.device
@@ -43,10 +45,16 @@ def evaluate_checkpoint(path: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
+    parser.add_argument(
+        "--allow-targets",
+        nargs="*",
+        default=[],
+        help="packages whose _target_ entries you trust, e.g. my_parts. (a list stored in the run is not trusted)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     try:
-        r = evaluate_checkpoint(args.checkpoint)
+        r = evaluate_checkpoint(args.checkpoint, tuple(args.allow_targets))
     except UserError as e:
         sys.exit(f"error: {e}")
     scalars = "  ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith("val/"))

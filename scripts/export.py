@@ -17,16 +17,18 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from trainer.checkpoint import check_targets, load_checkpoint
+from trainer.checkpoint import load_checkpoint
 from trainer.errors import UserError
+from trainer.targets import check_targets
 
 
-def export(checkpoint: str, out: Path) -> tuple[Path, Path]:
+def export(checkpoint: str, out: Path, trusted: tuple[str, ...] = ()) -> tuple[Path, Path]:
     from safetensors.torch import save_file
 
     state = load_checkpoint(checkpoint)
     cfg = OmegaConf.create(state["config"])
-    check_targets(cfg, extra=tuple(cfg.get("allow_targets") or ()), where=f"config stored in {checkpoint}")
+    cfg.allow_targets = list(trusted)  # a stored list is not trusted: only the one given here
+    check_targets(cfg, extra=trusted, where=f"config stored in {checkpoint}")
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "model.safetensors"
     tensors = {k: v.contiguous() for k, v in state["model"].items()}
@@ -54,11 +56,17 @@ def export(checkpoint: str, out: Path) -> tuple[Path, Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
+    ap.add_argument(
+        "--allow-targets",
+        nargs="*",
+        default=[],
+        help="packages whose _target_ entries you trust, e.g. my_parts. (a list stored in the run is not trusted)",
+    )
     ap.add_argument("--out", default=None, help="output folder (default: <run>/export)")
     args = ap.parse_args()
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "export"
     try:
-        weights, meta = export(args.checkpoint, out)
+        weights, meta = export(args.checkpoint, out, tuple(args.allow_targets))
     except UserError as e:
         sys.exit(f"error: {e}")
     print(f"wrote {weights} and {meta}")

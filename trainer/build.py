@@ -20,7 +20,6 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from trainer import distributed as dist
-from trainer.checkpoint import check_targets
 from trainer.config import check_run, resolve_monitor, validate_config
 from trainer.data.datasets import Splits
 from trainer.data.images import BadImageLog, verify_splits
@@ -34,6 +33,7 @@ from trainer.optim import build_optimizer, runtime_kwargs
 from trainer.run import Run, Settings
 from trainer.schedules import Schedule, build_schedule
 from trainer.stages import StagePlan, plan_stages
+from trainer.targets import check_targets
 from trainer.tracking import NullTracker, Tracker, flat_hparams
 
 log = logging.getLogger("trainer")

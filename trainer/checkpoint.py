@@ -208,31 +208,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-SAFE_TARGET_PREFIXES = ("torch.", "torchvision.", "timm.", "trainer.")
-
-
-def check_targets(cfg: Any, extra: tuple[str, ...] = (), where: str = "config") -> None:
-    """Refuse a config whose ``_target_`` is not allow-listed: torch., torchvision., timm., trainer.,
-    plus the prefixes in ``extra`` (a user's ``allow_targets``)."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    allowed = SAFE_TARGET_PREFIXES + tuple(str(p) for p in extra)
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, (DictConfig, dict)):
-            items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()
-            for k, v in items:
-                if k == "_target_" and not str(v).startswith(allowed):
-                    raise UserError(
-                        f"{where}: {path}_target_={v!r} is not allowed to be built (allowed "
-                        f"prefixes: {', '.join(allowed)}). If it is your own code, add its "
-                        f"package to allow_targets, e.g. 'allow_targets=[{str(v).split('.')[0]}.]'."
-                    )
-                walk(v, f"{path}{k}.")
-        elif isinstance(node, (ListConfig, list)):
-            for i, v in enumerate(node):
-                walk(v, f"{path}{i}.")
-
-    walk(cfg if not isinstance(cfg, str) else OmegaConf.create(cfg), "")

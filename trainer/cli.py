@@ -82,6 +82,26 @@ def find_unfinished_run(overrides: list[str], outputs: Path = OUTPUTS) -> Path |
     return max(candidates)[1] if candidates else None
 
 
+def trusted_overrides(stored: object, source: Path) -> list[str]:
+    """A run folder's stored overrides, less what may not come from a file someone else could have
+    written: Hydra's own settings (callbacks, search path, launcher) and ``allow_targets``, which only
+    the command line grants. Every ``_target_`` in the rest is checked when the run is built."""
+    if not isinstance(stored, list) or not all(isinstance(o, str) for o in stored):
+        raise UserError(f"{source} is not a list of overrides (key=value strings); resume from a checkpoint file.")
+    kept = []
+    for o in stored:
+        key = _key(o)
+        if key.startswith("hydra") or key == "allow_targets":
+            print(
+                f"resume: not taking {o!r} from {source} (only the command line may set it; "
+                "give it again there if you trust it)",
+                file=sys.stderr,
+            )
+            continue
+        kept.append(o)
+    return kept
+
+
 def resolve_resume(argv: list[str]) -> list[str]:
     """Turn ``resume=auto|PATH`` into the checkpoint to load and that run's own folder.
 
@@ -133,7 +153,7 @@ def resolve_resume(argv: list[str]) -> list[str]:
         saved = run_dir_of(ckpt) / ".hydra" / "overrides.yaml"
         old = yaml.safe_load(saved.read_text()) if saved.is_file() else []
         new_keys = {_key(o) for o in overrides}
-        merged = [o for o in old or [] if _key(o) not in new_keys | {"resume"}] + overrides
+        merged = [o for o in trusted_overrides(old, saved) if _key(o) not in new_keys | {"resume"}] + overrides
     run_dir = run_dir_of(ckpt).resolve()
     print(f"resuming {ckpt} in {run_dir}", file=sys.stderr)
     return flags + merged + [f"resume={_quote(str(ckpt.resolve()))}", f"hydra.run.dir={_quote(str(run_dir))}"]

@@ -16,6 +16,7 @@ import torch
 
 from trainer.errors import UserError
 from trainer.optim import runtime_kwargs
+from trainer.targets import buildable
 
 
 def build_schedule(
@@ -63,6 +64,7 @@ class WarmupCosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@buildable
 def warmup_cosine(
     optimizer: torch.optim.Optimizer,
     total_steps: int,
@@ -75,6 +77,7 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, warmup, min_lr_ratio))
 
 
+@buildable
 def cosine(
     optimizer: torch.optim.Optimizer, total_steps: int, eta_min: float = 0.0
 ) -> torch.optim.lr_scheduler.CosineAnnealingLR:
@@ -82,6 +85,7 @@ def cosine(
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps), eta_min=eta_min)
 
 
+@buildable
 def onecycle(
     optimizer: torch.optim.Optimizer,
     total_steps: int,
@@ -142,6 +146,7 @@ class LambdaRule:
         return 1.0
 
 
+@buildable
 def lambda_rule(
     optimizer: torch.optim.Optimizer,
     total_steps: int,
@@ -165,11 +170,13 @@ class ConstantFactor:
         return self.factor
 
 
+@buildable
 def multiplicative(optimizer: torch.optim.Optimizer, factor: float = 0.95) -> torch.optim.lr_scheduler.MultiplicativeLR:
     """lr x factor at every step of the schedule (per epoch with interval: epoch)."""
     return torch.optim.lr_scheduler.MultiplicativeLR(optimizer, ConstantFactor(factor))
 
 
+@buildable
 def cosine_warm_restarts(
     optimizer: torch.optim.Optimizer,
     steps_per_epoch: int,
@@ -183,6 +190,7 @@ def cosine_warm_restarts(
     )
 
 
+@buildable
 def cyclic(
     optimizer: torch.optim.Optimizer,
     steps_per_epoch: int,
@@ -204,6 +212,7 @@ def cyclic(
     )
 
 
+@buildable
 def polynomial(
     optimizer: torch.optim.Optimizer, total_steps: int, power: float = 1.0
 ) -> torch.optim.lr_scheduler.PolynomialLR:

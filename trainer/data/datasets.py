@@ -27,6 +27,7 @@ from trainer.data.images import (
     decode_mask,
 )
 from trainer.errors import UserError
+from trainer.targets import buildable
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def stratified_split(targets: Sequence[int], val_split: float, seed: int) -> tup
     return sorted(train_idx), sorted(val_idx)
 
 
+@buildable
 def load_digits(val_split: float = 0.2, seed: int = 0) -> Splits:
     """scikit-learn's 8x8 digits (1,797 real images, 10 classes), stratified split."""
     from sklearn.datasets import load_digits as sk_digits
@@ -99,6 +101,7 @@ def _scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int]]:
     return classes, paths, targets
 
 
+@buildable
 def load_imagefolder(root: str, val_split: float = 0.2, seed: int = 0, task: str = "multiclass") -> Splits:
     """``root/train/<class>/*`` and ``root/val/<class>/*``, or ``root/<class>/*`` split by val_split."""
     base = Path(str(root)).expanduser()
@@ -143,6 +146,7 @@ def load_imagefolder(root: str, val_split: float = 0.2, seed: int = 0, task: str
     )
 
 
+@buildable
 def make_fake(
     num_classes: int = 4,
     train_size: int = 256,
@@ -190,6 +194,7 @@ def read_label_csv(path: Path, root: Path) -> tuple[list[str], list[list[str]]]:
     return paths, labels
 
 
+@buildable
 def load_multilabel_csv(
     csv: str, root: str | None = None, val_csv: str | None = None, val_split: float = 0.2, seed: int = 0
 ) -> Splits:
@@ -239,6 +244,7 @@ def _pairs(images_dir: Path, masks_dir: Path) -> tuple[list[str], list[str]]:
     return [str(f) for f in images], [str(masks[f.stem]) for f in images]
 
 
+@buildable
 def load_segfolder(root: str, classes: Sequence[str] | None = None, val_split: float = 0.2, seed: int = 0) -> Splits:
     """``root/images/*`` with ``root/masks/<same stem>.png`` (class-index PNGs), split by val_split; or
     ``root/train/{images,masks}`` and ``root/val/{images,masks}``. ``classes``: names by index (null:
@@ -284,6 +290,7 @@ def load_segfolder(root: str, classes: Sequence[str] | None = None, val_split: f
     return Splits(SegmentationImages(tr_i, tr_m), SegmentationImages(va_i, va_m), names, "segmentation")
 
 
+@buildable
 def make_shapes(train_size: int = 256, val_size: int = 64, image_size: int = 64, seed: int = 0) -> Splits:
     """Generated segmentation data: squares and discs (each class its own colour, jittered) on noise."""
     g = torch.Generator().manual_seed(int(seed) + 777)

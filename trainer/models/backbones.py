@@ -24,6 +24,7 @@ from trainer.models.weights import (
     timm_cached_file,
     wants_file,
 )
+from trainer.targets import buildable
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class ModelSpec:
     freeze: Any = "none"
 
 
+@buildable
 def create_model(*, num_classes: int, task: str = "multiclass", **keys: Any) -> BuiltModel:
     """The model option's ``_target_`` (a ``_partial_``): the data supplies ``num_classes`` and ``task``."""
     cfg = ModelSpec(**keys)

@@ -1,0 +1,211 @@
+"""A config from a file someone else wrote must never run code: stored overrides, a checkpoint's
+embedded config, the command line. Each payload would create a marker file if it were built."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, TINY, train
+from omegaconf import OmegaConf
+
+from trainer.errors import UserError
+
+
+class _Touch:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def payloads(tmp_path) -> dict[str, dict]:
+    """Name -> a config node that creates ``tmp_path/marker`` when Hydra instantiates it."""
+    marker = str(tmp_path / "marker")
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(_Touch(marker)))
+    hub = tmp_path / "hubrepo"
+    hub.mkdir(exist_ok=True)
+    (hub / "hubconf.py").write_text(f"open({marker!r}, 'w')\ndef x():\n    return None\n")
+    (tmp_path / "evilmod.py").write_text(f"open({marker!r}, 'w')\n")
+    touch = {"_target_": "os.system", "command": f"touch {marker}"}
+    return {
+        "torch.load": {"_target_": "torch.load", "f": str(evil), "weights_only": False},
+        "torch.hub.load": {"_target_": "torch.hub.load", "repo_or_dir": str(hub), "model": "x", "source": "local"},
+        "torch.jit.load": {"_target_": "torch.jit.load", "f": str(evil)},
+        "torch.save": {"_target_": "torch.save", "obj": 1, "f": marker},
+        "os.system": touch,
+        "subprocess.Popen": {"_target_": "subprocess.Popen", "args": ["touch", marker]},
+        "builtins.exec": {"_target_": "builtins.exec", "_args_": [f"open({marker!r}, 'w')"]},
+        "importlib.import_module": {"_target_": "importlib.import_module", "name": "evilmod"},
+        "pickle.loads": {"_target_": "pickle.loads", "data": "x"},
+        "hydra.utils.call": {"_target_": "hydra.utils.call", "config": touch},
+        "functools.partial": {
+            "_target_": "functools.partial",
+            "_args_": [{"_target_": "hydra.utils.get_method", "path": "os.system"}, f"touch {marker}"],
+        },
+        "_partial_ torch.save": {"_target_": "torch.save", "_partial_": True, "obj": 1, "f": marker},
+        "nested in _args_": {"_target_": "torch.nn.Sequential", "_args_": [touch]},
+        "interpolated target": {"_target_": "${oc.decode:'torch.save'}", "obj": 1, "f": marker},
+    }
+
+
+NAMES = [
+    "torch.load",
+    "torch.hub.load",
+    "torch.jit.load",
+    "torch.save",
+    "os.system",
+    "subprocess.Popen",
+    "builtins.exec",
+    "importlib.import_module",
+    "pickle.loads",
+    "hydra.utils.call",
+    "functools.partial",
+    "_partial_ torch.save",
+    "nested in _args_",
+    "interpolated target",
+]
+
+
+def _hydra_value(v) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_hydra_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_hydra_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return str(v)
+    return f'"{v}"'
+
+
+def _override(node: dict) -> str:
+    """The payload as a command-line override of loss.weight, in Hydra's override grammar."""
+    return "loss.weight=" + _hydra_value(node)
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def _build(overrides: list[str], run_dir):
+    from trainer.build import build_run
+    from trainer.config import compose_config
+
+    return build_run(compose_config(overrides), run_dir=run_dir)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_payload_on_the_command_line_is_refused_and_nothing_runs(in_tmp, name):
+    node = payloads(in_tmp)[name]
+    with pytest.raises(UserError, match="is not allowed to be built"):
+        _build([*TINY, _override(node)], in_tmp / "run")
+    assert not (in_tmp / "marker").exists()
+    assert "evilmod" not in sys.modules
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_payload_in_a_run_folders_stored_overrides_is_refused(in_tmp, name):
+    from trainer.cli import resolve_resume
+
+    run = in_tmp / "shared_run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"not read before the check")
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*TINY, _override(payloads(in_tmp)[name])]))
+    argv = resolve_resume([f"resume={run}"])
+    overrides = [a for a in argv if not a.startswith(("resume=", "hydra."))]
+    with pytest.raises(UserError, match="is not allowed to be built"):
+        _build(overrides, run)
+    assert not (in_tmp / "marker").exists()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_payload_in_a_checkpoints_embedded_config_is_refused(in_tmp, name):
+    from trainer.config import compose_config
+
+    evaluate_checkpoint = _script("evaluate").evaluate_checkpoint
+    export = _script("export").export
+
+    cfg = compose_config(TINY)
+    cfg.loss.weight = OmegaConf.create(payloads(in_tmp)[name])
+    ckpt = in_tmp / "best.pt"
+    torch.save({"model": {}, "epoch": 1, "classes": ["a", "b"], "config": OmegaConf.to_yaml(cfg)}, ckpt)
+    with pytest.raises(UserError, match="is not allowed to be built"):
+        evaluate_checkpoint(str(ckpt))
+    with pytest.raises(UserError, match="is not allowed to be built"):
+        export(str(ckpt), in_tmp / "export")
+    assert not (in_tmp / "marker").exists()
+
+
+def test_allow_targets_stored_in_a_run_folder_is_not_trusted(in_tmp, capsys):
+    from trainer.cli import resolve_resume
+
+    run = in_tmp / "shared_run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    stored = [*TINY, "allow_targets=[os.]", "+hydra.callbacks.x._target_=os.system", "loss._target_=os.system"]
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(stored))
+    argv = resolve_resume([f"resume={run}"])
+    assert not any(a.startswith(("allow_targets", "+hydra.callbacks")) for a in argv)
+    assert "not taking 'allow_targets=[os.]'" in capsys.readouterr().err
+
+
+def test_what_a_config_may_build():
+    from trainer.targets import check_targets, why_refused
+
+    for ok in (
+        "torch.optim.SGD",
+        "torch.optim.lr_scheduler.StepLR",
+        "torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "torch.nn.CrossEntropyLoss",
+        "trainer.losses.DiceLoss",
+        "trainer.schedules.warmup_cosine",
+        "trainer.data.datasets.load_imagefolder",
+        "trainer.models.create_model",
+        "torchvision.transforms.v2.RandomResizedCrop",
+    ):
+        assert why_refused(ok) is None, ok
+    for bad in (
+        "trainer.checkpoint.atomic_write_bytes",  # ours, but it writes files
+        "torchvision.datasets.CIFAR10",  # unpickles the files under its root
+        "timm.create_model",  # loads pretrained files named in its arguments
+        "torch.jit.ScriptModule",
+        "trainer.__main__.main",  # importing it would run the command
+    ):
+        assert why_refused(bad) is not None, bad
+    check_targets({"loss": {"_target_": "my_pkg.MyLoss"}}, extra=("my_pkg.",))
+
+
+@pytest.mark.slow
+def test_resuming_a_doctored_run_folder_runs_nothing(tmp_path):
+    """The reported case, through the real command: a shared run folder whose stored overrides
+    load a pickle with torch.load(weights_only=False)."""
+    run = tmp_path / "run"
+    train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
+    evil = payloads(tmp_path)["torch.load"]
+    stored = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*stored, _override(evil)]))
+    proc = train([f"resume={run}", "trainer.epochs=2"], tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out
+    assert "'torch.load' is not allowed to be built" in out
+    assert not (tmp_path / "marker").exists()
