@@ -209,3 +209,62 @@ def test_resuming_a_doctored_run_folder_runs_nothing(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in out, out
     assert "'torch.load' is not allowed to be built" in out
     assert not (tmp_path / "marker").exists()
+
+
+def _flip_a_tensor_byte(path, tensor) -> None:
+    """Change one byte inside ``tensor``'s data in the file (same size: only a digest can tell)."""
+    data = path.read_bytes()
+    raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    at = data.find(raw)
+    assert at > 0, "tensor bytes not found in the file"
+    i = at + len(raw) // 2
+    path.write_bytes(data[:i] + bytes([data[i] ^ 0x10]) + data[i + 1 :])
+
+
+def test_a_checkpoint_carries_its_own_digest(tmp_path):
+    from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint
+
+    w = torch.randn(64, 32)
+    state = {
+        "model": {"w": w, "b16": torch.ones(3, dtype=torch.bfloat16), "n": torch.tensor(3)},
+        "epoch": 2,
+        "rng": rng_state(),
+        "history": [{"val/acc": 0.5}],
+        "classes": ("a", "b"),
+    }
+    path = save_checkpoint(state, tmp_path / "run" / "checkpoints" / "last.pt")
+    assert torch.equal(load_checkpoint(path)["model"]["w"], w)  # the digest matches after a round trip
+    copy = tmp_path / "elsewhere.pt"  # copied without its .sha256 file, as users do
+    copy.write_bytes(path.read_bytes())
+    _flip_a_tensor_byte(copy, w)
+    with pytest.raises(UserError, match=f"checkpoint '{copy}' is corrupt: its contents do not match the digest"):
+        load_checkpoint(copy)
+    from trainer.models.weights import read_state_dict
+
+    with pytest.raises(UserError, match="is corrupt"):
+        read_state_dict(copy)
+
+
+@pytest.mark.slow
+def test_a_flipped_byte_without_a_sidecar_is_refused_and_resume_auto_falls_back(tmp_path):
+    from trainer.checkpoint import load_checkpoint
+
+    args = [*TINY, "trainer.epochs=1", "checkpoint.every_n_steps=2"]
+    run = tmp_path / "outputs" / "run"
+    train([*args, f"hydra.run.dir={run}"], tmp_path)
+    last = run / "checkpoints" / "last.pt"
+    weight = max(load_checkpoint(last)["model"].values(), key=lambda t: t.numel())
+    copy = tmp_path / "copied.pt"
+    copy.write_bytes(last.read_bytes())
+    _flip_a_tensor_byte(copy, weight)
+    for given in ([f"resume={copy}"], [f"model.weights={copy}", "model.pretrained=true"]):
+        proc = train([*TINY, *given, "trainer.epochs=2"], tmp_path, check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and str(copy) in out and "is corrupt" in out and "Traceback" not in out, out
+    # in the run folder, a corrupt last.pt whose sidecar is gone: resume=auto takes the newest valid one
+    (run / "metrics.json").unlink()  # not finished, so resume=auto considers it
+    last.unlink()
+    (run / "checkpoints" / "last.pt.sha256").unlink()
+    copy.rename(last)
+    proc = train([*args, "resume=auto"], tmp_path)
+    assert "falling back to the newest valid checkpoint" in proc.stderr and "is corrupt" in proc.stderr

@@ -43,15 +43,46 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+DIGEST_KEY = "digest"
+
+
+def state_digest(state: Any) -> str:
+    """sha256 over everything a checkpoint holds (every tensor's bytes, dtype and shape, every other
+    value's repr, with its key path), so that the file can vouch for itself wherever it is copied."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, torch.Tensor):
+            t = node.detach().cpu().contiguous()
+            h.update(f"{path}:{t.dtype}:{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                if not (path == "" and k == DIGEST_KEY):
+                    walk(v, f"{path}/{k}")
+        elif isinstance(node, (list, tuple)):
+            h.update(f"{path}:{type(node).__name__}{len(node)}:".encode())
+            for i, v in enumerate(node):
+                walk(v, f"{path}/{i}")
+        else:
+            h.update(f"{path}={node!r};".encode())
+
+    walk(state, "")
+    return h.hexdigest()
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` atomically (temp file, fsync, rename), then its sha256 beside it (written last)."""
+    """Write ``state`` with its own digest inside, atomically (temp file, fsync, rename), then the
+    file's sha256 beside it (written last; a quick check while the file stays in its run folder)."""
     import hashlib
     import io
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save({**state, DIGEST_KEY: state_digest(state)}, buf)
     data = buf.getvalue()
     atomic_write_bytes(path, data)
     atomic_write_bytes(_sidecar(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
@@ -135,7 +166,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {str(path)!r} is not a training checkpoint of this tool "
             "(no model/epoch entries). To start from its weights, use model.weights=PATH."
         )
+    verify_digest(state, str(path))
     return state
+
+
+def verify_digest(state: dict[str, Any], where: str) -> None:
+    """Compare a checkpoint's contents with the digest saved inside it (files older than the digest have none)."""
+    expected = state.get(DIGEST_KEY)
+    if expected is not None and state_digest(state) != expected:
+        raise UserError(
+            f"checkpoint {where!r} is corrupt: its contents do not match the digest saved inside it "
+            "(bytes changed since it was written: a bad copy, disk or transfer). Resume from another "
+            "checkpoint of the run, or with resume=auto, which picks the newest valid one."
+        )
 
 
 def newest_valid_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from trainer.checkpoint import DIGEST_KEY, verify_digest
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{str(e).splitlines()[0][:200]}). Nothing in it was run. It must be a state_dict saved with "
             "torch.save (plain tensors) or safetensors."
         ) from None
+    if isinstance(obj, dict) and DIGEST_KEY in obj:  # one of our checkpoints: it vouches for itself
+        verify_digest(obj, str(path))
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "model_state_dict"):
             if isinstance(obj.get(key), dict):
