@@ -35,12 +35,14 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def train(args: list[str], cwd: Path, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real `train` command (as `python -m trainer`) in ``cwd``."""
+def train(
+    args: list[str], cwd: Path, timeout: float = 300, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real `train` command (as `python -m trainer`) in ``cwd`` (``env``: added variables)."""
     proc = subprocess.run(
         [sys.executable, "-m", "trainer", *args],
         cwd=cwd,
-        env=offline_env(cwd),
+        env={**offline_env(cwd), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -3,6 +3,7 @@ embedded config, the command line. Each payload would create a marker file if it
 
 from __future__ import annotations
 
+import json
 import pickle
 import sys
 
@@ -268,3 +269,18 @@ def test_a_flipped_byte_without_a_sidecar_is_refused_and_resume_auto_falls_back(
     copy.rename(last)
     proc = train([*args, "resume=auto"], tmp_path)
     assert "falling back to the newest valid checkpoint" in proc.stderr and "is corrupt" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_job_that_crashes_is_recorded_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "trainer.epochs=1", "optimizer.lr=1e-3,2e-3", f"hydra.sweep.dir={sweep}"]
+    proc = train(args, tmp_path, check=False, env={"TRAINER_FAILPOINT": "crash:3", "TRAINER_FAILPOINT_JOB": "0"})
+    assert proc.returncode == 3 and "1 job(s) of the sweep failed" in proc.stderr, proc.stderr[-3000:]
+    import csv
+
+    rows = {r["run_dir"].split("/")[-1]: r for r in csv.DictReader(open(sweep / "summary.csv"))}
+    assert rows["1"]["status"] == "finished"
+    assert rows["0"]["status"] == "failed" and rows["0"]["error"] == "RuntimeError: failpoint crash"
+    assert "Traceback" in (sweep / "0" / "error.log").read_text()  # the details, in the job's folder
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["log"] == str(sweep / "0" / "error.log")

@@ -43,10 +43,16 @@ def test_parallel_sweep_runs_jobs_at_once_in_their_own_processes(tmp_path):
             f"hydra.sweep.dir={sweep}",
         ],
         tmp_path,
+        check=False,
+        env={"TRAINER_FAILPOINT": "oom:2", "TRAINER_FAILPOINT_JOB": "1"},  # job 1 runs out of memory at step 2
     )
     assert "Joblib.Parallel(n_jobs=2" in out.stdout + out.stderr
-    rows = _check_summary(sweep, 2)
-    assert {r["status"] for r in rows} == {"finished"}
+    assert out.returncode == 3 and "Traceback" not in out.stdout + out.stderr, out.stderr[-3000:]
+    rows = {r["run_dir"].split("/")[-1]: r for r in _check_summary(sweep, 2)}
+    assert rows["0"]["status"] == "finished"
+    assert rows["1"]["status"] == "failed" and rows["1"]["error"].startswith(
+        "out of memory on cpu at data.batch_size=32"
+    )
     pids = {json.loads((sweep / j / "metrics.json").read_text())["pid"] for j in ("0", "1")}
     assert len(pids) == 2  # two worker processes
     assert "on 1 CPU threads" in (sweep / "0" / "train.log").read_text()  # 2 cores shared by 2 jobs
@@ -72,7 +78,9 @@ def test_optuna_search_survives_failing_trials(tmp_path):
         ],
         tmp_path,
         timeout=600,
+        check=False,
     )
+    assert out.returncode == 3, out.stderr[-3000:]  # trials failed: said by the exit code, after the summary
     rows = _check_summary(sweep, 3)
     statuses = [r["status"] for r in rows]
     assert "finished" in statuses and "failed" in statuses, out.stdout[-2000:]

@@ -340,7 +340,9 @@ def test_a_failing_sweep_job_is_listed_and_a_rerun_skips_finished_and_resumes_un
     assert not (sweep / "2" / "metrics.json").exists() or not metrics(sweep / "2")["finished"]
     finished_at = (sweep / "1" / "checkpoints" / "last.pt").stat().st_mtime_ns
 
-    out = train(args, tmp_path)
+    out = train(args, tmp_path, check=False)
+    assert out.returncode == 3, out.stderr[-2000:]  # the summary is written, and the exit code says a job failed
+    assert "1 job(s) of the sweep failed" in out.stderr
     assert (sweep / "1" / "checkpoints" / "last.pt").stat().st_mtime_ns == finished_at, "finished job re-run"
     assert "already finished" in (sweep / "1" / "train.log").read_text()
     assert "resumed from" in (sweep / "2" / "train.log").read_text()

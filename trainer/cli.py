@@ -173,7 +173,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         log.error("error: %s", e)
         if multirun:  # one bad job must not end the sweep; the summary marks it failed
             _mark_failed(Path(out_dir), str(e))
-            return None
+            return float("nan")  # a search sweeper records a failed trial and goes on
         sys.exit(2)
     except KeyboardInterrupt:
         log.error(
@@ -193,6 +193,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 out_dir,
             )
             sys.exit(1)
+        if multirun and not isinstance(e, RunInterrupted):
+            return _job_crashed(Path(out_dir), e)
         if not isinstance(e, RunInterrupted):
             raise
         log.warning("%s", e)
@@ -215,6 +217,11 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path) -> float | None:
         if previous is not None:
             cfg.resume = str(previous)
     if multirun:
+        from hydra.core.hydra_config import HydraConfig
+
+        from trainer import failpoints
+
+        failpoints.job = int(HydraConfig.get().job.num)
         _share_the_machine(cfg)
     try:
         summary = build_run(cfg).fit()
@@ -304,11 +311,35 @@ def _previous_sweep_job(job_dir: Path, cfg: DictConfig) -> dict | Path | None:
     return metrics if metrics.get("finished") else last
 
 
-def _mark_failed(job_dir: Path, error: str) -> None:
+def _mark_failed(job_dir: Path, error: str, log_file: Path | None = None) -> None:
     import json
+    import os
 
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / "metrics.json").write_text(json.dumps({"finished": False, "status": "failed", "error": error}, indent=2))
+    path = job_dir / "metrics.json"
+    try:  # keep the epochs it did finish
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    record.update(finished=False, status="failed", error=error, log=str(log_file or job_dir / "train.log"))
+    record.setdefault("pid", os.getpid())
+    path.write_text(json.dumps(record, indent=2))
+
+
+def _job_crashed(job_dir: Path, e: BaseException) -> float:
+    """A sweep job that failed in building, training or evaluating (out of memory included): its
+    traceback goes to error.log, one line to the summary, and the sweep goes on."""
+    import traceback
+
+    job_dir.mkdir(parents=True, exist_ok=True)
+    error_log = job_dir / "error.log"
+    error_log.write_text("".join(traceback.format_exception(e)))
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    line = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    log.error("job failed: %s (traceback in %s); the sweep goes on", line, error_log)
+    _mark_failed(job_dir, line, error_log)
+    _release_memory()
+    return float("nan")
 
 
 def main() -> None:
@@ -353,6 +384,11 @@ def main() -> None:
         from trainer import distributed
 
         distributed.shutdown()
+    from trainer.sweep import FAILED_JOBS
+
+    if FAILED_JOBS:  # the summary is written; the exit code tells scripts that not every job finished
+        print(f"error: {len(FAILED_JOBS)} job(s) of the sweep failed: {', '.join(FAILED_JOBS)}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Fault injection for crash tests: ``TRAINER_FAILPOINT=<point>:<n>`` kills this process with SIGKILL
 the n-th time it reaches that point. Points: ``step`` (after an optimizer step), ``save`` (a
 checkpoint's bytes written, before its rename), ``epoch`` (after an epoch's checkpoint).
+``oom:<n>`` raises torch.OutOfMemoryError and ``crash:<n>`` a RuntimeError at the n-th ``step`` instead of killing;
+``TRAINER_FAILPOINT_JOB=j`` limits any point to job j of a sweep.
 Under torchrun, ``TRAINER_FAILPOINT_RANK=r`` limits it to rank r, and it fires in the first attempt
 only (not after torchrun restarted the workers). Unset (always, outside tests) it does nothing."""
 
@@ -11,13 +13,17 @@ import signal
 
 _SPEC = os.environ.get("TRAINER_FAILPOINT", "")
 _counts: dict[str, int] = {}
+job: int | None = None  # this process's job number in a sweep (set by the CLI)
 
 
 def failpoint(point: str) -> None:
     if not _SPEC:
         return
     name, _, nth = _SPEC.partition(":")
-    if name != point:
+    if name != point and not (name in ("oom", "crash") and point == "step"):
+        return
+    only_job = os.environ.get("TRAINER_FAILPOINT_JOB")
+    if only_job is not None and str(job) != only_job:
         return
     only_rank = os.environ.get("TRAINER_FAILPOINT_RANK")
     if only_rank is not None and os.environ.get("RANK", "0") != only_rank:
@@ -26,4 +32,10 @@ def failpoint(point: str) -> None:
         return
     _counts[point] = _counts.get(point, 0) + 1
     if _counts[point] == int(nth or 1):
+        if name == "oom":
+            import torch
+
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (failpoint)")
+        if name == "crash":
+            raise RuntimeError("failpoint crash")
         os.kill(os.getpid(), signal.SIGKILL)

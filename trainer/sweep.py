@@ -65,6 +65,9 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# jobs of the multirun that just ended with status failed (the `train` command exits 3 when there are any)
+FAILED_JOBS: list[str] = []
+
 COLUMNS = ["rank", "swept", "monitor", "best", "best_epoch", "status", "error", "run_dir", "overrides"]
 
 
@@ -100,6 +103,7 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir():
             return
         rows = write_summary(sweep_dir)
+        FAILED_JOBS[:] = [r["run_dir"] for r in rows if r["status"] == "failed"]
         print(
             f"\nsweep summary ({len(rows)} runs, best first): {sweep_dir}/summary.md"
             + (f", plot: {sweep_dir}/summary.png" if (sweep_dir / "summary.png").is_file() else "")
