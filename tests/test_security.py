@@ -284,3 +284,57 @@ def test_a_job_that_crashes_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert rows["0"]["status"] == "failed" and rows["0"]["error"] == "RuntimeError: failpoint crash"
     assert "Traceback" in (sweep / "0" / "error.log").read_text()  # the details, in the job's folder
     assert json.loads((sweep / "0" / "metrics.json").read_text())["log"] == str(sweep / "0" / "error.log")
+
+
+def _snapshot(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_second_run_in_a_folder_in_use_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from conftest import offline_env
+
+    run = tmp_path / "X"
+    args = [*TINY, "trainer.epochs=30", "data.dataset.train_size=512", f"hydra.run.dir={run}"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "trainer", *args, "seed=0"],
+        cwd=tmp_path,
+        env=offline_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (run / "checkpoints" / "last.pt").exists():
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before the test could overlap it"
+        before = (run / ".hydra" / "config.yaml").read_bytes()
+        second = train([*args, "seed=1", "trainer.epochs=1"], tmp_path, check=False)
+        out = second.stdout + second.stderr
+        assert second.returncode == 2 and "Traceback" not in out, out
+        assert f"run folder '{run}' is in use by process {first.pid}" in out
+        assert (run / ".hydra" / "config.yaml").read_bytes() == before  # the first run's record is intact
+        assert "seed=1" not in (run / "train.log").read_text()
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    # the kernel dropped the lock with the killed process: the run resumes in its folder
+    proc = train([f"resume={run}", "trainer.epochs=2"], tmp_path)
+    assert "resuming" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_refused_resume_leaves_the_run_folder_byte_for_byte(tmp_path):
+    run = tmp_path / "run"
+    train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
+    before = _snapshot(run)
+    for change in ("model.head.hidden=16", "model.name=resnet_nope"):  # refused at load, refused at build
+        proc = train([f"resume={run}", change], tmp_path, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+        assert _snapshot(run) == before, change
+    train([f"resume={run}", "trainer.epochs=2"], tmp_path)  # the folder still resumes as it was
+    assert json.loads((run / "metrics.json").read_text())["finished"]

@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from trainer import sweep_job
 from trainer.config import CONF_DIR, compose_config
 from trainer.errors import UserError
 
@@ -165,14 +167,27 @@ def hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from trainer import distributed
+    from trainer.run_folder import FolderInUse, RunFolder
+
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     out_dir = HydraConfig.get().runtime.output_dir
+    folder = RunFolder(Path(out_dir), resuming=bool(cfg.get("resume"))) if distributed.is_main() else None
     try:
-        return _train(cfg, multirun, Path(out_dir))
+        if folder is not None:
+            folder.open(cfg, HydraConfig.get())  # locked; nothing reaches it before the run is accepted
+    except FolderInUse as e:
+        log.error("error: %s", e)
+        folder.discard()
+        return float("nan") if multirun else sys.exit(2)
+    try:
+        return _train(cfg, multirun, Path(out_dir), folder)
     except UserError as e:
         log.error("error: %s", e)
+        if folder is not None:
+            folder.settle()  # a refused resume leaves its folder as it was
         if multirun:  # one bad job must not end the sweep; the summary marks it failed
-            _mark_failed(Path(out_dir), str(e))
+            sweep_job.mark_failed(Path(out_dir), str(e))
             return float("nan")  # a search sweeper records a failed trial and goes on
         sys.exit(2)
     except KeyboardInterrupt:
@@ -193,22 +208,28 @@ def hydra_main(cfg: DictConfig) -> float | None:
                 out_dir,
             )
             sys.exit(1)
+        if folder is not None:
+            folder.settle()
         if multirun and not isinstance(e, RunInterrupted):
-            return _job_crashed(Path(out_dir), e)
+            return sweep_job.job_crashed(Path(out_dir), e)
         if not isinstance(e, RunInterrupted):
             raise
         log.warning("%s", e)
         sys.exit(e.exit_code)
+    finally:
+        if folder is not None:
+            folder.settle()
+            folder.release()
 
 
-def _train(cfg: DictConfig, multirun: bool, out_dir: Path) -> float | None:
+def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -> float | None:
     from hydra.errors import InstantiationException
     from omegaconf.errors import MissingMandatoryValue
 
     from trainer.build import build_run  # torch and timm load here, not before
 
     if multirun and not cfg.get("resume"):
-        previous = _previous_sweep_job(out_dir, cfg)
+        previous = sweep_job.previous_sweep_job(out_dir, cfg)
         if isinstance(previous, dict):
             log.info(
                 "this job already finished in %s (same config): skipping it (best %s)", out_dir, previous.get("best")
@@ -222,9 +243,12 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path) -> float | None:
         from trainer import failpoints
 
         failpoints.job = int(HydraConfig.get().job.num)
-        _share_the_machine(cfg)
+        sweep_job.share_the_machine(cfg)
     try:
-        summary = build_run(cfg).fit()
+        run = build_run(cfg)
+        if folder is not None:
+            folder.accept()  # resumed from its checkpoint, or a new run: .hydra/ and the log go in now
+        summary = run.fit()
     except InstantiationException as e:
         if isinstance(e.__cause__, UserError):  # our own builders' messages pass through as they are
             raise e.__cause__ from None
@@ -242,104 +266,8 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path) -> float | None:
             f"command line, e.g. {key}={example}."
         ) from None
     if multirun:
-        _release_memory()  # a worker of a parallel sweep runs the next job in the same process
+        sweep_job.release_memory()  # a worker of a parallel sweep runs the next job in the same process
     return summary.get("best")
-
-
-def _share_the_machine(cfg: DictConfig) -> None:
-    """A job of a parallel sweep (joblib launcher): its own GPU (job number modulo the GPUs), or its
-    share of the CPU cores, so that parallel jobs do not fight over one device."""
-    import os
-
-    from hydra.core.hydra_config import HydraConfig
-
-    hc = HydraConfig.get()
-    launcher = str(hc.launcher.get("_target_", ""))
-    if "joblib" not in launcher.lower():
-        return
-    import torch
-
-    n_jobs = int(hc.launcher.get("n_jobs") or 1)
-    if n_jobs < 0:  # joblib: -1 = one per core
-        n_jobs = os.cpu_count() or 1
-    if torch.cuda.is_available() and str(cfg.trainer.device) in ("auto", "cuda"):
-        gpu = int(hc.job.num) % torch.cuda.device_count()
-        cfg.trainer.device = f"cuda:{gpu}"
-        torch.cuda.set_device(gpu)
-        log.info("parallel sweep: job %s on cuda:%d", hc.job.num, gpu)
-    else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, n_jobs)))
-        log.info("parallel sweep: job %s on %d CPU threads", hc.job.num, torch.get_num_threads())
-
-
-def _release_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _previous_sweep_job(job_dir: Path, cfg: DictConfig) -> dict | Path | None:
-    """For a re-run sweep: this job's metrics if it finished with the same config, its last.pt if
-    it stopped part-way, else None (a new job)."""
-    import json
-
-    from trainer.checkpoint import load_checkpoint
-
-    last = job_dir / "checkpoints" / "last.pt"
-    if not last.is_file():
-        return None
-    try:
-        saved = OmegaConf.create(load_checkpoint(last)["config"])
-    except UserError as e:
-        log.warning("ignoring %s: %s", last, e)
-        return None
-    now = OmegaConf.to_container(cfg, resolve=True)
-    before = OmegaConf.to_container(saved, resolve=True)
-    assert isinstance(now, dict) and isinstance(before, dict)
-    now.pop("resume", None)
-    before.pop("resume", None)
-    if now != before:
-        return None
-    try:
-        metrics = json.loads((job_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        metrics = {}
-    return metrics if metrics.get("finished") else last
-
-
-def _mark_failed(job_dir: Path, error: str, log_file: Path | None = None) -> None:
-    import json
-    import os
-
-    job_dir.mkdir(parents=True, exist_ok=True)
-    path = job_dir / "metrics.json"
-    try:  # keep the epochs it did finish
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        record = {}
-    record.update(finished=False, status="failed", error=error, log=str(log_file or job_dir / "train.log"))
-    record.setdefault("pid", os.getpid())
-    path.write_text(json.dumps(record, indent=2))
-
-
-def _job_crashed(job_dir: Path, e: BaseException) -> float:
-    """A sweep job that failed in building, training or evaluating (out of memory included): its
-    traceback goes to error.log, one line to the summary, and the sweep goes on."""
-    import traceback
-
-    job_dir.mkdir(parents=True, exist_ok=True)
-    error_log = job_dir / "error.log"
-    error_log.write_text("".join(traceback.format_exception(e)))
-    first = (str(e).strip().splitlines() or [""])[0][:200]
-    line = f"{type(e).__name__}: {first}" if first else type(e).__name__
-    log.error("job failed: %s (traceback in %s); the sweep goes on", line, error_log)
-    _mark_failed(job_dir, line, error_log)
-    _release_memory()
-    return float("nan")
 
 
 def main() -> None:
