@@ -291,10 +291,12 @@ def main() -> None:
             print(text)
             return
         info = {"--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
-        if not any(a in info for a in argv) and not any(a in ("-m", "--multirun") for a in argv):
-            from trainer.config import explain_overrides
+        if not any(a in info for a in argv):
+            from trainer.config import explain_overrides, normalize_overrides
 
-            explain_overrides([a for a in argv if _is_override(a)])
+            argv = normalize_overrides(argv)
+            multirun = any(a in ("-m", "--multirun") for a in argv)
+            explain_overrides([a for a in argv if _is_override(a)], multirun=multirun)
         argv = resolve_resume(argv)
         from trainer import distributed
 

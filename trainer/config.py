@@ -90,9 +90,19 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "model.pretrained": _BOOL,
     "model.drop_rate": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "model.decoder": _choice("unet", "fpn"),
+    "model.head.hidden": _int(1),
+    "model.head.dropout": (float, lambda v: 0 <= v < 1, "a number in [0, 1), e.g. 0.2"),
+    "optimizer.betas": (
+        object,
+        lambda v: _is_list(v) and len(v) == 2 and all(_type_ok(b, float) and 0 <= b < 1 for b in v),
+        "two numbers in [0, 1), e.g. [0.9,0.999]",
+    ),
+    "finetune.stages": (object, lambda v: _is_list(v) and len(v) > 0, "null or a list of stages"),
     "seed": _int(0),
 }
 NULLABLE = {
+    "model.head.hidden",
+    "finetune.stages",
     "trainer.clip_grad_norm",
     "finetune.layer_decay",
     "data.image_size",
@@ -100,6 +110,10 @@ NULLABLE = {
     "data.ignore_index",
     "model.decoder",
 }
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) or OmegaConf.is_list(value)
 
 
 def _type_ok(value: Any, kind: type) -> bool:
@@ -119,8 +133,8 @@ def validate_config(cfg: DictConfig) -> None:
         if value is None or not _type_ok(value, kind) or not ok(value):
             raise UserError(f"{key}={value!r} is not valid: use {valid}{_example(key)}.")
     workers = OmegaConf.select(cfg, "data.num_workers", default="auto")
-    if workers not in ("auto", None) and not (_type_ok(workers, int) and workers >= 0):
-        raise UserError(f"data.num_workers={workers!r} is not valid: use auto or an integer >= 0.")
+    if workers not in ("auto", None) and not (_type_ok(workers, int) and 0 <= workers <= 256):
+        raise UserError(f"data.num_workers={workers!r} is not valid: use auto or an integer from 0 to 256.")
     device = str(OmegaConf.select(cfg, "trainer.device", default="auto"))
     if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
         raise UserError(f"trainer.device={device!r} is not valid: use auto, cpu, cuda, cuda:N or mps.")
@@ -215,17 +229,99 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose("train", overrides=overrides)
 
 
-def explain_overrides(overrides: list[str]) -> None:
-    """Compose with the user's overrides; turn Hydra's composition errors into one clear paragraph."""
+_GRAMMAR = set("[]{}(),'\"=$\\")
+
+
+def normalize_overrides(args: list[str]) -> list[str]:
+    """Overrides as Hydra's grammar reads them, or one paragraph saying what to type.
+
+    ``~`` at the start of a value is the home folder (as the shell would expand it); a plain string
+    the grammar refuses only for its characters (non-ASCII, inner spaces, ``@``...) is quoted for
+    Hydra; a word without ``=`` (a path split by the shell at a space) and a real grammar error
+    (``optimizer.lr=[``) are explained."""
+    import os
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg.startswith("-") or (i > 0 and args[i - 1] in ("--config-dir", "-cd", "--config-name", "-cn")):
+            out.append(arg)
+            continue
+        if "=" not in arg and not arg.startswith("~"):
+            at = next((j for j in range(i - 1, -1, -1) if "=" in args[j]), None)
+            before = args[at] if at is not None else None
+            words = [before or ""]
+            for a in args[(at or 0) + 1 :]:
+                if "=" in a or a.startswith("-"):
+                    break
+                words.append(a)
+            hint = (
+                f"If it belongs to the value before it (a path with spaces), quote the whole override "
+                f"for the shell: '{' '.join(words)}'."
+                if before
+                else "Write overrides as key=value, e.g. trainer.epochs=3."
+            )
+            raise UserError(f"{arg!r} is not a key=value override. {hint}")
+        key, eq, value = arg.partition("=")
+        if value == "~" or value.startswith("~/"):
+            value = os.path.expanduser(value)
+        arg = key + eq + value
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as e:
+            if value and not (_GRAMMAR & set(value)):
+                arg = f"{key}={_hydra_quote(value)}"  # a plain string: quote it for Hydra
+            else:
+                first = str(e).strip().splitlines()[0]
+                raise UserError(
+                    f"cannot read the override {arg!r} ({first}). Hydra reads values with a grammar: lists "
+                    "as [a,b], dicts as {k: v}; a value with brackets, commas, quotes or spaces must be "
+                    f"quoted for Hydra inside quotes for the shell, e.g. \"{key}='...'\". Grammar: "
+                    "https://hydra.cc/docs/advanced/override_grammar/basic/"
+                ) from None
+        out.append(arg)
+    return out
+
+
+def _hydra_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def explain_overrides(overrides: list[str], multirun: bool = False) -> None:
+    """Compose with the user's overrides; turn Hydra's composition errors into one clear paragraph.
+    Under -m, each sweep is checked with its first value, for keys and options only (a bad value
+    fails its own job, and the sweep goes on)."""
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
+    if multirun:
+        overrides = [o for o in (_first_value(o) for o in overrides) if o is not None]
     try:
         cfg = compose_config(overrides)
     except MissingConfigException as e:
         raise UserError(_no_such_option(e, overrides)) from None
     except ConfigCompositionException as e:
         raise UserError(_no_such_key(e, overrides)) from None
-    validate_config(cfg)
+    if not multirun:
+        validate_config(cfg)
+
+
+def _first_value(override: str) -> str | None:
+    """A sweep override with its first choice (None for a search interval, which has no first value)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
+
+    parsed = OverridesParser.create().parse_overrides([override])[0]
+    if not parsed.is_sweep_override():
+        return override
+    value = parsed.value()
+    if isinstance(value, (ChoiceSweep, RangeSweep)):
+        first = next(iter(parsed.sweep_string_iterator()), None)
+        if first is not None:
+            return f"{override.split('=', 1)[0]}={first}"
+    return None
 
 
 def _no_such_option(e: Exception, overrides: list[str]) -> str:
