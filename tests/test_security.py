@@ -338,3 +338,34 @@ def test_a_refused_resume_leaves_the_run_folder_byte_for_byte(tmp_path):
         assert _snapshot(run) == before, change
     train([f"resume={run}", "trainer.epochs=2"], tmp_path)  # the folder still resumes as it was
     assert json.loads((run / "metrics.json").read_text())["finished"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path):
+    from trainer.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    args = [*TINY, "trainer.epochs=3", f"hydra.run.dir={run}"]
+    proc = train(args, tmp_path, check=False, env={"TRAINER_FAILPOINT": "enospc:3"})  # the third save fails
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 4 and "Traceback" not in out, out
+    assert "the disk is full (No space left on device)" in out
+    assert f"The previous checkpoint is intact: {run / 'checkpoints' / 'last.pt'}" in out
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+    assert not list(run.rglob("*.tmp"))
+    ro = train(args, tmp_path, check=False, env={"TRAINER_FAILPOINT": "erofs:1"})
+    assert ro.returncode == 2 and "Read-only file system" in ro.stdout + ro.stderr
+    assert "Traceback" not in ro.stdout + ro.stderr
+
+
+def test_a_run_folder_that_cannot_be_written_is_refused_at_once(tmp_path, monkeypatch):
+    from trainer.cli import check_writable
+
+    monkeypatch.chdir(tmp_path)
+    check_writable(["hydra.run.dir=a/new/folder"])  # created later, under a writable folder
+    monkeypatch.setattr("os.access", lambda path, mode: str(path) != str(tmp_path / "ro"))
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(UserError, match=f"cannot write the run folder 'ro/run': {tmp_path / 'ro'} is read-only"):
+        check_writable(["hydra.run.dir=ro/run"])
+    with pytest.raises(UserError, match="give hydra.sweep.dir="):
+        check_writable(["-m", "hydra.sweep.dir=ro/sweep"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -33,7 +34,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         if path.suffix == ".pt":
-            failpoint("save")
+            failpoint("save", str(tmp))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -179,6 +180,35 @@ def verify_digest(state: dict[str, Any], where: str) -> None:
             "(bytes changed since it was written: a bad copy, disk or transfer). Resume from another "
             "checkpoint of the run, or with resume=auto, which picks the newest valid one."
         )
+
+
+class StorageError(UserError):
+    """The run folder cannot be written (full disk, read-only, no permission); ``exit_code`` 4 for a full disk."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+STORAGE_ERRNOS = {errno.ENOSPC: 4, errno.EDQUOT: 4, errno.EROFS: 2, errno.EACCES: 2, errno.EPERM: 2}
+
+
+def storage_error(e: OSError, run_dir: Path) -> StorageError:
+    """One paragraph for a write that failed for want of space or permission: which file, and what survived."""
+    code = STORAGE_ERRNOS[e.errno]  # type: ignore[index]
+    what = {4: "the disk is full", 2: "the folder cannot be written (read-only or no permission)"}[code]
+    kept, _ = newest_valid_checkpoint(run_dir)
+    survived = (
+        f"The previous checkpoint is intact: {kept}; continue from it with `train resume={run_dir}` once there is room."
+        if kept is not None
+        else "No checkpoint of this run had been written yet."
+    )
+    fix = "Free space, or give the run" if code == 4 else "Give the run"
+    return StorageError(
+        f"cannot write {e.filename or run_dir}: {what} ({e.strerror}). {survived} {fix} a folder on a "
+        "writable disk (hydra.run.dir=...); nothing half-written was left behind.",
+        code,
+    )
 
 
 def newest_valid_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:

@@ -181,7 +181,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
         folder.discard()
         return float("nan") if multirun else sys.exit(2)
     try:
-        return _train(cfg, multirun, Path(out_dir), folder)
+        try:
+            return _train(cfg, multirun, Path(out_dir), folder)
+        except OSError as e:
+            from trainer.checkpoint import STORAGE_ERRNOS, storage_error
+
+            if e.errno not in STORAGE_ERRNOS:
+                raise
+            raise storage_error(e, Path(out_dir)) from None
     except UserError as e:
         log.error("error: %s", e)
         if folder is not None:
@@ -189,7 +196,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if multirun:  # one bad job must not end the sweep; the summary marks it failed
             sweep_job.mark_failed(Path(out_dir), str(e))
             return float("nan")  # a search sweeper records a failed trial and goes on
-        sys.exit(2)
+        sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         log.error(
             "interrupted: the last checkpoint is in %s/checkpoints; continue with `train resume=%s`", out_dir, out_dir
@@ -270,12 +277,31 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -
     return summary.get("best")
 
 
+def check_writable(argv: list[str]) -> None:
+    """Refuse at once a run or sweep folder that cannot be written (read-only disk, no permission)."""
+    import os
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [_value(a) for a in argv if _is_override(a) and _key(a) == key]
+    target = Path(given[-1]).expanduser() if given else OUTPUTS
+    existing = target.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"cannot write the run folder {str(target)!r}: {existing} is read-only or not yours. "
+            f"Run from a folder you can write to, or give {key}=<a writable folder>."
+        )
+
+
 def main() -> None:
     if not Path(CONF_DIR, "train.yaml").is_file():
         sys.exit(
             f"error: config folder {CONF_DIR} is missing: install the project from its source "
             "folder with `pip install -e .`."
         )
+    logging.raiseExceptions = False  # a log line that cannot be written (full disk) is dropped, not a traceback
     try:
         argv = sys.argv[1:]
         if any(a in ("--help", "-h") for a in argv):
@@ -298,6 +324,7 @@ def main() -> None:
             multirun = any(a in ("-m", "--multirun") for a in argv)
             explain_overrides([a for a in argv if _is_override(a)], multirun=multirun)
         argv = resolve_resume(argv)
+        check_writable(argv)
         from trainer import distributed
 
         distributed.launch_if_asked(argv)  # trainer.devices=N: hands over to torchrun

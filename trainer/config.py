@@ -297,6 +297,14 @@ def explain_overrides(overrides: list[str], multirun: bool = False) -> None:
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
     if multirun:
+        if not any(o.lstrip("+").startswith("hydra/sweeper=") for o in overrides):
+            searched = [o for o in overrides if _is_interval(o)]
+            if searched:
+                raise UserError(
+                    f"{searched[0]}: interval(...) is a search range, which only a search sweeper draws "
+                    "from. Add hydra/sweeper=search (Bayesian search with Optuna), or list the values to "
+                    "run, e.g. optimizer.lr=1e-4,1e-3,1e-2 or range(...)."
+                )
         overrides = [o for o in (_first_value(o) for o in overrides) if o is not None]
     try:
         cfg = compose_config(overrides)
@@ -306,6 +314,13 @@ def explain_overrides(overrides: list[str], multirun: bool = False) -> None:
         raise UserError(_no_such_key(e, overrides)) from None
     if not multirun:
         validate_config(cfg)
+
+
+def _is_interval(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    return isinstance(OverridesParser.create().parse_overrides([override])[0].value(), IntervalSweep)
 
 
 def _first_value(override: str) -> str | None:

@@ -2,6 +2,7 @@
 the n-th time it reaches that point. Points: ``step`` (after an optimizer step), ``save`` (a
 checkpoint's bytes written, before its rename), ``epoch`` (after an epoch's checkpoint).
 ``oom:<n>`` raises torch.OutOfMemoryError and ``crash:<n>`` a RuntimeError at the n-th ``step`` instead of killing;
+``enospc:<n>`` / ``erofs:<n>`` raise the OSError of a full disk / read-only file system at the n-th ``save``;
 ``TRAINER_FAILPOINT_JOB=j`` limits any point to job j of a sweep.
 Under torchrun, ``TRAINER_FAILPOINT_RANK=r`` limits it to rank r, and it fires in the first attempt
 only (not after torchrun restarted the workers). Unset (always, outside tests) it does nothing."""
@@ -16,11 +17,12 @@ _counts: dict[str, int] = {}
 job: int | None = None  # this process's job number in a sweep (set by the CLI)
 
 
-def failpoint(point: str) -> None:
+def failpoint(point: str, filename: str | None = None) -> None:
     if not _SPEC:
         return
     name, _, nth = _SPEC.partition(":")
-    if name != point and not (name in ("oom", "crash") and point == "step"):
+    raises = {"oom": "step", "crash": "step", "enospc": "save", "erofs": "save"}
+    if name != point and raises.get(name) != point:
         return
     only_job = os.environ.get("TRAINER_FAILPOINT_JOB")
     if only_job is not None and str(job) != only_job:
@@ -38,4 +40,9 @@ def failpoint(point: str) -> None:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (failpoint)")
         if name == "crash":
             raise RuntimeError("failpoint crash")
+        if name in ("enospc", "erofs"):
+            import errno
+
+            code = errno.ENOSPC if name == "enospc" else errno.EROFS
+            raise OSError(code, os.strerror(code), filename)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -90,7 +90,10 @@ def mark_failed(job_dir: Path, error: str, log_file: Path | None = None) -> None
         record = {}
     record.update(finished=False, status="failed", error=error, log=str(log_file or job_dir / "train.log"))
     record.setdefault("pid", os.getpid())
-    path.write_text(json.dumps(record, indent=2))
+    try:
+        path.write_text(json.dumps(record, indent=2))
+    except OSError as e:  # a full or read-only disk: the summary lists the job as failed all the same
+        log.error("could not record the failure in %s: %s", path, e.strerror)
 
 
 def job_crashed(job_dir: Path, e: BaseException) -> float:
