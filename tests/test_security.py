@@ -369,3 +369,38 @@ def test_a_run_folder_that_cannot_be_written_is_refused_at_once(tmp_path, monkey
         check_writable(["hydra.run.dir=ro/run"])
     with pytest.raises(UserError, match="give hydra.sweep.dir="):
         check_writable(["-m", "hydra.sweep.dir=ro/sweep"])
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_is_reported_once_and_stale_temp_files_are_cleaned(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import offline_env
+
+    run = tmp_path / "run"
+    args = [*TINY, "trainer.epochs=20", "data.num_workers=2", "data.dataset.train_size=512", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer", *args],
+        cwd=tmp_path,
+        env=offline_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoints" / "last.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)  # the workers of the next epoch are up
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: every process of the group gets it
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, out
+    assert out.count("SIGINT received") == 1, out
+    # a writer killed mid-save left a temp file: the next start removes it
+    stale = run / "checkpoints" / ".last.pt.999999.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    train([f"resume={run}", "trainer.epochs=2"], tmp_path, check=False)
+    assert not stale.exists()

@@ -4,6 +4,7 @@ stops at once. Under torchrun every rank decides together, so all of them save a
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -48,7 +49,15 @@ class InterruptGuard:
         """Handle the signals from now on; returns what puts the previous handlers back."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        previous = {sig: signal.signal(sig, lambda s, _f: self.request(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
+        owner = os.getpid()
+
+        def handler(signum: int, _frame: Any) -> None:
+            # Ctrl-C reaches the whole process group: data-loader workers inherit this handler and
+            # leave the decision (and the one message) to the process that trains
+            if os.getpid() == owner:
+                self.request(signum)
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
         return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
 
     def should_stop(self, check_point: bool) -> bool:

@@ -96,6 +96,8 @@ class RunFolder:
         if self.settled:
             return
         self.settled = True
+        for stale in self.run_dir.glob("**/.*.tmp"):  # left by a writer killed mid-save (the lock says none is alive)
+            stale.unlink(missing_ok=True)
         if self._record is not None:
             cfg, hydra_cfg = self._record
             folder = self.run_dir / ".hydra"
