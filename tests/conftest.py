@@ -35,18 +35,26 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+# A subprocess timeout is a hang guard only: far above any run's time on a busy machine, never a speed check.
+HANG_GUARD = 1800
+
+
 def train(
-    args: list[str], cwd: Path, timeout: float = 300, check: bool = True, env: dict[str, str] | None = None
+    args: list[str], cwd: Path, timeout: float = HANG_GUARD, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Run the real `train` command (as `python -m trainer`) in ``cwd`` (``env``: added variables)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "trainer", *args],
-        cwd=cwd,
-        env={**offline_env(cwd), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "trainer", *args],
+            cwd=cwd,
+            env={**offline_env(cwd), **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        tail = (e.stdout or b"")[-3000:]
+        pytest.fail(f"train {' '.join(args)} hung: no exit after {timeout:.0f}s. Last output:\n{tail!r}")
     if check and proc.returncode != 0:
         raise AssertionError(f"train {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, offline_env, train
+from conftest import HANG_GUARD, REPO, offline_env, train
 
 NO_HEAVY_IMPORTS = """
 import sys
@@ -27,7 +27,7 @@ def test_help_lists_groups_and_options_without_importing_torch(tmp_path):
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),
-        timeout=60,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -44,7 +44,7 @@ def test_cfg_job_prints_resolved_config_without_torch(tmp_path):
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),
-        timeout=60,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr
     assert "name: resnet34" in proc.stdout and "lr: 0.01" in proc.stdout
@@ -63,7 +63,7 @@ def test_unknown_option_names_the_available_ones(tmp_path):
 
 @pytest.mark.slow
 def test_resnet34_without_network_or_cache_says_how_to_give_weights(tmp_path):
-    proc = train(["model=resnet34", "loss=dice", "trainer.epochs=1"], tmp_path, check=False, timeout=120)
+    proc = train(["model=resnet34", "loss=dice", "trainer.epochs=1"], tmp_path, check=False, timeout=HANG_GUARD)
     assert proc.returncode == 2
     err = proc.stderr + proc.stdout
     assert "model.weights=/path/to/file.pth" in err and ".safetensors" in err
@@ -139,7 +139,7 @@ def test_config_mistakes_get_one_clear_paragraph_and_exit_2(tmp_path, args, expe
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),
-        timeout=60,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0  # the wrapper swallows SystemExit; the code is checked below
     err = proc.stderr
@@ -152,7 +152,7 @@ def test_config_mistakes_get_one_clear_paragraph_and_exit_2(tmp_path, args, expe
         cwd=tmp_path,
         capture_output=True,
         env=offline_env(tmp_path),
-        timeout=60,
+        timeout=HANG_GUARD,
     ).returncode
     assert code == 2
 

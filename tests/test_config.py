@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONF, TINY
+from conftest import CONF, HANG_GUARD, TINY
 
 GROUPS = {
     g: sorted(p.stem for p in (CONF / g).glob("*.yaml") if not p.stem.startswith("_"))
@@ -157,7 +157,7 @@ def test_plot_lr_draws_the_schedule_without_training(tmp_path):
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),
-        timeout=120,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr
     head = next(line for line in proc.stdout.splitlines() if line.startswith("lr/head"))

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, metrics, offline_env, train
+from conftest import HANG_GUARD, REPO, TINY, metrics, offline_env, train
 
 DDP = [*TINY, "trainer.device=cpu", "data.dataset.train_size=192", "checkpoint.every_n_steps=2"]
 
 
-def torchrun(args, cwd, env_extra=None, restarts=0, timeout=300):
+def torchrun(args, cwd, env_extra=None, restarts=0, timeout=HANG_GUARD):
     env = offline_env(cwd)
     env.update(env_extra or {})
     return subprocess.run(
@@ -65,7 +65,7 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),
-        timeout=120,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr
     acc = float(proc.stdout.split("val/acc ")[1].split()[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import HANG_GUARD, TINY
 from omegaconf import OmegaConf
 
 from trainer.errors import UserError
@@ -257,7 +257,7 @@ def test_probe_benchmark_runs_in_quick_mode(tmp_path):
         text=True,
         cwd=tmp_path,
         env=offline_env(tmp_path),
-        timeout=300,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| linear probe") or line.startswith("| full")]

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY, train
+from conftest import HANG_GUARD, REPO, TINY, train
 from omegaconf import OmegaConf
 
 from trainer.errors import UserError
@@ -308,7 +308,7 @@ def test_a_second_run_in_a_folder_in_use_is_refused_and_a_killed_run_leaves_no_l
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + HANG_GUARD
         while time.time() < deadline and not (run / "checkpoints" / "last.pt").exists():
             time.sleep(0.05)
         assert first.poll() is None, "the first run ended before the test could overlap it"
@@ -391,12 +391,12 @@ def test_ctrl_c_to_the_process_group_is_reported_once_and_stale_temp_files_are_c
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )
-    deadline = time.time() + 300
+    deadline = time.time() + HANG_GUARD
     while time.time() < deadline and not (run / "checkpoints" / "last.pt").exists():
         time.sleep(0.05)
     time.sleep(0.5)  # the workers of the next epoch are up
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: every process of the group gets it
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 128 + signal.SIGINT, out
     assert out.count("SIGINT received") == 1, out
     # a writer killed mid-save left a temp file: the next start removes it

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, TINY, metrics, offline_env, train
+from conftest import HANG_GUARD, REPO, TINY, metrics, offline_env, train
 
 
 def test_uint8_batches_normalized_on_the_device_equal_the_plain_float_pipeline():
@@ -242,7 +242,7 @@ def test_benchmark_script_runs_in_quick_mode_and_prints_its_table(tmp_path):
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),
-        timeout=300,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for line in (
@@ -274,7 +274,7 @@ def test_resampling_benchmark_runs_and_prints_its_table(tmp_path):
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),
-        timeout=300,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.startswith(("train ", "eval "))}

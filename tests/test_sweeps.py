@@ -6,7 +6,7 @@ import csv
 import json
 
 import pytest
-from conftest import TINY, train
+from conftest import HANG_GUARD, TINY, train
 
 QUICK = [*TINY, "trainer.epochs=1", "data.dataset.train_size=64", "data.dataset.val_size=32"]
 
@@ -77,7 +77,7 @@ def test_optuna_search_survives_failing_trials(tmp_path):
             f"hydra.sweep.dir={sweep}",
         ],
         tmp_path,
-        timeout=600,
+        timeout=HANG_GUARD,
         check=False,
     )
     assert out.returncode == 3, out.stderr[-3000:]  # trials failed: said by the exit code, after the summary
@@ -108,7 +108,7 @@ def test_submitit_local_executor_runs_a_sweep(tmp_path):
             f"hydra.sweep.dir={sweep}",
         ],
         tmp_path,
-        timeout=600,
+        timeout=HANG_GUARD,
     )
     rows = _check_summary(sweep, 2)
     assert {r["status"] for r in rows} == {"finished"}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, metrics, offline_env, train
+from conftest import HANG_GUARD, TINY, metrics, offline_env, train
 
 
 def test_tiny_run_learns_and_leaves_a_complete_run_folder(tmp_path):
@@ -121,7 +121,7 @@ def _kill_after_first_checkpoint(args: list[str], cwd: Path) -> Path:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD
     found = []
     while time.time() < deadline and proc.poll() is None:
         found = list(cwd.glob("outputs/**/checkpoints/last.pt"))
@@ -219,7 +219,7 @@ def test_digits_with_a_small_model_reaches_a_real_accuracy(tmp_path):
 def test_the_builtin_demo(tmp_path):
     """`train` with no arguments: real pretrained EfficientNet-Lite0 on real digits, >= 0.97."""
     start = time.time()
-    proc = train([], tmp_path, timeout=600)
+    proc = train([], tmp_path, timeout=HANG_GUARD)
     (run_dir,) = [p.parent.parent for p in tmp_path.glob("outputs/**/checkpoints/best.pt")]
     m = metrics(run_dir)
     assert m["finished"] and m["best"] >= 0.97, m["history"]
@@ -269,7 +269,7 @@ def test_evaluate_script_reads_a_checkpoint(tmp_path):
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),
-        timeout=120,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr
     acc = float(proc.stdout.split("val/acc ")[1].split()[0])
@@ -328,7 +328,7 @@ def test_a_failing_sweep_job_is_listed_and_a_rerun_skips_finished_and_resumes_un
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD
     while time.time() < deadline and proc.poll() is None:
         if (sweep / "2" / "checkpoints" / "last.pt").exists():
             proc.send_signal(signal.SIGKILL)
@@ -370,11 +370,11 @@ def test_sigterm_and_ctrl_c_save_and_resume_exactly(tmp_path, sig):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD
     while time.time() < deadline and not (run_dir / "checkpoints" / "last.pt").exists():
         time.sleep(0.01)
     proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 128 + sig, out
     assert f"Continue with: train resume={run_dir}" in out and "Traceback" not in out
     assert not metrics(run_dir)["finished"] if (run_dir / "metrics.json").exists() else True
@@ -484,7 +484,7 @@ def test_export_writes_safetensors_and_json_that_train_can_start_from(tmp_path):
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),
-        timeout=120,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr
     tensors = load_file(str(tmp_path / "exp" / "model.safetensors"))
@@ -690,7 +690,7 @@ def test_sigkill_at_any_point_then_resume_auto_equals_the_unbroken_run(tmp_path,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     (run_dir,) = list(tmp_path.glob("outputs/*/*"))
@@ -847,6 +847,6 @@ def test_resume_with_other_classes_is_refused(tmp_path):
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),
-        timeout=120,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode != 0 and "trained on classes ['cat', 'dog']" in proc.stderr
