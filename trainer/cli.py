@@ -179,7 +179,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except FolderInUse as e:
         log.error("error: %s", e)
         folder.discard()
-        return float("nan") if multirun else sys.exit(2)
+        return None if multirun else sys.exit(2)
     try:
         try:
             return _train(cfg, multirun, Path(out_dir), folder)
@@ -195,7 +195,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             folder.settle()  # a refused resume leaves its folder as it was
         if multirun:  # one bad job must not end the sweep; the summary marks it failed
             sweep_job.mark_failed(Path(out_dir), str(e))
-            return float("nan")  # a search sweeper records a failed trial and goes on
+            return None  # a search sweeper records a failed trial (a value it cannot read) and goes on
         sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         log.error(

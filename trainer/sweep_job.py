@@ -96,7 +96,7 @@ def mark_failed(job_dir: Path, error: str, log_file: Path | None = None) -> None
         log.error("could not record the failure in %s: %s", path, e.strerror)
 
 
-def job_crashed(job_dir: Path, e: BaseException) -> float:
+def job_crashed(job_dir: Path, e: BaseException) -> None:
     """A sweep job that failed in building, training or evaluating (out of memory included): its
     traceback goes to error.log, one line to the summary, and the sweep goes on."""
     import traceback
@@ -109,4 +109,4 @@ def job_crashed(job_dir: Path, e: BaseException) -> float:
     log.error("job failed: %s (traceback in %s); the sweep goes on", line, error_log)
     mark_failed(job_dir, line, error_log)
     release_memory()
-    return float("nan")
+    return None  # the search sweeper's failed trial
