@@ -296,10 +296,21 @@ def check_writable(argv: list[str]) -> None:
 
 
 def main() -> None:
+    """The `train` command."""
+    try:
+        _main()
+    except BrokenPipeError:  # `train --help | head`: the reader left; no traceback for that
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+def _main() -> None:
     if not Path(CONF_DIR, "train.yaml").is_file():
         sys.exit(
-            f"error: config folder {CONF_DIR} is missing: install the project from its source "
-            "folder with `pip install -e .`."
+            f"error: config folder {CONF_DIR} is missing: reinstall the package (`pip install "
+            "transfer-trainer`, or `pip install -e .` in a source checkout)."
         )
     logging.raiseExceptions = False  # a log line that cannot be written (full disk) is dropped, not a traceback
     try:

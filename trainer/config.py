@@ -15,7 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import UserError
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+def _conf_dir() -> str:
+    """The configs: inside the installed package (a wheel), else the repository's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"
+    return str(packaged if (packaged / "train.yaml").is_file() else here.parent / "conf")
+
+
+CONF_DIR = _conf_dir()
 
 TASKS = ("multiclass", "binary", "multilabel", "segmentation")
 TASK_METRICS = {
