@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import HANG_GUARD, REPO, offline_env, train
+from conftest import HANG_GUARD, REPO, TINY, offline_env, train
 
 NO_HEAVY_IMPORTS = """
 import sys
@@ -128,10 +128,19 @@ CONFIG_MISTAKES = [
     (["trainer.epochs=abc"], ["trainer.epochs='abc' is not valid"]),
     (["data.val_split=1.5"], ["data.val_split=1.5 is not valid", "between 0 and 1"]),
     (["checkpoint.monitor=accuracy"], ["checkpoint.monitor='accuracy' is not valid", "val/acc"]),
+    (["optimizer.lr=["], ["cannot read the override 'optimizer.lr=['", "override_grammar"]),
+    (
+        ["data.root=/x/my", "data/ünï", "数据"],  # an unquoted path with spaces, split by the shell
+        ["'data/ünï' is not a key=value override", "'data.root=/x/my data/ünï 数据'"],
+    ),
+    (["-m", "optimizer.lrr=0.1,0.2"], ["optimizer.lrr=0.1: there is no key 'lrr' in optimizer", "optimizer.lr?"]),
+    (["-m", "optimizer.lr=interval(0.1,0.2)"], ["only a search sweeper", "hydra/sweeper=search"]),
+    (["model.head.hidden=-5"], ["model.head.hidden=-5 is not valid", "an integer >= 1"]),
+    (["optimizer.betas=[]"], ["optimizer.betas=[] is not valid", "two numbers in [0, 1)"]),
 ]
 
 
-@pytest.mark.parametrize("args,expected", CONFIG_MISTAKES, ids=[a[0][0] for a in CONFIG_MISTAKES])
+@pytest.mark.parametrize("args,expected", CONFIG_MISTAKES, ids=[" ".join(a[0]) for a in CONFIG_MISTAKES])
 def test_config_mistakes_get_one_clear_paragraph_and_exit_2(tmp_path, args, expected):
     proc = subprocess.run(
         [sys.executable, "-c", NO_HEAVY_IMPORTS, *args],
@@ -184,3 +193,35 @@ def test_a_key_that_moved_names_its_new_place(tmp_path, old, new):
         assert proc.returncode == 0, proc.stderr
         return
     assert proc.returncode == 2 and f"is now {new}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_users_config_dir_home_paths_and_chdir_work_as_in_hydra(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    conf = tmp_path / "myconf" / "model"
+    conf.mkdir(parents=True)
+    (conf / "mynet.yaml").write_text("defaults:\n  - _base\n  - _self_\nname: test_resnet\npretrained: false\n")
+    home = tmp_path / "home"
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (home / "pets" / c).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(home / "pets" / c / f"{i}.png")
+    tiny = ["trainer.epochs=1", "data.image_size=32", "data=imagefolder"]
+    env = {"HOME": str(home)}
+    # --config-dir adds an option; a value starting with ~ is the home folder, typed unquoted
+    done = train(
+        ["--config-dir", str(tmp_path / "myconf"), "model=mynet", "data.root=~/pets", *tiny], tmp_path, env=env
+    )
+    assert "building model test_resnet" in done.stderr + done.stdout
+    refused = train(["--config-dir", str(tmp_path / "myconf"), "model=mynot"], tmp_path, check=False)
+    assert refused.returncode == 2 and "Did you mean model=mynet?" in refused.stderr
+    # hydra.job.chdir=true: the run works in its folder; a relative data.root is still the launch folder's
+    (tmp_path / "data").symlink_to(home / "pets")
+    run = tmp_path / "chdir_run"
+    model = [a for a in TINY if a.startswith("model.")]
+    train([*model, "data.root=data", "hydra.job.chdir=true", f"hydra.run.dir={run}", *tiny], tmp_path)
+    assert (run / "checkpoints" / "best.pt").is_file()
+    assert "root: data" in (run / ".hydra" / "config.yaml").read_text()  # as typed; the checkpoint holds it absolute

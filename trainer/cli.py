@@ -244,6 +244,7 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -
             return previous.get("best")
         if previous is not None:
             cfg.resume = str(previous)
+    _anchor_paths(cfg)
     if multirun:
         from hydra.core.hydra_config import HydraConfig
 
@@ -275,6 +276,20 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -
     if multirun:
         sweep_job.release_memory()  # a worker of a parallel sweep runs the next job in the same process
     return summary.get("best")
+
+
+PATH_KEYS = ("data.root", "data.csv", "data.val_csv", "model.weights")
+
+
+def _anchor_paths(cfg: DictConfig) -> None:
+    """Relative paths are the launch folder's, also with hydra.job.chdir=true (the run then works in
+    its own folder); the checkpoint keeps them absolute, so evaluating it elsewhere finds the data."""
+    from hydra.utils import to_absolute_path
+
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if isinstance(value, str) and value and value != "???" and not value.startswith(("package:", "/")):
+            OmegaConf.update(cfg, key, to_absolute_path(str(Path(value).expanduser())), merge=False)
 
 
 def check_writable(argv: list[str]) -> None:
@@ -316,10 +331,10 @@ def _main() -> None:
     try:
         argv = sys.argv[1:]
         if any(a in ("--help", "-h") for a in argv):
-            from trainer.config import explain_overrides
+            from trainer.config import explain_overrides, with_config_dirs
             from trainer.help import help_text
 
-            overrides = [a for a in argv if _is_override(a)]
+            overrides = with_config_dirs([a for a in argv if _is_override(a)], argv)
             try:
                 text = help_text(overrides)
             except Exception:
@@ -329,11 +344,11 @@ def _main() -> None:
             return
         info = {"--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
         if not any(a in info for a in argv):
-            from trainer.config import explain_overrides, normalize_overrides
+            from trainer.config import explain_overrides, normalize_overrides, with_config_dirs
 
             argv = normalize_overrides(argv)
             multirun = any(a in ("-m", "--multirun") for a in argv)
-            explain_overrides([a for a in argv if _is_override(a)], multirun=multirun)
+            explain_overrides(with_config_dirs([a for a in argv if _is_override(a)], argv), multirun=multirun)
         argv = resolve_resume(argv)
         check_writable(argv)
         from trainer import distributed

@@ -294,6 +294,32 @@ def normalize_overrides(args: list[str]) -> list[str]:
     return out
 
 
+def with_config_dirs(overrides: list[str], argv: list[str]) -> list[str]:
+    """``overrides`` with the folders of ``--config-dir`` (``-cd``) added to ``hydra.searchpath``, so
+    that checking and composing here see the user's own options as Hydra's run will."""
+    import os
+
+    dirs = []
+    for i, a in enumerate(argv):
+        if a in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(argv[i + 1])
+        elif a.startswith("--config-dir="):
+            dirs.append(a.split("=", 1)[1])
+    if not dirs:
+        return overrides
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    paths, rest = [], []
+    for o in overrides:
+        if o.split("=", 1)[0] == "hydra.searchpath":
+            value = OverridesParser.create().parse_overrides([o])[0].value()
+            paths += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        else:
+            rest.append(o)
+    paths += [f"file://{os.path.abspath(os.path.expanduser(d))}" for d in dirs]
+    return [*rest, "hydra.searchpath=[" + ",".join(_hydra_quote(p) for p in paths) + "]"]
+
+
 def _hydra_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
