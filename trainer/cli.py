@@ -181,14 +181,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         folder.discard()
         return None if multirun else sys.exit(2)
     try:
-        try:
-            return _train(cfg, multirun, Path(out_dir), folder)
-        except OSError as e:
-            from trainer.checkpoint import STORAGE_ERRNOS, storage_error
-
-            if e.errno not in STORAGE_ERRNOS:
-                raise
-            raise storage_error(e, Path(out_dir)) from None
+        return _train_job(cfg, multirun, Path(out_dir), folder)
     except UserError as e:
         log.error("error: %s", e)
         if folder is not None:
@@ -203,7 +196,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
         )
         sys.exit(130)
     except Exception as e:
-        from trainer import distributed
         from trainer.interrupt import RunInterrupted
 
         if distributed.is_distributed() and distributed.is_peer_failure(e):
@@ -227,6 +219,18 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if folder is not None:
             folder.settle()
             folder.release()
+
+
+def _train_job(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any) -> float | None:
+    """``_train``, with a full or read-only disk turned into one paragraph naming what survived."""
+    try:
+        return _train(cfg, multirun, out_dir, folder)
+    except OSError as e:
+        from trainer.checkpoint import STORAGE_ERRNOS, storage_error
+
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_error(e, out_dir) from None
 
 
 def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -> float | None:
@@ -331,8 +335,9 @@ def _main() -> None:
     try:
         argv = sys.argv[1:]
         if any(a in ("--help", "-h") for a in argv):
-            from trainer.config import explain_overrides, with_config_dirs
+            from trainer.config import explain_overrides
             from trainer.help import help_text
+            from trainer.overrides import with_config_dirs
 
             overrides = with_config_dirs([a for a in argv if _is_override(a)], argv)
             try:
@@ -344,7 +349,8 @@ def _main() -> None:
             return
         info = {"--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
         if not any(a in info for a in argv):
-            from trainer.config import explain_overrides, normalize_overrides, with_config_dirs
+            from trainer.config import explain_overrides
+            from trainer.overrides import normalize_overrides, with_config_dirs
 
             argv = normalize_overrides(argv)
             multirun = any(a in ("-m", "--multirun") for a in argv)

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import UserError
+from trainer.overrides import first_value, is_interval
 
 
 def _conf_dir() -> str:
@@ -237,93 +238,6 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose("train", overrides=overrides)
 
 
-_GRAMMAR = set("[]{}(),'\"=$\\")
-
-
-def normalize_overrides(args: list[str]) -> list[str]:
-    """Overrides as Hydra's grammar reads them, or one paragraph saying what to type.
-
-    ``~`` at the start of a value is the home folder (as the shell would expand it); a plain string
-    the grammar refuses only for its characters (non-ASCII, inner spaces, ``@``...) is quoted for
-    Hydra; a word without ``=`` (a path split by the shell at a space) and a real grammar error
-    (``optimizer.lr=[``) are explained."""
-    import os
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    parser = OverridesParser.create()
-    out: list[str] = []
-    for i, arg in enumerate(args):
-        if arg.startswith("-") or (i > 0 and args[i - 1] in ("--config-dir", "-cd", "--config-name", "-cn")):
-            out.append(arg)
-            continue
-        if "=" not in arg and not arg.startswith("~"):
-            at = next((j for j in range(i - 1, -1, -1) if "=" in args[j]), None)
-            before = args[at] if at is not None else None
-            words = [before or ""]
-            for a in args[(at or 0) + 1 :]:
-                if "=" in a or a.startswith("-"):
-                    break
-                words.append(a)
-            hint = (
-                f"If it belongs to the value before it (a path with spaces), quote the whole override "
-                f"for the shell: '{' '.join(words)}'."
-                if before
-                else "Write overrides as key=value, e.g. trainer.epochs=3."
-            )
-            raise UserError(f"{arg!r} is not a key=value override. {hint}")
-        key, eq, value = arg.partition("=")
-        if value == "~" or value.startswith("~/"):
-            value = os.path.expanduser(value)
-        arg = key + eq + value
-        try:
-            parser.parse_overrides([arg])
-        except OverrideParseException as e:
-            if value and not (_GRAMMAR & set(value)):
-                arg = f"{key}={_hydra_quote(value)}"  # a plain string: quote it for Hydra
-            else:
-                first = str(e).strip().splitlines()[0]
-                raise UserError(
-                    f"cannot read the override {arg!r} ({first}). Hydra reads values with a grammar: lists "
-                    "as [a,b], dicts as {k: v}; a value with brackets, commas, quotes or spaces must be "
-                    f"quoted for Hydra inside quotes for the shell, e.g. \"{key}='...'\". Grammar: "
-                    "https://hydra.cc/docs/advanced/override_grammar/basic/"
-                ) from None
-        out.append(arg)
-    return out
-
-
-def with_config_dirs(overrides: list[str], argv: list[str]) -> list[str]:
-    """``overrides`` with the folders of ``--config-dir`` (``-cd``) added to ``hydra.searchpath``, so
-    that checking and composing here see the user's own options as Hydra's run will."""
-    import os
-
-    dirs = []
-    for i, a in enumerate(argv):
-        if a in ("--config-dir", "-cd") and i + 1 < len(argv):
-            dirs.append(argv[i + 1])
-        elif a.startswith("--config-dir="):
-            dirs.append(a.split("=", 1)[1])
-    if not dirs:
-        return overrides
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    paths, rest = [], []
-    for o in overrides:
-        if o.split("=", 1)[0] == "hydra.searchpath":
-            value = OverridesParser.create().parse_overrides([o])[0].value()
-            paths += [str(v) for v in value] if isinstance(value, list) else [str(value)]
-        else:
-            rest.append(o)
-    paths += [f"file://{os.path.abspath(os.path.expanduser(d))}" for d in dirs]
-    return [*rest, "hydra.searchpath=[" + ",".join(_hydra_quote(p) for p in paths) + "]"]
-
-
-def _hydra_quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def explain_overrides(overrides: list[str], multirun: bool = False) -> None:
     """Compose with the user's overrides; turn Hydra's composition errors into one clear paragraph.
     Under -m, each sweep is checked with its first value, for keys and options only (a bad value
@@ -332,14 +246,14 @@ def explain_overrides(overrides: list[str], multirun: bool = False) -> None:
 
     if multirun:
         if not any(o.lstrip("+").startswith("hydra/sweeper=") for o in overrides):
-            searched = [o for o in overrides if _is_interval(o)]
+            searched = [o for o in overrides if is_interval(o)]
             if searched:
                 raise UserError(
                     f"{searched[0]}: interval(...) is a search range, which only a search sweeper draws "
                     "from. Add hydra/sweeper=search (Bayesian search with Optuna), or list the values to "
                     "run, e.g. optimizer.lr=1e-4,1e-3,1e-2 or range(...)."
                 )
-        overrides = [o for o in (_first_value(o) for o in overrides) if o is not None]
+        overrides = [o for o in (first_value(o) for o in overrides) if o is not None]
     try:
         cfg = compose_config(overrides)
     except MissingConfigException as e:
@@ -348,29 +262,6 @@ def explain_overrides(overrides: list[str], multirun: bool = False) -> None:
         raise UserError(_no_such_key(e, overrides)) from None
     if not multirun:
         validate_config(cfg)
-
-
-def _is_interval(override: str) -> bool:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import IntervalSweep
-
-    return isinstance(OverridesParser.create().parse_overrides([override])[0].value(), IntervalSweep)
-
-
-def _first_value(override: str) -> str | None:
-    """A sweep override with its first choice (None for a search interval, which has no first value)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
-
-    parsed = OverridesParser.create().parse_overrides([override])[0]
-    if not parsed.is_sweep_override():
-        return override
-    value = parsed.value()
-    if isinstance(value, (ChoiceSweep, RangeSweep)):
-        first = next(iter(parsed.sweep_string_iterator()), None)
-        if first is not None:
-            return f"{override.split('=', 1)[0]}={first}"
-    return None
 
 
 def _no_such_option(e: Exception, overrides: list[str]) -> str:
