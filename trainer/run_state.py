@@ -57,6 +57,7 @@ class RunState:
             "world_size": dist.world_size(),
             "config": self.settings.config_yaml,
             "classes": list(self.classes),
+            "task": self.settings.task,
             "input_spec": spec,
             "weights": dict(self.weights_info),
             "versions": versions,

@@ -1,0 +1,96 @@
+"""Using a trained model: `predict` on new images (the model's own preprocessing, a broken file listed
+and skipped), and the checks that keep it from running code."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import HANG_GUARD, TINY, offline_env, train
+from PIL import Image
+
+COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200)}
+
+
+def _colour_folder(root, n, seed):
+    """Two classes anyone can tell apart: reddish and bluish noisy squares of varied sizes."""
+    rng = np.random.default_rng(seed)
+    for name, rgb in COLORS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            size = int(rng.integers(20, 48))
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+
+
+def command(name, args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", f"trainer.{name}", *args],
+        cwd=cwd,
+        env=offline_env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+    )
+
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("colours")
+    _colour_folder(tmp / "train", 24, seed=0)
+    run = tmp / "run"
+    model = [a for a in TINY if a.startswith("model.")]
+    train(
+        [
+            *model,
+            "data=imagefolder",
+            f"data.root={tmp / 'train'}",
+            "data.image_size=32",
+            "trainer.epochs=3",
+            "finetune.head_epochs=0",
+            f"hydra.run.dir={run}",
+        ],
+        tmp,
+    )
+    return tmp, run
+
+
+@pytest.mark.slow
+def test_predict_labels_new_images_and_lists_the_unreadable_one(colour_run):
+    tmp, run = colour_run
+    new = tmp / "new"
+    _colour_folder(new, 6, seed=1)
+    (new / "red" / "broken.png").write_bytes(b"not an image")
+    out = tmp / "predictions.csv"
+    proc = command("predict", [f"checkpoint={run}", f"source={new}", f"out={out}", "topk=2", "tta=flip"], tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert "12 images predicted" in proc.stdout and "1 could not be read" in proc.stdout
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 13
+    broken = [r for r in rows if r["error"]]
+    assert len(broken) == 1 and broken[0]["path"].endswith("broken.png")
+    good = [r for r in rows if not r["error"]]
+    right = sum(r["label_1"] == r["path"].split("/")[-2] for r in good)
+    assert right >= 11, rows  # the colours are learnt: new images are labelled by what they show
+    for r in good:
+        assert float(r["prob_1"]) >= float(r["prob_2"]) and abs(float(r["prob_1"]) + float(r["prob_2"]) - 1) < 1e-4
+    # one image, a glob, mistakes
+    one = command("predict", [f"checkpoint={run}", f"source={new / 'blue' / '0.png'}", f"out={tmp / 'one.csv'}"], tmp)
+    assert one.returncode == 0 and list(csv.DictReader(open(tmp / "one.csv")))[0]["label_1"] == "blue"
+    glob = command(
+        "predict",
+        [f"checkpoint={run / 'checkpoints' / 'best.pt'}", f"source={new}/red/*.png", f"out={tmp / 'g.csv'}"],
+        tmp,
+    )
+    assert glob.returncode == 0 and len(list(csv.DictReader(open(tmp / "g.csv")))) == 7
+    for args, expected in (
+        ([f"checkpoint={run}", "source=nowhere"], "source='nowhere': no images there"),
+        ([f"checkpoint={run}", f"source={new}", "tta=rotate"], "tta='rotate' is not valid"),
+        ([f"checkpoint={run}", f"sorce={new}"], "sorce: there is no such key. Did you mean source?"),
+        ([f"checkpoint={tmp}", f"source={new}"], "holds no checkpoints/best.pt"),
+    ):
+        bad = command("predict", args, tmp)
+        assert bad.returncode == 2 and expected in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
