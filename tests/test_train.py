@@ -470,42 +470,6 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     assert model_weights.returncode == 2 and not marker.exists()
 
 
-@pytest.mark.slow
-def test_export_writes_safetensors_and_json_that_train_can_start_from(tmp_path):
-    import json
-
-    from safetensors.torch import load_file
-
-    run_dir = tmp_path / "run"
-    train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
-    script = Path(__file__).resolve().parent.parent / "scripts" / "export.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), str(run_dir / "checkpoints" / "best.pt"), "--out", str(tmp_path / "exp")],
-        capture_output=True,
-        text=True,
-        env=offline_env(tmp_path),
-        timeout=HANG_GUARD,
-    )
-    assert proc.returncode == 0, proc.stderr
-    tensors = load_file(str(tmp_path / "exp" / "model.safetensors"))
-    ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
-    assert tensors.keys() == ckpt["model"].keys() and all(torch.equal(tensors[k], ckpt["model"][k]) for k in tensors)
-    meta = json.loads((tmp_path / "exp" / "model.json").read_text())
-    assert meta["classes"] == ["class0", "class1", "class2", "class3"] and meta["preprocessing"]["size"] == 32
-    again = tmp_path / "again"
-    train(
-        [
-            *TINY,
-            "model.pretrained=true",
-            f"model.weights={tmp_path / 'exp' / 'model.safetensors'}",
-            "trainer.epochs=1",
-            f"hydra.run.dir={again}",
-        ],
-        tmp_path,
-    )
-    assert metrics(again)["weights"]["source"].endswith("model.safetensors")
-
-
 OWN_MODULE = """
 import torch
 import torch.nn.functional as F

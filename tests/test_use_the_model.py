@@ -94,3 +94,68 @@ def test_predict_labels_new_images_and_lists_the_unreadable_one(colour_run):
     ):
         bad = command("predict", args, tmp)
         assert bad.returncode == 2 and expected in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+@pytest.mark.slow
+def test_export_formats_equal_torch_and_timm_loads_the_exported_config(colour_run):
+    import json
+    import os
+
+    import onnxruntime as ort
+    import timm
+    import torch
+    from safetensors.torch import load_file
+
+    from trainer.commands import load_trained
+
+    tmp, run = colour_run
+    trained = load_trained(str(run))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = trained.model(x)
+    out = tmp / "exported"
+    for fmt in ("safetensors", "onnx", "torchscript"):
+        proc = command("export", [f"checkpoint={run}", f"format={fmt}", f"out={out}"], tmp)
+        assert proc.returncode == 0, proc.stderr
+        if fmt != "safetensors":
+            assert "checked against torch: max |logit difference|" in proc.stdout
+    for name in ("model.safetensors", "model.onnx", "model.pt", "config.json"):
+        assert os.stat(out / name).st_mode & 0o777 == 0o644, name
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "test_resnet" and config["label_names"] == ["blue", "red"]
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32] and config["num_classes"] == 2
+    tensors = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(tensors[k], v) for k, v in trained.model.state_dict().items())
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])  # a batch size not traced
+    assert (onnx_logits - expected).abs().max() <= 1e-4
+    with torch.no_grad():
+        assert (torch.jit.load(str(out / "model.pt"))(x) - expected).abs().max() <= 1e-4
+    # timm rebuilds the model from the folder, or from the file with the class count in the overlay
+    for model in (
+        timm.create_model(f"local-dir:{out}", pretrained=True),
+        timm.create_model(
+            "test_resnet",
+            num_classes=2,
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(out / "model.safetensors"), num_classes=2),
+        ),
+    ):
+        with torch.no_grad():
+            assert (model.eval()(x) - expected).abs().max() <= 1e-5
+    # and a new run starts from the exported weights
+    again = tmp / "again"
+    model_args = [a for a in TINY if a.startswith("model.") and not a.startswith(("model.pretrained", "model.weights"))]
+    train(
+        [
+            *model_args,
+            "model.pretrained=true",
+            f"model.weights={out / 'model.safetensors'}",
+            "data=fake",
+            "trainer.epochs=1",
+            f"hydra.run.dir={again}",
+        ],
+        tmp,
+    )
+    bad = command("export", [f"checkpoint={run}", "format=tflite"], tmp)
+    assert bad.returncode == 2 and "format='tflite' is not valid" in bad.stderr
