@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_GUARD, REPO, TINY, metrics, offline_env, train
+from conftest import HANG_GUARD, TINY, metrics, offline_env, train
 
 DDP = [*TINY, "trainer.device=cpu", "data.dataset.train_size=192", "checkpoint.every_n_steps=2"]
 
@@ -61,7 +61,7 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path
     assert (ddp / "train.log").read_text().count("epoch 3/3") == 1  # rank 0 alone logs
     # the DDP checkpoint, in one process: the same val accuracy as the sharded, all-reduced evaluation
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "evaluate.py"), str(ddp / "checkpoints" / "last.pt")],
+        [sys.executable, "-m", "trainer.evaluate", f"checkpoint={ddp / 'checkpoints' / 'last.pt'}"],
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import HANG_GUARD, REPO, TINY, train
+from conftest import HANG_GUARD, TINY, train
 from omegaconf import OmegaConf
 
 from trainer.errors import UserError
@@ -90,15 +90,6 @@ def _override(node: dict) -> str:
     return "loss.weight=" + _hydra_value(node)
 
 
-def _script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -141,18 +132,18 @@ def test_a_payload_in_a_run_folders_stored_overrides_is_refused(in_tmp, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_a_payload_in_a_checkpoints_embedded_config_is_refused(in_tmp, name):
     from trainer.config import compose_config
-
-    evaluate_checkpoint = _script("evaluate").evaluate_checkpoint
-    export = _script("export").export
+    from trainer.evaluate import evaluate
+    from trainer.export import export
 
     cfg = compose_config(TINY)
     cfg.loss.weight = OmegaConf.create(payloads(in_tmp)[name])
     ckpt = in_tmp / "best.pt"
     torch.save({"model": {}, "epoch": 1, "classes": ["a", "b"], "config": OmegaConf.to_yaml(cfg)}, ckpt)
     with pytest.raises(UserError, match="is not allowed to be built"):
-        evaluate_checkpoint(str(ckpt))
-    with pytest.raises(UserError, match="is not allowed to be built"):
-        export(str(ckpt), in_tmp / "export")
+        evaluate({"checkpoint": str(ckpt), "data.root": "", "out": "", "trainer.device": "cpu", "allow_targets": ""})
+    for fmt in ("safetensors", "onnx"):
+        with pytest.raises(UserError, match="is not allowed to be built"):
+            export(str(ckpt), fmt, in_tmp / "export")
     assert not (in_tmp / "marker").exists()
 
 

@@ -257,15 +257,11 @@ def test_training_settings_learn(compose_cfg, tmp_path, overrides):
 
 
 @pytest.mark.slow
-def test_evaluate_script_reads_a_checkpoint(tmp_path):
+def test_evaluate_reads_a_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).parent.parent / "scripts" / "evaluate.py"),
-            str(run_dir / "checkpoints" / "best.pt"),
-        ],
+        [sys.executable, "-m", "trainer.evaluate", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}"],
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),
@@ -805,9 +801,8 @@ def test_resume_with_other_classes_is_refused(tmp_path):
     proc = train([f"resume={run_dir}", "trainer.epochs=2"], tmp_path, check=False)
     err = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "trained on classes ['cat', 'dog']" in err and "'fox'" in err
-    script = Path(__file__).resolve().parent.parent / "scripts" / "evaluate.py"
     proc = subprocess.run(
-        [sys.executable, str(script), str(run_dir / "checkpoints" / "last.pt")],
+        [sys.executable, "-m", "trainer.evaluate", f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}"],
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),

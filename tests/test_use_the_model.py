@@ -159,3 +159,33 @@ def test_export_formats_equal_torch_and_timm_loads_the_exported_config(colour_ru
     )
     bad = command("export", [f"checkpoint={run}", "format=tflite"], tmp)
     assert bad.returncode == 2 and "format='tflite' is not valid" in bad.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_val_split_or_another_folder_matched_by_class_name(colour_run):
+    import json
+
+    tmp, run = colour_run
+    val = command("evaluate", [f"checkpoint={run}"], tmp)
+    assert val.returncode == 0, val.stderr
+    stored = json.loads((run / "metrics.json").read_text())
+    best = stored["history"][stored["best_epoch"] - 1]["val/acc"]
+    assert float(val.stdout.split("val/acc ")[1].split()[0]) == pytest.approx(best, abs=1e-4)
+    other = tmp / "other"
+    _colour_folder(other, 8, seed=2)
+    (other / "red" / "broken.png").write_bytes(b"not an image")
+    proc = command("evaluate", [f"checkpoint={run}", f"data.root={other}", f"out={tmp / 'report'}"], tmp)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp / "report" / "metrics.json").read_text())
+    assert report["images"] == 16 and report["val/acc"] >= 0.9 and report["data"] == str(other)
+    assert set(report["per_class"]["recall"]) == {"blue", "red"}
+    assert (tmp / "report" / "per_class.csv").read_text().startswith("class,")
+    assert (tmp / "report" / "confusion_matrix.png").is_file()
+    (other / "green").mkdir()
+    (other / "blue").rename(other / "navy")
+    wrong = command("evaluate", [f"checkpoint={run}", f"data.root={other}"], tmp)
+    assert (
+        wrong.returncode == 2
+        and "missing: ['blue']" in wrong.stderr
+        and "unknown to the model: ['green', 'navy']" in wrong.stderr
+    )

@@ -96,6 +96,7 @@ def load_trained(value: str, allow: tuple[str, ...] = ()) -> Trained:
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
     check_targets(cfg, extra=allow, where=f"config stored in {path}")
+    cfg.allow_targets = list(allow)  # a list stored in the run is not trusted: only the one given now
     task = str(state.get("task") or cfg.data.get("task") or "multiclass")
     classes = [str(c) for c in state["classes"]]
     cfg.model.pretrained = False  # the checkpoint brings every weight: nothing is downloaded or read
