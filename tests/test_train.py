@@ -26,7 +26,15 @@ def test_tiny_run_learns_and_leaves_a_complete_run_folder(tmp_path):
     assert m["best"] >= 0.7, m["history"]  # 4 classes: chance is 0.25
     for rel in (".hydra/config.yaml", "train.log", "checkpoints/last.pt", "checkpoints/best.pt", "metrics.json"):
         assert (run_dir / rel).is_file(), rel
-    assert "epoch 3/3" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "epoch 3/3" in log
+    # a log that is not a terminal gets progress lines inside each epoch, not an invisible bar
+    assert "/256 images (" in log and "img/s" in log and "left in this epoch" in log
+    import csv
+
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))  # one row per epoch, every metric
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["val/acc"]) == pytest.approx(m["history"][-1]["val/acc"])
 
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     for key in (

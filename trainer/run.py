@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from trainer import distributed as dist
 from trainer.data.images import BadImageLog
@@ -27,6 +25,7 @@ from trainer.failpoints import failpoint
 from trainer.interrupt import InterruptGuard, RunInterrupted
 from trainer.metrics import Metrics
 from trainer.models import BuiltModel
+from trainer.progress import progress
 from trainer.run_state import RunState
 from trainer.stages import StagePlan, log_stage
 from trainer.steps import (
@@ -222,7 +221,7 @@ class Run(RunState):
         self.head.train()
         n, size = self.batches_per_epoch, self.loaders.batch_size
         meter = LossMeter(self.partial_loss, self.device)
-        bar = _progress(total=n * size, initial=self.batch_in_epoch * size, desc=f"epoch {epoch + 1}/{self.epochs}")
+        bar = progress(n * size, self.batch_in_epoch * size, f"epoch {epoch + 1}/{self.epochs}", self.main)
         for i, (x, y, *bad) in enumerate(self.inputs.train(epoch, self.batch_in_epoch), start=self.batch_in_epoch):
             if bad and bad[0]:
                 self.bad_images.note(bad[0])
@@ -381,8 +380,3 @@ class Run(RunState):
     def _print_summary(self, summary: dict[str, Any]) -> None:
         if self.main:
             print_summary(self, summary)
-
-
-def _progress(**kwargs: Any) -> Any:
-
-    return tqdm(unit="img", unit_scale=True, leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty(), **kwargs)

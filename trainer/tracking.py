@@ -91,6 +91,17 @@ class Tracker:
 
     def write_metrics(self, summary: dict[str, Any]) -> None:
         atomic_write_bytes(self.run_dir / "metrics.json", json.dumps(summary, indent=2).encode())
+        history = summary.get("history") or []
+        if history:  # the same per-epoch values as a table: one row per epoch, every metric
+            import csv
+            import io
+
+            columns = list(dict.fromkeys(k for row in history for k in row))
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(history)
+            atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode())
 
     def write_hparams(self, last: dict[str, float], best: float | None, epoch: int) -> None:
         from torch.utils.tensorboard.summary import hparams
