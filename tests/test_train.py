@@ -63,6 +63,10 @@ def test_tiny_run_learns_and_leaves_a_complete_run_folder(tmp_path):
     for tag in ("train/loss", "lr/head", "lr/backbone", "val/loss", "val/acc", "hparam/best"):
         assert tag in tags["scalars"], (tag, tags["scalars"])
     assert len(ea.Scalars("val/acc")) == 3
+    # one x-axis: each epoch's values at the optimizer step where it ended, the same axis as train/loss
+    ends = [e.step for e in ea.Scalars("val/acc")]
+    assert ends[-1] == m["global_step"] and ends == [m["global_step"] // 3 * k for k in (1, 2, 3)]
+    assert [e.value for e in ea.Scalars("epoch")] == [1, 2, 3]
     assert "train/images" in tags["images"]
     plugins = ea.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in plugins

@@ -305,16 +305,17 @@ class Run(RunState):
         self.scheduler.after_epoch(val[monitor])
         row = {"epoch": epoch + 1, "train/loss": train_loss, **val, "lr": self._lrs().get("head", 0.0)}
         self.history.append({**row, "seconds": round(seconds, 2)})
-        self.tracker.log_scalars({**val, "train/epoch_loss": train_loss}, epoch + 1)
+        # one x-axis for the run: the epoch's values at the optimizer step where it ended
+        self.tracker.log_scalars({**val, "train/epoch_loss": train_loss, "epoch": epoch + 1}, self.global_step)
         self.epoch = epoch + 1
         improved = self.best is None or (
             val[monitor] > self.best if self.settings.mode == "max" else val[monitor] < self.best
         )
         names = self.classes if self.settings.task != "binary" else [self.classes[1]]
         self.per_class_last = {m: dict(zip(names, vals)) for m, vals in per_class.items()}
-        self.tracker.log_per_class(self.per_class_last, self.epoch)
+        self.tracker.log_per_class(self.per_class_last, self.global_step)
         if confusion is not None:
-            self.tracker.log_confusion(confusion, self.classes, self.epoch, save_png=improved)
+            self.tracker.log_confusion(confusion, self.classes, self.global_step, save_png=improved)
         if improved:
             self.best, self.best_epoch, self.per_class_best = val[monitor], self.epoch, self.per_class_last
         self.finished = self.epoch >= self.epochs

@@ -74,16 +74,16 @@ class Tracker:
         for k, v in values.items():
             self.writer.add_scalar(k, v, step)
 
-    def log_per_class(self, per_class: dict[str, dict[str, float]], epoch: int) -> None:
+    def log_per_class(self, per_class: dict[str, dict[str, float]], step: int) -> None:
         for metric, values in per_class.items():
             for name, v in values.items():
-                self.writer.add_scalar(f"val_per_class/{metric}/{name}", v, epoch)
+                self.writer.add_scalar(f"val_per_class/{metric}/{name}", v, step)
 
-    def log_confusion(self, confusion: torch.Tensor, classes: list[str], epoch: int, save_png: bool) -> None:
+    def log_confusion(self, confusion: torch.Tensor, classes: list[str], step: int, save_png: bool) -> None:
         """The confusion matrix as a TensorBoard image; as confusion_matrix.png too when it is the best epoch."""
 
         img = confusion_matrix_image(confusion, classes)
-        self.writer.add_image("val/confusion_matrix", np.asarray(img), epoch, dataformats="HWC")
+        self.writer.add_image("val/confusion_matrix", np.asarray(img), step, dataformats="HWC")
         if save_png:
             png = io.BytesIO()
             img.save(png, format="PNG")
@@ -126,10 +126,10 @@ class NullTracker(Tracker):
     def log_scalars(self, values: dict[str, float], step: int) -> None:
         pass
 
-    def log_per_class(self, per_class: dict[str, dict[str, float]], epoch: int) -> None:
+    def log_per_class(self, per_class: dict[str, dict[str, float]], step: int) -> None:
         pass
 
-    def log_confusion(self, confusion: torch.Tensor, classes: list[str], epoch: int, save_png: bool) -> None:
+    def log_confusion(self, confusion: torch.Tensor, classes: list[str], step: int, save_png: bool) -> None:
         pass
 
     def write_metrics(self, summary: dict[str, Any]) -> None:
