@@ -821,3 +821,31 @@ def test_resume_with_other_classes_is_refused(tmp_path):
         timeout=HANG_GUARD,
     )
     assert proc.returncode != 0 and "trained on classes ['cat', 'dog']" in proc.stderr
+
+
+def test_hparams_show_the_essentials_then_what_the_command_line_set():
+    from trainer.tracking import chosen_hparams
+
+    flat = {
+        "seed": 1,
+        "trainer.precision": "auto",
+        "optimizer._target_": "torch.optim.SGD",
+        "optimizer.lr": 0.1,
+        "model.name": "resnet18",
+        "data.name": "digits",
+        "data.batch_size": 32,
+        "trainer.epochs": 3,
+        "loss._target_": "trainer.losses.DiceLoss",
+    }
+    chosen = chosen_hparams(flat, ["seed", "loss", "optimizer.lr"])
+    assert list(chosen) == [
+        "model.name",
+        "data.name",
+        "optimizer._target_",
+        "optimizer.lr",
+        "data.batch_size",
+        "trainer.epochs",
+        "seed",
+        "loss._target_",
+    ]
+    assert "trainer.precision" not in chosen  # a default nobody changed stays off the table

@@ -34,7 +34,7 @@ from trainer.run import Run, Settings
 from trainer.schedules import Schedule, build_schedule
 from trainer.stages import StagePlan, plan_stages
 from trainer.targets import check_targets
-from trainer.tracking import NullTracker, Tracker, flat_hparams
+from trainer.tracking import NullTracker, Tracker, chosen_hparams, flat_hparams
 
 log = logging.getLogger("trainer")
 
@@ -219,7 +219,11 @@ def setup_tracker(cfg: DictConfig, run_dir: Path, loaders: Loaders) -> Tracker:
     hp.pop("resume", None)
     spec = loaders.input_spec
     kind = Tracker if dist.is_main() else NullTracker
-    return kind(run_dir, flat_hparams(hp), tuple(spec["mean"]), tuple(spec["std"]))
+    overridden = None
+    if HydraConfig.initialized():
+        overridden = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    hparams = chosen_hparams(flat_hparams(hp), overridden)
+    return kind(run_dir, hparams, tuple(spec["mean"]), tuple(spec["std"]))
 
 
 def instantiate_node(node: Any, **runtime: Any) -> Any:

@@ -37,6 +37,23 @@ def flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# what every run's HParams row shows first; the keys given on the command line follow
+HPARAM_KEYS = ("model.name", "data.name", "optimizer._target_", "optimizer.lr", "data.batch_size", "trainer.epochs")
+
+
+def chosen_hparams(flat: dict[str, Any], overridden: list[str] | None) -> dict[str, Any]:
+    """The HParams tab's columns: the essentials, then what this run's command line set (a sweep's
+    varied keys among them), instead of every one of the ~60 config keys in alphabetical order."""
+    if overridden is None:
+        return flat
+    keys = list(HPARAM_KEYS) + [k for k in overridden if k not in HPARAM_KEYS]
+    chosen = {k: flat[k] for k in keys if k in flat}
+    for group in overridden:  # a group option (optimizer=sgd): its flattened keys are not named; its name is
+        if group not in flat and f"{group}._target_" in flat:
+            chosen[f"{group}._target_"] = flat[f"{group}._target_"]
+    return chosen
+
+
 class Tracker:
     """TensorBoard events (opened on first use) and the run folder's summary files."""
 
