@@ -15,8 +15,6 @@ import logging
 import math
 from pathlib import Path
 
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-
 
 def lr_curves(overrides: list[str]) -> tuple[dict[str, list[float]], int, list[int]]:
     """lr of each group label after every optimizer step; steps per epoch; the step where each stage starts.
@@ -58,32 +56,9 @@ def lr_curves(overrides: list[str]) -> tuple[dict[str, list[float]], int, list[i
 
 
 def draw(curves: dict[str, list[float]], steps_per_epoch: int, path: Path, title: str) -> None:
-    from PIL import Image, ImageDraw
+    from trainer.plots import lr_png, write_png
 
-    w, h, left, right, top, bottom = 900, 420, 80, 20, 40, 50
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    n = max(len(c) for c in curves.values())
-    peak = max(max(c) for c in curves.values()) or 1.0
-    x = lambda i: left + (w - left - right) * i / max(1, n - 1)  # noqa: E731
-    y = lambda v: h - bottom - (h - top - bottom) * v / peak  # noqa: E731
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
-    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-        d.line([left - 4, y(peak * frac), left, y(peak * frac)], fill="black")
-        d.text((4, y(peak * frac) - 6), f"{peak * frac:.2e}", fill="black")
-    epochs = max(1, n // max(1, steps_per_epoch))
-    for e in range(0, epochs + 1, max(1, epochs // 10)):
-        d.line([x(e * steps_per_epoch), h - bottom, x(e * steps_per_epoch), h - bottom + 4], fill="black")
-        d.text((x(e * steps_per_epoch) - 4, h - bottom + 8), str(e), fill="black")
-    d.text((w // 2 - 20, h - 20), "epoch", fill="black")
-    d.text((left, 12), title, fill="black")
-    for k, (label, values) in enumerate(curves.items()):
-        if not any(values):
-            continue
-        colour = COLOURS[k % len(COLOURS)]
-        d.line([(x(i), y(v)) for i, v in enumerate(values)], fill=colour, width=2)
-        d.text((w - right - 120, top + 8 + 14 * k), f"lr/{label}", fill=colour)
-    img.save(path)
+    write_png(lr_png({f"lr/{k}": v for k, v in curves.items() if any(v)}, steps_per_epoch, title), path)
 
 
 def main() -> None:

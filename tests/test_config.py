@@ -164,5 +164,6 @@ def test_plot_lr_draws_the_schedule_without_training(tmp_path):
     peak = float(head.split("peak ")[1].split()[0])
     assert peak == pytest.approx(0.01, rel=0.01) and "(24 steps, 8 per epoch" in head
     assert float(head.split("last ")[1].split()[0]) < 1e-5  # one-cycle ends near zero
-    assert Image.open(out).size == (900, 420)
+    width, height = Image.open(out).size  # matplotlib at 100 dpi: readable at 100% zoom
+    assert width >= 700 and height >= 350
     assert not (tmp_path / "outputs").exists()

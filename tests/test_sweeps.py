@@ -26,7 +26,7 @@ def _check_summary(sweep_dir, n):
         if row["status"] == "finished":
             m = json.loads((sweep_dir / row["run_dir"].split("/")[-1] / "metrics.json").read_text())
             assert float(row["best"]) == pytest.approx(m["best"], abs=1e-9)
-    assert Image.open(sweep_dir / "summary.png").size[1] == 280
+    assert Image.open(sweep_dir / "summary.png").size[1] >= 300  # matplotlib, labelled axes
     return rows
 
 
@@ -138,3 +138,18 @@ def test_slurm_launcher_config_composes():
         )
     launcher = cfg.hydra.launcher
     assert "SlurmLauncher" in launcher._target_ and launcher.gpus_per_node == 1 and launcher.partition == "gpu"
+
+
+def test_plots_are_drawn_with_matplotlib_and_readable(tmp_path):
+    import torch
+    from PIL import Image
+
+    from trainer.plots import confusion_png, png_array, sweep_png, write_png
+
+    points = {"optimizer.lr": [("0.0001", 0.5), ("0.01", 0.9)], "model": [("resnet18", 0.7), ("resnet34", 0.8)]}
+    path = write_png(sweep_png(points, "val/acc"), tmp_path / "summary.png")
+    width, height = Image.open(path).size
+    assert width >= 900 and height >= 300  # two panels of about 500 x 400 px
+    cm = png_array(confusion_png(torch.tensor([[5, 1], [2, 7]]), ["cat", "dog"]))
+    assert cm.ndim == 3 and cm.shape[2] == 3 and min(cm.shape[:2]) >= 300
+    assert "matplotlib.pyplot" in __import__("sys").modules  # drawn by matplotlib, not by hand

@@ -95,7 +95,7 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
 
 def write_report(result: dict[str, Any], trained: Trained, out: Path, data: str) -> None:
     from trainer.checkpoint import atomic_write_bytes
-    from trainer.metrics import confusion_matrix_image
+    from trainer.plots import confusion_png, write_png
 
     out.mkdir(parents=True, exist_ok=True)
     classes = trained.classes if trained.task != "binary" else [trained.classes[1]]
@@ -108,7 +108,7 @@ def write_report(result: dict[str, Any], trained: Trained, out: Path, data: str)
         for i, c in enumerate(classes):
             writer.writerow([c, *(round(v[i], 6) for v in result["per_class"].values())])
     if result["confusion"] is not None:
-        confusion_matrix_image(result["confusion"], trained.classes).save(out / "confusion_matrix.png")
+        write_png(confusion_png(result["confusion"], trained.classes), out / "confusion_matrix.png")
 
 
 def evaluate(args: dict[str, Any]) -> tuple[dict[str, Any], Trained, Path]:

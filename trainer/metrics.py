@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw
 from torchmetrics import MetricCollection
 from torchmetrics import classification as tmc
 
@@ -103,31 +102,3 @@ class Metrics:
         per = {k: [float(x) for x in v.reshape(-1).tolist()] for k, v in self.per_class.compute().items()}
         cm = self.confusion.compute().cpu() if self.confusion is not None else None
         return scalars, per, cm
-
-
-def confusion_matrix_image(cm: torch.Tensor, classes: list[str], cell: int = 0) -> Any:
-    """A PIL image of a confusion matrix: rows true, columns predicted, shaded by row share, counts written."""
-
-    n = cm.shape[0]
-    labels = [str(c) for c in classes] if len(classes) == n else [str(i) for i in range(n)]
-    digits = len(str(int(cm.max()))) if cm.numel() else 1
-    cell = cell or max(20, min(72, max(7 * digits + 8, 640 // max(1, n))))
-    left, top = 10 + 6 * min(16, max(len(s) for s in labels)), 24
-    size = (max(left + n * cell + 10, left + 230), top + n * cell + 26)
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    rows = cm.float().sum(1, keepdim=True).clamp(min=1)
-    share = (cm.float() / rows).tolist()
-    counts = cm.long().tolist()
-    for i in range(n):
-        draw.text((4, top + i * cell + cell // 2 - 5), labels[i][:16], fill="black")
-        draw.text((left + i * cell + 2, top - 14), labels[i][: max(2, cell // 6)], fill="black")
-        for j in range(n):
-            s = share[i][j]
-            shade = (int(255 - 215 * s), int(255 - 140 * s), 255)
-            x0, y0 = left + j * cell, top + i * cell
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=shade, outline=(200, 200, 200))
-            if cell >= 7 * len(str(counts[i][j])) + 4:
-                draw.text((x0 + 3, y0 + cell // 2 - 5), str(counts[i][j]), fill="white" if s > 0.6 else "black")
-    draw.text((left, top + n * cell + 8), "rows: true class, columns: predicted", fill="black")
-    return img

@@ -6,19 +6,16 @@ time so the loop never asks which rank it is on.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torchvision.utils import make_grid
 
 from trainer.checkpoint import atomic_write_bytes
-from trainer.metrics import confusion_matrix_image
 
 log = logging.getLogger("trainer")
 
@@ -98,13 +95,12 @@ class Tracker:
 
     def log_confusion(self, confusion: torch.Tensor, classes: list[str], step: int, save_png: bool) -> None:
         """The confusion matrix as a TensorBoard image; as confusion_matrix.png too when it is the best epoch."""
+        from trainer.plots import confusion_png, png_array
 
-        img = confusion_matrix_image(confusion, classes)
-        self.writer.add_image("val/confusion_matrix", np.asarray(img), step, dataformats="HWC")
+        png = confusion_png(confusion, classes)
+        self.writer.add_image("val/confusion_matrix", png_array(png), step, dataformats="HWC")
         if save_png:
-            png = io.BytesIO()
-            img.save(png, format="PNG")
-            atomic_write_bytes(self.run_dir / "confusion_matrix.png", png.getvalue())
+            atomic_write_bytes(self.run_dir / "confusion_matrix.png", png)
 
     def write_metrics(self, summary: dict[str, Any]) -> None:
         atomic_write_bytes(self.run_dir / "metrics.json", json.dumps(summary, indent=2).encode())
