@@ -1,4 +1,4 @@
-"""`export`: a trained model as a file other tools load, checked against torch before it is kept.
+"""`export-model`: a trained model as a file other tools load, checked against torch before it is kept.
 
     export-model checkpoint=<run folder | .pt> [format=safetensors|onnx|torchscript] [out=DIR]
 
