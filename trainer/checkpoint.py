@@ -227,16 +227,17 @@ def newest_valid_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
     return None, problems
 
 
-def checkpoint_of(target: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run folder (-> its checkpoints/last.pt)."""
+def checkpoint_of(target: str | os.PathLike, key: str = "resume", names: tuple[str, ...] = ("last.pt",)) -> Path:
+    """A checkpoint file, or a run folder (-> the first of ``names`` under its checkpoints/, or beside it)."""
     p = Path(target).expanduser()
     if p.is_dir():
-        for candidate in (p / "checkpoints" / "last.pt", p / "last.pt"):
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"resume={str(target)!r}: this folder holds no checkpoints/last.pt.")
+        for name in names:
+            for candidate in (p / "checkpoints" / name, p / name):
+                if candidate.is_file():
+                    return candidate
+        raise UserError(f"{key}={str(target)!r}: this folder holds no checkpoints/{' or '.join(names)}.")
     if not p.is_file():
-        raise UserError(f"resume={str(target)!r}: no such checkpoint file or run folder.")
+        raise UserError(f"{key}={str(target)!r}: no such checkpoint file or run folder.")
     return p
 
 

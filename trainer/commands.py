@@ -71,28 +71,15 @@ class Trained:
     state: dict[str, Any]
 
 
-def checkpoint_to_use(value: str) -> Path:
-    """A .pt file, or a run folder (its best.pt, else last.pt)."""
-    p = Path(value).expanduser()
-    if p.is_dir():
-        for candidate in (p / "checkpoints" / "best.pt", p / "checkpoints" / "last.pt", p / "best.pt"):
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"checkpoint={value!r}: this folder holds no checkpoints/best.pt or last.pt.")
-    if not p.is_file():
-        raise UserError(f"checkpoint={value!r}: no such checkpoint file or run folder.")
-    return p
-
-
 def load_trained(value: str, allow: tuple[str, ...] = ()) -> Trained:
     """The trained model of a checkpoint or run folder, on the CPU, in eval mode."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from trainer.checkpoint import load_checkpoint
+    from trainer.checkpoint import checkpoint_of, load_checkpoint
     from trainer.targets import check_targets
 
-    path = checkpoint_to_use(value)
+    path = checkpoint_of(value, key="checkpoint", names=("best.pt", "last.pt"))
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
     check_targets(cfg, extra=allow, where=f"config stored in {path}")
