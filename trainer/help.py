@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from trainer.config import CONF_DIR, compose_config
+from trainer.overrides import searchpath
 
 
 def group_options(conf_dir: str = CONF_DIR) -> dict[str, list[str]]:
@@ -24,22 +25,11 @@ def group_options(conf_dir: str = CONF_DIR) -> dict[str, list[str]]:
     return groups
 
 
-def _search_dirs(overrides: list[str]) -> list[str]:
-    """The folders a ``hydra.searchpath=[file://...]`` override adds (``--config-dir`` becomes one)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    dirs = []
-    for o in overrides:
-        if o.split("=", 1)[0] == "hydra.searchpath":
-            value = OverridesParser.create().parse_overrides([o])[0].value()
-            dirs += [str(v).removeprefix("file://") for v in (value if isinstance(value, list) else [value])]
-    return [d for d in dirs if Path(d).is_dir()]
-
-
 def help_text(overrides: list[str]) -> str:
     spec = OmegaConf.load(Path(CONF_DIR) / "train.yaml").hydra.help
     merged = group_options()
-    for folder in _search_dirs(overrides):  # the user's own options beside the packaged ones
+    folders = [e.removeprefix("file://") for e in searchpath(overrides) if e.startswith("file://")]
+    for folder in (f for f in folders if Path(f).is_dir()):  # the user's own options beside the packaged ones
         for group, options in group_options(folder).items():
             merged[group] = sorted(set(merged.get(group, [])) | set(options))
     groups = "\n".join(f"{group}: {', '.join(options)}" for group, options in merged.items())

@@ -88,17 +88,21 @@ def with_config_dirs(overrides: list[str], argv: list[str]) -> list[str]:
             dirs.append(a.split("=", 1)[1])
     if not dirs:
         return overrides
+    rest = [o for o in overrides if o.split("=", 1)[0] != "hydra.searchpath"]
+    paths = searchpath(overrides) + [f"file://{os.path.abspath(os.path.expanduser(d))}" for d in dirs]
+    return [*rest, "hydra.searchpath=[" + ",".join(_hydra_quote(p) for p in paths) + "]"]
+
+
+def searchpath(overrides: list[str]) -> list[str]:
+    """The entries a ``hydra.searchpath=[...]`` override gives (``file://...``, ``pkg://...``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    paths, rest = [], []
+    paths: list[str] = []
     for o in overrides:
         if o.split("=", 1)[0] == "hydra.searchpath":
             value = OverridesParser.create().parse_overrides([o])[0].value()
             paths += [str(v) for v in value] if isinstance(value, list) else [str(value)]
-        else:
-            rest.append(o)
-    paths += [f"file://{os.path.abspath(os.path.expanduser(d))}" for d in dirs]
-    return [*rest, "hydra.searchpath=[" + ",".join(_hydra_quote(p) for p in paths) + "]"]
+    return paths
 
 
 def _hydra_quote(value: str) -> str:
