@@ -170,7 +170,8 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda r: paths.index(r["path"])))
+        order = {path: i for i, path in enumerate(paths)}  # unreadable files were recorded first in their batch
+        writer.writerows(sorted(rows, key=lambda r: order[r["path"]]))
     return out, len(paths) - bad, bad
 
 
