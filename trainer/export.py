@@ -52,7 +52,6 @@ def timm_config(trained: Trained) -> dict[str, Any]:
         "num_classes": num_outputs,
         "label_names": list(trained.classes),
         "pretrained_cfg": pretrained_cfg,
-        **{k: v for k, v in pretrained_cfg.items() if k not in ("num_classes", "label_names")},
     }
 
 
