@@ -53,7 +53,7 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
     from tqdm import tqdm
 
     from trainer.build import resolve_device
-    from trainer.data.datasets import _scan_class_folders
+    from trainer.data.datasets import scan_class_folders
     from trainer.data.images import BadImage, decode_rgb
     from trainer.metrics import Metrics
     from trainer.predict import preprocess
@@ -63,7 +63,7 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
     folder = Path(root).expanduser()
     if not folder.is_dir():
         raise UserError(f"data.root={root!r}: no such folder.")
-    names, paths, targets = _scan_class_folders(folder)
+    names, paths, targets = scan_class_folders(folder)
     missing, extra = sorted(set(trained.classes) - set(names)), sorted(set(names) - set(trained.classes))
     if missing or extra:
         raise UserError(

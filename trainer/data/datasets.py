@@ -90,7 +90,7 @@ def load_digits(val_split: float = 0.2, seed: int = 0) -> Splits:
     )
 
 
-def _scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int]]:
+def scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     paths, targets = [], []
     for ci, c in enumerate(classes):
@@ -111,8 +111,8 @@ def load_imagefolder(root: str, val_split: float = 0.2, seed: int = 0, task: str
             "folders, or one set of class folders (e.g. data.root=~/data/pets)."
         )
     if (base / "train").is_dir() and (base / "val").is_dir():
-        classes, tr_paths, tr_targets = _scan_class_folders(base / "train")
-        val_classes, va_paths, va_targets = _scan_class_folders(base / "val")
+        classes, tr_paths, tr_targets = scan_class_folders(base / "train")
+        val_classes, va_paths, va_targets = scan_class_folders(base / "val")
         if classes != val_classes:
             only_train = sorted(set(classes) - set(val_classes))
             only_val = sorted(set(val_classes) - set(classes))
@@ -127,7 +127,7 @@ def load_imagefolder(root: str, val_split: float = 0.2, seed: int = 0, task: str
                 f"data.root={str(base)!r}: {empty} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})."
             )
         return Splits(FileImages(tr_paths, tr_targets), FileImages(va_paths, va_targets), classes, task)
-    classes, paths, targets = _scan_class_folders(base)
+    classes, paths, targets = scan_class_folders(base)
     if not classes or not paths:
         raise UserError(
             f"data.root={str(base)!r} holds no class folders with images. Expected "
