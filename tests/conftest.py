@@ -60,6 +60,25 @@ def train(
     return proc
 
 
+def start_train(args: list[str], cwd: Path, output: bool = False, **popen: object) -> subprocess.Popen:
+    """Start the real `train` command without waiting; ``output``: its stdout+stderr as text, else discarded."""
+    streams = (
+        {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+        if output
+        else {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    )
+    return subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=cwd, env=offline_env(cwd), **streams, **popen)
+
+
+def wait_for(path: Path, proc: subprocess.Popen) -> None:
+    """Until ``path`` exists or the process ended (a hang guard, not a speed check)."""
+    import time
+
+    deadline = time.time() + HANG_GUARD
+    while time.time() < deadline and proc.poll() is None and not path.exists():
+        time.sleep(0.01)
+
+
 def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import HANG_GUARD, TINY, train
+from conftest import HANG_GUARD, TINY, start_train, train, wait_for
 from omegaconf import OmegaConf
 
 from trainer.errors import UserError
@@ -284,24 +284,12 @@ def _snapshot(folder) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_a_second_run_in_a_folder_in_use_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
     import signal
-    import subprocess
-    import time
-
-    from conftest import offline_env
 
     run = tmp_path / "X"
     args = [*TINY, "trainer.epochs=30", "data.dataset.train_size=512", f"hydra.run.dir={run}"]
-    first = subprocess.Popen(
-        [sys.executable, "-m", "trainer", *args, "seed=0"],
-        cwd=tmp_path,
-        env=offline_env(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    first = start_train([*args, "seed=0"], tmp_path)
     try:
-        deadline = time.time() + HANG_GUARD
-        while time.time() < deadline and not (run / "checkpoints" / "last.pt").exists():
-            time.sleep(0.05)
+        wait_for(run / "checkpoints" / "last.pt", first)
         assert first.poll() is None, "the first run ended before the test could overlap it"
         before = (run / ".hydra" / "config.yaml").read_bytes()
         second = train([*args, "seed=1", "trainer.epochs=1"], tmp_path, check=False)
@@ -366,25 +354,12 @@ def test_a_run_folder_that_cannot_be_written_is_refused_at_once(tmp_path, monkey
 def test_ctrl_c_to_the_process_group_is_reported_once_and_stale_temp_files_are_cleaned(tmp_path):
     import os
     import signal
-    import subprocess
     import time
-
-    from conftest import offline_env
 
     run = tmp_path / "run"
     args = [*TINY, "trainer.epochs=20", "data.num_workers=2", "data.dataset.train_size=512", f"hydra.run.dir={run}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer", *args],
-        cwd=tmp_path,
-        env=offline_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
-    deadline = time.time() + HANG_GUARD
-    while time.time() < deadline and not (run / "checkpoints" / "last.pt").exists():
-        time.sleep(0.05)
+    proc = start_train(args, tmp_path, output=True, start_new_session=True)  # its own group, as a foreground job
+    wait_for(run / "checkpoints" / "last.pt", proc)
     time.sleep(0.5)  # the workers of the next epoch are up
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: every process of the group gets it
     out, _ = proc.communicate(timeout=HANG_GUARD)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_GUARD, TINY, metrics, offline_env, train
+from conftest import HANG_GUARD, TINY, metrics, offline_env, start_train, train, wait_for
 
 
 def test_tiny_run_learns_and_leaves_a_complete_run_folder(tmp_path):
@@ -126,13 +126,7 @@ def _final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def _kill_after_first_checkpoint(args: list[str], cwd: Path) -> Path:
     """Start `train`, SIGKILL it as soon as it has written a checkpoint; return the run folder."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer", *args],
-        cwd=cwd,
-        env=offline_env(cwd),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_train(args, cwd)
     deadline = time.time() + HANG_GUARD
     found = []
     while time.time() < deadline and proc.poll() is None:
@@ -329,13 +323,7 @@ def test_a_failing_sweep_job_is_listed_and_a_rerun_skips_finished_and_resumes_un
         f"hydra.sweep.dir={sweep}",
     ]
     # first attempt: killed while job 2 is under way (job 0 failed, job 1 finished)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer", *args],
-        cwd=tmp_path,
-        env=offline_env(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_train(args, tmp_path)
     deadline = time.time() + HANG_GUARD
     while time.time() < deadline and proc.poll() is None:
         if (sweep / "2" / "checkpoints" / "last.pt").exists():
@@ -370,17 +358,8 @@ def test_sigterm_and_ctrl_c_save_and_resume_exactly(tmp_path, sig):
     unbroken = tmp_path / "unbroken"
     train([*args, f"hydra.run.dir={unbroken}"], tmp_path)
     run_dir = tmp_path / "stopped"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer", *args, f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path,
-        env=offline_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + HANG_GUARD
-    while time.time() < deadline and not (run_dir / "checkpoints" / "last.pt").exists():
-        time.sleep(0.01)
+    proc = start_train([*args, f"hydra.run.dir={run_dir}"], tmp_path, output=True)
+    wait_for(run_dir / "checkpoints" / "last.pt", proc)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 128 + sig, out
