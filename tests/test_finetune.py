@@ -294,3 +294,21 @@ def test_hub_weights_are_read_from_the_cache_and_their_sha256_recorded(tmp_path,
     assert built.weights["source"] == f"hub:{url}" and len(built.weights["sha256"]) == 64
     got = built.model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in source.state_dict().items() if not k.startswith("fc."))
+
+
+def test_cache_features_auto_caches_a_probe_only_when_it_changes_no_result(compose_cfg, tmp_path):
+    from trainer.build import build_run
+    from trainer.steps import CachedInputs
+
+    def probe(*extra):
+        args = (*TINY, "trainer.epochs=2", "finetune.head_epochs=0", "model.freeze=backbone", "optimizer.lr=0.1")
+        return build_run(compose_cfg(*args, *extra), run_dir=tmp_path / "_".join(extra))
+
+    augmented = probe("data.augment=flip_crop")  # auto: caching would drop the augmentation
+    assert not isinstance(augmented.inputs, CachedInputs)
+    cached, plain = probe("data.augment=none"), probe("data.augment=none", "finetune.cache_features=false")
+    assert isinstance(cached.inputs, CachedInputs) and not isinstance(plain.inputs, CachedInputs)
+    a, b = cached.fit()["history"], plain.fit()["history"]
+    for ra, rb in zip(a, b, strict=True):  # the same numbers: only the time differs
+        for key in ("train/loss", "val/loss", "val/acc"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5), key

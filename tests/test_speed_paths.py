@@ -324,3 +324,26 @@ def test_a_run_with_jpegs_decoded_on_the_device_trains_and_evaluates(tmp_path):
     assert "data.decode=device" in out.stdout + out.stderr and "built by" not in out.stdout + out.stderr
     m = metrics(run_dir)
     assert m["finished"] and m["history"][-1]["val/acc"] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("flags\t\t: fpu sse avx avx2 fma", "fp32"),  # AVX2 only: bf16 would be emulated, slower than fp32
+        ("flags\t\t: fpu avx2 avx512f avx512_bf16", "bf16"),
+        ("flags\t\t: fpu avx512f amx_bf16 amx_tile", "bf16"),
+        ("Features\t: fp asimd bf16 i8mm", "bf16"),  # ARMv8.6
+    ],
+)
+def test_precision_auto_picks_bf16_only_on_cpus_with_native_bf16(tmp_path, monkeypatch, caplog, flags, expected):
+    from trainer import build
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\n{flags}\n\nprocessor\t: 1\n{flags}\n")
+    real = build.cpu_bf16_instructions
+    monkeypatch.setattr(build, "cpu_bf16_instructions", lambda: real(info))
+    with caplog.at_level("INFO", logger="trainer"):
+        assert build.resolve_precision("auto", torch.device("cpu")) == expected
+    assert ("native bf16 instructions" in caplog.text) == (expected == "bf16")
+    assert build.resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice always wins
+    assert real(tmp_path / "missing") == []  # no cpuinfo (not Linux): fp32

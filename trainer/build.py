@@ -73,7 +73,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
         ignore_index=cfg.data.get("ignore_index"),
         channels_last=resolve_channels_last(cfg.trainer.channels_last, device, built.model),
         compile_backend=resolve_compile(cfg.trainer.compile),
-        cache_features=bool(cfg.finetune.cache_features),
+        cache_features=resolve_cache_features(cfg.finetune.cache_features, str(cfg.data.augment)),
         sync_bn=bool(cfg.trainer.sync_bn),
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
     )
@@ -255,14 +255,50 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return name
+    """auto: bf16 on CUDA that has it, and on CPUs with native bf16 instructions; else fp32.
+
+    Without native bf16 (AVX2-only x86) autocast emulates it and is slower than fp32, so it is never
+    guessed from the architecture: the instructions are read from the CPU's flags."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        found = cpu_bf16_instructions()
+        if found:
+            log.info("precision auto: bf16 on this CPU (native bf16 instructions: %s)", ", ".join(found))
+            return "bf16"
+    return "fp32"
+
+
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # x86 AMX / AVX512-BF16; ARMv8.6 BF16 ("Features: ... bf16")
+
+
+def cpu_bf16_instructions(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The native bf16 instruction sets this CPU lists (Linux /proc/cpuinfo flags); [] when none or unknown."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags = set(value.split())
+            return [f for f in CPU_BF16_FLAGS if f in flags]
+    return []
 
 
 def resolve_channels_last(value: Any, device: torch.device, model: torch.nn.Module) -> bool:
     """auto: channels_last on CUDA for convolutional nets (measured faster there, docs/BENCHMARKS.md)."""
     return device.type == "cuda" and is_convnet(model) if value == "auto" else bool(value)
+
+
+def resolve_cache_features(value: Any, augment: str) -> bool:
+    """auto: cache a linear probe's backbone features when data.augment=none. The cached features are
+    then exactly what the probe would compute each epoch (the same resize and crop), so only the time
+    changes: one backbone forward in all instead of one per epoch. With augmentation on, caching would
+    train on unaugmented images, so auto leaves it off (true forces it)."""
+    return augment == "none" if value == "auto" else bool(value)
 
 
 def resolve_compile(value: Any) -> str | None:

@@ -75,7 +75,7 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "finetune.backbone_lr_mult": _pos_float(strict=False),
     "finetune.layer_decay": (float, lambda v: 0 < v <= 1, "a number in (0, 1], e.g. 0.75"),
     "finetune.bn": _choice("train", "frozen_stats", "frozen"),
-    "finetune.cache_features": _BOOL,
+    "finetune.cache_features": (object, lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     "schedule.interval": _choice("step", "epoch"),
     "schedule.warmup_epochs": _pos_float(strict=False),
     "data.batch_size": _int(1),
@@ -183,7 +183,7 @@ def check_run(cfg: DictConfig, task: str, num_classes: int, device_type: str, di
             f"data.task={cfg.data.task}, but data={cfg.data.name} gives {task} data: leave data.task "
             f"as the data option sets it, or pick a data option for {cfg.data.task}."
         )
-    if task == "segmentation" and cfg.finetune.get("cache_features"):
+    if task == "segmentation" and cfg.finetune.get("cache_features") is True:
         raise UserError(
             "finetune.cache_features=true is for classifiers (a linear probe); a segmentation decoder "
             "trains on feature maps of augmented images: set finetune.cache_features=false."
@@ -222,7 +222,7 @@ def _check_distributed(cfg: DictConfig, device_type: str, lbfgs: bool, skip: boo
         and device_type != "cuda",
         "trainer.nonfinite=skip (a rank that skips a batch would leave the others waiting)": skip,
         "optimizer=lbfgs (its line search runs a different number of steps on each rank)": lbfgs,
-        "finetune.cache_features=true (a single-process linear probe)": bool(cfg.finetune.get("cache_features")),
+        "finetune.cache_features=true (a single-process linear probe)": cfg.finetune.get("cache_features") is True,
     }
     bad = [k for k, on in clashes.items() if on]
     if bad:
