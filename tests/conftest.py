@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -93,3 +95,43 @@ def compose_cfg():
             return compose("train", overrides=list(overrides))
 
     return _compose
+
+
+def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
+    out.update({f"ema.{k}": v for k, v in (ckpt.get("ema") or {}).items()})
+    for pid, st in ckpt["optimizer"]["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                out[f"optim.{pid}.{k}"] = v
+    return out
+
+
+def interrupt_and_resume(cfg, folder, at_call):
+    """In-process: SIGTERM-stop a run after ``at_call`` batches, resume it from last.pt, return final tensors."""
+    from trainer.build import build_run
+    from trainer.interrupt import RunInterrupted
+
+    first = build_run(cfg, run_dir=folder)
+    calls = {"n": 0}
+    loss = first.loss_fn
+
+    def stop_later(out, y):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            first.guard.request(signal.SIGTERM)
+        return loss(out, y)
+
+    first.loss_fn = stop_later
+    with pytest.raises(RunInterrupted):
+        first.fit()
+    assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["batch_in_epoch"] > 0
+    build_run(resume_cfg(cfg, folder), run_dir=folder).fit()
+    return final_tensors(folder)
+
+
+def resume_cfg(cfg, folder):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(cfg, {"resume": str(folder / "checkpoints" / "last.pt")})

@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_GUARD, TINY, metrics, offline_env, start_train, train, wait_for
+from conftest import (
+    HANG_GUARD,
+    TINY,
+    final_tensors,
+    interrupt_and_resume,
+    metrics,
+    offline_env,
+    start_train,
+    train,
+    wait_for,
+)
 
 
 def test_tiny_run_learns_and_leaves_a_complete_run_folder(tmp_path):
@@ -114,16 +124,6 @@ def test_checkpoint_round_trip_restores_every_tensor(compose_cfg, tmp_path):
     assert other.scheduler.state_dict() == run.scheduler.state_dict()
 
 
-def _final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
-    for pid, st in ckpt["optimizer"]["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                out[f"optim.{pid}.{k}"] = v
-    return out
-
-
 def _kill_after_first_checkpoint(args: list[str], cwd: Path) -> Path:
     """Start `train`, SIGKILL it as soon as it has written a checkpoint; return the run folder."""
     proc = start_train(args, cwd)
@@ -168,7 +168,7 @@ def test_killed_run_resumes_to_exactly_the_unbroken_result(tmp_path, how, worker
     assert len(list(work.glob("outputs/*/*"))) == 1, "resume continues in the same run folder"
     assert metrics(run_dir)["finished"]
 
-    a, b = _final_tensors(unbroken), _final_tensors(run_dir)
+    a, b = final_tensors(unbroken), final_tensors(run_dir)
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
@@ -366,7 +366,7 @@ def test_sigterm_and_ctrl_c_save_and_resume_exactly(tmp_path, sig):
     assert f"Continue with: train resume={run_dir}" in out and "Traceback" not in out
     assert not metrics(run_dir)["finished"] if (run_dir / "metrics.json").exists() else True
     train([f"resume={run_dir}"], tmp_path)
-    a, b = _final_tensors(unbroken), _final_tensors(run_dir)
+    a, b = final_tensors(unbroken), final_tensors(run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -608,7 +608,7 @@ KILL_ARGS = [
 def unbroken_kill_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("unbroken")
     train([*KILL_ARGS, f"hydra.run.dir={root / 'run'}"], root)
-    return _final_tensors(root / "run")
+    return final_tensors(root / "run")
 
 
 @pytest.mark.slow
@@ -621,7 +621,7 @@ def test_batches_built_in_pieces_by_two_workers_train_like_one_process(tmp_path,
     args = [a for a in KILL_ARGS if not a.startswith("data.num_workers")] + ["data.num_workers=0"]
     proc = train([*args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert "built by" not in proc.stdout + proc.stderr
-    final = _final_tensors(tmp_path / "run")
+    final = final_tensors(tmp_path / "run")
     different = [k for k in final if not torch.equal(final[k], unbroken_kill_run[k])]
     assert not different, different[:3]
 
@@ -648,7 +648,7 @@ def test_sigkill_at_any_point_then_resume_auto_equals_the_unbroken_run(tmp_path,
     assert not (run_dir / "metrics.json").exists() or not metrics(run_dir)["finished"]
     train([*KILL_ARGS, "resume=auto"], tmp_path)
     assert metrics(run_dir)["finished"]
-    final = _final_tensors(run_dir)
+    final = final_tensors(run_dir)
     assert final.keys() == unbroken_kill_run.keys()
     different = [k for k in final if not torch.equal(final[k], unbroken_kill_run[k])]
     assert not different, different[:3]
@@ -662,10 +662,10 @@ def test_negative_control_resume_without_the_sampler_position_differs(compose_cf
     cfg = compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0")
     unbroken = build_run(cfg, run_dir=tmp_path / "a")
     unbroken.fit()
-    expected = _final_tensors(tmp_path / "a")
+    expected = final_tensors(tmp_path / "a")
 
     def interrupted_then_resumed(folder):
-        return _interrupt_and_resume(cfg, folder, at_call=5)
+        return interrupt_and_resume(cfg, folder, at_call=5)
 
     good = interrupted_then_resumed(tmp_path / "b")
     assert all(torch.equal(good[k], expected[k]) for k in expected)
@@ -674,29 +674,6 @@ def test_negative_control_resume_without_the_sampler_position_differs(compose_cf
     monkeypatch.setattr(EpochSampler, "set_epoch", lambda self, epoch, start=0: original(self, epoch, 0))
     bad = interrupted_then_resumed(tmp_path / "c")
     assert any(not torch.equal(bad[k], expected[k]) for k in expected)
-
-
-def _interrupt_and_resume(cfg, folder, at_call):
-    """In-process: SIGTERM-stop a run after ``at_call`` batches, resume it from last.pt, return final tensors."""
-    from trainer.build import build_run
-    from trainer.interrupt import RunInterrupted
-
-    first = build_run(cfg, run_dir=folder)
-    calls = {"n": 0}
-    loss = first.loss_fn
-
-    def stop_later(out, y):
-        calls["n"] += 1
-        if calls["n"] == at_call:
-            first.guard.request(signal.SIGTERM)
-        return loss(out, y)
-
-    first.loss_fn = stop_later
-    with pytest.raises(RunInterrupted):
-        first.fit()
-    assert torch.load(folder / "checkpoints" / "last.pt", weights_only=True)["batch_in_epoch"] > 0
-    build_run(_resume_cfg(cfg, folder), run_dir=folder).fit()
-    return _final_tensors(folder)
 
 
 def test_a_plateau_scheduler_run_resumes_exactly(compose_cfg, tmp_path):
@@ -713,16 +690,10 @@ def test_a_plateau_scheduler_run_resumes_exactly(compose_cfg, tmp_path):
 
     unbroken = build_run(cfg, run_dir=tmp_path / "a")
     unbroken.fit()
-    expected = _final_tensors(tmp_path / "a")
-    resumed = _interrupt_and_resume(cfg, tmp_path / "b", at_call=8 * 2 + 3)  # epoch 3, mid-epoch
+    expected = final_tensors(tmp_path / "a")
+    resumed = interrupt_and_resume(cfg, tmp_path / "b", at_call=8 * 2 + 3)  # epoch 3, mid-epoch
     assert all(torch.equal(resumed[k], expected[k]) for k in expected)
     assert unbroken.scheduler.state_dict()["scheduler"]["num_bad_epochs"] is not None
-
-
-def _resume_cfg(cfg, folder):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.merge(cfg, {"resume": str(folder / "checkpoints" / "last.pt")})
 
 
 @pytest.mark.slow

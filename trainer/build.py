@@ -75,6 +75,8 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
         compile_backend=resolve_compile(cfg.trainer.compile),
         cache_features=resolve_cache_features(cfg.finetune.cache_features, str(cfg.data.augment)),
         sync_bn=bool(cfg.trainer.sync_bn),
+        ema_decay=cfg.trainer.get("ema_decay"),
+        early_stop_patience=cfg.trainer.get("early_stop_patience"),
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
     )
     run = Run(

@@ -282,3 +282,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def inference_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights a trained checkpoint is used with: its EMA when the run kept one (what was evaluated
+    and chose best.pt), else the trained weights."""
+    return state.get("ema") or state["model"]

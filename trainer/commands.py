@@ -76,7 +76,7 @@ def load_trained(value: str, allow: tuple[str, ...] = ()) -> Trained:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from trainer.checkpoint import checkpoint_of, load_checkpoint
+    from trainer.checkpoint import checkpoint_of, inference_weights, load_checkpoint
     from trainer.targets import check_targets
 
     path = checkpoint_of(value, key="checkpoint", names=("best.pt", "last.pt"))
@@ -90,7 +90,7 @@ def load_trained(value: str, allow: tuple[str, ...] = ()) -> Trained:
     cfg.model.weights = None
     built = instantiate(cfg.model)(num_classes=len(classes), task=task)
     try:
-        built.model.load_state_dict(state["model"])
+        built.model.load_state_dict(inference_weights(state))
     except RuntimeError as e:
         raise UserError(f"{path}: its weights do not fit the model its config describes ({str(e)[:200]}).") from None
     built.model.eval()

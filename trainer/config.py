@@ -63,6 +63,8 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "trainer.nonfinite": _choice("stop", "skip"),
     "trainer.devices": _int(1),
     "trainer.sync_bn": _BOOL,
+    "trainer.ema_decay": (float, lambda v: 0 < v < 1, "a number in (0, 1), e.g. 0.9998 (or null: off)"),
+    "trainer.early_stop_patience": _int(1),
     "trainer.channels_last": (object, lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     "trainer.compile": (
         object,
@@ -110,6 +112,8 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "seed": _int(0),
 }
 NULLABLE = {
+    "trainer.ema_decay",
+    "trainer.early_stop_patience",
     "model.head.hidden",
     "finetune.stages",
     "trainer.clip_grad_norm",

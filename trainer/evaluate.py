@@ -32,6 +32,7 @@ KEYS["allow_targets"] = ""
 def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
     """The run rebuilt from its stored config; its val split scored by the run's own evaluation."""
     from trainer.build import build_run
+    from trainer.checkpoint import inference_weights
 
     cfg = trained.config
     cfg.resume = None
@@ -42,7 +43,7 @@ def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
             raise UserError(
                 f"{trained.checkpoint} was trained on classes {trained.classes}, the data now has {run.classes}."
             )
-        run.model.load_state_dict(trained.state["model"])
+        run.model.load_state_dict(inference_weights(trained.state))
         scalars, per_class, confusion = run.evaluate()
     images = len(run.loaders.val.dataset)  # type: ignore[arg-type]
     return {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": images}

@@ -20,6 +20,7 @@ import torch
 from trainer import distributed as dist
 from trainer.data.images import BadImageLog
 from trainer.data.loaders import Loaders
+from trainer.ema import build_average
 from trainer.errors import UserError
 from trainer.failpoints import failpoint
 from trainer.interrupt import InterruptGuard, RunInterrupted
@@ -65,6 +66,8 @@ class Settings:
     channels_last: bool = False
     compile_backend: str | None = None
     cache_features: bool = False
+    ema_decay: float | None = None  # weight EMA used for evaluation and best.pt (None: off)
+    early_stop_patience: int | None = None  # epochs without improvement of monitor before stopping
     sync_bn: bool = False
     config_yaml: str = ""  # the resolved config, stored in every checkpoint
 
@@ -104,6 +107,7 @@ class Run(RunState):
         self.scaler = torch.amp.GradScaler(s.device.type, enabled=s.precision == "fp16")
         self.memory_format = torch.channels_last if s.channels_last else torch.preserve_format
         self.model.to(device=s.device, memory_format=self.memory_format)
+        self.ema = build_average(self.model, s.ema_decay)
         self.loss_fn.to(s.device)
         # fixed now: len(loader) shrinks while the sampler starts part-way into a resumed epoch
         self.batches_per_epoch = len(loaders.train)
@@ -143,6 +147,12 @@ class Run(RunState):
     def skipped_steps(self) -> int:
         """Batches skipped for a non-finite loss (trainer.nonfinite=skip) in this session."""
         return getattr(self.step, "skipped", 0)
+
+    @property
+    def stalled(self) -> bool:
+        """trainer.early_stop_patience epochs have passed without an improvement of the monitored metric."""
+        patience = self.settings.early_stop_patience
+        return bool(patience) and self.best_epoch is not None and self.epoch - self.best_epoch >= patience
 
     @property
     def steps_per_epoch(self) -> int:
@@ -190,7 +200,7 @@ class Run(RunState):
         """Train up to ``trainer.epochs``, evaluating and checkpointing every epoch."""
         wall_start = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.epoch >= self.epochs:
+        if self.epoch >= self.epochs or self.finished:
             return self._nothing_to_do()
         restore = self.guard.install()
         try:
@@ -201,10 +211,13 @@ class Run(RunState):
                     self.enter_stage(self.plan.index(epoch))
                 t0 = time.perf_counter()
                 train_loss = self.train_one_epoch(epoch)
-                val, per_class, confusion = self.evaluate()
+                with self.ema.applied(self.model):  # EMA on: the averaged weights are what is scored
+                    val, per_class, confusion = self.evaluate()
                 self.elapsed += time.perf_counter() - t0
                 self._end_epoch(epoch, train_loss, val, per_class, confusion, time.perf_counter() - t0, wall_start)
                 failpoint("epoch")
+                if self.finished:  # stopped early
+                    break
             self.finished = True  # the last _end_epoch saved this state already
             self.tracker.write_hparams(self.history[-1] if self.history else {}, self.best, self.epoch)
             summary = self._write_metrics(time.perf_counter() - wall_start)
@@ -238,6 +251,7 @@ class Run(RunState):
                 continue
             self.step.update()
             self.global_step += 1
+            self.ema.update(self.model, self.global_step)
             self.batch_in_epoch = i + 1
             if self.global_step % self.settings.log_every == 0 or i + 1 == n:
                 self._log_train(meter.flush(), epoch, bar)
@@ -318,7 +332,7 @@ class Run(RunState):
             self.tracker.log_confusion(confusion, self.classes, self.global_step, save_png=improved)
         if improved:
             self.best, self.best_epoch, self.per_class_best = val[monitor], self.epoch, self.per_class_last
-        self.finished = self.epoch >= self.epochs
+        self.finished = self.epoch >= self.epochs or self.stalled
         self.save(best=improved)
         self._write_metrics(time.perf_counter() - wall_start)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items())
@@ -331,6 +345,15 @@ class Run(RunState):
             row["lr"],
             seconds,
             "  *best*" if improved else "",
+        )
+        if self.finished and self.epoch < self.epochs:
+            log.info("early stop after epoch %d of %d: %s", self.epoch, self.epochs, self._stall_reason())
+
+    def _stall_reason(self) -> str:
+        p = self.settings.early_stop_patience
+        return (
+            f"{self.settings.monitor} has not improved for {p} epoch(s) (trainer.early_stop_patience={p}); best "
+            f"{self.best:.4f} at epoch {self.best_epoch}. The run counts as finished"
         )
 
     def _check_finite(self, value: float, epoch: int) -> None:
@@ -368,11 +391,15 @@ class Run(RunState):
         return summary
 
     def _nothing_to_do(self) -> dict[str, Any]:
-        log.info(
-            "nothing to do: this run already has %d of trainer.epochs=%d epochs (raise trainer.epochs to train longer)",
-            self.epoch,
-            self.epochs,
-        )
+        if self.epoch < self.epochs:
+            log.info("nothing to do: this run stopped early at epoch %d (%s)", self.epoch, self._stall_reason())
+        else:
+            log.info(
+                "nothing to do: this run already has %d of trainer.epochs=%d epochs (raise trainer.epochs to "
+                "train longer)",
+                self.epoch,
+                self.epochs,
+            )
         saved = self.run_dir / "metrics.json"
         summary = json.loads(saved.read_text()) if saved.is_file() else self._write_metrics(0.0)
         self._print_summary(summary)

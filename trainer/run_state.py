@@ -34,6 +34,7 @@ class RunState:
         versions = {"trainer": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
         return {
             "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),  # the averaged weights (trainer.ema_decay), or None
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -110,7 +111,8 @@ class RunState:
         self.partial_loss = (float(partial[0]), int(partial[1]))
         self.elapsed = float(state["elapsed"])
         self.tracker.resumed_at(self.global_step, bool(state.get("images_logged", False)))
-        self.finished = bool(state.get("finished", False)) and self.epoch >= self.epochs
+        self.ema.load_state_dict(state.get("ema") or self.model.state_dict())  # EMA newly on: from these weights
+        self.finished = bool(state.get("finished", False)) and (self.epoch >= self.epochs or self.stalled)
         ranks = state.get("rng_ranks")
         if ranks and len(ranks) == dist.world_size():
             set_rng_state(ranks[dist.rank()])  # each rank continues its own random streams

@@ -126,7 +126,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and DIGEST_KEY in obj:  # one of our checkpoints: it vouches for itself
         verify_digest(obj, str(path))
     if isinstance(obj, dict):
-        for key in ("model", "state_dict", "model_state_dict"):
+        for key in ("ema", "model", "state_dict", "model_state_dict"):  # ours: the EMA weights when kept
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
