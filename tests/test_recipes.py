@@ -67,3 +67,92 @@ def test_early_stop_ends_after_patience_epochs_without_improvement_and_counts_as
     with caplog.at_level("INFO", logger="trainer"):
         assert again.fit()["epochs_done"] == 3
     assert "stopped early at epoch 3" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("augment", "policy"),
+    [("randaugment", "RandAugment"), ("trivialaugment", "TrivialAugmentWide"), ("autoaugment", "AutoAugment")],
+)
+def test_augment_policies_and_random_erasing_are_seeded_per_sample(augment, policy):
+    from trainer.data.datasets import make_fake
+    from trainer.data.loaders import TransformedImages
+    from trainer.data.transforms import build_transforms
+
+    splits = make_fake(num_classes=2, train_size=8, val_size=2, image_size=48, seed=0)
+    spec = {"size": 32, "crop_pct": 1.0, "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    tf = build_transforms(augment, spec, True, normalize=False, random_erasing=1.0)
+    names = [type(t).__name__ for t in tf.transforms]
+    assert names == ["RandomResizedCrop", "RandomHorizontalFlip", policy, "RandomErasing"]
+    plain = TransformedImages(splits.train, build_transforms("flip_crop", spec, True, normalize=False), seed=3)
+    data = TransformedImages(splits.train, tf, seed=3)
+    a, b, other_epoch = data[(0, 1)][0], data[(0, 1)][0], data[(1, 1)][0]
+    assert a.dtype == torch.uint8 and a.shape == (3, 32, 32)
+    assert torch.equal(a, b) and not torch.equal(a, other_epoch)  # the same draw for (epoch, sample) only
+    assert not torch.equal(a, plain[(0, 1)][0])
+    assert (a == 0).all(dim=0).any()  # the erased box is black on every channel
+
+
+def test_mixup_and_cutmix_give_soft_targets_seeded_per_batch(compose_cfg, tmp_path):
+    from trainer.build import build_run
+
+    run = build_run(compose_cfg(*TINY, "data.mixup=0.4", "data.cutmix=1.0"), run_dir=tmp_path)
+    x, y, _ = next(iter(run.inputs.train(0, 0)))
+    mx, my = run.mixing(x, y, 0, 0)
+    again = run.mixing(x, y, 0, 0)
+    assert my.shape == (x.shape[0], 4) and my.dtype.is_floating_point
+    assert torch.allclose(my.sum(1), torch.ones(x.shape[0])) and (my.max(1).values < 1).any()  # mixed labels
+    assert torch.equal(mx, again[0]) and torch.equal(my, again[1])
+    assert not torch.equal(mx, x)
+    assert run.fit()["history"][-1]["val/acc"] > 0.25  # trains, scored on the hard labels
+
+
+def test_balanced_sampler_draws_each_class_about_equally_and_resumes_mid_epoch():
+    from trainer.data.loaders import BalancedSampler
+
+    targets = [0] * 90 + [1] * 9 + [2] * 1  # 90 / 9 / 1
+    sampler = BalancedSampler(targets, seed=4)
+    counts = torch.zeros(3)
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        drawn = [i for _, i in sampler]
+        assert len(drawn) == 100
+        counts += torch.bincount(torch.tensor([targets[i] for i in drawn]), minlength=3)
+    share = counts / counts.sum()
+    assert torch.allclose(share, torch.full((3,), 1 / 3), atol=0.05), share
+    sampler.set_epoch(3)
+    whole = list(sampler)
+    sampler.set_epoch(3, start=40)
+    assert list(sampler) == whole[40:]
+    two = [BalancedSampler(targets, seed=4, rank=r, world_size=2) for r in (0, 1)]
+    for s in two:
+        s.set_epoch(3)
+    assert sorted(i for s in two for _, i in s) == sorted(i for _, i in whole)  # the ranks split one draw
+
+
+def test_a_run_with_mixup_cutmix_and_the_balanced_sampler_resumes_exactly(compose_cfg, tmp_path):
+    from trainer.build import build_run
+
+    recipe = ("data.mixup=0.2", "data.cutmix=1.0", "data.sampler=balanced", "data.augment=randaugment")
+    cfg = compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0", *recipe)
+    build_run(cfg, run_dir=tmp_path / "a").fit()
+    expected = final_tensors(tmp_path / "a")
+    resumed = interrupt_and_resume(cfg, tmp_path / "b", at_call=5)
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("data.mixup=0.2", "loss=nll"), "does not take"),
+        (("data.mixup=0.2", "data.task=binary", "data.dataset.num_classes=2", "loss=bce"), "multiclass tasks only"),
+        (("data.cutmix=1.0", "finetune.cache_features=true"), "drop one of them"),
+        (("data=shapes", "model=unet_resnet34", "data.augment=randaugment"), "classification only"),
+        (("data.sampler=balanced", "data.task=multilabel", "loss=bce"), "one class per image"),
+    ],
+)
+def test_recipes_that_cannot_work_are_refused_with_the_reason(compose_cfg, tmp_path, args, says):
+    from trainer.build import build_run
+    from trainer.errors import UserError
+
+    with pytest.raises(UserError, match=says):
+        build_run(compose_cfg(*TINY, *args), run_dir=tmp_path)

@@ -24,6 +24,7 @@ from trainer.config import check_run, resolve_monitor, validate_config
 from trainer.data.datasets import Splits
 from trainer.data.images import BadImageLog, verify_splits
 from trainer.data.loaders import Loaders, build_loaders, default_num_workers
+from trainer.data.mixing import build_mixing
 from trainer.data.transforms import resolve_input
 from trainer.errors import UserError
 from trainer.losses import OPTIONS_BY_TASK, loss_fits
@@ -57,28 +58,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
     monitor, mode = resolve_monitor(cfg, splits.task)
     plan = setup_plan(cfg, device, mode)
     log.info("task %s; loss %s; device %s, precision %s", splits.task, type(loss_fn).__name__, device, precision)
-    settings = Settings(
-        epochs=int(cfg.trainer.epochs),
-        device=device,
-        precision=precision,
-        task=splits.task,
-        accumulate=int(cfg.trainer.accumulate),
-        clip_grad_norm=cfg.trainer.clip_grad_norm,
-        log_every=int(cfg.trainer.log_every),
-        nonfinite=str(cfg.trainer.nonfinite),
-        every_n_steps=int(cfg.checkpoint.every_n_steps),
-        keep_last=int(cfg.checkpoint.keep_last),
-        monitor=monitor,
-        mode=mode,
-        ignore_index=cfg.data.get("ignore_index"),
-        channels_last=resolve_channels_last(cfg.trainer.channels_last, device, built.model),
-        compile_backend=resolve_compile(cfg.trainer.compile),
-        cache_features=resolve_cache_features(cfg.finetune.cache_features, str(cfg.data.augment)),
-        sync_bn=bool(cfg.trainer.sync_bn),
-        ema_decay=cfg.trainer.get("ema_decay"),
-        early_stop_patience=cfg.trainer.get("early_stop_patience"),
-        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-    )
+    settings = setup_settings(cfg, splits.task, device, precision, built, (monitor, mode))
     run = Run(
         built=built,
         loaders=loaders,
@@ -87,6 +67,13 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
         plan=plan,
         settings=settings,
         tracker=setup_tracker(cfg, Path(run_dir), loaders),
+        mixing=build_mixing(
+            float(cfg.data.get("mixup") or 0),
+            float(cfg.data.get("cutmix") or 0),
+            len(splits.classes),
+            int(cfg.seed),
+            loss_fn,
+        ),
         bad_images=BadImageLog(len(splits.train) + len(splits.val), float(cfg.data.max_bad_fraction)),
         run_dir=Path(run_dir),
     )
@@ -97,6 +84,34 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
     else:
         run.enter_stage(0)
     return run
+
+
+def setup_settings(
+    cfg: DictConfig, task: str, device: torch.device, precision: str, built: BuiltModel, monitor: tuple[str, str]
+) -> Settings:
+    """What the loop needs of trainer.*, checkpoint.*, data.* and finetune.*, resolved."""
+    return Settings(
+        epochs=int(cfg.trainer.epochs),
+        device=device,
+        precision=precision,
+        task=task,
+        accumulate=int(cfg.trainer.accumulate),
+        clip_grad_norm=cfg.trainer.clip_grad_norm,
+        log_every=int(cfg.trainer.log_every),
+        nonfinite=str(cfg.trainer.nonfinite),
+        every_n_steps=int(cfg.checkpoint.every_n_steps),
+        keep_last=int(cfg.checkpoint.keep_last),
+        monitor=monitor[0],
+        mode=monitor[1],
+        ignore_index=cfg.data.get("ignore_index"),
+        channels_last=resolve_channels_last(cfg.trainer.channels_last, device, built.model),
+        compile_backend=resolve_compile(cfg.trainer.compile),
+        cache_features=resolve_cache_features(cfg.finetune.cache_features, cfg.data),
+        sync_bn=bool(cfg.trainer.sync_bn),
+        ema_decay=cfg.trainer.get("ema_decay"),
+        early_stop_patience=cfg.trainer.get("early_stop_patience"),
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+    )
 
 
 def setup_device(cfg: DictConfig) -> torch.device:
@@ -154,6 +169,8 @@ def setup_loaders(cfg: DictConfig, splits: Splits, built: BuiltModel, device: to
         batch_size=int(d.batch_size),
         num_workers=default_num_workers(on_gpu) if workers in (None, "auto") else int(workers),
         augment=str(d.augment),
+        random_erasing=float(d.get("random_erasing") or 0.0),
+        sampler=str(d.get("sampler") or "shuffle"),
         decode_on_device=d.get("decode", "workers") == "device",
         seed=int(cfg.seed),
         on_gpu=on_gpu,
@@ -295,12 +312,18 @@ def resolve_channels_last(value: Any, device: torch.device, model: torch.nn.Modu
     return device.type == "cuda" and is_convnet(model) if value == "auto" else bool(value)
 
 
-def resolve_cache_features(value: Any, augment: str) -> bool:
+def resolve_cache_features(value: Any, data: DictConfig) -> bool:
     """auto: cache a linear probe's backbone features when data.augment=none. The cached features are
     then exactly what the probe would compute each epoch (the same resize and crop), so only the time
     changes: one backbone forward in all instead of one per epoch. With augmentation on, caching would
-    train on unaugmented images, so auto leaves it off (true forces it)."""
-    return augment == "none" if value == "auto" else bool(value)
+    train on unaugmented images, so auto leaves it off (true forces it); so it does with mixup/cutmix."""
+    if value == "auto":
+        return str(data.augment) == "none" and not data.get("random_erasing") and not mixes(data)
+    return bool(value)
+
+
+def mixes(data: DictConfig) -> bool:
+    return bool(data.get("mixup") or data.get("cutmix"))
 
 
 def resolve_compile(value: Any) -> str | None:

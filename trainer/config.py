@@ -83,7 +83,11 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "data.batch_size": _int(1),
     "data.val_split": (float, lambda v: 0 < v < 1, "a number between 0 and 1, e.g. 0.2"),
     "data.image_size": _int(8),
-    "data.augment": _choice("none", "affine", "flip_crop"),
+    "data.augment": _choice("none", "affine", "flip_crop", "randaugment", "trivialaugment", "autoaugment"),
+    "data.random_erasing": _FRACTION,
+    "data.mixup": _pos_float(strict=False),
+    "data.cutmix": _pos_float(strict=False),
+    "data.sampler": _choice("shuffle", "balanced"),
     "data.decode": _choice("workers", "device"),
     "data.max_bad_fraction": _FRACTION,
     "data.verify": _BOOL,
@@ -187,6 +191,7 @@ def check_run(cfg: DictConfig, task: str, num_classes: int, device_type: str, di
             f"data.task={cfg.data.task}, but data={cfg.data.name} gives {task} data: leave data.task "
             f"as the data option sets it, or pick a data option for {cfg.data.task}."
         )
+    _check_recipes(cfg, task)
     if task == "segmentation" and cfg.finetune.get("cache_features") is True:
         raise UserError(
             "finetune.cache_features=true is for classifiers (a linear probe); a segmentation decoder "
@@ -217,6 +222,29 @@ def check_run(cfg: DictConfig, task: str, num_classes: int, device_type: str, di
             )
     if distributed:
         _check_distributed(cfg, device_type, lbfgs, skip)
+
+
+def _check_recipes(cfg: DictConfig, task: str) -> None:
+    """Augmentation that only classification data can take, and mixing that needs soft targets."""
+    d = cfg.data
+    if task == "segmentation":
+        bad = (
+            [f"data.augment={d.augment}"] if str(d.augment) in ("randaugment", "trivialaugment", "autoaugment") else []
+        )
+        bad += [f"data.{k}={d.get(k)}" for k in ("random_erasing", "mixup", "cutmix") if d.get(k)]
+        if bad:
+            raise UserError(
+                f"{', '.join(bad)}: for classification only (they would not move the masks with the image). "
+                "Segmentation takes data.augment=none, affine or flip_crop."
+            )
+    mixing = [f"data.{k}={d.get(k)}" for k in ("mixup", "cutmix") if d.get(k)]
+    if mixing and task != "multiclass":
+        raise UserError(f"{', '.join(mixing)} mixes single-label classes: for multiclass tasks only (this is {task}).")
+    if mixing and cfg.finetune.get("cache_features") is True:
+        raise UserError(
+            f"{', '.join(mixing)} mixes images, finetune.cache_features=true trains on stored features of "
+            "unmixed ones: drop one of them."
+        )
 
 
 def _check_distributed(cfg: DictConfig, device_type: str, lbfgs: bool, skip: bool) -> None:

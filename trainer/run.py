@@ -20,6 +20,7 @@ import torch
 from trainer import distributed as dist
 from trainer.data.images import BadImageLog
 from trainer.data.loaders import Loaders
+from trainer.data.mixing import NoMixing
 from trainer.ema import build_average
 from trainer.errors import UserError
 from trainer.failpoints import failpoint
@@ -87,6 +88,7 @@ class Run(RunState):
         tracker: Tracker,
         bad_images: BadImageLog,
         run_dir: Path,
+        mixing: NoMixing | None = None,
     ) -> None:
         s = self.settings = settings
         self.model, self.head_names, self.head, self.weights_info = (
@@ -96,6 +98,7 @@ class Run(RunState):
             built.weights,
         )
         self.loaders, self.classes, self.plan = loaders, classes, plan
+        self.mixing = mixing or NoMixing()  # data.mixup / data.cutmix on each training batch
         self._loss_fn = loss_fn
         self.tracker, self.bad_images, self.run_dir = tracker, bad_images, Path(run_dir)
         self.device, self.epochs, self.accumulate = s.device, s.epochs, s.accumulate
@@ -241,6 +244,7 @@ class Run(RunState):
             if x.shape[0] == 0:  # every image of the batch unreadable
                 bar.update(len(bad[0]))
                 continue
+            x, y = self.mixing(x, y, epoch, i)
             self.tracker.log_images(x, self.global_step)
             loss = self.step.backward(x, y)
             bar.update(x.shape[0])

@@ -118,6 +118,22 @@ class EpochSampler(Sampler):
         return {"epoch": self.epoch, "start": self.start}
 
 
+class BalancedSampler(EpochSampler):
+    """``data.sampler=balanced``: each epoch draws as many samples as the split holds, every class
+    equally likely (with replacement, so rare images repeat and frequent ones are left out), seeded by
+    (seed, epoch) and sharded and resumed like :class:`EpochSampler`."""
+
+    def __init__(self, targets: list[int], seed: int, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(len(targets), seed, shuffle=True, rank=rank, world_size=world_size)
+        labels = torch.tensor(targets)
+        counts = torch.bincount(labels).double()
+        self.weights = (1.0 / counts)[labels]
+
+    def order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        return torch.multinomial(self.weights, self.size, replacement=True, generator=g).tolist()
+
+
 def default_num_workers(on_gpu: bool = False) -> int:
     """Loader workers for ``data.num_workers=auto``: the cores this process may use, less one for
     itself. Training on a GPU, decoding is the bottleneck and every core helps (shared between the
@@ -234,6 +250,8 @@ def build_loaders(
     batch_size: int,
     num_workers: int,
     augment: str,
+    random_erasing: float = 0.0,
+    sampler: str = "shuffle",
     decode_on_device: bool = False,
     seed: int = 0,
     on_gpu: bool = False,
@@ -250,17 +268,16 @@ def build_loaders(
             "data.decode=device decodes JPEG files of a classification dataset (data=imagefolder or "
             "data=multilabel_csv); this data is not. Use data.decode=workers."
         )
-    train_set = TransformedImages(
-        splits.train, build_transforms(augment, spec, True, task, normalize=False), seed, decode_on_device=on_device
-    )
+    train_tf = build_transforms(augment, spec, True, task, normalize=False, random_erasing=random_erasing)
+    train_set = TransformedImages(splits.train, train_tf, seed, decode_on_device=on_device)
     val_set = TransformedImages(
         splits.val, build_transforms(augment, spec, False, task, normalize=False), seed, decode_on_device=on_device
     )
     if len(train_set) == 0 or len(val_set) == 0:
         raise UserError("the train or val split is empty: add images or change data.val_split.")
-    sampler = EpochSampler(len(train_set), seed, shuffle=True, rank=rank, world_size=world_size)
+    order = _train_sampler(splits, sampler, seed, rank, world_size)
     common = _loader_options(workers, on_gpu, on_device, seed)
-    train, val, pieces = _train_and_val(train_set, val_set, sampler, batch_size, workers, rank, world_size, common)
+    train, val, pieces = _train_and_val(train_set, val_set, order, batch_size, workers, rank, world_size, common)
     train_eval = DataLoader(
         TransformedImages(splits.train, val_set.transform, seed),
         batch_size=batch_size * 2,
@@ -273,14 +290,26 @@ def build_loaders(
     log.info(
         f"data: {task}, {len(train_set)} train / {len(val_set)} val images, {len(splits.classes)} classes, input "
         f"{spec['size']}px ({spec['interpolation']}, crop_pct {spec['crop_pct']:.3f}), augment={augment}, batch "
-        f"{batch_size}, {workers} workers{pieces_note}"
+        f"{batch_size}, {workers} workers{pieces_note}" + (", class-balanced sampling" if sampler == "balanced" else "")
     )
     if on_device:
         where = "the GPU" if on_gpu else "the main process"
         log.info(
             f"data.decode=device: JPEGs are decoded and resampled on {where}; the workers read files and draw the augmentation"
         )
-    return Loaders(train, val, sampler, spec, batch_size, train_eval)
+    return Loaders(train, val, order, spec, batch_size, train_eval)
+
+
+def _train_sampler(splits: Splits, kind: str, seed: int, rank: int, world_size: int) -> EpochSampler:
+    """data.sampler: shuffle (each image once per epoch) | balanced (each class equally often)."""
+    if kind != "balanced":
+        return EpochSampler(len(splits.train), seed, shuffle=True, rank=rank, world_size=world_size)
+    if splits.task not in ("multiclass", "binary"):
+        raise UserError(
+            f"data.sampler=balanced draws each class equally often, so it needs one class per image "
+            f"(multiclass or binary data); this data is {splits.task}. Use data.sampler=shuffle."
+        )
+    return BalancedSampler([int(t) for t in splits.train.targets], seed, rank=rank, world_size=world_size)
 
 
 def _loader_options(workers: int, on_gpu: bool, on_device: bool, seed: int) -> dict[str, Any]:

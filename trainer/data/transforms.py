@@ -34,8 +34,20 @@ def resolve_input(
     }
 
 
+POLICIES = {  # data.augment -> torchvision v2 policy, after the random resized crop and flip (on uint8)
+    "randaugment": lambda interp: v2.RandAugment(interpolation=interp),
+    "trivialaugment": lambda interp: v2.TrivialAugmentWide(interpolation=interp),
+    "autoaugment": lambda interp: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=interp),
+}
+
+
 def build_transforms(
-    augment: str, spec: dict[str, Any], train: bool, task: str = "multiclass", normalize: bool = True
+    augment: str,
+    spec: dict[str, Any],
+    train: bool,
+    task: str = "multiclass",
+    normalize: bool = True,
+    random_erasing: float = 0.0,
 ) -> Any:
     """torchvision v2 pipeline on uint8 tensors: geometry (and augmentation) -> float -> normalize.
 
@@ -77,12 +89,14 @@ def build_transforms(
                 v2.Resize((size, size), interpolation=interp, antialias=True),
                 v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
             ]
+            + ([v2.RandomErasing(p=random_erasing, value=0)] if random_erasing else [])
             + finish
         )
-    return v2.Compose(
-        [v2.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interp, antialias=True), v2.RandomHorizontalFlip()]
-        + finish
-    )
+    geometry = [v2.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interp, antialias=True)]
+    geometry.append(v2.RandomHorizontalFlip())
+    policy = [POLICIES[augment](interp)] if augment in POLICIES else []
+    erasing = [v2.RandomErasing(p=random_erasing, value=0)] if random_erasing else []  # on uint8: black boxes
+    return v2.Compose(geometry + policy + erasing + finish)
 
 
 class JointTransform:
