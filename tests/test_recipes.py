@@ -156,3 +156,36 @@ def test_recipes_that_cannot_work_are_refused_with_the_reason(compose_cfg, tmp_p
 
     with pytest.raises(UserError, match=says):
         build_run(compose_cfg(*TINY, *args), run_dir=tmp_path)
+
+
+def test_image_size_auto_follows_the_images_the_model_and_the_device():
+    from trainer.data.transforms import auto_image_size
+
+    assert auto_image_size(28, 224, "cuda")[0] == 64  # 2x28 = 56 -> 64
+    assert auto_image_size(8, 224, "cuda")[0] == 64  # tiny: at least 64
+    assert auto_image_size(100, 224, "cuda")[0] == 224  # 200 -> 224, not past the model's size
+    assert auto_image_size(500, 224, "cuda")[0] == 224  # photos: the pretrained size
+    assert auto_image_size(500, 224, "cpu") == (160, auto_image_size(500, 224, "cpu")[1])
+    assert "capped at 160" in auto_image_size(500, 224, "cpu")[1]
+    assert auto_image_size(None, 288, "cuda")[0] == 288
+
+
+def test_image_size_auto_reads_the_folder_and_says_what_it_chose(compose_cfg, tmp_path, caplog):
+    from PIL import Image
+
+    from trainer.build import build_run
+
+    for c, colour in enumerate(("red", "blue")):
+        (tmp_path / "data" / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (28, 30), colour).save(tmp_path / "data" / f"c{c}" / f"{i}.png")
+    args = [a for a in TINY if a != "data=fake"]
+    with caplog.at_level("INFO", logger="trainer"):
+        run = build_run(
+            compose_cfg(*args, "data=imagefolder", f"data.root={tmp_path / 'data'}", "data.val_split=0.5"),
+            run_dir=tmp_path / "run",
+        )
+    assert run.loaders.input_spec["size"] == 64
+    assert "data.image_size=auto: 64 px (small images (28 px median short side)" in caplog.text
+    x, _, _ = next(iter(run.inputs.train(0, 0)))
+    assert x.shape[-2:] == (64, 64)

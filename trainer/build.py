@@ -22,10 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from trainer import distributed as dist
 from trainer.config import check_run, resolve_monitor, validate_config
 from trainer.data.datasets import Splits
-from trainer.data.images import BadImageLog, verify_splits
+from trainer.data.images import BadImageLog, native_size, verify_splits
 from trainer.data.loaders import Loaders, build_loaders, default_num_workers
 from trainer.data.mixing import build_mixing
-from trainer.data.transforms import resolve_input
+from trainer.data.transforms import auto_image_size, resolve_input
 from trainer.errors import UserError
 from trainer.losses import OPTIONS_BY_TASK, loss_fits
 from trainer.models import BuiltModel
@@ -163,9 +163,14 @@ def setup_loaders(cfg: DictConfig, splits: Splits, built: BuiltModel, device: to
     d = cfg.data
     workers = d.get("num_workers", "auto")
     on_gpu = device.type == "cuda"
+    size = d.get("image_size")
+    if size == "auto":
+        model_size = int(built.data_config["input_size"][-1])
+        size, why = auto_image_size(native_size(splits.train), model_size, device.type)
+        log.info("data.image_size=auto: %d px (%s)", size, why)
     return build_loaders(
         splits,
-        resolve_input(built.data_config, d.get("image_size"), d.get("crop_pct")),
+        resolve_input(built.data_config, size, d.get("crop_pct")),
         batch_size=int(d.batch_size),
         num_workers=default_num_workers(on_gpu) if workers in (None, "auto") else int(workers),
         augment=str(d.augment),

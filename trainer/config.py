@@ -82,7 +82,11 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "schedule.warmup_epochs": _pos_float(strict=False),
     "data.batch_size": _int(1),
     "data.val_split": (float, lambda v: 0 < v < 1, "a number between 0 and 1, e.g. 0.2"),
-    "data.image_size": _int(8),
+    "data.image_size": (
+        object,
+        lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 8),
+        "auto, null (the model's size) or an integer >= 8",
+    ),
     "data.augment": _choice("none", "affine", "flip_crop", "randaugment", "trivialaugment", "autoaugment"),
     "data.random_erasing": _FRACTION,
     "data.mixup": _pos_float(strict=False),

@@ -147,6 +147,27 @@ class FileImages(ImageSet):
         return _jpeg_bytes(path) if path.lower().endswith((".jpg", ".jpeg")) else None
 
 
+def native_size(images: ImageSet, samples: int = 64) -> int | None:
+    """The median short side, in pixels, of up to ``samples`` images spread over the set (file headers
+    only: nothing is decoded); None when none can be read."""
+    from PIL import Image
+
+    n = len(images)
+    sides = []
+    for i in sorted({k * n // samples for k in range(min(samples, n))}):
+        stored = getattr(images, "images", None)
+        if isinstance(stored, torch.Tensor):
+            sides.append(min(stored.shape[-2:]))
+            continue
+        path = images.paths[i] if hasattr(images, "paths") else stored[i]  # type: ignore[index]
+        try:
+            with Image.open(path) as im:
+                sides.append(min(im.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return int(sorted(sides)[len(sides) // 2]) if sides else None
+
+
 def verify_images(images: ImageSet) -> list[str]:
     """Decode every image once; the problems found, one line each."""
     problems = []

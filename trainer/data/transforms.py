@@ -41,6 +41,30 @@ POLICIES = {  # data.augment -> torchvision v2 policy, after the random resized 
 }
 
 
+SMALLEST_AUTO_SIZE = 64  # small images are upsampled to at least this (pretrained features need some scale)
+CPU_AUTO_CAP = 160  # on a CPU auto never goes above this: 0.51x the pixels (and time) of 224
+
+
+def auto_image_size(native: int | None, model_size: int, device_type: str) -> tuple[int, str]:
+    """``data.image_size=auto``: the input size from the images' own size, the model's and the device.
+
+    Images at least as large as the model's pretrained input get that size (photos). Smaller ones get
+    twice their size rounded up to a multiple of 32, at least 64 and at most the model's size:
+    upsampling tiny images helps a pretrained net (its filters were learned on objects tens of pixels
+    across), but past about 2x it adds time, not information. On a CPU the size is capped at 160.
+    docs/transfer.md has the measurements behind the rule."""
+    if native is None:
+        size, why = model_size, "the model's pretrained size (the images' size could not be read)"
+    elif native >= model_size:
+        size, why = model_size, f"images of {native} px (median short side): the model's pretrained size"
+    else:
+        size = min(model_size, max(SMALLEST_AUTO_SIZE, math.ceil(2 * native / 32) * 32))
+        why = f"small images ({native} px median short side): 2x, a multiple of 32, at least {SMALLEST_AUTO_SIZE}"
+    if device_type == "cpu" and size > CPU_AUTO_CAP:
+        size, why = CPU_AUTO_CAP, why + f"; capped at {CPU_AUTO_CAP} px on a CPU (set data.image_size to choose)"
+    return size, why
+
+
 def build_transforms(
     augment: str,
     spec: dict[str, Any],
