@@ -19,14 +19,15 @@ from pathlib import Path
 def lr_curves(overrides: list[str]) -> tuple[dict[str, list[float]], int, list[int]]:
     """lr of each group label after every optimizer step; steps per epoch; the step where each stage starts.
 
-    The run's own stage plan (trainer.stages) over a stand-in model with one backbone and one head
-    parameter: the same groups, lrs, optimizers and schedules as a real run, nothing trained.
+    The run's own stage plan over a stand-in model (``trainer.plan.lr_curves``): the same groups, lrs,
+    optimizers and schedules as a real run, nothing trained.
     """
     import torch
     from hydra.utils import instantiate
 
     from trainer.build import setup_plan
     from trainer.config import compose_config
+    from trainer.plan import lr_curves as plan_curves
 
     cfg = compose_config(overrides)
     splits = instantiate(cfg.data.dataset)
@@ -34,24 +35,8 @@ def lr_curves(overrides: list[str]) -> tuple[dict[str, list[float]], int, list[i
     batches = len(splits.train) // batch if len(splits.train) > batch else 1
     steps_per_epoch = math.ceil(batches / max(1, int(cfg.trainer.accumulate)))
     plan = setup_plan(cfg, torch.device("cpu"), "max")
-    plan.freeze = "backbone" if cfg.model.get("freeze") == "backbone" else "none"  # stand-in parts
-    model = torch.nn.ModuleDict(
-        {"backbone": torch.nn.Linear(1, 1, bias=False), "head": torch.nn.Linear(1, 1, bias=False)}
-    )
-    steps: list[dict[str, float]] = []
-    starts = []
-    for index, stage in enumerate(plan.stages):
-        starts.append(len(steps))
-        setup = plan.setup(index, model, {"head.weight"}, steps_per_epoch)
-        optimizer, schedule = setup.optimizer, setup.schedule
-        for step in range(stage.epochs * steps_per_epoch):
-            optimizer.step()
-            schedule.after_step()
-            if (step + 1) % steps_per_epoch == 0 and schedule.interval == "epoch":
-                schedule.after_epoch(0.0)  # a plateau schedule needs a validation metric: flat here
-            steps.append({g["label"]: g["lr"] for g in optimizer.param_groups})
-    labels = ["head", "backbone"] + sorted({k for lrs in steps for k in lrs} - {"head", "backbone"})
-    curves = {label: [lrs.get(label, 0.0) for lrs in steps] for label in labels}
+    plan.freeze = cfg.model.get("freeze", "none")
+    curves, starts = plan_curves(plan, steps_per_epoch)
     return curves, steps_per_epoch, starts
 
 

@@ -189,3 +189,28 @@ def test_image_size_auto_reads_the_folder_and_says_what_it_chose(compose_cfg, tm
     assert "data.image_size=auto: 64 px (small images (28 px median short side)" in caplog.text
     x, _, _ = next(iter(run.inputs.train(0, 0)))
     assert x.shape[-2:] == (64, 64)
+
+
+def test_plan_true_says_what_the_run_will_do_and_cost_then_stops_without_training(tmp_path):
+    from conftest import train
+
+    run_dir = tmp_path / "run"
+    out = train([*TINY, "plan=true", f"hydra.run.dir={run_dir}"], tmp_path)
+    text = out.stdout + out.stderr
+    assert "plan: 8 epoch(s) in 2 stage(s); 256 train / 64 val images at 32 px" in text
+    assert "stage 1: epochs 1-1, the head only" in text and "stage 2: epochs 2-8, all layers" in text
+    assert "estimate, stage 1:" in text and "estimate, stage 2:" in text and "estimate, whole run: ~" in text
+    assert (run_dir / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.json").exists()
+    assert "nothing was trained" in text
+
+
+def test_every_run_logs_its_plan_and_an_estimate_from_its_first_steps(compose_cfg, tmp_path, caplog):
+    from trainer.build import build_run
+
+    run = build_run(compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=1"), run_dir=tmp_path)
+    with caplog.at_level("INFO", logger="trainer"):
+        run.fit()
+    assert "plan: 2 epoch(s) in 2 stage(s)" in caplog.text
+    assert caplog.text.count("estimate, stage") == 2  # once per stage, measured on its own steps
+    assert run.estimate.seconds_per_step > 0

@@ -260,6 +260,8 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -
         run = build_run(cfg)
         if folder is not None:
             folder.accept()  # resumed from its checkpoint, or a new run: .hydra/ and the log go in now
+        if cfg.get("plan"):
+            return _plan_only(run)
         summary = run.fit()
     except InstantiationException as e:
         if isinstance(e.__cause__, UserError):  # our own builders' messages pass through as they are
@@ -283,6 +285,16 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -
 
 
 PATH_KEYS = ("data.root", "data.csv", "data.val_csv", "model.weights")
+
+
+def _plan_only(run: Any) -> None:
+    """plan=true: the plan, a few steps timed, lr.png; no training, nothing saved but the plot."""
+    from trainer.plan import log_plan, measure_and_stop
+
+    log_plan(run)
+    for line in measure_and_stop(run):
+        log.info(line)
+    log.info("plan only (plan=true): nothing was trained; drop plan=true to train")
 
 
 def _anchor_paths(cfg: DictConfig) -> None:

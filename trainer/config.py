@@ -56,6 +56,7 @@ _FRACTION: tuple[type, Check, str] = (float, lambda v: 0 <= v <= 1, "a number be
 # key -> (type, check, what is valid); a null value is allowed where listed in NULLABLE
 RULES: dict[str, tuple[type, Check, str]] = {
     "trainer.epochs": _int(1),
+    "plan": _BOOL,
     "trainer.accumulate": _int(1),
     "trainer.log_every": _int(1),
     "trainer.clip_grad_norm": _pos_float(),

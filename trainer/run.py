@@ -27,6 +27,7 @@ from trainer.failpoints import failpoint
 from trainer.interrupt import InterruptGuard, RunInterrupted
 from trainer.metrics import Metrics
 from trainer.models import BuiltModel
+from trainer.plan import Estimate, log_plan
 from trainer.progress import progress
 from trainer.run_state import RunState
 from trainer.stages import StagePlan, log_stage
@@ -111,6 +112,7 @@ class Run(RunState):
         self.memory_format = torch.channels_last if s.channels_last else torch.preserve_format
         self.model.to(device=s.device, memory_format=self.memory_format)
         self.ema = build_average(self.model, s.ema_decay)
+        self.estimate = Estimate(self)  # the pace of the first steps -> epoch and run time, logged once
         self.loss_fn.to(s.device)
         # fixed now: len(loader) shrinks while the sampler starts part-way into a resumed epoch
         self.batches_per_epoch = len(loaders.train)
@@ -197,6 +199,7 @@ class Run(RunState):
             clip_grad_norm=s.clip_grad_norm,
         )
         log_stage(index, self.plan, setup, self.probe)
+        self.estimate.reset()
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -205,6 +208,7 @@ class Run(RunState):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.epoch >= self.epochs or self.finished:
             return self._nothing_to_do()
+        log_plan(self)
         restore = self.guard.install()
         try:
             for epoch in range(self.epoch, self.epochs):
@@ -256,6 +260,7 @@ class Run(RunState):
             self.step.update()
             self.global_step += 1
             self.ema.update(self.model, self.global_step)
+            self.estimate.tick()
             self.batch_in_epoch = i + 1
             if self.global_step % self.settings.log_every == 0 or i + 1 == n:
                 self._log_train(meter.flush(), epoch, bar)
