@@ -214,3 +214,51 @@ def test_every_run_logs_its_plan_and_an_estimate_from_its_first_steps(compose_cf
     assert "plan: 2 epoch(s) in 2 stage(s)" in caplog.text
     assert caplog.text.count("estimate, stage") == 2  # once per stage, measured on its own steps
     assert run.estimate.seconds_per_step > 0
+
+
+def test_lr_find_leaves_the_run_unchanged_and_suggests_an_lr_inside_its_ramp(compose_cfg, tmp_path, monkeypatch):
+    from trainer import lr_find
+    from trainer.build import build_run
+    from trainer.lr_find import find_lr
+
+    monkeypatch.setattr(lr_find, "STEPS", 30)
+
+    run = build_run(compose_cfg(*TINY), run_dir=tmp_path)
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    lrs_before = [g["lr"] for g in run.optimizer.param_groups]
+    rng = torch.get_rng_state()
+    lr = find_lr(run)
+    assert all(torch.equal(v, before[k]) for k, v in run.model.state_dict().items())
+    assert [g["lr"] for g in run.optimizer.param_groups] == lrs_before and run.stage_idx == 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    rows = (tmp_path / "lr_find.csv").read_text().splitlines()
+    ramp = [float(r.split(",")[1]) for r in rows[1:]]
+    assert rows[0] == "step,lr,loss,smoothed" and ramp == sorted(ramp) and ramp[0] <= lr <= ramp[-1]
+    assert (tmp_path / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_suggestion_is_the_steepest_descent_before_the_minimum():
+    from trainer.lr_find import suggest
+
+    lrs = [10.0**e for e in range(-6, 2)]  # 1e-6 .. 10
+    loss = [2.0, 2.0, 1.9, 1.2, 0.9, 0.8, 1.5, 9.0]  # falls fastest 1e-4 -> 1e-3, lowest at 1e-1
+    assert suggest(lrs, loss) == pytest.approx(1e-4)
+    # falls fastest at the first lr, lowest at 8e-3: at most a tenth of that
+    assert suggest([1e-3, 2e-3, 4e-3, 8e-3], [2.0, 1.0, 0.9, 0.85]) == pytest.approx(8e-4)
+
+
+def test_optimizer_lr_auto_trains_with_the_found_lr_and_saves_it_in_the_config(compose_cfg, tmp_path, monkeypatch):
+    import yaml
+
+    from trainer import lr_find
+    from trainer.build import build_run
+    from trainer.checkpoint import load_checkpoint
+
+    monkeypatch.setattr(lr_find, "STEPS", 30)
+    run = build_run(compose_cfg(*TINY, "trainer.epochs=1", "optimizer.lr=auto"), run_dir=tmp_path)
+    found = run.plan.lr
+    assert found != 1e-3 and (tmp_path / "lr_find.csv").is_file()
+    assert max(g.get("initial_lr", g["lr"]) for g in run.optimizer.param_groups) == pytest.approx(found)
+    run.fit()
+    saved = yaml.safe_load(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["config"])
+    assert saved["optimizer"]["lr"] == pytest.approx(found)

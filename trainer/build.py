@@ -5,6 +5,7 @@ seed -> device -> data -> model -> loaders -> loss -> stage plan (optimizer, sch
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import random
@@ -28,6 +29,7 @@ from trainer.data.mixing import build_mixing
 from trainer.data.transforms import auto_image_size, resolve_input
 from trainer.errors import UserError
 from trainer.losses import OPTIONS_BY_TASK, loss_fits
+from trainer.lr_find import find_lr
 from trainer.models import BuiltModel
 from trainer.models.backbones import is_convnet
 from trainer.optim import build_optimizer, runtime_kwargs
@@ -56,6 +58,9 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
     loaders = setup_loaders(cfg, splits, built, device)
     loss_fn = setup_loss(cfg, splits.task)
     monitor, mode = resolve_monitor(cfg, splits.task)
+    auto_lr = str(cfg.optimizer.get("lr")) == "auto"
+    if auto_lr:
+        cfg.optimizer.lr = 1e-3  # a stand-in: the range test sets it once the run is built
     plan = setup_plan(cfg, device, mode)
     log.info("task %s; loss %s; device %s, precision %s", splits.task, type(loss_fn).__name__, device, precision)
     settings = setup_settings(cfg, splits.task, device, precision, built, (monitor, mode))
@@ -77,6 +82,9 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
         bad_images=BadImageLog(len(splits.train) + len(splits.val), float(cfg.data.max_bad_fraction)),
         run_dir=Path(run_dir),
     )
+    if auto_lr:
+        run.enter_stage(0)
+        set_found_lr(run, cfg, find_lr(run))
     if cfg.get("resume"):
         if str(cfg.resume) == "auto":
             raise UserError("resume=auto chooses one run to continue: it does not combine with -m (multirun).")
@@ -112,6 +120,13 @@ def setup_settings(
         early_stop_patience=cfg.trainer.get("early_stop_patience"),
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
     )
+
+
+def set_found_lr(run: Run, cfg: DictConfig, lr: float) -> None:
+    """optimizer.lr=auto: the run trains with the range test's lr, and its saved config says so."""
+    cfg.optimizer.lr = run.plan.lr = lr
+    run.settings = dataclasses.replace(run.settings, config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("optimizer.lr=auto: training with optimizer.lr=%.2e", lr)
 
 
 def setup_device(cfg: DictConfig) -> torch.device:

@@ -262,6 +262,8 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -
             folder.accept()  # resumed from its checkpoint, or a new run: .hydra/ and the log go in now
         if cfg.get("plan"):
             return _plan_only(run)
+        if cfg.get("lr_find"):
+            return _lr_find_only(run)
         summary = run.fit()
     except InstantiationException as e:
         if isinstance(e.__cause__, UserError):  # our own builders' messages pass through as they are
@@ -295,6 +297,17 @@ def _plan_only(run: Any) -> None:
     for line in measure_and_stop(run):
         log.info(line)
     log.info("plan only (plan=true): nothing was trained; drop plan=true to train")
+
+
+def _lr_find_only(run: Any) -> None:
+    """lr_find=true: the range test and its report; then the command that trains with its lr."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from trainer.lr_find import find_lr
+
+    lr = find_lr(run)
+    kept = [o for o in HydraConfig.get().overrides.task if _key(o) not in ("lr_find", "optimizer.lr")]
+    log.info("train with it:\n  train %s", " ".join([*kept, f"optimizer.lr={lr:.2e}"]))
 
 
 def _anchor_paths(cfg: DictConfig) -> None:

@@ -72,7 +72,12 @@ RULES: dict[str, tuple[type, Check, str]] = {
         lambda v: isinstance(v, (bool, str)),
         "true, false or a torch.compile backend (e.g. inductor, aot_eager)",
     ),
-    "optimizer.lr": _pos_float(),
+    "optimizer.lr": (
+        object,
+        lambda v: v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+        "a number > 0, or auto (the lr range test picks it)",
+    ),
+    "lr_find": _BOOL,
     "optimizer.weight_decay": _pos_float(strict=False),
     "finetune.head_epochs": _int(0),
     "finetune.backbone_lr_mult": _pos_float(strict=False),

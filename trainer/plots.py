@@ -112,6 +112,21 @@ def lr_png(curves: dict[str, list[float]], steps_per_epoch: int, title: str) -> 
     return _png(fig)
 
 
+def lr_find_png(lrs: list[float], smoothed: list[float], suggestion: float) -> bytes:
+    """The range test: smoothed training loss against the learning rate (log x), the suggestion marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(lrs, smoothed, label="smoothed loss")
+    ax.axvline(suggestion, color="tab:red", ls="--", lw=1, label=f"suggested lr {suggestion:.2e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (base group)")
+    ax.set_ylabel("training loss")
+    ax.set_title("learning-rate range test")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _png(fig)
+
+
 def write_png(png: bytes, path: Path) -> Path:
     from trainer.checkpoint import atomic_write_bytes
 
