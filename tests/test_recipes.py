@@ -262,3 +262,43 @@ def test_optimizer_lr_auto_trains_with_the_found_lr_and_saves_it_in_the_config(c
     run.fit()
     saved = yaml.safe_load(load_checkpoint(tmp_path / "checkpoints" / "last.pt")["config"])
     assert saved["optimizer"]["lr"] == pytest.approx(found)
+
+
+def test_a_distilled_students_loss_uses_the_teacher(compose_cfg, tmp_path):
+    import torch.nn.functional as F
+
+    from trainer.build import build_run
+    from trainer.errors import UserError
+
+    build_run(compose_cfg(*TINY, "trainer.epochs=1"), run_dir=tmp_path / "teacher").fit()
+    cfg = compose_cfg(
+        *TINY,
+        "trainer.epochs=1",
+        f"distill.teacher={tmp_path / 'teacher'}",
+        "distill.alpha=0.7",
+        "distill.temperature=2.0",
+        "model.drop_rate=0.0",
+    )
+    student = build_run(cfg, run_dir=tmp_path / "student")
+    teacher = student.teacher
+    assert teacher.enabled and not teacher.model.training
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+    frozen = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+    x, y, _ = next(iter(student.inputs.train(0, 0)))
+    student.teacher.see(x)
+    with torch.no_grad():
+        out = student.forward(x)
+    hard = student.loss_fn(out, y)
+    soft = F.kl_div(F.log_softmax(out / 2, 1), F.softmax(teacher.logits / 2, 1), reduction="batchmean")
+    assert float(student.step.loss_fn(out, y)) == pytest.approx(float(0.3 * hard + 0.7 * 4 * soft), rel=1e-5)
+    assert float(soft) > 0  # the teacher's view differs from the untrained student's
+    student.fit()
+    assert all(torch.equal(v, frozen[k]) for k, v in teacher.model.state_dict().items())
+
+    with pytest.raises(UserError, match="neither a checkpoint nor a timm model"):
+        build_run(compose_cfg(*TINY, "distill.teacher=no_such_model_xyz"), run_dir=tmp_path / "c")
+    with pytest.raises(UserError, match="must know the student's classes"):
+        build_run(
+            compose_cfg(*TINY, "data.dataset.num_classes=3", f"distill.teacher={tmp_path / 'teacher'}"),
+            run_dir=tmp_path / "d",
+        )

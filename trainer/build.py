@@ -27,6 +27,7 @@ from trainer.data.images import BadImageLog, native_size, verify_splits
 from trainer.data.loaders import Loaders, build_loaders, default_num_workers
 from trainer.data.mixing import build_mixing
 from trainer.data.transforms import auto_image_size, resolve_input
+from trainer.distill import build_teacher
 from trainer.errors import UserError
 from trainer.losses import OPTIONS_BY_TASK, loss_fits
 from trainer.lr_find import find_lr
@@ -82,6 +83,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
         bad_images=BadImageLog(len(splits.train) + len(splits.val), float(cfg.data.max_bad_fraction)),
         run_dir=Path(run_dir),
     )
+    run.teacher = build_teacher(cfg, splits.classes, splits.task, device, loaders.input_spec, run.autocast)
     if auto_lr:
         run.enter_stage(0)
         set_found_lr(run, cfg, find_lr(run))
@@ -114,7 +116,9 @@ def setup_settings(
         ignore_index=cfg.data.get("ignore_index"),
         channels_last=resolve_channels_last(cfg.trainer.channels_last, device, built.model),
         compile_backend=resolve_compile(cfg.trainer.compile),
-        cache_features=resolve_cache_features(cfg.finetune.cache_features, cfg.data),
+        cache_features=resolve_cache_features(
+            cfg.finetune.cache_features, cfg.data, cfg.get("distill", {}).get("teacher")
+        ),
         sync_bn=bool(cfg.trainer.sync_bn),
         ema_decay=cfg.trainer.get("ema_decay"),
         early_stop_patience=cfg.trainer.get("early_stop_patience"),
@@ -332,13 +336,13 @@ def resolve_channels_last(value: Any, device: torch.device, model: torch.nn.Modu
     return device.type == "cuda" and is_convnet(model) if value == "auto" else bool(value)
 
 
-def resolve_cache_features(value: Any, data: DictConfig) -> bool:
+def resolve_cache_features(value: Any, data: DictConfig, teacher: Any = None) -> bool:
     """auto: cache a linear probe's backbone features when data.augment=none. The cached features are
     then exactly what the probe would compute each epoch (the same resize and crop), so only the time
     changes: one backbone forward in all instead of one per epoch. With augmentation on, caching would
     train on unaugmented images, so auto leaves it off (true forces it); so it does with mixup/cutmix."""
     if value == "auto":
-        return str(data.augment) == "none" and not data.get("random_erasing") and not mixes(data)
+        return str(data.augment) == "none" and not data.get("random_erasing") and not mixes(data) and not teacher
     return bool(value)
 
 

@@ -286,7 +286,7 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -
     return summary.get("best")
 
 
-PATH_KEYS = ("data.root", "data.csv", "data.val_csv", "model.weights")
+PATH_KEYS = ("data.root", "data.csv", "data.val_csv", "model.weights", "distill.teacher")
 
 
 def _plan_only(run: Any) -> None:
@@ -318,6 +318,8 @@ def _anchor_paths(cfg: DictConfig) -> None:
     for key in PATH_KEYS:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if isinstance(value, str) and value and value != "???" and not value.startswith(("package:", "/")):
+            if key == "distill.teacher" and not Path(value).expanduser().exists():
+                continue  # a timm model name
             OmegaConf.update(cfg, key, to_absolute_path(str(Path(value).expanduser())), merge=False)
 
 

@@ -78,6 +78,8 @@ RULES: dict[str, tuple[type, Check, str]] = {
         "a number > 0, or auto (the lr range test picks it)",
     ),
     "lr_find": _BOOL,
+    "distill.alpha": _FRACTION,
+    "distill.temperature": _pos_float(),
     "optimizer.weight_decay": _pos_float(strict=False),
     "finetune.head_epochs": _int(0),
     "finetune.backbone_lr_mult": _pos_float(strict=False),
@@ -250,6 +252,11 @@ def _check_recipes(cfg: DictConfig, task: str) -> None:
     mixing = [f"data.{k}={d.get(k)}" for k in ("mixup", "cutmix") if d.get(k)]
     if mixing and task != "multiclass":
         raise UserError(f"{', '.join(mixing)} mixes single-label classes: for multiclass tasks only (this is {task}).")
+    if cfg.get("distill", {}).get("teacher") and cfg.finetune.get("cache_features") is True:
+        raise UserError(
+            "distill.teacher needs the images of each batch, finetune.cache_features=true trains on stored "
+            "features: drop one of them."
+        )
     if mixing and cfg.finetune.get("cache_features") is True:
         raise UserError(
             f"{', '.join(mixing)} mixes images, finetune.cache_features=true trains on stored features of "

@@ -21,6 +21,7 @@ from trainer import distributed as dist
 from trainer.data.images import BadImageLog
 from trainer.data.loaders import Loaders
 from trainer.data.mixing import NoMixing
+from trainer.distill import NoTeacher
 from trainer.ema import build_average
 from trainer.errors import UserError
 from trainer.failpoints import failpoint
@@ -92,14 +93,11 @@ class Run(RunState):
         mixing: NoMixing | None = None,
     ) -> None:
         s = self.settings = settings
-        self.model, self.head_names, self.head, self.weights_info = (
-            built.model,
-            built.head_names,
-            built.head,
-            built.weights,
-        )
+        self.model, self.head_names, self.head = built.model, built.head_names, built.head
+        self.weights_info = built.weights
         self.loaders, self.classes, self.plan = loaders, classes, plan
         self.mixing = mixing or NoMixing()  # data.mixup / data.cutmix on each training batch
+        self.teacher = NoTeacher()  # distill.teacher: set by build_run
         self._loss_fn = loss_fn
         self.tracker, self.bad_images, self.run_dir = tracker, bad_images, Path(run_dir)
         self.device, self.epochs, self.accumulate = s.device, s.epochs, s.accumulate
@@ -146,7 +144,7 @@ class Run(RunState):
         """Swap the loss, also in the current stage's step."""
         self._loss_fn = fn
         if hasattr(self, "step"):
-            self.step.loss_fn = fn
+            self.step.loss_fn = self.teacher.wrap(fn)
 
     @property
     def skipped_steps(self) -> int:
@@ -190,7 +188,7 @@ class Run(RunState):
             kind = SkipNonfiniteStep
         self.step = kind(
             forward=self.forward,
-            loss_fn=self.loss_fn,
+            loss_fn=self.teacher.wrap(self.loss_fn),
             optimizer=self.optimizer,
             schedule=self.scheduler,
             scaler=self.scaler,
@@ -249,6 +247,7 @@ class Run(RunState):
                 bar.update(len(bad[0]))
                 continue
             x, y = self.mixing(x, y, epoch, i)
+            self.teacher.see(x)
             self.tracker.log_images(x, self.global_step)
             loss = self.step.backward(x, y)
             bar.update(x.shape[0])
