@@ -1,9 +1,11 @@
-"""Scratch vs linear probe vs full vs staged fine-tuning on digits, same epoch budget: a Markdown table.
+"""Comparisons on digits at one epoch budget, as a Markdown table; each row a real `train` run
+(EfficientNet-Lite0, packaged ImageNet weights where pretrained) in its own folder under outputs/transfer/.
 
-    python scripts/transfer_table.py [--epochs 8] [--out docs/transfer.md]
+    python scripts/transfer_table.py [--set methods|recipes|sizes] [--epochs 8] [--out FILE]
 
-Each row is a real `train` run (EfficientNet-Lite0, packaged ImageNet weights where pretrained),
-in its own folder under outputs/transfer/.
+methods: scratch vs linear probe vs full vs staged fine-tuning. recipes: the defaults and each recipe
+option added to them (EMA, mixup/cutmix, RandAugment, the balanced sampler on a long-tailed train
+split, distillation into a small model trained from scratch). sizes: the input size.
 """
 
 from __future__ import annotations
@@ -15,27 +17,46 @@ import sys
 import time
 from pathlib import Path
 
-ROWS = [
+METHODS = [
     ("scratch (random init, all layers)", ["+experiment=scratch"]),
     ("linear probe (frozen backbone, cached features)", ["+experiment=linear_probe"]),
     ("linear probe at 128 px (frozen backbone, cached features)", ["+experiment=linear_probe", "data.image_size=128"]),
     ("full fine-tune (all layers, one lr)", ["+experiment=full"]),
     ("staged fine-tune (1 epoch head, then all; backbone lr x0.5) = `train`", ["+experiment=demo"]),
 ]
+SMALL = ["+experiment=scratch", "model.name=mobilenetv3_small_050", "model.weights=null"]  # 1.6M params
+RECIPES = [
+    ("defaults (`train`)", []),
+    ("+ EMA of the weights (`trainer.ema_decay=0.999`)", ["trainer.ema_decay=0.999"]),
+    ("+ mixup 0.2 / cutmix 1.0", ["data.mixup=0.2", "data.cutmix=1.0"]),
+    ("+ RandAugment (`data.augment=randaugment`: crop, flip, policy)", ["data.augment=randaugment"]),
+    ("long-tailed train split (digit 9 keeps 10%), shuffled", ["+data.dataset.imbalance=0.1"]),
+    ("long-tailed train split, `data.sampler=balanced`", ["+data.dataset.imbalance=0.1", "data.sampler=balanced"]),
+    ("small model from scratch (mobilenetv3_small_050)", SMALL),
+    ("small model from scratch, distilled from the defaults row", [*SMALL, "distill.teacher={row0}"]),
+]
+SIZES = [
+    ("data.image_size=32", ["data.image_size=32"]),
+    ("data.image_size=auto (64 for 8 px digits)", ["data.image_size=auto"]),
+    ("data.image_size=128", ["data.image_size=128"]),
+]
+SETS = {"methods": METHODS, "recipes": RECIPES, "sizes": SIZES}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", choices=sorted(SETS), default="methods")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args()
-    root = Path("outputs/transfer") / time.strftime("%Y-%m-%d_%H-%M-%S")
+    root = Path("outputs/transfer") / (args.set + time.strftime("-%Y-%m-%d_%H-%M-%S"))
     lines = [
         f"| method ({args.epochs} epochs) | best val acc | at epoch | lowest val loss | wall time (s) |",
         "|---|---|---|---|---|",
     ]
-    for i, (label, overrides) in enumerate(ROWS):
+    for i, (label, overrides) in enumerate(SETS[args.set]):
         run_dir = root / str(i)
+        overrides = [o.replace("{row0}", str((root / "0").resolve())) for o in overrides]
         cmd = [sys.executable, "-m", "trainer", *overrides, f"trainer.epochs={args.epochs}", f"hydra.run.dir={run_dir}"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -36,6 +36,7 @@ def test_ema_decay_warms_up_so_the_first_averages_follow_the_weights(compose_cfg
     assert decay(1) == 0.0 and 0 < decay(10) < 0.9 < decay(10_000) <= 0.9998
 
 
+@pytest.mark.slow
 def test_a_run_with_ema_resumes_exactly(compose_cfg, tmp_path):
     from trainer.build import build_run
 
@@ -55,18 +56,18 @@ def test_early_stop_ends_after_patience_epochs_without_improvement_and_counts_as
     from trainer.build import build_run
     from trainer.checkpoint import is_finished
 
-    # lr 0: nothing improves after the first epoch, so patience 2 stops after epoch 3 of 6
-    cfg = compose_cfg(*TINY, "trainer.epochs=6", "optimizer.lr=1e-12", "trainer.early_stop_patience=2")
+    # lr ~0: nothing improves after the first epoch, so patience 1 stops after epoch 2 of 5
+    cfg = compose_cfg(*TINY, "trainer.epochs=5", "optimizer.lr=1e-12", "trainer.early_stop_patience=1")
     with caplog.at_level("INFO", logger="trainer"):
         summary = build_run(cfg, run_dir=tmp_path).fit()
-    assert summary["epochs_done"] == 3 and summary["best_epoch"] == 1 and summary["finished"]
-    assert "early stop after epoch 3 of 6" in caplog.text
+    assert summary["epochs_done"] == 2 and summary["best_epoch"] == 1 and summary["finished"]
+    assert "early stop after epoch 2 of 5" in caplog.text
     assert is_finished(tmp_path)  # resume=auto and sweep re-runs pass it by
     caplog.clear()
     again = build_run(OmegaConf.merge(cfg, {"resume": str(tmp_path / "checkpoints" / "last.pt")}), run_dir=tmp_path)
     with caplog.at_level("INFO", logger="trainer"):
-        assert again.fit()["epochs_done"] == 3
-    assert "stopped early at epoch 3" in caplog.text
+        assert again.fit()["epochs_done"] == 2
+    assert "stopped early at epoch 2" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -95,7 +96,7 @@ def test_augment_policies_and_random_erasing_are_seeded_per_sample(augment, poli
 def test_mixup_and_cutmix_give_soft_targets_seeded_per_batch(compose_cfg, tmp_path):
     from trainer.build import build_run
 
-    run = build_run(compose_cfg(*TINY, "data.mixup=0.4", "data.cutmix=1.0"), run_dir=tmp_path)
+    run = build_run(compose_cfg(*TINY, "data.mixup=0.4", "data.cutmix=1.0", "trainer.epochs=2"), run_dir=tmp_path)
     x, y, _ = next(iter(run.inputs.train(0, 0)))
     mx, my = run.mixing(x, y, 0, 0)
     again = run.mixing(x, y, 0, 0)
@@ -129,6 +130,7 @@ def test_balanced_sampler_draws_each_class_about_equally_and_resumes_mid_epoch()
     assert sorted(i for s in two for _, i in s) == sorted(i for _, i in whole)  # the ranks split one draw
 
 
+@pytest.mark.slow
 def test_a_run_with_mixup_cutmix_and_the_balanced_sampler_resumes_exactly(compose_cfg, tmp_path):
     from trainer.build import build_run
 

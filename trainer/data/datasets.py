@@ -75,14 +75,21 @@ def stratified_split(targets: Sequence[int], val_split: float, seed: int) -> tup
 
 
 @buildable
-def load_digits(val_split: float = 0.2, seed: int = 0) -> Splits:
-    """scikit-learn's 8x8 digits (1,797 real images, 10 classes), stratified split."""
+def load_digits(val_split: float = 0.2, seed: int = 0, imbalance: float = 1.0) -> Splits:
+    """scikit-learn's 8x8 digits (1,797 real images, 10 classes), stratified split.
+
+    ``imbalance`` < 1 makes the train split long-tailed (val stays balanced): class c keeps the first
+    ``imbalance ** (c / 9)`` of its train images, so digit 0 keeps all and digit 9 that share."""
     from sklearn.datasets import load_digits as sk_digits
 
     digits = sk_digits()
     images = torch.from_numpy(digits.images * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
     targets = digits.target.tolist()
     train_idx, val_idx = stratified_split(targets, val_split, seed)
+    if imbalance < 1.0:
+        by_class = [[i for i in train_idx if targets[i] == c] for c in range(10)]
+        keep = [idx[: max(1, round(len(idx) * imbalance ** (c / 9)))] for c, idx in enumerate(by_class)]
+        train_idx = sorted(i for idx in keep for i in idx)
     return Splits(
         TensorImages(images[train_idx], [targets[i] for i in train_idx]),
         TensorImages(images[val_idx], [targets[i] for i in val_idx]),
