@@ -145,7 +145,7 @@ def _kill_after_first_checkpoint(args: list[str], cwd: Path) -> Path:
 def test_killed_run_resumes_to_exactly_the_unbroken_result(tmp_path, how, workers):
     args = [
         *TINY,
-        "trainer.epochs=3",
+        "trainer.epochs=2",
         "finetune.head_epochs=1",
         "checkpoint.every_n_steps=3",
         "data.dataset.train_size=512",
@@ -202,33 +202,14 @@ def test_sweep_writes_a_summary_best_first(tmp_path):
 
 
 @pytest.mark.slow
-def test_digits_with_a_small_model_reaches_a_real_accuracy(tmp_path):
-    run_dir = tmp_path / "digits"
-    train(
-        [
-            "model.name=test_resnet",
-            "model.pretrained=false",
-            "model.weights=null",
-            "model.drop_rate=0",
-            "data.image_size=32",
-            "trainer.epochs=6",
-            "finetune.head_epochs=0",
-            "optimizer.lr=3e-3",
-            f"hydra.run.dir={run_dir}",
-        ],
-        tmp_path,
-    )
-    assert metrics(run_dir)["best"] >= 0.9
-
-
-@pytest.mark.slow
 def test_the_builtin_demo(tmp_path):
-    """`train` with no arguments: real pretrained EfficientNet-Lite0 on real digits, >= 0.97."""
+    """The demo as `train` runs it (real pretrained EfficientNet-Lite0 on real digits), 5 of its 8
+    epochs to spare the suite's time: >= 0.95 (4 epochs reach 0.969, all 8 about 0.98-0.99)."""
     start = time.time()
-    proc = train([], tmp_path, timeout=HANG_GUARD)
+    proc = train(["trainer.epochs=5"], tmp_path, timeout=HANG_GUARD)
     (run_dir,) = [p.parent.parent for p in tmp_path.glob("outputs/**/checkpoints/best.pt")]
     m = metrics(run_dir)
-    assert m["finished"] and m["best"] >= 0.97, m["history"]
+    assert m["finished"] and m["best"] >= 0.95, m["history"]
     assert m["weights"]["source"] == "package:efficientnet_lite0" and len(m["weights"]["sha256"]) == 64
     out = proc.stdout + proc.stderr
     assert "best checkpoint:" in out and "run folder:" in out
@@ -238,14 +219,13 @@ def test_the_builtin_demo(tmp_path):
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["trainer.precision=bf16"],
         ["trainer.accumulate=2", "trainer.clip_grad_norm=1.0"],
         ["model.freeze=backbone", "optimizer.lr=1e-2"],
         ["scheduler=plateau", "optimizer=sgd", "optimizer.lr=0.05"],
         ["scheduler=onecycle", "loss=dice", "optimizer.lr=5e-3"],
         ["scheduler=step", "scheduler.step_size=1", "loss=focal", "checkpoint.monitor=val/loss", "checkpoint.mode=min"],
     ],
-    ids=["bf16-autocast", "accumulate-clip", "frozen-backbone", "plateau-sgd", "onecycle-dice", "step-focal-minloss"],
+    ids=["accumulate-clip", "frozen-backbone", "plateau-sgd", "onecycle-dice", "step-focal-minloss"],
 )
 @pytest.mark.slow
 def test_training_settings_learn(compose_cfg, tmp_path, overrides):
@@ -354,7 +334,7 @@ def test_a_failing_sweep_job_is_listed_and_a_rerun_skips_finished_and_resumes_un
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_sigterm_and_ctrl_c_save_and_resume_exactly(tmp_path, sig):
-    args = [*TINY, "trainer.epochs=3", "checkpoint.every_n_steps=2", "data.dataset.train_size=512"]
+    args = [*TINY, "trainer.epochs=2", "checkpoint.every_n_steps=2", "data.dataset.train_size=512"]
     unbroken = tmp_path / "unbroken"
     train([*args, f"hydra.run.dir={unbroken}"], tmp_path)
     run_dir = tmp_path / "stopped"
