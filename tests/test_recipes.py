@@ -80,8 +80,12 @@ def test_augment_policies_and_random_erasing_are_seeded_per_sample(augment, poli
     from trainer.data.transforms import build_transforms
 
     splits = make_fake(num_classes=2, train_size=8, val_size=2, image_size=48, seed=0)
-    spec = {"size": 32, "crop_pct": 1.0, "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    # bicubic, as many timm models ask: the policies' rotations must still work on tensors
+    spec = {"size": 32, "crop_pct": 1.0, "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3}
     tf = build_transforms(augment, spec, True, normalize=False, random_erasing=1.0)
+    for epoch in range(8):  # enough draws that the rotate / shear ops come up
+        for i in range(len(splits.train)):
+            TransformedImages(splits.train, tf, seed=1)[(epoch, i)]
     names = [type(t).__name__ for t in tf.transforms]
     assert names == ["RandomResizedCrop", "RandomHorizontalFlip", policy, "RandomErasing"]
     plain = TransformedImages(splits.train, build_transforms("flip_crop", spec, True, normalize=False), seed=3)

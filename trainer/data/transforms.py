@@ -118,7 +118,11 @@ def build_transforms(
         )
     geometry = [v2.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interp, antialias=True)]
     geometry.append(v2.RandomHorizontalFlip())
-    policy = [POLICIES[augment](interp)] if augment in POLICIES else []
+    # the policies' rotations and shears take nearest or bilinear on tensors (not the bicubic of many timm models)
+    policy_interp = (
+        interp if interp in (InterpolationMode.NEAREST, InterpolationMode.BILINEAR) else InterpolationMode.BILINEAR
+    )
+    policy = [POLICIES[augment](policy_interp)] if augment in POLICIES else []
     erasing = [v2.RandomErasing(p=random_erasing, value=0)] if random_erasing else []  # on uint8: black boxes
     return v2.Compose(geometry + policy + erasing + finish)
 
