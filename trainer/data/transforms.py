@@ -52,7 +52,7 @@ def auto_image_size(native: int | None, model_size: int, device_type: str) -> tu
     twice their size rounded up to a multiple of 32, at least 64 and at most the model's size:
     upsampling tiny images helps a pretrained net (its filters were learned on objects tens of pixels
     across), but past about 2x it adds time, not information. On a CPU the size is capped at 160.
-    docs/transfer.md has the measurements behind the rule."""
+    docs/transfer.md says what of it is measured so far."""
     if native is None:
         size, why = model_size, "the model's pretrained size (the images' size could not be read)"
     elif native >= model_size:
