@@ -90,6 +90,7 @@ def synthetic_overrides(model: str, image: int, batch: int, precision: str) -> l
         f"data.image_size={image}",
         f"data.batch_size={batch}",
         "data.augment=none",
+        "finetune.cache_features=false",  # the frozen mode times the backbone's forward each step
         f"trainer.precision={precision}",
         "trainer.log_every=1000000",
         "checkpoint.every_n_steps=0",

@@ -24,7 +24,7 @@ def plan_lines(run: Any) -> list[str]:
     """The plan: data, input, stages with their trainable parameters and lrs, steps."""
     s, loaders, plan = run.settings, run.loaders, run.plan
     spec = loaders.input_spec
-    train_n, val_n = len(loaders.train.dataset), len(loaders.val.dataset)
+    train_n, val_n = _images(loaders.train, run.batches_per_epoch * loaders.batch_size), _images(loaders.val, 0)
     total = sum(st.epochs for st in plan.stages) * run.steps_per_epoch
     lines = [
         f"plan: {run.epochs} epoch(s) in {len(plan.stages)} stage(s); {train_n} train / {val_n} val images at "
@@ -142,6 +142,12 @@ def _time_steps(run: Any) -> None:
             return
     if run.estimate.seconds_per_step is None:
         log.info(run.estimate.line())
+
+
+def _images(loader: Any, otherwise: int) -> int | str:
+    """How many images a loader serves (a stand-in loader without a dataset: what its batches hold)."""
+    dataset = getattr(loader, "dataset", None)
+    return len(dataset) if dataset is not None else (otherwise or "?")
 
 
 def _duration(seconds: float) -> str:
