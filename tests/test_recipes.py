@@ -197,6 +197,7 @@ def test_image_size_auto_reads_the_folder_and_says_what_it_chose(compose_cfg, tm
     assert x.shape[-2:] == (64, 64)
 
 
+@pytest.mark.slow
 def test_plan_true_says_what_the_run_will_do_and_cost_then_stops_without_training(tmp_path):
     from conftest import train
 
@@ -253,6 +254,7 @@ def test_the_suggestion_is_the_steepest_descent_before_the_minimum():
     assert suggest([1e-3, 2e-3, 4e-3, 8e-3], [2.0, 1.0, 0.9, 0.85]) == pytest.approx(8e-4)
 
 
+@pytest.mark.slow
 def test_optimizer_lr_auto_trains_with_the_found_lr_and_saves_it_in_the_config(compose_cfg, tmp_path, monkeypatch):
     import yaml
 
@@ -270,6 +272,7 @@ def test_optimizer_lr_auto_trains_with_the_found_lr_and_saves_it_in_the_config(c
     assert saved["optimizer"]["lr"] == pytest.approx(found)
 
 
+@pytest.mark.slow
 def test_a_distilled_students_loss_uses_the_teacher(compose_cfg, tmp_path):
     import torch.nn.functional as F
 
