@@ -220,23 +220,28 @@ def test_every_run_logs_its_plan_and_an_estimate_from_its_first_steps(compose_cf
         run.fit()
     assert "plan: 2 epoch(s) in 2 stage(s)" in caplog.text
     assert caplog.text.count("estimate, stage") == 2  # once per stage, measured on its own steps
-    assert run.estimate.seconds_per_step > 0
+    assert run.estimate.seconds_per_step is not None  # measured (its value is the machine's, not asserted)
 
 
-def test_lr_find_leaves_the_run_unchanged_and_suggests_an_lr_inside_its_ramp(compose_cfg, tmp_path, monkeypatch):
+@pytest.mark.parametrize("head_epochs", [1, 0])  # 0: the test runs in the stage the run starts in
+def test_lr_find_leaves_the_run_unchanged_and_suggests_an_lr_inside_its_ramp(
+    compose_cfg, tmp_path, monkeypatch, head_epochs
+):
     from trainer import lr_find
     from trainer.build import build_run
     from trainer.lr_find import find_lr
 
     monkeypatch.setattr(lr_find, "STEPS", 30)
 
-    run = build_run(compose_cfg(*TINY), run_dir=tmp_path)
+    run = build_run(compose_cfg(*TINY, f"finetune.head_epochs={head_epochs}"), run_dir=tmp_path)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     lrs_before = [g["lr"] for g in run.optimizer.param_groups]
+    schedule_before = run.scheduler.state_dict()
     rng = torch.get_rng_state()
     lr = find_lr(run)
     assert all(torch.equal(v, before[k]) for k, v in run.model.state_dict().items())
     assert [g["lr"] for g in run.optimizer.param_groups] == lrs_before and run.stage_idx == 0
+    assert run.scheduler.state_dict() == schedule_before
     assert torch.equal(torch.get_rng_state(), rng)
     rows = (tmp_path / "lr_find.csv").read_text().splitlines()
     ramp = [float(r.split(",")[1]) for r in rows[1:]]

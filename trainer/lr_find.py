@@ -5,7 +5,7 @@ run's start weights, on its own batches, in the plan's widest stage (the last on
 than the head: the base lr matters most there, and a head alone tolerates far larger lrs); the groups
 keep their lr ratios (backbone x finetune.backbone_lr_mult, ...). The test stops when the smoothed
 loss passes 4x its lowest value. Afterwards the weights, the optimizer and the random streams are put
-back: the run starts from the same state as without the test. The suggestion is the lr where the
+back, and the schedule: the run starts from the same state as without the test. The suggestion is the lr where the
 smoothed loss falls fastest (steepest descent against log lr) before its minimum, and at most a tenth
 of the lr at that minimum (the two classic rules of the range test).
 """
@@ -30,7 +30,7 @@ DIVERGED = 4.0  # stop when the smoothed loss exceeds this times its lowest valu
 def range_test(run: Any, steps: int | None = None) -> dict[str, Any]:
     """lrs, raw and smoothed losses, and the suggested base lr; the run's state is unchanged after it."""
     steps = steps or STEPS
-    saved = (copy.deepcopy(run.model.state_dict()), copy.deepcopy(run.optimizer.state_dict()))
+    saved = [copy.deepcopy(x.state_dict()) for x in (run.model, run.optimizer, run.scheduler)]
     rng = torch.get_rng_state()
     base = [float(g.get("initial_lr", g["lr"])) for g in run.optimizer.param_groups]  # before any warm-up
     mults = [b / (max(base) or 1.0) for b in base]
@@ -43,7 +43,7 @@ def range_test(run: Any, steps: int | None = None) -> dict[str, Any]:
             lr = START * (END / START) ** (i / max(1, steps - 1))
             for g, m in zip(run.optimizer.param_groups, mults, strict=True):
                 g["lr"] = lr * m
-            loss = _one_step(run, *next(batches))
+            loss = _one_step(run, batches)
             avg = SMOOTHING * avg + (1 - SMOOTHING) * loss
             value = avg / (1 - SMOOTHING ** (i + 1))
             lrs.append(lr)
@@ -54,6 +54,7 @@ def range_test(run: Any, steps: int | None = None) -> dict[str, Any]:
     finally:
         run.model.load_state_dict(saved[0])
         run.optimizer.load_state_dict(saved[1])
+        run.scheduler.load_state_dict(saved[2])
         torch.set_rng_state(rng)
     return {"lr": lrs, "loss": raw, "smoothed": smooth, "suggestion": suggest(lrs, smooth)}
 
@@ -81,16 +82,16 @@ def _batches(run: Any) -> Any:
         epoch += 1
 
 
-def _one_step(run: Any, x: torch.Tensor, y: torch.Tensor) -> float:
+def _one_step(run: Any, batches: Any) -> float:
+    """One optimizer step as training takes it (the stage's step: accumulation, clipping, scaler);
+    its mean loss, inf when a batch's loss was not finite."""
     run.model.train(not run.head_only)
     run.head.train()
-    run.optimizer.zero_grad(set_to_none=True)
-    with run.autocast():
-        loss = run.loss_fn(run.forward(x), y)
-    run.scaler.scale(loss).backward()
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    return float(loss.detach().float().item())
+    losses = [run.step.backward(*next(batches)) for _ in range(run.accumulate)]
+    run.step.update()  # the schedule moves too; the lr is set again before the next step
+    if any(loss is None for loss in losses):  # skipped as non-finite (trainer.nonfinite=skip)
+        return math.inf
+    return float(torch.stack([loss.detach().float() for loss in losses]).mean().item())
 
 
 def find_lr(run: Any) -> float:
