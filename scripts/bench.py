@@ -118,6 +118,7 @@ class DeviceLoader:
     def __init__(self, x: Any, y: Any, steps: int) -> None:
         self.x, self.y, self.steps = x, y, steps
         self.batch_size, self.drop_last = x.shape[0], True
+        self.dataset = range(x.shape[0] * steps)  # the images it serves, as a sized stand-in
 
     def __len__(self) -> int:
         return self.steps

@@ -54,12 +54,14 @@ class Teacher(NoTeacher):
         self.scale = stats(student_spec, "std") / stats(spec, "std")
         self.shift = (stats(student_spec, "mean") - stats(spec, "mean")) / stats(spec, "std")
         self.size = int(spec["size"])
+        self.same_input = bool((self.scale == 1).all() and (self.shift == 0).all())  # nothing to convert per batch
         self.logits: torch.Tensor | None = None
 
     @torch.no_grad()
     def see(self, x: torch.Tensor) -> None:
         """The teacher's logits for this training batch (kept for the loss that follows)."""
-        x = x * self.scale + self.shift
+        if not self.same_input:
+            x = x * self.scale + self.shift
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
         with self.autocast():

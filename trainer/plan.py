@@ -24,7 +24,7 @@ def plan_lines(run: Any) -> list[str]:
     """The plan: data, input, stages with their trainable parameters and lrs, steps."""
     s, loaders, plan = run.settings, run.loaders, run.plan
     spec = loaders.input_spec
-    train_n, val_n = _images(loaders.train, run.batches_per_epoch * loaders.batch_size), _images(loaders.val, 0)
+    train_n, val_n = len(loaders.train.dataset), len(loaders.val.dataset)
     total = sum(st.epochs for st in plan.stages) * run.steps_per_epoch
     lines = [
         f"plan: {run.epochs} epoch(s) in {len(plan.stages)} stage(s); {train_n} train / {val_n} val images at "
@@ -87,10 +87,16 @@ class Estimate:
             self.first_step = self.run.global_step - 1  # this stage's (or resumed session's) first step
         done = self.run.global_step - self.first_step
         if done == WARMUP_STEPS:
-            self.t0 = time.perf_counter()
+            self.t0 = self._now()
         elif done == WARMUP_STEPS + MEASURED_STEPS:
-            self.seconds_per_step = (time.perf_counter() - self.t0) / MEASURED_STEPS
+            self.seconds_per_step = (self._now() - self.t0) / MEASURED_STEPS
             log.info(self.line())
+
+    def _now(self) -> float:
+        """The clock once the device has finished the queued work (twice a stage: off the hot path)."""
+        if self.run.device.type == "cuda":
+            torch.cuda.synchronize(self.run.device)
+        return time.perf_counter()
 
     def line(self) -> str:
         run, per = self.run, self.seconds_per_step
@@ -142,12 +148,6 @@ def _time_steps(run: Any) -> None:
             return
     if run.estimate.seconds_per_step is None:
         log.info(run.estimate.line())
-
-
-def _images(loader: Any, otherwise: int) -> int | str:
-    """How many images a loader serves (a stand-in loader without a dataset: what its batches hold)."""
-    dataset = getattr(loader, "dataset", None)
-    return len(dataset) if dataset is not None else (otherwise or "?")
 
 
 def _duration(seconds: float) -> str:
