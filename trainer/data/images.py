@@ -152,13 +152,12 @@ def native_size(images: ImageSet, samples: int = 64) -> int | None:
     only: nothing is decoded); None when none can be read."""
     from PIL import Image
 
+    stored = getattr(images, "images", None)
+    if isinstance(stored, torch.Tensor):  # in memory: one size for all
+        return int(min(stored.shape[-2:]))
     n = len(images)
     sides = []
     for i in sorted({k * n // samples for k in range(min(samples, n))}):
-        stored = getattr(images, "images", None)
-        if isinstance(stored, torch.Tensor):
-            sides.append(min(stored.shape[-2:]))
-            continue
         path = images.paths[i] if hasattr(images, "paths") else stored[i]  # type: ignore[index]
         try:
             with Image.open(path) as im:
