@@ -62,6 +62,31 @@ def train(
     return proc
 
 
+def in_process(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m trainer.<module> args`` (predict, evaluate, export) run inside the test's own process:
+    the command's behaviour without an interpreter start and its seconds of imports. Each command's real
+    entry point is still run as a subprocess by at least one test."""
+    import contextlib
+    import importlib
+    import io
+
+    main = importlib.import_module(f"trainer.{module}").main
+    out, err = io.StringIO(), io.StringIO()
+    argv, here, code = sys.argv, os.getcwd(), 0
+    try:
+        sys.argv = [f"trainer.{module}", *args]
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
 def start_train(args: list[str], cwd: Path, output: bool = False, **popen: object) -> subprocess.Popen:
     """Start the real `train` command without waiting; ``output``: its stdout+stderr as text, else discarded."""
     streams = (
@@ -79,6 +104,22 @@ def wait_for(path: Path, proc: subprocess.Popen) -> None:
     deadline = time.time() + HANG_GUARD
     while time.time() < deadline and proc.poll() is None and not path.exists():
         time.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def _tiny_run_once(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_run")
+    train([*TINY, "trainer.epochs=1", f"hydra.run.dir={root / 'run'}"], root)
+    return root / "run"
+
+
+@pytest.fixture
+def finished_run(_tiny_run_once, tmp_path) -> Path:
+    """A finished one-epoch TINY run made by the real command (once per session), copied to tmp_path/run
+    for this test to change as it likes."""
+    import shutil
+
+    return Path(shutil.copytree(_tiny_run_once, tmp_path / "run"))
 
 
 def metrics(run_dir: Path) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_GUARD, TINY, metrics, offline_env, train
+from conftest import HANG_GUARD, TINY, in_process, metrics, offline_env, train
 
 DDP = [*TINY, "trainer.device=cpu", "data.dataset.train_size=192", "checkpoint.every_n_steps=2"]
 
@@ -60,13 +60,7 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(tmp_path
     assert two["best"] >= 0.7 and abs(two["best"] - one["best"]) <= 0.15, (one["history"], two["history"])
     assert (ddp / "train.log").read_text().count("epoch 3/3") == 1  # rank 0 alone logs
     # the DDP checkpoint, in one process: the same val accuracy as the sharded, all-reduced evaluation
-    proc = subprocess.run(
-        [sys.executable, "-m", "trainer.evaluate", f"checkpoint={ddp / 'checkpoints' / 'last.pt'}"],
-        capture_output=True,
-        text=True,
-        env=offline_env(tmp_path),
-        timeout=HANG_GUARD,
-    )
+    proc = in_process("evaluate", [f"checkpoint={ddp / 'checkpoints' / 'last.pt'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     acc = float(proc.stdout.split("val/acc ")[1].split()[0])
     assert acc == pytest.approx(two["history"][-1]["val/acc"], abs=1e-4)

@@ -42,8 +42,7 @@ def test_each_key_with_edge_values_builds_or_gets_the_one_paragraph_answer(tmp_p
                     continue
                 override = f"{key}={edge}"
                 try:
-                    explain_overrides([*TINY, override])
-                    build_run(compose_config([*TINY, override]), run_dir=tmp_path / "run")
+                    build_run(explain_overrides([*TINY, override]), run_dir=tmp_path / "run")
                 except UserError:
                     pass
                 except Exception as e:

@@ -188,11 +188,10 @@ def test_what_a_config_may_build():
 
 
 @pytest.mark.slow
-def test_resuming_a_doctored_run_folder_runs_nothing(tmp_path):
+def test_resuming_a_doctored_run_folder_runs_nothing(tmp_path, finished_run):
     """The reported case, through the real command: a shared run folder whose stored overrides
     load a pickle with torch.load(weights_only=False)."""
-    run = tmp_path / "run"
-    train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
+    run = finished_run
     evil = payloads(tmp_path)["torch.load"]
     stored = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*stored, _override(evil)]))
@@ -307,9 +306,8 @@ def test_a_second_run_in_a_folder_in_use_is_refused_and_a_killed_run_leaves_no_l
 
 
 @pytest.mark.slow
-def test_a_refused_resume_leaves_the_run_folder_byte_for_byte(tmp_path):
-    run = tmp_path / "run"
-    train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
+def test_a_refused_resume_leaves_the_run_folder_byte_for_byte(tmp_path, finished_run):
+    run = finished_run
     before = _snapshot(run)
     for change in ("model.head.hidden=16", "model.name=resnet_nope"):  # refused at load, refused at build
         proc = train([f"resume={run}", change], tmp_path, check=False)

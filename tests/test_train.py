@@ -17,6 +17,7 @@ from conftest import (
     HANG_GUARD,
     TINY,
     final_tensors,
+    in_process,
     interrupt_and_resume,
     metrics,
     offline_env,
@@ -203,13 +204,14 @@ def test_sweep_writes_a_summary_best_first(tmp_path):
 
 @pytest.mark.slow
 def test_the_builtin_demo(tmp_path):
-    """The demo as `train` runs it (real pretrained EfficientNet-Lite0 on real digits), 5 of its 8
-    epochs to spare the suite's time: >= 0.95 (4 epochs reach 0.969, all 8 about 0.98-0.99)."""
+    """The demo as `train` runs it (real pretrained EfficientNet-Lite0 on real digits), 3 of its 8
+    epochs to spare the suite's time: from 0.61 after the head-only epoch to >= 0.90 (3 epochs reach
+    0.939, all 8 about 0.98-0.99)."""
     start = time.time()
-    proc = train(["trainer.epochs=5"], tmp_path, timeout=HANG_GUARD)
+    proc = train(["trainer.epochs=3"], tmp_path, timeout=HANG_GUARD)
     (run_dir,) = [p.parent.parent for p in tmp_path.glob("outputs/**/checkpoints/best.pt")]
     m = metrics(run_dir)
-    assert m["finished"] and m["best"] >= 0.95, m["history"]
+    assert m["finished"] and m["best"] >= 0.90 and m["history"][0]["val/acc"] < 0.8, m["history"]
     assert m["weights"]["source"] == "package:efficientnet_lite0" and len(m["weights"]["sha256"]) == 64
     out = proc.stdout + proc.stderr
     assert "best checkpoint:" in out and "run folder:" in out
@@ -243,9 +245,8 @@ def test_training_settings_learn(compose_cfg, tmp_path, overrides):
 
 
 @pytest.mark.slow
-def test_evaluate_reads_a_checkpoint(tmp_path):
-    run_dir = tmp_path / "run"
-    train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
+def test_evaluate_reads_a_checkpoint(tmp_path, finished_run):
+    run_dir = finished_run
     proc = subprocess.run(
         [sys.executable, "-m", "trainer.evaluate", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}"],
         capture_output=True,
@@ -378,22 +379,28 @@ def _corrupt(path: Path, how: str) -> None:
         path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
 
 
+BROKEN = {"empty": "is empty", "truncated": "cannot be read", "garbage": "cannot be read", "flipped": "is corrupt"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["empty", "truncated", "garbage", "flipped"])
-def test_a_broken_checkpoint_gives_a_clear_error_naming_the_file(tmp_path, how):
-    run_dir = tmp_path / "run"
-    train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
-    last = run_dir / "checkpoints" / "last.pt"
-    last.unlink()  # a hard link: replace it by a broken copy without touching the numbered file
-    (run_dir / "checkpoints" / "best.pt").rename(last)
-    _corrupt(last, how)
+def test_a_broken_checkpoint_gives_a_clear_error_naming_the_file(tmp_path, finished_run):
+    """Each kind of damage read directly; one of them resumed through the real command (exit 2)."""
+    from trainer.checkpoint import load_checkpoint
+    from trainer.errors import UserError
+
+    last = finished_run / "checkpoints" / "last.pt"
+    good = last.read_bytes()
+    for how, says in BROKEN.items():
+        last.unlink()  # a hard link: replace it by a broken copy without touching the numbered file
+        last.write_bytes(good)
+        _corrupt(last, how)
+        with pytest.raises(UserError) as refused:
+            load_checkpoint(last)
+        assert str(last) in str(refused.value) and (says in str(refused.value) or "is corrupt" in str(refused.value))
     proc = train([f"resume={last}", "trainer.epochs=2"], tmp_path, check=False)
     err = proc.stdout + proc.stderr
     assert proc.returncode == 2, err
-    assert str(last) in err and "Traceback" not in err
-    assert {"empty": "is empty", "truncated": "cannot be read", "garbage": "cannot be read", "flipped": "is corrupt"}[
-        how
-    ] in err or "is corrupt" in err
+    assert str(last) in err and "is corrupt" in err and "Traceback" not in err
 
 
 @pytest.mark.slow
@@ -413,7 +420,7 @@ def test_resume_auto_falls_back_to_the_newest_valid_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path, finished_run):
     import pickle
 
     marker = tmp_path / "pwned"
@@ -422,8 +429,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    run_dir = tmp_path / "run"
-    train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
+    run_dir = finished_run
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     state["extra"] = Evil()
     evil = run_dir / "checkpoints" / "evil.pt"
@@ -743,13 +749,7 @@ def test_resume_with_other_classes_is_refused(tmp_path):
     proc = train([f"resume={run_dir}", "trainer.epochs=2"], tmp_path, check=False)
     err = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "trained on classes ['cat', 'dog']" in err and "'fox'" in err
-    proc = subprocess.run(
-        [sys.executable, "-m", "trainer.evaluate", f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}"],
-        capture_output=True,
-        text=True,
-        env=offline_env(tmp_path),
-        timeout=HANG_GUARD,
-    )
+    proc = in_process("evaluate", [f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}"], tmp_path)
     assert proc.returncode != 0 and "trained on classes ['cat', 'dog']" in proc.stderr
 
 

@@ -287,10 +287,10 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose("train", overrides=overrides)
 
 
-def explain_overrides(overrides: list[str], multirun: bool = False) -> None:
-    """Compose with the user's overrides; turn Hydra's composition errors into one clear paragraph.
-    Under -m, each sweep is checked with its first value, for keys and options only (a bad value
-    fails its own job, and the sweep goes on)."""
+def explain_overrides(overrides: list[str], multirun: bool = False) -> DictConfig:
+    """Compose with the user's overrides and return the config; turn Hydra's composition errors into
+    one clear paragraph. Under -m, each sweep is checked with its first value, for keys and options
+    only (a bad value fails its own job, and the sweep goes on)."""
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
     if multirun:
@@ -311,6 +311,7 @@ def explain_overrides(overrides: list[str], multirun: bool = False) -> None:
         raise UserError(_no_such_key(e, overrides)) from None
     if not multirun:
         validate_config(cfg)
+    return cfg
 
 
 def _no_such_option(e: Exception, overrides: list[str]) -> str:
