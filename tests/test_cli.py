@@ -116,7 +116,7 @@ def test_weights_file_that_does_not_fit_is_refused(tmp_path):
 
 
 def test_console_script_is_installed():
-    assert (REPO / "pyproject.toml").read_text().count('train = "trainer.cli:main"') == 1
+    assert (REPO / "pyproject.toml").read_text().count('train = "trainer.entry:train"') == 1
 
 
 CONFIG_MISTAKES = [

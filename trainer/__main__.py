@@ -1,3 +1,3 @@
-from trainer.cli import main
+from trainer.entry import train
 
-main()
+train()
