@@ -2,10 +2,10 @@
 
 Each runs its command's ``main()`` and then exits the way Python's own shutdown does, minus its last
 step: tearing down every imported module one by one, which for torch, torchvision and torchmetrics
-costs 2-3 s on a small CPU after the work is done. What shutdown is for still happens, in its order:
-threads that are not daemons are waited for, atexit handlers run (logging flushes and closes its
-files, multiprocessing stops its children, temporary folders are removed), and the standard streams
-are flushed. A command that ends in an uncaught exception exits through Python's usual path.
+costs 2-3 s on a small CPU after the work is done. What shutdown is for still happens: atexit
+handlers run (logging flushes and closes its files, multiprocessing stops its children, temporary
+folders are removed) and the standard streams are flushed. A command that ends in an uncaught
+exception, or leaves threads running (a sweep's worker pool), exits through Python's usual path.
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ def _exit_code(code: object) -> int:
 
 
 def exit_after(main: Callable[[], None]) -> NoReturn:
-    """Run ``main``; then shut down without the module teardown and exit with its status."""
+    """Run ``main``; then shut down without the module teardown and exit with its status. While a
+    thread other than the main one is still alive (a sweep's worker pool), Python's own shutdown runs
+    instead: it knows how to stop what such threads serve."""
     try:
         main()
         code = 0
     except SystemExit as e:
         code = _exit_code(e.code)
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
