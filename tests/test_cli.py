@@ -225,3 +225,29 @@ def test_a_users_config_dir_home_paths_and_chdir_work_as_in_hydra(tmp_path):
     train([*model, "data.root=data", "hydra.job.chdir=true", f"hydra.run.dir={run}", *tiny], tmp_path)
     assert (run / "checkpoints" / "best.pt").is_file()
     assert "root: data" in (run / ".hydra" / "config.yaml").read_text()  # as typed; the checkpoint holds it absolute
+
+
+EXIT_AFTER = """
+import logging, sys, threading
+from trainer.entry import exit_after
+case = sys.argv[1]
+log = logging.getLogger("t")
+log.addHandler(logging.FileHandler(sys.argv[2]))
+log.warning("written before the exit")
+if case == "thread":  # a non-daemon thread still running: Python's own shutdown, which waits for it
+    threading.Thread(target=lambda: (__import__("time").sleep(0.5), open(sys.argv[2] + ".thread", "w").close())).start()
+exit_after({"ok": lambda: print("done"), "code": lambda: sys.exit(3), "message": lambda: sys.exit("bad value"),
+            "thread": lambda: sys.exit(4)}[case])
+"""
+
+
+@pytest.mark.parametrize("case,code", [("ok", 0), ("code", 3), ("message", 1), ("thread", 4)])
+def test_the_fast_exit_keeps_exit_codes_and_output_and_lets_running_threads_finish(tmp_path, case, code):
+    log = tmp_path / "log.txt"
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_AFTER, case, str(log)], capture_output=True, text=True, timeout=HANG_GUARD
+    )
+    assert proc.returncode == code, proc.stderr
+    assert log.read_text() == "written before the exit\n"
+    assert ("done" in proc.stdout) == (case == "ok") and ("bad value" in proc.stderr) == (case == "message")
+    assert (tmp_path / "log.txt.thread").exists() == (case == "thread")
