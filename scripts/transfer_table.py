@@ -62,10 +62,15 @@ def main() -> None:
         f"| {args.data}: method ({args.epochs} epochs) | best val acc | at epoch | lowest val loss | wall time (s) |",
         "|---|---|---|---|---|",
     ]
-    rows = None if args.rows is None else {int(r) for r in args.rows.split(",")}
-    for i, (label, overrides) in enumerate(SETS[args.set]):
-        if rows is not None and i not in rows:
-            continue
+    chosen = list(enumerate(SETS[args.set]))
+    if args.rows is not None:
+        wanted = {int(r) for r in args.rows.split(",")}
+        chosen = [(i, row) for i, row in chosen if i in wanted]
+        if wanted - {i for i, _ in chosen}:
+            ap.error(f"--rows {args.rows}: the {args.set} set has rows 0-{len(SETS[args.set]) - 1}")
+        if 0 not in wanted and any("{row0}" in o for _, (_, overrides) in chosen for o in overrides):
+            ap.error("--rows: the distilled row learns from row 0's run; include 0")
+    for i, (label, overrides) in chosen:
         run_dir = root / str(i)
         overrides = [f"data={args.data}", *(o.replace("{row0}", str((root / "0").resolve())) for o in overrides)]
         cmd = [sys.executable, "-m", "trainer", *overrides, f"trainer.epochs={args.epochs}", f"hydra.run.dir={run_dir}"]
