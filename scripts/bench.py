@@ -439,7 +439,8 @@ def main() -> None:
         )
     if not args.no_startup:
         model_args = [f"model.name={args.model}", "model.pretrained=false", "model.weights=null"]
-        s = startup(model_args, args.model, min(args.image, 64), max(1, min(args.rounds, 3)))
+        rounds = 1 if args.quick else max(1, min(args.rounds, 3))  # quick: each round is three fresh processes
+        s = startup(model_args, args.model, min(args.image, 64), rounds)
         results.update(s)
         ratios["first step: train / bare script"] = s["first_step_s"] / s["bare_first_step_s"]
         print(

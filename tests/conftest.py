@@ -44,22 +44,122 @@ HANG_GUARD = 1800
 def train(
     args: list[str], cwd: Path, timeout: float = HANG_GUARD, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run the real `train` command (as `python -m trainer`) in ``cwd`` (``env``: added variables)."""
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "trainer", *args],
-            cwd=cwd,
-            env={**offline_env(cwd), **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as e:
-        tail = (e.stdout or b"")[-3000:]
-        pytest.fail(f"train {' '.join(args)} hung: no exit after {timeout:.0f}s. Last output:\n{tail!r}")
+    """Run the real `train` command in ``cwd`` (``env``: added variables). A single run goes through the
+    command's ``main()`` inside the test's own process (an interpreter start and its imports cost
+    seconds per run on a small CPU); sweeps, torchrun launches, compiled runs and runs with their own
+    environment are real subprocesses (``python -m trainer``), as is every run under TRAINER_TEST_SUBPROCESS=1."""
+    proc = _train_in_process(args, cwd) if _in_process_ok(args, env) else None
+    if proc is None:  # or the run went on to start torchrun (trainer.devices came with a resumed run)
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "trainer", *args],
+                cwd=cwd,
+                env={**offline_env(cwd), **(env or {})},
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as e:
+            tail = (e.stdout or b"")[-3000:]
+            pytest.fail(f"train {' '.join(args)} hung: no exit after {timeout:.0f}s. Last output:\n{tail!r}")
     if check and proc.returncode != 0:
         raise AssertionError(f"train {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def _in_process_ok(args: list[str], env: dict[str, str] | None) -> bool:
+    own_process = ("-m", "--multirun", "trainer.devices=", "trainer.compile=", "hydra/launcher=")
+    return (
+        not env
+        and os.environ.get("TRAINER_TEST_SUBPROCESS") != "1"
+        and not any(a == k or a.startswith(k) for a in args for k in own_process)
+    )
+
+
+def _train_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess | None:
+    """``python -m trainer args`` in this process, with what a run changes put back afterwards: argv,
+    cwd, environment, import path and the user's own modules, logging, torch's thread count, and the
+    data workers it leaves (stopped, as exit stops them). None when the run would exec another program."""
+    import contextlib
+    import gc
+    import io
+    import logging
+    import multiprocessing
+    import threading
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from trainer import cli, failpoints
+    from trainer.entry import _exit_code
+
+    class Exec(Exception):
+        pass
+
+    def refuse_exec(*_: object) -> None:
+        raise Exec
+
+    saved_env, saved_path, saved_modules = dict(os.environ), list(sys.path), set(sys.modules)
+    children, threads_before = set(multiprocessing.active_children()), set(threading.enumerate())
+    argv, here, threads, raises = sys.argv, os.getcwd(), torch.get_num_threads(), logging.raiseExceptions
+    loggers = {name: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for name, lg in _all_loggers()}
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        os.environ.update({k: v for k, v in offline_env(cwd).items() if k != "PYTHONPATH"})
+        sys.path.insert(0, str(cwd))
+        sys.argv = [str(REPO / "trainer" / "__main__.py"), *args]
+        os.chdir(cwd)
+        failpoints._counts.clear()
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            pytest.MonkeyPatch.context() as mp,
+        ):
+            mp.setattr(os, "execv", refuse_exec)
+            try:
+                cli.main()
+            except SystemExit as e:
+                code = _exit_code(e.code)
+            except Exec:
+                code = None
+            except Exception:
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+    finally:
+        for child in set(multiprocessing.active_children()) - children:  # what exit does to a run's data workers
+            child.terminate()
+            child.join()
+        gc.collect()  # a finished run's loaders, their queues and threads go now, as they would at exit
+        for thread in set(threading.enumerate()) - threads_before:
+            thread.join(timeout=60)  # a closed queue's feeder thread ends by itself; a hang guard only
+        for name, lg in _all_loggers():
+            for h in set(lg.handlers) - set(loggers.get(name, ([],))[0]):
+                h.close()
+            lg.handlers[:], lg.level, lg.propagate, lg.disabled = loggers.get(name, ([], logging.NOTSET, True, False))
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - saved_modules:
+            if getattr(sys.modules[name], "__file__", None) and str(cwd) in str(sys.modules[name].__file__):
+                del sys.modules[name]
+        sys.argv = argv
+        os.chdir(here)
+        torch.set_num_threads(threads)
+        logging.raiseExceptions = raises
+        GlobalHydra.instance().clear()
+    if code is None:
+        return None
+    return subprocess.CompletedProcess(["train", *args], code, out.getvalue(), err.getvalue())
+
+
+def _all_loggers():
+    import logging
+
+    yield "", logging.getLogger()
+    for name, lg in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(lg, logging.Logger):
+            yield name, lg
 
 
 def in_process(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import HANG_GUARD, REPO, TINY, offline_env, train
 
 NO_HEAVY_IMPORTS = """
@@ -251,3 +252,26 @@ def test_the_fast_exit_keeps_exit_codes_and_output_and_lets_running_threads_fini
     assert log.read_text() == "written before the exit\n"
     assert ("done" in proc.stdout) == (case == "ok") and ("bad value" in proc.stderr) == (case == "message")
     assert (tmp_path / "log.txt.thread").exists() == (case == "thread")
+
+
+def test_a_run_inside_the_test_process_equals_the_real_command(tmp_path, monkeypatch):
+    """The suite runs most `train` commands inside its own process; this holds that to the subprocess:
+    the same weights, exit code and error, and nothing left running afterwards."""
+    import multiprocessing
+    import threading
+
+    from conftest import final_tensors
+
+    args = [*TINY, "trainer.epochs=1", "data.num_workers=2"]
+    threads = set(threading.enumerate())
+    inside = train([*args, f"hydra.run.dir={tmp_path / 'inside'}"], tmp_path)
+    assert not multiprocessing.active_children() and set(threading.enumerate()) <= threads
+    bad_inside = train([*TINY, "trainer.epochs=0"], tmp_path, check=False)
+    monkeypatch.setenv("TRAINER_TEST_SUBPROCESS", "1")
+    outside = train([*args, f"hydra.run.dir={tmp_path / 'outside'}"], tmp_path)
+    bad_outside = train([*TINY, "trainer.epochs=0"], tmp_path, check=False)
+    a, b = final_tensors(tmp_path / "inside"), final_tensors(tmp_path / "outside")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "best" in inside.stdout + inside.stderr and "best" in outside.stdout + outside.stderr
+    assert bad_inside.returncode == bad_outside.returncode == 2
+    assert bad_inside.stderr.strip() == bad_outside.stderr.strip()
