@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -76,56 +77,41 @@ def _in_process_ok(args: list[str], env: dict[str, str] | None) -> bool:
     )
 
 
-def _train_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess | None:
-    """``python -m trainer args`` in this process, with what a run changes put back afterwards: argv,
-    cwd, environment, import path and the user's own modules, logging, torch's thread count, and the
-    data workers it leaves (stopped, as exit stops them). None when the run would exec another program."""
-    import contextlib
+class _Exec(Exception):
+    """Raised in place of os.execv: the run hands over to another program (torchrun)."""
+
+
+def _refuse_exec(*_: object) -> None:
+    raise _Exec
+
+
+@contextlib.contextmanager
+def _as_a_process(argv0: str, args: list[str], cwd: Path):
+    """Run a command's ``main()`` here as ``python -m`` would in ``cwd``, then put back what it changed:
+    argv, cwd, environment, import path and the user's own modules, logging, torch's thread count,
+    Hydra's global state, and the data workers and threads it left (stopped, as exit stops them)."""
     import gc
-    import io
     import logging
     import multiprocessing
     import threading
 
     from hydra.core.global_hydra import GlobalHydra
 
-    from trainer import cli, failpoints
-    from trainer.entry import _exit_code
-
-    class Exec(Exception):
-        pass
-
-    def refuse_exec(*_: object) -> None:
-        raise Exec
+    from trainer import failpoints
 
     saved_env, saved_path, saved_modules = dict(os.environ), list(sys.path), set(sys.modules)
     children, threads_before = set(multiprocessing.active_children()), set(threading.enumerate())
     argv, here, threads, raises = sys.argv, os.getcwd(), torch.get_num_threads(), logging.raiseExceptions
     loggers = {name: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for name, lg in _all_loggers()}
-    out, err, code = io.StringIO(), io.StringIO(), 0
     try:
         os.environ.update({k: v for k, v in offline_env(cwd).items() if k != "PYTHONPATH"})
         sys.path.insert(0, str(cwd))
-        sys.argv = [str(REPO / "trainer" / "__main__.py"), *args]
+        sys.argv = [argv0, *args]
         os.chdir(cwd)
         failpoints._counts.clear()
-        with (
-            contextlib.redirect_stdout(out),
-            contextlib.redirect_stderr(err),
-            pytest.MonkeyPatch.context() as mp,
-        ):
-            mp.setattr(os, "execv", refuse_exec)
-            try:
-                cli.main()
-            except SystemExit as e:
-                code = _exit_code(e.code)
-            except Exec:
-                code = None
-            except Exception:
-                import traceback
-
-                traceback.print_exc()
-                code = 1
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(os, "execv", _refuse_exec)
+            yield
     finally:
         for child in set(multiprocessing.active_children()) - children:  # what exit does to a run's data workers
             child.terminate()
@@ -141,16 +127,40 @@ def _train_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess
         os.environ.update(saved_env)
         sys.path[:] = saved_path
         for name in set(sys.modules) - saved_modules:
-            if getattr(sys.modules[name], "__file__", None) and str(cwd) in str(sys.modules[name].__file__):
+            if str(cwd) in str(getattr(sys.modules[name], "__file__", None)):
                 del sys.modules[name]
         sys.argv = argv
         os.chdir(here)
         torch.set_num_threads(threads)
         logging.raiseExceptions = raises
         GlobalHydra.instance().clear()
-    if code is None:
-        return None
-    return subprocess.CompletedProcess(["train", *args], code, out.getvalue(), err.getvalue())
+
+
+def _run_main(main, argv0: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess | None:
+    """``main()`` under :func:`_as_a_process` with its output captured; None when it would exec another program."""
+    import io
+    import traceback
+
+    from trainer.entry import _exit_code
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with _as_a_process(argv0, args, cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main()
+        except SystemExit as e:
+            code = _exit_code(e.code)
+        except _Exec:
+            return None
+        except Exception:
+            traceback.print_exc()  # what an uncaught exception prints, and exit status 1
+            code = 1
+    return subprocess.CompletedProcess([argv0, *args], code, out.getvalue(), err.getvalue())
+
+
+def _train_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess | None:
+    from trainer import cli
+
+    return _run_main(cli.main, str(REPO / "trainer" / "__main__.py"), args, cwd)
 
 
 def _all_loggers():
@@ -166,25 +176,9 @@ def in_process(module: str, args: list[str], cwd: Path) -> subprocess.CompletedP
     """``python -m trainer.<module> args`` (predict, evaluate, export) run inside the test's own process:
     the command's behaviour without an interpreter start and its seconds of imports. Each command's real
     entry point is still run as a subprocess by at least one test."""
-    import contextlib
     import importlib
-    import io
 
-    main = importlib.import_module(f"trainer.{module}").main
-    out, err = io.StringIO(), io.StringIO()
-    argv, here, code = sys.argv, os.getcwd(), 0
-    try:
-        sys.argv = [f"trainer.{module}", *args]
-        os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main()
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    finally:
-        sys.argv = argv
-        os.chdir(here)
-    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+    return _run_main(importlib.import_module(f"trainer.{module}").main, f"trainer.{module}", args, cwd)
 
 
 def start_train(args: list[str], cwd: Path, output: bool = False, **popen: object) -> subprocess.Popen:
