@@ -14,6 +14,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
+# pytest-xdist runs the suite in one process per core (`-n auto` in pyproject.toml): each worker, and
+# the runs it starts, gets its share of the cores for torch, so the workers do not fight over them.
+THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+torch.set_num_threads(THREADS)
+
 # A tiny timm model from scratch on generated data: seconds on a laptop CPU.
 TINY = [
     "model.name=test_resnet",
@@ -33,8 +38,9 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
         TORCH_HOME=str(tmp_path / "torch"),
         HYDRA_FULL_ERROR="0",
         PYTHONUNBUFFERED="1",
-        PYTHONPATH=str(tmp_path),
-    )  # a user's own modules live in their folder
+        PYTHONPATH=str(tmp_path),  # a user's own modules live in their folder
+        OMP_NUM_THREADS=str(THREADS),
+    )
     return env
 
 
@@ -118,7 +124,8 @@ def _as_a_process(argv0: str, args: list[str], cwd: Path):
             child.join()
         gc.collect()  # a finished run's loaders, their queues and threads go now, as they would at exit
         for thread in set(threading.enumerate()) - threads_before:
-            thread.join(timeout=60)  # a closed queue's feeder thread ends by itself; a hang guard only
+            if thread.name == "QueueFeederThread":  # a closed queue's feeder ends by itself soon; a hang guard
+                thread.join(timeout=60)
         for name, lg in _all_loggers():
             for h in set(lg.handlers) - set(loggers.get(name, ([],))[0]):
                 h.close()
