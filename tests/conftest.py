@@ -216,7 +216,7 @@ def _tiny_run_once(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def finished_run(_tiny_run_once, tmp_path) -> Path:
-    """A finished one-epoch TINY run made by the real command (once per session), copied to tmp_path/run
+    """A finished one-epoch TINY run made by the real command (once per test process), copied to tmp_path/run
     for this test to change as it likes."""
     import shutil
 
