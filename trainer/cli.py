@@ -184,8 +184,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
         return _train_job(cfg, multirun, Path(out_dir), folder)
     except UserError as e:
         log.error("error: %s", e)
-        if not distributed.is_main():  # its log is off, and torchrun may stop rank 0 before rank 0 says it
-            print(f"[rank {distributed.rank()}] error: {e}", file=sys.stderr)
         if folder is not None:
             folder.settle()  # a refused resume leaves its folder as it was
         if multirun:  # one bad job must not end the sweep; the summary marks it failed

@@ -219,8 +219,8 @@ def prepare_argv(argv: list[str], outputs: Path) -> list[str]:
     out.append(f"hydra.run.dir={plan['run_dir']}")
     if plan["resume"]:
         out.append(f"resume={plan['resume']}")
-    if not is_main():  # one .hydra/ folder and one train.log, written by rank 0
-        out += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    if not is_main():  # one .hydra/ folder and one train.log, written by rank 0; the others say errors only
+        out += ["hydra.output_subdir=null", "hydra/job_logging=other_rank"]
     return out
 
 
