@@ -55,7 +55,9 @@ def train(
     command's ``main()`` inside the test's own process (an interpreter start and its imports cost
     seconds per run on a small CPU); sweeps, torchrun launches, compiled runs and runs with their own
     environment are real subprocesses (``python -m trainer``), as is every run under TRAINER_TEST_SUBPROCESS=1."""
-    proc = _train_in_process(args, cwd) if _in_process_ok(args, env) else None
+    from trainer import cli
+
+    proc = _run_main(cli.main, str(REPO / "trainer" / "__main__.py"), args, cwd) if _in_process_ok(args, env) else None
     if proc is None:  # or the run went on to start torchrun (trainer.devices came with a resumed run)
         try:
             proc = subprocess.run(
@@ -75,7 +77,7 @@ def train(
 
 
 def _in_process_ok(args: list[str], env: dict[str, str] | None) -> bool:
-    own_process = ("-m", "--multirun", "trainer.devices=", "trainer.compile=", "hydra/launcher=")
+    own_process = ("-m", "--multirun", "trainer.devices=", "trainer.compile=")
     return (
         not env
         and os.environ.get("TRAINER_TEST_SUBPROCESS") != "1"
@@ -162,12 +164,6 @@ def _run_main(main, argv0: str, args: list[str], cwd: Path) -> subprocess.Comple
             traceback.print_exc()  # what an uncaught exception prints, and exit status 1
             code = 1
     return subprocess.CompletedProcess([argv0, *args], code, out.getvalue(), err.getvalue())
-
-
-def _train_in_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess | None:
-    from trainer import cli
-
-    return _run_main(cli.main, str(REPO / "trainer" / "__main__.py"), args, cwd)
 
 
 def _all_loggers():

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import HANG_GUARD, REPO, TINY, offline_env, train
+from conftest import HANG_GUARD, REPO, TINY, final_tensors, offline_env, train
 
 NO_HEAVY_IMPORTS = """
 import sys
@@ -259,8 +259,6 @@ def test_a_run_inside_the_test_process_equals_the_real_command(tmp_path, monkeyp
     the same weights, exit code and error, and nothing left running afterwards."""
     import multiprocessing
     import threading
-
-    from conftest import final_tensors
 
     args = [*TINY, "trainer.epochs=1", "data.num_workers=2"]
     threads = set(threading.enumerate())
