@@ -75,8 +75,10 @@ class Metrics:
             self.confusion = tmc.MulticlassConfusionMatrix(c, **seg)
         else:
             raise ValueError(task)
-        self.scalars = MetricCollection(scalars).to(device)
-        self.per_class = MetricCollection(per).to(device)
+        # compute_groups=False: torchmetrics would otherwise merge metrics whose states happen to be equal
+        # after the first batch (top-1 and top-5 when batch 1 is all correct) and compute one from the other's.
+        self.scalars = MetricCollection(scalars, compute_groups=False).to(device)
+        self.per_class = MetricCollection(per, compute_groups=False).to(device)
         if self.confusion is not None:
             self.confusion = self.confusion.to(device)
 
