@@ -153,3 +153,42 @@ def test_plots_are_drawn_with_matplotlib_and_readable(tmp_path):
     cm = png_array(confusion_png(torch.tensor([[5, 1], [2, 7]]), ["cat", "dog"]))
     assert cm.ndim == 3 and cm.shape[2] == 3 and min(cm.shape[:2]) >= 300
     assert "matplotlib.pyplot" in __import__("sys").modules  # drawn by matplotlib, not by hand
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["parallel", "submitit_local"])
+def test_a_sweep_on_an_image_folder_with_loader_workers(tmp_path, launcher):
+    """Loader workers inside a launcher's worker process (joblib's loky, submitit): their multiprocessing
+    context is the loaders' own, not the launcher's."""
+    from PIL import Image
+
+    if launcher == "submitit_local":
+        pytest.importorskip("submitit")
+    for ci, name in enumerate(("red", "blue")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (24, 20), (200 * (1 - ci) + i, 30, 200 * ci)).save(tmp_path / "data" / name / f"{i}.png")
+    model = [a for a in TINY if a.startswith("model.")]
+    sweep = tmp_path / "sweep"
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "parallel" else ["hydra.launcher.timeout_min=5"]
+    out = train(
+        [
+            "-m",
+            *model,
+            "data=imagefolder",
+            f"data.root={tmp_path / 'data'}",
+            "data.image_size=32",
+            "data.num_workers=1",
+            "trainer.epochs=1",
+            "optimizer.lr=1e-3,2e-3",
+            f"hydra/launcher={launcher}",
+            *extra,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        check=False,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    rows = _check_summary(sweep, 2)
+    assert {r["status"] for r in rows} == {"finished"}
+    assert "1 workers" in (sweep / "0" / "train.log").read_text()

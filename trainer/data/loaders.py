@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
+import multiprocessing
+import multiprocessing.context
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -285,6 +288,7 @@ def build_loaders(
         num_workers=workers,
         pin_memory=on_gpu,
         collate_fn=collate_skipping_bad,
+        multiprocessing_context=worker_context() if workers > 0 else None,
     )
     pieces_note = f" (each batch built by {pieces} together)" if pieces > 1 else ""
     log.info(
@@ -312,6 +316,16 @@ def _train_sampler(splits: Splits, kind: str, seed: int, rank: int, world_size: 
     return BalancedSampler([int(t) for t in splits.train.targets], seed, rank=rank, world_size=world_size)
 
 
+@functools.cache
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The one multiprocessing context of the loaders' workers, chosen here rather than inherited: inside
+    a launcher's worker (joblib's loky, submitit) the process-wide default is the launcher's own context,
+    whose processes a DataLoader cannot start. fork where the platform has it (PyTorch's usual choice on
+    Linux: workers start at once, datasets need not be picklable), else spawn."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
 def _loader_options(workers: int, on_gpu: bool, on_device: bool, seed: int) -> dict[str, Any]:
     common: dict[str, Any] = dict(
         num_workers=workers,
@@ -323,6 +337,7 @@ def _loader_options(workers: int, on_gpu: bool, on_device: bool, seed: int) -> d
     )
     if workers > 0:
         common["prefetch_factor"] = 4
+        common["multiprocessing_context"] = worker_context()
     return common
 
 
