@@ -51,7 +51,9 @@ def _ours(task: str, batches, ignore_index=None):
 
 
 def _close(ours, expected, name):
-    np.testing.assert_allclose(np.asarray(ours, dtype=float), np.asarray(expected, dtype=float), atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(
+        np.asarray(ours, dtype=float), np.asarray(expected, dtype=float), atol=1e-5, err_msg=name
+    )
 
 
 @pytest.mark.parametrize("first_perfect", [False, True], ids=["ordinary", "first-batch-perfect"])

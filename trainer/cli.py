@@ -68,6 +68,7 @@ def _comparable(cfg: DictConfig) -> dict:
 def find_unfinished_run(overrides: list[str], outputs: Path = OUTPUTS) -> Path | None:
     """Newest run under ``outputs`` with a last.pt, not finished, whose config equals this one."""
     from trainer.checkpoint import is_finished
+    from trainer.untrusted import read_config
 
     wanted = _comparable(compose_config(overrides))
     candidates = []
@@ -77,8 +78,10 @@ def find_unfinished_run(overrides: list[str], outputs: Path = OUTPUTS) -> Path |
         if not saved.is_file() or is_finished(run_dir):
             continue
         try:
-            if _comparable(OmegaConf.load(saved)) == wanted:
+            if _comparable(read_config(saved)) == wanted:
                 candidates.append((last.stat().st_mtime, last))
+        except UserError as e:  # too large, an alias bomb, not YAML: skipped, never a hang
+            print(f"resume=auto: skipping {run_dir}: {e}", file=sys.stderr)
         except Exception:  # a foreign or broken config.yaml is simply not a match
             continue
     return max(candidates)[1] if candidates else None
@@ -150,10 +153,10 @@ def resolve_resume(argv: list[str]) -> list[str]:
         merged = overrides
     else:
         ckpt = checkpoint_of(value)
-        import yaml
+        from trainer.untrusted import read_yaml
 
         saved = run_dir_of(ckpt) / ".hydra" / "overrides.yaml"
-        old = yaml.safe_load(saved.read_text()) if saved.is_file() else []
+        old = read_yaml(saved) if saved.is_file() else []
         new_keys = {_key(o) for o in overrides}
         merged = [o for o in trusted_overrides(old, saved) if _key(o) not in new_keys | {"resume"}] + overrides
     run_dir = run_dir_of(ckpt).resolve()

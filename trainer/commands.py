@@ -46,6 +46,9 @@ def run_command(body: Callable[[], None]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # files are written whole or not at all: nothing half-written is left
+        print("interrupted: no file was left half-written (each is written whole or not at all).", file=sys.stderr)
+        sys.exit(130)
     except BrokenPipeError:  # `predict --help | head`: the reader left
         import os
 
@@ -74,14 +77,14 @@ class Trained:
 def load_trained(value: str, allow: tuple[str, ...] = ()) -> Trained:
     """The trained model of a checkpoint or run folder, on the CPU, in eval mode."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from trainer.checkpoint import checkpoint_of, inference_weights, load_checkpoint
     from trainer.targets import check_targets
+    from trainer.untrusted import load_config
 
     path = checkpoint_of(value, key="checkpoint", names=("best.pt", "last.pt"))
     state = load_checkpoint(path)
-    cfg = OmegaConf.create(state["config"])
+    cfg = load_config(state["config"], f"the config stored in {path}")
     check_targets(cfg, extra=allow, where=f"config stored in {path}")
     cfg.allow_targets = list(allow)  # a list stored in the run is not trusted: only the one given now
     task = str(state.get("task") or cfg.data.get("task") or "multiclass")

@@ -36,6 +36,9 @@ def exit_after(main: Callable[[], None]) -> NoReturn:
         code = 0
     except SystemExit as e:
         code = _exit_code(e.code)
+    except KeyboardInterrupt:  # Ctrl-C before the command's own handler was in place (its imports)
+        print("interrupted.", file=sys.stderr)
+        code = 130
     if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
         sys.exit(code)
     atexit._run_exitfuncs()
@@ -47,25 +50,26 @@ def exit_after(main: Callable[[], None]) -> NoReturn:
     os._exit(code)
 
 
-def train() -> NoReturn:
-    from trainer.cli import main
+def _command(module: str) -> Callable[[], None]:
+    def main() -> None:  # imported inside exit_after: a Ctrl-C during the imports is answered too
+        import importlib
 
-    exit_after(main)
+        importlib.import_module(module).main()
+
+    return main
+
+
+def train() -> NoReturn:
+    exit_after(_command("trainer.cli"))
 
 
 def predict() -> NoReturn:
-    from trainer.predict import main
-
-    exit_after(main)
+    exit_after(_command("trainer.predict"))
 
 
 def evaluate() -> NoReturn:
-    from trainer.evaluate import main
-
-    exit_after(main)
+    exit_after(_command("trainer.evaluate"))
 
 
 def export() -> NoReturn:
-    from trainer.export import main
-
-    exit_after(main)
+    exit_after(_command("trainer.export"))

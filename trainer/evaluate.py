@@ -24,6 +24,7 @@ import torch
 
 from trainer.commands import Trained, load_trained, parse_args, run_command, trusted
 from trainer.errors import UserError
+from trainer.outputs import atomic_file, check_folder, csv_with_header, json_with_keys
 
 KEYS = {"checkpoint": None, "data.root": "", "out": "", "data.batch_size": "64", "trainer.device": "auto"}
 KEYS["allow_targets"] = ""
@@ -95,24 +96,35 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
 
 
 def write_report(result: dict[str, Any], trained: Trained, out: Path, data: str) -> None:
-    from trainer.checkpoint import atomic_write_bytes
-    from trainer.plots import confusion_png, write_png
+    from trainer.plots import confusion_png
 
     out.mkdir(parents=True, exist_ok=True)
     classes = trained.classes if trained.task != "binary" else [trained.classes[1]]
     report = {"checkpoint": str(trained.checkpoint), "data": data, "images": result["images"], **result["scalars"]}
     report["per_class"] = {m: dict(zip(classes, v)) for m, v in result["per_class"].items()}
-    atomic_write_bytes(out / "metrics.json", json.dumps(report, indent=2).encode())
-    with open(out / "per_class.csv", "w", newline="") as f:
+    with atomic_file(out / "per_class.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class", *result["per_class"]])
         for i, c in enumerate(classes):
             writer.writerow([c, *(round(v[i], 6) for v in result["per_class"].values())])
     if result["confusion"] is not None:
-        write_png(confusion_png(result["confusion"], trained.classes), out / "confusion_matrix.png")
+        with atomic_file(out / "confusion_matrix.png") as tmp:
+            tmp.write_bytes(confusion_png(result["confusion"], trained.classes))
+    with atomic_file(out / "metrics.json") as tmp:  # last: a report with its metrics.json is whole
+        tmp.write_text(json.dumps(report, indent=2))
+
+
+_REPORT = json_with_keys("checkpoint", "data", "images", "per_class")
+REPORT_FILES = {
+    "metrics.json": _REPORT,
+    "per_class.csv": csv_with_header("class"),
+    "confusion_matrix.png": lambda p: (p.parent / "metrics.json").is_file() and _REPORT(p.parent / "metrics.json"),
+}
 
 
 def evaluate(args: dict[str, Any]) -> tuple[dict[str, Any], Trained, Path]:
+    if args["out"]:
+        check_folder(Path(str(args["out"])).expanduser(), REPORT_FILES, "evaluate report")
     trained = load_trained(str(args["checkpoint"]), trusted(args["allow_targets"]))
     root = str(args["data.root"])
     if root:
@@ -122,6 +134,7 @@ def evaluate(args: dict[str, Any]) -> tuple[dict[str, Any], Trained, Path]:
     run_dir = trained.checkpoint.parent.parent if trained.checkpoint.parent.name == "checkpoints" else None
     default = (run_dir or trained.checkpoint.parent) / ("eval-" + Path(root).name if root else "eval")
     out = Path(str(args["out"])).expanduser() if args["out"] else default
+    check_folder(out, REPORT_FILES, "evaluate report")
     write_report(result, trained, out, root or "val split")
     return result, trained, out
 

@@ -18,7 +18,6 @@ Files are written mode 644. Default DIR: the run folder's export/.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,13 @@ import torch
 
 from trainer.commands import Trained, load_trained, parse_args, run_command, trusted
 from trainer.errors import UserError
+from trainer.outputs import atomic_file, check_folder, json_with_keys
 
 KEYS = {"checkpoint": None, "format": "safetensors", "out": "", "allow_targets": ""}
 TOLERANCE = 1e-4
+_EXPORT_CONFIG = json_with_keys("architecture", "label_names", "pretrained_cfg")
+# an existing weights file is replaced only beside the config.json of an export
+_EXPORT_OF = lambda p: (p.parent / "config.json").is_file() and _EXPORT_CONFIG(p.parent / "config.json")  # noqa: E731
 
 
 def timm_config(trained: Trained) -> dict[str, Any]:
@@ -103,27 +106,28 @@ def export(checkpoint: str, fmt: str, out: Path | None, allow: tuple[str, ...] =
     """Write the export; returns the files and the checked difference (None for safetensors)."""
     if fmt not in ("safetensors", "onnx", "torchscript"):
         raise UserError(f"format={fmt!r} is not valid: use safetensors, onnx or torchscript.")
+    weights_name = {"safetensors": "model.safetensors", "onnx": "model.onnx", "torchscript": "model.pt"}[fmt]
+    files = {weights_name: _EXPORT_OF, "config.json": _EXPORT_CONFIG}
+    if out is not None:
+        check_folder(out, files, "model export")
     trained = load_trained(checkpoint, allow)
     run_dir = trained.checkpoint.parent.parent if trained.checkpoint.parent.name == "checkpoints" else None
     out = out or (run_dir or trained.checkpoint.parent) / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    check_folder(out, files, "model export")
+    weights, config = out / weights_name, out / "config.json"
     diff = None
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
+    with atomic_file(weights) as tmp:  # checked before it takes its name: a failed check leaves no file
+        if fmt == "safetensors":
+            from safetensors.torch import save_file
 
-        weights = out / "model.safetensors"
-        tensors = {k: v.contiguous() for k, v in trained.model.state_dict().items()}
-        save_file(tensors, str(weights), metadata={"classes": json.dumps(trained.classes)})
-    elif fmt == "onnx":
-        weights = out / "model.onnx"
-        diff = export_onnx(trained, weights)
-    else:
-        weights = out / "model.pt"
-        diff = export_torchscript(trained, weights)
-    config = out / "config.json"
-    config.write_text(json.dumps(timm_config(trained), indent=2))
-    for f in (weights, config):
-        os.chmod(f, 0o644)
+            tensors = {k: v.contiguous() for k, v in trained.model.state_dict().items()}
+            save_file(tensors, str(tmp), metadata={"classes": json.dumps(trained.classes)})
+        elif fmt == "onnx":
+            diff = export_onnx(trained, tmp)
+        else:
+            diff = export_torchscript(trained, tmp)
+    with atomic_file(config) as tmp:
+        tmp.write_text(json.dumps(timm_config(trained), indent=2))
     return [weights, config], diff
 
 

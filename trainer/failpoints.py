@@ -3,6 +3,7 @@ the n-th time it reaches that point. Points: ``step`` (after an optimizer step),
 checkpoint's bytes written, before its rename), ``epoch`` (after an epoch's checkpoint).
 ``oom:<n>`` raises torch.OutOfMemoryError and ``crash:<n>`` a RuntimeError at the n-th ``step`` instead of killing;
 ``enospc:<n>`` / ``erofs:<n>`` raise the OSError of a full disk / read-only file system at the n-th ``save``;
+``sigint:<n>`` sends this process SIGINT (Ctrl-C) at the n-th ``output`` (a command's output file written, before its rename);
 ``TRAINER_FAILPOINT_JOB=j`` limits any point to job j of a sweep.
 Under torchrun, ``TRAINER_FAILPOINT_RANK=r`` limits it to rank r, and it fires in the first attempt
 only (not after torchrun restarted the workers). Unset (always, outside tests) it does nothing."""
@@ -21,7 +22,7 @@ def failpoint(point: str, filename: str | None = None) -> None:
     if not _SPEC:
         return
     name, _, nth = _SPEC.partition(":")
-    raises = {"oom": "step", "crash": "step", "enospc": "save", "erofs": "save"}
+    raises = {"oom": "step", "crash": "step", "enospc": "save", "erofs": "save", "sigint": "output"}
     if name != point and raises.get(name) != point:
         return
     only_job = os.environ.get("TRAINER_FAILPOINT_JOB")
@@ -45,4 +46,4 @@ def failpoint(point: str, filename: str | None = None) -> None:
 
             code = errno.ENOSPC if name == "enospc" else errno.EROFS
             raise OSError(code, os.strerror(code), filename)
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGINT if name == "sigint" else signal.SIGKILL)

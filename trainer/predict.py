@@ -22,6 +22,7 @@ import torch
 
 from trainer.commands import Trained, load_trained, parse_args, run_command, trusted
 from trainer.data.images import IMAGE_EXTENSIONS, BadImage, decode_rgb
+from trainer.outputs import atomic_file, check_file, csv_with_header
 
 KEYS = {
     "checkpoint": None,
@@ -134,11 +135,12 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
         raise UserError(f"topk, threshold and data.batch_size take numbers ({e}).") from None
     if topk < 1 or batch_size < 1 or not 0 < threshold < 1:
         raise UserError("topk and data.batch_size must be >= 1 and threshold between 0 and 1.")
+    out = Path(str(args["out"])).expanduser()
+    check_file(out, csv_with_header("path"), "predictions CSV")
     trained = load_trained(str(args["checkpoint"]), trusted(args["allow_targets"]))
     device = resolve_device(str(args["trainer.device"]))
     trained.model.to(device)
     paths = find_images(str(args["source"]))
-    out = Path(str(args["out"])).expanduser()
     masks = out.with_name(out.stem + "_masks")
     transform = preprocess(trained)
     rows: list[dict[str, Any]] = []
@@ -166,8 +168,7 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
         else:
             rows += [{"path": path, **row} for path, row in zip(batch, rows_for(trained, probs, topk, threshold))]
     columns = list(dict.fromkeys(k for row in rows for k in row if k != "error")) + ["error"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
+    with atomic_file(out) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         order = {path: i for i, path in enumerate(paths)}  # unreadable files were recorded first in their batch

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from trainer import __version__
 from trainer import distributed as dist
@@ -22,6 +21,7 @@ from trainer.checkpoint import (
     set_rng_state,
 )
 from trainer.errors import UserError
+from trainer.untrusted import load_yaml
 
 log = logging.getLogger("trainer")
 
@@ -130,7 +130,8 @@ class RunState:
         length (warm-up and decay again), with the optimizer state and weights carried on."""
         planned = state.get("planned_epochs")
         if planned is None and state.get("config"):
-            planned = yaml.safe_load(state["config"]).get("trainer", {}).get("epochs")
+            stored = load_yaml(state["config"], "the config stored in the checkpoint")
+            planned = stored.get("trainer", {}).get("epochs") if isinstance(stored, dict) else None
         if planned is None or int(state["epoch"]) < int(planned) or self.epochs <= int(planned):
             return
         remaining = self.epochs - int(state["epoch"])

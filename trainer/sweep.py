@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -11,15 +12,26 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+log = logging.getLogger(__name__)
+
 
 def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job folder of the sweep (those holding .hydra/overrides.yaml), best first."""
-    import yaml
+    from trainer.errors import UserError
+    from trainer.untrusted import read_yaml
 
     rows = []
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
         job_dir = overrides_file.parent.parent
-        overrides = yaml.safe_load(overrides_file.read_text()) or []
+        try:
+            overrides = read_yaml(overrides_file) or []
+        except UserError as e:
+            log.warning("sweep summary: skipping %s", e)
+            continue
+        if not isinstance(overrides, list):
+            log.warning("sweep summary: skipping %s: not a list of overrides", overrides_file)
+            continue
+        overrides = [str(o) for o in overrides]
         row: dict[str, Any] = {
             "job": job_dir.name,
             "overrides": " ".join(overrides),

@@ -55,12 +55,13 @@ def previous_sweep_job(job_dir: Path, cfg: DictConfig) -> dict | Path | None:
     import json
 
     from trainer.checkpoint import load_checkpoint
+    from trainer.untrusted import load_config
 
     last = job_dir / "checkpoints" / "last.pt"
     if not last.is_file():
         return None
     try:
-        saved = OmegaConf.create(load_checkpoint(last)["config"])
+        saved = load_config(load_checkpoint(last)["config"], f"the config stored in {last}")
     except UserError as e:
         log.warning("ignoring %s: %s", last, e)
         return None

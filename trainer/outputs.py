@@ -1,0 +1,95 @@
+"""Where `predict`, `evaluate` and `export-model` write: only files of their own kind are replaced, and
+every file appears whole or not at all.
+
+A command told ``out=`` may create new files, and may replace a file it wrote itself (a predictions
+CSV over a predictions CSV, a report over a report, an export over an export). Anything else at that
+name — a checkpoint, an image, a config, a run's own metrics, a folder — is refused with its name,
+before any work is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from trainer.errors import UserError
+from trainer.failpoints import failpoint
+
+HEAD_BYTES = 64 * 1024  # what is read of an existing file to tell whose it is
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(HEAD_BYTES)
+
+
+def csv_with_header(first: str) -> Callable[[Path], bool]:
+    """A CSV whose first column is ``first`` (what our CSVs start with)."""
+
+    def ours(path: Path) -> bool:
+        line = _head(path).split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+        return line == first or line.startswith(first + ",")
+
+    return ours
+
+
+def json_with_keys(*keys: str) -> Callable[[Path], bool]:
+    """A small JSON object holding every one of ``keys``."""
+
+    def ours(path: Path) -> bool:
+        if path.stat().st_size > 4 * 1024 * 1024:
+            return False
+        try:
+            data = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return isinstance(data, dict) and all(k in data for k in keys)
+
+    return ours
+
+
+def _refuse(path: Path, what: str, key: str) -> UserError:
+    return UserError(
+        f"{key}={path}: {what}, which this command did not write; it is left as it is. Give {key}= a new "
+        "name (or remove that file yourself if you are sure)."
+    )
+
+
+def check_file(path: Path, ours: Callable[[Path], bool], kind: str, key: str = "out") -> None:
+    """``path`` may be written: it does not exist, or it is a ``kind`` file that ``ours`` recognises."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise _refuse(path, "a folder or other non-file is there" if path.is_dir() else "a link is there", key)
+    if path.exists() and not ours(path):
+        raise _refuse(path, f"a file that is not a {kind} is there", key)
+
+
+def check_folder(folder: Path, files: dict[str, Callable[[Path], bool]], kind: str, key: str = "out") -> None:
+    """``folder`` may receive ``files``: each one already there must be one of ours (its check)."""
+    if folder.exists() and not folder.is_dir():
+        raise _refuse(folder, "a file is there, and this command writes a folder", key)
+    for name, ours in files.items():
+        path = folder / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise _refuse(path, "a folder, link or other non-file is there", key)
+        if path.exists() and not ours(path):
+            raise _refuse(path, f"{folder} already holds {name} that is not part of a {kind}", key)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; on success it is synced and renamed over ``path``, on any
+    error (Ctrl-C included) removed: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        failpoint("output", str(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
