@@ -21,6 +21,8 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from trainer import distributed as dist
+from trainer.budget import BudgetPlan, parse_duration, plan_budget
+from trainer.checkpoint import checkpoint_of, load_checkpoint
 from trainer.config import check_run, resolve_monitor, validate_config
 from trainer.data.datasets import Splits
 from trainer.data.images import BadImageLog, native_size, verify_splits
@@ -36,7 +38,7 @@ from trainer.models.backbones import is_convnet
 from trainer.optim import build_optimizer, runtime_kwargs
 from trainer.run import Run, Settings
 from trainer.schedules import Schedule, build_schedule
-from trainer.stages import StagePlan, plan_stages
+from trainer.stages import StagePlan, head_epochs_for, plan_stages
 from trainer.targets import check_targets
 from trainer.tracking import NullTracker, Tracker, chosen_hparams, flat_hparams
 
@@ -87,9 +89,10 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
     if auto_lr:
         run.enter_stage(0)
         set_found_lr(run, cfg, find_lr(run))
+    if cfg.get("resume") and str(cfg.resume) == "auto":
+        raise UserError("resume=auto chooses one run to continue: it does not combine with -m (multirun).")
+    setup_budget(cfg, run)
     if cfg.get("resume"):
-        if str(cfg.resume) == "auto":
-            raise UserError("resume=auto chooses one run to continue: it does not combine with -m (multirun).")
         run.resume_from(cfg.resume)
     else:
         run.enter_stage(0)
@@ -225,6 +228,38 @@ def setup_loss(cfg: DictConfig, task: str) -> torch.nn.Module:
     if why:
         refuse(why)
     return loss_fn
+
+
+def setup_budget(cfg: DictConfig, run: Run) -> None:
+    """trainer.time_budget: the epochs and the head stage chosen to fit it (timed now, or the plan a
+    resumed checkpoint was trained with), the stages and the run's length set from them."""
+    budget_s = parse_duration(cfg.trainer.get("time_budget"))
+    if budget_s is None:
+        return
+    ft = cfg.finetune
+    plan = None
+    if cfg.get("resume"):
+        plan = BudgetPlan.from_state(load_checkpoint(checkpoint_of(str(cfg.resume))).get("budget"))
+        if plan is not None:
+            plan.resumed_from_s, plan.stop_reason = plan.used_s, ""
+            log.info(
+                "time budget: the resumed run's own plan, %d epoch(s), %d head only", plan.epochs, plan.head_epochs
+            )
+    if plan is None:
+        cap = int(cfg.trainer.epochs) if _given("trainer.epochs") else None
+        head_fixed = ft.head_epochs != "auto" and int(ft.head_epochs) > 0
+        plan = plan_budget(run, budget_s, cap, lambda e: head_epochs_for(ft.head_epochs, e), head_fixed)
+    run.plan.stages = plan_stages(ft.stages, plan.head_epochs, plan.epochs)
+    run.epochs, run.budget = plan.epochs, plan
+    for line in plan.lines():
+        log.info(line)
+
+
+def _given(key: str) -> bool:
+    """``key`` was set on the command line (always, outside a Hydra app)."""
+    if not HydraConfig.initialized():
+        return True
+    return any(o.split("=", 1)[0].lstrip("+~") == key for o in HydraConfig.get().overrides.task)
 
 
 def setup_plan(cfg: DictConfig, device: torch.device, monitor_mode: str) -> StagePlan:

@@ -346,6 +346,9 @@ def check_writable(argv: list[str]) -> None:
 
 def main() -> None:
     """The `train` command."""
+    from trainer import budget
+
+    budget.mark_start()  # trainer.time_budget counts from here (a process's start-up is a second before)
     try:
         _main()
     except BrokenPipeError:  # `train --help | head`: the reader left; no traceback for that

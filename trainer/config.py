@@ -53,6 +53,16 @@ def _choice(*values: str) -> tuple[type, Check, str]:
 _BOOL: tuple[type, Check, str] = (bool, lambda v: True, "true or false")
 _FRACTION: tuple[type, Check, str] = (float, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 0.01")
 
+
+def _duration_ok(value: Any) -> bool:
+    from trainer.budget import parse_duration
+
+    try:
+        return parse_duration(value) is not None
+    except ValueError:
+        return False
+
+
 # key -> (type, check, what is valid); a null value is allowed where listed in NULLABLE
 RULES: dict[str, tuple[type, Check, str]] = {
     "trainer.epochs": _int(1),
@@ -81,7 +91,12 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "distill.alpha": _FRACTION,
     "distill.temperature": _pos_float(),
     "optimizer.weight_decay": _pos_float(strict=False),
-    "finetune.head_epochs": _int(0),
+    "finetune.head_epochs": (
+        object,
+        lambda v: v == "auto" or (_type_ok(v, int) and v >= 0),
+        "auto (none in runs under 10 epochs, else a tenth of them) or an integer >= 0",
+    ),
+    "trainer.time_budget": (object, _duration_ok, "a duration such as 90s, 10m or 1h30m (or null: off)"),
     "finetune.backbone_lr_mult": _pos_float(strict=False),
     "finetune.layer_decay": (float, lambda v: 0 < v <= 1, "a number in (0, 1], e.g. 0.75"),
     "finetune.bn": _choice("train", "frozen_stats", "frozen"),
@@ -128,6 +143,7 @@ RULES: dict[str, tuple[type, Check, str]] = {
     "seed": _int(0),
 }
 NULLABLE = {
+    "trainer.time_budget",
     "trainer.ema_decay",
     "trainer.early_stop_patience",
     "model.head.hidden",

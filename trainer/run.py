@@ -23,7 +23,7 @@ from trainer.data.loaders import Loaders
 from trainer.data.mixing import NoMixing
 from trainer.distill import NoTeacher
 from trainer.ema import build_average
-from trainer.errors import UserError
+from trainer.errors import UserError, oom_message
 from trainer.failpoints import failpoint
 from trainer.interrupt import InterruptGuard, RunInterrupted
 from trainer.metrics import Metrics
@@ -134,6 +134,7 @@ class Run(RunState):
         self.partial_loss = (0.0, 0)  # (sum, count) of train loss in the current epoch
         self.elapsed = 0.0  # training seconds over all sessions of this run
         self.finished = False
+        self.budget: Any = None  # trainer.time_budget: the BudgetPlan chosen (build.setup_budget)
 
     @property
     def loss_fn(self) -> Any:
@@ -153,8 +154,10 @@ class Run(RunState):
 
     @property
     def stalled(self) -> bool:
-        """trainer.early_stop_patience epochs have passed without an improvement of the monitored metric."""
+        """trainer.early_stop_patience epochs without an improvement, or the time budget has no room for another epoch."""
         patience = self.settings.early_stop_patience
+        if self.budget is not None and self.budget.out_of_time(self.epoch):
+            return True
         return bool(patience) and self.best_epoch is not None and self.epoch - self.best_epoch >= patience
 
     @property
@@ -227,7 +230,9 @@ class Run(RunState):
             self.tracker.write_hparams(self.history[-1] if self.history else {}, self.best, self.epoch)
             summary = self._write_metrics(time.perf_counter() - wall_start)
         except torch.OutOfMemoryError:
-            raise UserError(self._oom_message()) from None
+            raise UserError(
+                oom_message(self.device, self.loaders.batch_size, self.settings.precision, self.accumulate)
+            ) from None
         finally:
             restore()
             self.tracker.close()
@@ -358,6 +363,8 @@ class Run(RunState):
             log.info("early stop after epoch %d of %d: %s", self.epoch, self.epochs, self._stall_reason())
 
     def _stall_reason(self) -> str:
+        if self.budget is not None and self.budget.stop_reason:
+            return self.budget.stop_reason
         p = self.settings.early_stop_patience
         return (
             f"{self.settings.monitor} has not improved for {p} epoch(s) (trainer.early_stop_patience={p}); best "
@@ -372,15 +379,6 @@ class Run(RunState):
                 "optimizer.lr, set trainer.clip_grad_norm=1.0, use trainer.precision=fp32, or "
                 "trainer.nonfinite=skip to skip such batches."
             )
-
-    def _oom_message(self) -> str:
-        size = self.loaders.batch_size
-        return (
-            f"out of memory on {self.device} at data.batch_size={size} (precision {self.settings.precision}). "
-            f"Lower data.batch_size (e.g. {max(1, size // 2)}) and keep the effective batch with "
-            f"trainer.accumulate={2 * self.accumulate}, or use trainer.precision=bf16 (or fp16) to halve "
-            "activation memory."
-        )
 
     def _interrupted(self) -> RunInterrupted:
         return RunInterrupted(self.guard.signum or 15, self.epoch, self.global_step, self.run_dir)

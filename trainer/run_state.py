@@ -41,6 +41,7 @@ class RunState:
             "stage": self.stage_idx,
             "epoch": self.epoch,
             "planned_epochs": self.epochs,
+            "budget": self.budget.to_state() if self.budget is not None else None,
             "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step,
             "best": self.best,

@@ -45,11 +45,22 @@ class Stage:
 STAGE_KEYS = {f.name for f in fields(Stage)} - {"start"}  # what a finetune.stages entry may set
 
 
-def plan_stages(stages: Any, head_epochs: int, total_epochs: int) -> list[Stage]:
+AUTO_HEAD_FROM = 10  # finetune.head_epochs=auto: no head-only stage in runs shorter than this (docs/transfer.md)
+
+
+def head_epochs_for(head_epochs: Any, total_epochs: int) -> int:
+    """``finetune.head_epochs`` for a run of ``total_epochs``: a number as given; ``auto``: none in a run
+    shorter than AUTO_HEAD_FROM epochs (measured: a head-only epoch costs accuracy there), else a tenth."""
+    if str(head_epochs) == "auto":
+        return 0 if total_epochs < AUTO_HEAD_FROM else total_epochs // 10
+    return int(head_epochs or 0)
+
+
+def plan_stages(stages: Any, head_epochs: Any, total_epochs: int) -> list[Stage]:
     """Stages covering exactly ``total_epochs``, from ``finetune.stages`` or ``finetune.head_epochs``."""
     raw = stages
     if not raw:
-        head = min(int(head_epochs or 0), total_epochs)
+        head = min(head_epochs_for(head_epochs, total_epochs), total_epochs)
         raw = ([{"epochs": head, "train": "head"}] if head else []) + (
             [{"train": "all"}] if head < total_epochs else []
         )

@@ -1,0 +1,133 @@
+"""trainer.time_budget: the plan chosen from timed steps, a cap with trainer.epochs, the same plan on
+resume, and timing that leaves the run's result untouched. No assertion on a time: the plan is held
+to the measurements it was made from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY, final_tensors, metrics, train
+
+from trainer.budget import MARGIN, BudgetPlan, choose_epochs, parse_duration
+from trainer.stages import AUTO_HEAD_FROM, head_epochs_for, plan_stages
+
+QUICK = [*TINY, "data.dataset.train_size=64", "data.dataset.val_size=32"]
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("90s", 90), ("10m", 600), ("1h30m", 5400), ("1.5h", 5400), (90, 90), ("45", 45), ("2m30s", 150), (None, None)],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["10x", "m", "1m1m", "-5s", "0s", True, "10 minutes"])
+def test_bad_durations_are_refused(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_a_bad_budget_is_a_one_paragraph_error(tmp_path):
+    out = train([*QUICK, "trainer.time_budget=ten"], tmp_path, check=False)
+    assert out.returncode == 2 and "trainer.time_budget='ten' is not valid" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_the_epochs_chosen_are_the_most_that_fit():
+    def none(e):
+        return 0
+
+    # 100 s left, 9 s an epoch: 11 epochs (99 s); a 12th would not fit
+    assert choose_epochs(100, 9.0, 9.0, none, None) == (11, 0)
+    assert choose_epochs(100, 9.0, 9.0, none, 4) == (4, 0)  # trainer.epochs caps it
+    assert choose_epochs(5, 9.0, 9.0, none, None) == (1, 0)  # at least one epoch
+    # a head stage of a tenth from 10 epochs on, at 2 s an epoch: 10 epochs = 1 x 2 + 9 x 9 = 83 s
+    assert choose_epochs(85, 9.0, 2.0, lambda e: head_epochs_for("auto", e), None) == (10, 1)
+    assert choose_epochs(82, 9.0, 2.0, lambda e: head_epochs_for("auto", e), None) == (9, 0)  # 9 x 9 = 81
+
+
+def test_the_head_stage_rule():
+    assert [head_epochs_for("auto", e) for e in (1, 2, AUTO_HEAD_FROM - 1)] == [0, 0, 0]
+    assert head_epochs_for("auto", AUTO_HEAD_FROM) == 1 and head_epochs_for("auto", 30) == 3
+    assert head_epochs_for(2, 5) == 2 and head_epochs_for(0, 50) == 0
+    assert [s.train for s in plan_stages(None, "auto", 3)] == ["all"]
+    assert [(s.train, s.epochs) for s in plan_stages(None, "auto", 20)] == [("head", 2), ("all", 18)]
+
+
+def _plan(run_dir) -> BudgetPlan:
+    plan = BudgetPlan.from_state(torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["budget"])
+    assert plan is not None
+    return plan
+
+
+def test_a_budget_chooses_the_epochs_from_its_timed_steps(tmp_path):
+    run = tmp_path / "run"
+    out = train([*QUICK, "trainer.time_budget=25s", "finetune.head_epochs=auto", f"hydra.run.dir={run}"], tmp_path)
+    plan = _plan(run)
+    assert plan.budget_s == 25 and plan.cap is None
+    assert (plan.head_step_s is not None) == (plan.head_epochs > 0)  # a head stage is timed only when planned
+    # the epochs are what the measurements allow (recomputed here from what the checkpoint says was measured)
+    epoch = plan.all_step_s * plan.steps_per_epoch + plan.eval_s + plan.save_s
+    head = (plan.head_step_s or plan.all_step_s) * plan.steps_per_epoch + plan.eval_s + plan.save_s
+    expected = choose_epochs(25 * (1 - MARGIN) - plan.spent_s, epoch, head, lambda e: head_epochs_for("auto", e), None)
+    assert (plan.epochs, plan.head_epochs) == expected
+    assert plan.steps_per_epoch == 2 and plan.all_step_s > 0 and plan.eval_s > 0
+    assert f"time budget: {plan.epochs} epoch(s)" in out.stderr + out.stdout
+    m = metrics(run)
+    done = m["epochs_completed"] if "epochs_completed" in m else len(m["history"])
+    assert done <= plan.epochs
+    if done < plan.epochs:  # the machine slowed: stopped early, said why
+        assert "has no room for another epoch" in (run / "train.log").read_text()
+    # the run's own length follows the plan: the schedule was built for plan.epochs
+    assert f"plan: {plan.epochs} epoch(s)" in (run / "train.log").read_text()
+
+
+def test_trainer_epochs_caps_the_budget_and_timing_leaves_the_result_untouched(tmp_path):
+    budget, plain = tmp_path / "budget", tmp_path / "plain"
+    train([*QUICK, "trainer.time_budget=1h", "trainer.epochs=2", f"hydra.run.dir={budget}"], tmp_path)
+    plan = _plan(budget)
+    assert plan.epochs == 2 and plan.cap == 2 and "caps it" in (budget / "train.log").read_text()
+    # the default head stage (head_epochs=1) was timed too, and kept: trainer.epochs=2 -> 1 head + 1 all
+    assert plan.head_epochs == 1 and plan.head_step_s is not None
+    train([*QUICK, "trainer.epochs=2", f"hydra.run.dir={plain}"], tmp_path)
+    a, b = final_tensors(budget), final_tensors(plain)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_a_resumed_budget_run_keeps_its_plan(tmp_path):
+    run = tmp_path / "run"
+    args = [*QUICK, "trainer.time_budget=1h", "trainer.epochs=3", "finetune.head_epochs=0", f"hydra.run.dir={run}"]
+    killed = train(args, tmp_path, check=False, env={"TRAINER_FAILPOINT": "epoch:1"})
+    assert killed.returncode != 0
+    first = _plan(run)
+    # resumed with another budget on the command line: the checkpoint's plan is kept, nothing is timed again
+    out = train([f"resume={run}", "trainer.time_budget=1h"], tmp_path)
+    log = out.stdout + out.stderr
+    assert "the resumed run's own plan, 3 epoch(s), 0 head only" in log
+    assert "spent on start-up and timing" not in log.split("resuming")[-1].split("resumed run's own plan")[0]
+    again = _plan(run)
+    assert (again.epochs, again.head_epochs, again.all_step_s, again.spent_s) == (
+        first.epochs, first.head_epochs, first.all_step_s, first.spent_s,
+    )  # fmt: skip
+    assert again.resumed_from_s == first.used_s and again.used_s > first.used_s
+    assert metrics(run)["finished"]
+
+
+def test_the_budget_stops_a_run_that_turns_out_slower_than_timed():
+    from trainer import budget
+
+    plan = BudgetPlan(
+        budget_s=100, epochs=10, head_epochs=0, spent_s=10, all_step_s=1, head_step_s=None, eval_s=1, save_s=0,
+        steps_per_epoch=8,
+    )  # fmt: skip
+    t0 = budget.STARTED
+    assert not plan.out_of_time(1, now=t0 + 19)  # 9 s an epoch: on pace
+    assert not plan.out_of_time(9, now=t0 + 91)  # a 10th would end at 100 s
+    assert not plan.out_of_time(9, now=t0 + 95)  # 105.6 s: within the slack
+    assert plan.out_of_time(4, now=t0 + 90)  # 20 s an epoch: a 5th would end at 110 s
+    assert plan.used_s == 90 and "has no room for another epoch of ~20 s" in plan.stop_reason
+    plan.resumed_from_s = 50  # a resumed session adds to what the earlier ones used
+    assert plan.out_of_time(2, now=t0 + 30) and plan.used_s == 80
