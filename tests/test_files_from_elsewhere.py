@@ -190,3 +190,43 @@ def test_a_checkpoint_with_a_config_that_is_not_a_mapping_is_refused(tmp_path, f
     with pytest.raises(UserError, match="not a mapping"):
         load_trained(str(ckpt))
     assert torch.load(ckpt, weights_only=True)["config"].startswith("- just")
+
+
+def test_a_resume_on_changed_data_says_what_changed_and_goes_on_only_when_asked(tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    _image_folder(data)
+    model = [a for a in TINY if a.startswith("model.")]
+    args = [*model, "data=imagefolder", f"data.root={data}", "data.image_size=32", "trainer.epochs=2"]
+    killed = train([*args, f"hydra.run.dir={run}"], tmp_path, check=False, env={"TRAINER_FAILPOINT": "epoch:1"})
+    assert killed.returncode != 0
+    recorded = load_checkpoint(run / "checkpoints" / "last.pt")["data"]
+    assert recorded["classes"] == ["a", "b"] and recorded["train"]["images"] + recorded["val"]["images"] == 12
+    # the same data in another place is the same data
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    data = moved
+    for i in range(6, 9):  # three images added between the kill and the resume
+        Image.new("RGB", (20, 20), (10, 200, 10 * i)).save(data / "a" / f"{i}.png")
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    refused = train([f"resume={run}", f"data.root={data}"], tmp_path, check=False)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode == 2 and "Traceback" not in said
+    assert "the data differ from what this run trained on (train images" in said
+    assert "resume_on_changed_data=true" in said
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    went_on = train([f"resume={run}", f"data.root={data}", "resume_on_changed_data=true"], tmp_path)
+    assert "resume on changed data" in (run / "train.log").read_text()
+    assert went_on.returncode == 0
+
+
+def test_the_fingerprint_sees_a_relabelled_file_and_ignores_a_moved_folder(tmp_path):
+    from trainer.data.datasets import data_changes, fingerprint, load_imagefolder
+
+    _image_folder(tmp_path / "one")
+    first = fingerprint(load_imagefolder(str(tmp_path / "one"), val_split=0.25, seed=0))
+    (tmp_path / "one").rename(tmp_path / "two")
+    assert data_changes(first, fingerprint(load_imagefolder(str(tmp_path / "two"), val_split=0.25, seed=0))) == []
+    (tmp_path / "two" / "a" / "0.png").rename(tmp_path / "two" / "b" / "0a.png")  # same count, one label moved
+    changed = data_changes(first, fingerprint(load_imagefolder(str(tmp_path / "two"), val_split=0.25, seed=0)))
+    assert changed and all("differ" in c or "images" in c for c in changed)
+    assert data_changes(None, first) == []  # a checkpoint from before fingerprints

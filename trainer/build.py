@@ -24,7 +24,7 @@ from trainer import distributed as dist
 from trainer.budget import BudgetPlan, parse_duration, plan_budget
 from trainer.checkpoint import checkpoint_of, load_checkpoint
 from trainer.config import check_run, resolve_monitor, validate_config
-from trainer.data.datasets import Splits
+from trainer.data.datasets import Splits, data_changes, fingerprint
 from trainer.data.images import BadImageLog, native_size, verify_splits
 from trainer.data.loaders import Loaders, build_loaders, default_num_workers
 from trainer.data.mixing import build_mixing
@@ -91,9 +91,13 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
         set_found_lr(run, cfg, find_lr(run))
     if cfg.get("resume") and str(cfg.resume) == "auto":
         raise UserError("resume=auto chooses one run to continue: it does not combine with -m (multirun).")
-    setup_budget(cfg, run)
-    if cfg.get("resume"):
-        run.resume_from(cfg.resume)
+    run.data_fingerprint = fingerprint(splits)
+    resumed = load_checkpoint(checkpoint_of(str(cfg.resume))) if cfg.get("resume") else None
+    if resumed is not None:
+        check_same_data(resumed.get("data"), run.data_fingerprint, bool(cfg.get("resume_on_changed_data")))
+    setup_budget(cfg, run, resumed)
+    if resumed is not None:
+        run.resume_from(cfg.resume, resumed)
     else:
         run.enter_stage(0)
     return run
@@ -230,7 +234,22 @@ def setup_loss(cfg: DictConfig, task: str) -> torch.nn.Module:
     return loss_fn
 
 
-def setup_budget(cfg: DictConfig, run: Run) -> None:
+def check_same_data(before: Any, now: dict[str, Any], allowed: bool) -> None:
+    """A resume on other data than the checkpoint's: refused, or with resume_on_changed_data=true logged."""
+    changes = data_changes(before, now)
+    if not changes:
+        return
+    said = "; ".join(changes)
+    if not allowed:
+        raise UserError(
+            f"resume: the data differ from what this run trained on ({said}); its split and the sampler's "
+            "place in the epoch would be recomputed over other images. Resume with the same data, start a new "
+            "run, or add resume_on_changed_data=true to go on with the data as they are now."
+        )
+    log.warning("resume on changed data (resume_on_changed_data=true): %s", said)
+
+
+def setup_budget(cfg: DictConfig, run: Run, resumed: dict[str, Any] | None) -> None:
     """trainer.time_budget: the epochs and the head stage chosen to fit it (timed now, or the plan a
     resumed checkpoint was trained with), the stages and the run's length set from them."""
     budget_s = parse_duration(cfg.trainer.get("time_budget"))
@@ -238,8 +257,8 @@ def setup_budget(cfg: DictConfig, run: Run) -> None:
         return
     ft = cfg.finetune
     plan = None
-    if cfg.get("resume"):
-        plan = BudgetPlan.from_state(load_checkpoint(checkpoint_of(str(cfg.resume))).get("budget"))
+    if resumed is not None:
+        plan = BudgetPlan.from_state(resumed.get("budget"))
         if plan is not None:
             plan.resumed_from_s, plan.stop_reason = plan.used_s, ""
             log.info(

@@ -96,7 +96,7 @@ def trusted_overrides(stored: object, source: Path) -> list[str]:
     kept = []
     for o in stored:
         key = _key(o)
-        if key.startswith("hydra") or key == "allow_targets":
+        if key.startswith("hydra") or key in ("allow_targets", "resume_on_changed_data"):
             print(
                 f"resume: not taking {o!r} from {source} (only the command line may set it; "
                 "give it again there if you trust it)",

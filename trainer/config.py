@@ -88,6 +88,7 @@ RULES: dict[str, tuple[type, Check, str]] = {
         "a number > 0, or auto (the lr range test picks it)",
     ),
     "lr_find": _BOOL,
+    "resume_on_changed_data": _BOOL,
     "distill.alpha": _FRACTION,
     "distill.temperature": _pos_float(),
     "optimizer.weight_decay": _pos_float(strict=False),

@@ -135,6 +135,7 @@ class Run(RunState):
         self.elapsed = 0.0  # training seconds over all sessions of this run
         self.finished = False
         self.budget: Any = None  # trainer.time_budget: the BudgetPlan chosen (build.setup_budget)
+        self.data_fingerprint: dict[str, Any] | None = None  # what it trains on (data.datasets.fingerprint)
 
     @property
     def loss_fn(self) -> Any:

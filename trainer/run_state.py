@@ -42,6 +42,7 @@ class RunState:
             "epoch": self.epoch,
             "planned_epochs": self.epochs,
             "budget": self.budget.to_state() if self.budget is not None else None,
+            "data": self.data_fingerprint,  # what it trained on: a resume on other data is refused
             "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step,
             "best": self.best,
@@ -146,8 +147,9 @@ class RunState:
             remaining,
         )
 
-    def resume_from(self, path: str | Path) -> None:
-        self.load_state_dict(load_checkpoint(path), source=f"checkpoint {path}")
+    def resume_from(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
+        """Continue from the checkpoint at ``path`` (``state``: its contents, when already loaded)."""
+        self.load_state_dict(state if state is not None else load_checkpoint(path), source=f"checkpoint {path}")
         at = f"epoch {self.epoch + 1}" + (f", batch {self.batch_in_epoch}" if self.batch_in_epoch else "")
         log.info("resumed from %s: continuing at %s (step %d) up to epoch %d", path, at, self.global_step, self.epochs)
 
