@@ -85,12 +85,15 @@ def test_a_budget_chooses_the_epochs_from_its_timed_steps(tmp_path):
 
 def test_trainer_epochs_caps_the_budget_and_timing_leaves_the_result_untouched(tmp_path):
     budget, plain = tmp_path / "budget", tmp_path / "plain"
-    train([*QUICK, "trainer.time_budget=1h", "trainer.epochs=2", f"hydra.run.dir={budget}"], tmp_path)
+    train(
+        [*QUICK, "trainer.time_budget=1h", "trainer.epochs=2", "finetune.head_epochs=1", f"hydra.run.dir={budget}"],
+        tmp_path,
+    )
     plan = _plan(budget)
     assert plan.epochs == 2 and plan.cap == 2 and "caps it" in (budget / "train.log").read_text()
-    # the default head stage (head_epochs=1) was timed too, and kept: trainer.epochs=2 -> 1 head + 1 all
+    # a head stage given (head_epochs=1) is timed too, and kept: trainer.epochs=2 -> 1 head + 1 all
     assert plan.head_epochs == 1 and plan.head_step_s is not None
-    train([*QUICK, "trainer.epochs=2", f"hydra.run.dir={plain}"], tmp_path)
+    train([*QUICK, "trainer.epochs=2", "finetune.head_epochs=1", f"hydra.run.dir={plain}"], tmp_path)
     a, b = final_tensors(budget), final_tensors(plain)
     assert a.keys() == b.keys()
     for k in a:

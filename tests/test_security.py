@@ -115,7 +115,7 @@ def test_a_payload_on_the_command_line_is_refused_and_nothing_runs(in_tmp, name)
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_payload_in_a_run_folders_stored_overrides_is_refused(in_tmp, name):
-    from trainer.cli import resolve_resume
+    from trainer.resume import resolve_resume
 
     run = in_tmp / "shared_run"
     (run / ".hydra").mkdir(parents=True)
@@ -148,7 +148,7 @@ def test_a_payload_in_a_checkpoints_embedded_config_is_refused(in_tmp, name):
 
 
 def test_allow_targets_stored_in_a_run_folder_is_not_trusted(in_tmp, capsys):
-    from trainer.cli import resolve_resume
+    from trainer.resume import resolve_resume
 
     run = in_tmp / "shared_run"
     (run / ".hydra").mkdir(parents=True)

@@ -192,3 +192,34 @@ def test_a_sweep_on_an_image_folder_with_loader_workers(tmp_path, launcher):
     rows = _check_summary(sweep, 2)
     assert {r["status"] for r in rows} == {"finished"}
     assert "1 workers" in (sweep / "0" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_job_killed_from_outside_is_recorded_and_resumed_by_a_rerun(tmp_path):
+    """SIGKILL to one job's process (what the out-of-memory killer does): the job is recorded as failed with
+    its signal, the other finishes, the summary is written, exit 3; a re-run resumes the killed job from
+    its last checkpoint and skips the finished one."""
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        *QUICK,
+        "trainer.epochs=2",
+        "checkpoint.every_n_steps=1",
+        "optimizer.lr=1e-3,3e-3",
+        "hydra/launcher=parallel",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    out = train(args, tmp_path, check=False, env={"TRAINER_FAILPOINT": "step:3", "TRAINER_FAILPOINT_JOB": "1"})
+    said = out.stdout + out.stderr
+    assert out.returncode == 3, said[-3000:]
+    rows = {r["run_dir"].split("/")[-1]: r for r in _check_summary(sweep, 2)}
+    assert rows["0"]["status"] == "finished"
+    assert rows["1"]["status"] == "failed" and "killed by SIGKILL" in rows["1"]["error"]
+    assert (sweep / "1" / "checkpoints" / "last.pt").is_file()
+    again = train(args, tmp_path, check=False)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    rows = {r["run_dir"].split("/")[-1]: r for r in _check_summary(sweep, 2)}
+    assert {r["status"] for r in rows.values()} == {"finished"}
+    assert "skipping it" in (sweep / "0" / "train.log").read_text()
+    assert "resumed from" in (sweep / "1" / "train.log").read_text()

@@ -1,4 +1,4 @@
-"""Atomic checkpoint writes, safe loads, and finding the run to resume."""
+"""Atomic checkpoint writes, safe loads and verification, the newest valid checkpoint of a run folder, RNG state."""
 
 from __future__ import annotations
 

@@ -15,10 +15,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from trainer import sweep_job
-from trainer.config import CONF_DIR, compose_config
+from trainer.config import CONF_DIR
 from trainer.errors import UserError
+from trainer.overrides import is_override, key_of, value_of
+from trainer.resume import OUTPUTS, resolve_resume
 
-OUTPUTS = Path("outputs")
 log = logging.getLogger("trainer")
 
 
@@ -41,132 +42,18 @@ def parallel_jobs() -> int:
 OmegaConf.register_new_resolver("parallel_jobs", parallel_jobs, replace=True)
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _value(override: str) -> str:
-    return override.split("=", 1)[1].strip().strip("'\"") if "=" in override else ""
-
-
-def _quote(value: str) -> str:
-    return f"'{value}'" if "'" not in value else f'"{value}"'
-
-
-def _is_override(arg: str) -> bool:
-    return not arg.startswith("-") and ("=" in arg or arg.startswith("~"))
-
-
-def _comparable(cfg: DictConfig) -> dict:
-    plain = OmegaConf.to_container(cfg, resolve=False)
-    assert isinstance(plain, dict)
-    plain.pop("resume", None)
-    plain.pop("hydra", None)
-    return plain
-
-
-def find_unfinished_run(overrides: list[str], outputs: Path = OUTPUTS) -> Path | None:
-    """Newest run under ``outputs`` with a last.pt, not finished, whose config equals this one."""
-    from trainer.checkpoint import is_finished
-    from trainer.untrusted import read_config
-
-    wanted = _comparable(compose_config(overrides))
-    candidates = []
-    for last in outputs.glob("**/checkpoints/last.pt"):
-        run_dir = last.parent.parent
-        saved = run_dir / ".hydra" / "config.yaml"
-        if not saved.is_file() or is_finished(run_dir):
-            continue
-        try:
-            if _comparable(read_config(saved)) == wanted:
-                candidates.append((last.stat().st_mtime, last))
-        except UserError as e:  # too large, an alias bomb, not YAML: skipped, never a hang
-            print(f"resume=auto: skipping {run_dir}: {e}", file=sys.stderr)
-        except Exception:  # a foreign or broken config.yaml is simply not a match
-            continue
-    return max(candidates)[1] if candidates else None
-
-
-def trusted_overrides(stored: object, source: Path) -> list[str]:
-    """A run folder's stored overrides, less what may not come from a file someone else could have
-    written: Hydra's own settings (callbacks, search path, launcher) and ``allow_targets``, which only
-    the command line grants. Every ``_target_`` in the rest is checked when the run is built."""
-    if not isinstance(stored, list) or not all(isinstance(o, str) for o in stored):
-        raise UserError(f"{source} is not a list of overrides (key=value strings); resume from a checkpoint file.")
-    kept = []
-    for o in stored:
-        key = _key(o)
-        if key.startswith("hydra") or key in ("allow_targets", "resume_on_changed_data"):
-            print(
-                f"resume: not taking {o!r} from {source} (only the command line may set it; "
-                "give it again there if you trust it)",
-                file=sys.stderr,
-            )
-            continue
-        kept.append(o)
-    return kept
-
-
-def resolve_resume(argv: list[str]) -> list[str]:
-    """Turn ``resume=auto|PATH`` into the checkpoint to load and that run's own folder.
-
-    The resumed run keeps its folder (TensorBoard log, checkpoints, train.log) and, for a
-    path, the overrides it was started with; overrides given now are applied on top.
-    """
-    if any(a in ("-m", "--multirun") for a in argv):
-        return argv
-    at = [i for i, a in enumerate(argv) if _is_override(a) and _key(a) == "resume"]
-    if not at:
-        return argv
-    value = _value(argv[at[-1]])
-    rest = [a for i, a in enumerate(argv) if i not in at]
-    if value in ("", "null", "None", "none"):
-        return argv
-    from trainer.checkpoint import checkpoint_of, run_dir_of
-
-    overrides = [a for a in rest if _is_override(a)]
-    flags = [a for a in rest if not _is_override(a)]
-    if value == "auto":
-        try:
-            ckpt = find_unfinished_run(overrides)
-        except Exception:
-            return rest + ["resume=null"]  # a bad override: let Hydra report it the usual way
-        if ckpt is None:
-            print(
-                f"resume=auto: no unfinished run with this config under {OUTPUTS}/; starting a new run.",
-                file=sys.stderr,
-            )
-            return rest + ["resume=null"]
-        from trainer.checkpoint import newest_valid_checkpoint
-
-        valid, problems = newest_valid_checkpoint(run_dir_of(ckpt))
-        for problem in problems:
-            print(f"resume=auto: skipping {problem}", file=sys.stderr)
-        if valid is None:
-            raise UserError(
-                f"resume=auto: run {run_dir_of(ckpt)} has no readable checkpoint left; start a new "
-                "run (without resume) or resume=<another checkpoint>."
-            )
-        if valid != ckpt:
-            print(f"resume=auto: falling back to the newest valid checkpoint, {valid}", file=sys.stderr)
-        ckpt = valid
-        merged = overrides
-    else:
-        ckpt = checkpoint_of(value)
-        from trainer.untrusted import read_yaml
-
-        saved = run_dir_of(ckpt) / ".hydra" / "overrides.yaml"
-        old = read_yaml(saved) if saved.is_file() else []
-        new_keys = {_key(o) for o in overrides}
-        merged = [o for o in trusted_overrides(old, saved) if _key(o) not in new_keys | {"resume"}] + overrides
-    run_dir = run_dir_of(ckpt).resolve()
-    print(f"resuming {ckpt} in {run_dir}", file=sys.stderr)
-    return flags + merged + [f"resume={_quote(str(ckpt.resolve()))}", f"hydra.run.dir={_quote(str(run_dir))}"]
-
-
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
-    """One job: its result (the best monitored value) for Hydra's sweepers; exit codes for the shell."""
+    """One job: its result (the best monitored value) for Hydra's sweepers; exit codes for the shell. A job
+    of a parallel sweep runs in a process of its own (sweep_job.run_isolated): killed, it is recorded."""
+    if sweep_job.isolated():
+        from hydra.core.hydra_config import HydraConfig
+
+        return sweep_job.run_isolated(lambda: _job(cfg), Path(HydraConfig.get().runtime.output_dir))
+    return _job(cfg)
+
+
+def _job(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -309,7 +196,7 @@ def _lr_find_only(run: Any) -> None:
     from trainer.lr_find import find_lr
 
     lr = find_lr(run)
-    kept = [o for o in HydraConfig.get().overrides.task if _key(o) not in ("lr_find", "optimizer.lr")]
+    kept = [o for o in HydraConfig.get().overrides.task if key_of(o) not in ("lr_find", "optimizer.lr")]
     log.info("train with it:\n  train %s", " ".join([*kept, f"optimizer.lr={lr:.2e}"]))
 
 
@@ -332,7 +219,7 @@ def check_writable(argv: list[str]) -> None:
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    given = [_value(a) for a in argv if _is_override(a) and _key(a) == key]
+    given = [value_of(a) for a in argv if is_override(a) and key_of(a) == key]
     target = Path(given[-1]).expanduser() if given else OUTPUTS
     existing = target.absolute()
     while not existing.exists() and existing != existing.parent:
@@ -372,7 +259,7 @@ def _main() -> None:
             from trainer.help import help_text
             from trainer.overrides import with_config_dirs
 
-            overrides = with_config_dirs([a for a in argv if _is_override(a)], argv)
+            overrides = with_config_dirs([a for a in argv if is_override(a)], argv)
             try:
                 text = help_text(overrides)
             except Exception:
@@ -387,7 +274,7 @@ def _main() -> None:
 
             argv = normalize_overrides(argv)
             multirun = any(a in ("-m", "--multirun") for a in argv)
-            explain_overrides(with_config_dirs([a for a in argv if _is_override(a)], argv), multirun=multirun)
+            explain_overrides(with_config_dirs([a for a in argv if is_override(a)], argv), multirun=multirun)
         argv = resolve_resume(argv)
         check_writable(argv)
         from trainer import distributed

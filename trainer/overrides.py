@@ -130,3 +130,23 @@ def first_value(override: str) -> str | None:
         if first is not None:
             return f"{override.split('=', 1)[0]}={first}"
     return None
+
+
+def key_of(override: str) -> str:
+    """The key of ``key=value`` (``+key=``, ``~key`` and ``++key=`` included)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def value_of(override: str) -> str:
+    """The value of ``key=value``, unquoted."""
+    return override.split("=", 1)[1].strip().strip("'\"") if "=" in override else ""
+
+
+def quote(value: str) -> str:
+    """A value quoted for Hydra's override grammar."""
+    return f"'{value}'" if "'" not in value else f'"{value}"'
+
+
+def is_override(arg: str) -> bool:
+    """``key=value`` or ``~key``, not a flag."""
+    return not arg.startswith("-") and ("=" in arg or arg.startswith("~"))

@@ -4,7 +4,9 @@ finds done or part-done, and recording a failed job so that the others go on."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -111,3 +113,47 @@ def job_crashed(job_dir: Path, e: BaseException) -> None:
     mark_failed(job_dir, line, error_log)
     release_memory()
     return None  # the search sweeper's failed trial
+
+
+def isolated() -> bool:
+    """This job is one of a parallel sweep's (Hydra's joblib launcher): it runs in a child process."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False
+    hc = HydraConfig.get()
+    return hc.mode == RunMode.MULTIRUN and "joblib" in str(hc.launcher.get("_target_", "")).lower()
+
+
+def run_isolated(job: Callable[[], Any], job_dir: Path) -> Any:
+    """``job()`` in a forked child of this joblib worker, its result sent back. Inside the worker, a job
+    killed from outside (the out-of-memory killer's SIGKILL) would take the worker with it, and joblib
+    would then stop the whole sweep; a child's death is recorded as that job's failure instead, and the
+    worker, the other jobs and the summary go on. A re-run resumes the job from its last checkpoint."""
+    import multiprocessing
+    import signal
+
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+
+    def child() -> None:
+        receive.close()
+        send.send(job())
+        send.close()
+
+    process = ctx.Process(target=child, name=f"job {job_dir.name}")
+    process.start()
+    send.close()
+    try:
+        return receive.recv()
+    except EOFError:  # the child died without an answer
+        pass
+    finally:
+        process.join()
+    code = process.exitcode
+    how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
+    error = f"the job's process was {how} (the out-of-memory killer sends SIGKILL); re-run the sweep to resume it"
+    log.error("job failed: %s; the sweep goes on", error)
+    mark_failed(job_dir, error)
+    return None

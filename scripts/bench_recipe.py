@@ -1,0 +1,142 @@
+"""The trainer's defaults against a bare expert loop on the same folder of images, side by side.
+
+    python scripts/bench_recipe.py [--data digits|mnist5k] [--epochs 2] [--out FILE]
+
+The data set is written once as a folder of PNGs (DIR/train/<class>/, DIR/val/<class>/, the same
+stratified split the trainer's own data options use). Then, one after the other on this machine:
+
+1. a bare loop written here, as an expert would in forty lines: timm's EfficientNet-Lite0 with the
+   packaged ImageNet weights, torchvision's ImageFolder, RandomResizedCrop(64, scale 0.7-1, ratio
+   0.9-1.1) + flip, AdamW 2e-3 (weight decay 0.05) with OneCycle, batch 64, one loader worker, all
+   layers every epoch, evaluated after each epoch;
+2. ``train data=imagefolder data.root=DIR trainer.epochs=N`` (the defaults);
+3. ``train data=imagefolder data.root=DIR trainer.time_budget=<the bare loop's wall time>``.
+
+Each row's wall time is the whole command (start-up, data, training, evaluation); the table gives the
+best val accuracy, the wall time and both as ratios to the bare loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path("outputs/bench_recipe")
+
+
+def write_folder(data: str) -> Path:
+    """The data set as PNG files, once."""
+    from PIL import Image
+
+    from trainer.data.datasets import load_digits, load_mnist5k
+
+    folder = ROOT / data / "images"
+    if (folder / "done").is_file():
+        return folder
+    splits = {"digits": load_digits, "mnist5k": load_mnist5k}[data]()
+    for split, images in (("train", splits.train), ("val", splits.val)):
+        for i in range(len(images)):
+            target = images.targets[i]
+            out = folder / split / splits.classes[target]
+            out.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images.load(i)[0].numpy(), mode="L").save(out / f"{i:05d}.png")
+    (folder / "done").write_text("")
+    return folder
+
+
+def bare_loop(folder: Path, epochs: int) -> tuple[float, float]:
+    """(best val accuracy, wall seconds) of the hand-written loop."""
+    start = time.perf_counter()
+    import timm
+    import torch
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from trainer.models.weights import load_weights
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_lite0", num_classes=10, drop_rate=0.2)
+    load_weights(model, "package:efficientnet_lite0", {"classifier.weight", "classifier.bias"}, "efficientnet_lite0")
+    cfg = timm.data.resolve_data_config(model=model)
+    norm = transforms.Normalize(cfg["mean"], cfg["std"])
+    train_tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(64, scale=(0.7, 1.0), ratio=(0.9, 1.1)),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            norm,
+        ]
+    )
+    val_tf = transforms.Compose([transforms.Resize((64, 64)), transforms.ToTensor(), norm])
+    train = DataLoader(datasets.ImageFolder(folder / "train", train_tf), 64, shuffle=True, num_workers=1)
+    val = DataLoader(datasets.ImageFolder(folder / "val", val_tf), 128, num_workers=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * len(train))
+    loss_fn, best = torch.nn.CrossEntropyLoss(), 0.0
+    for _ in range(epochs):
+        model.train()
+        for x, y in train:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+            sched.step()
+        model.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in val:
+                correct += int((model(x).argmax(1) == y).sum())
+                total += len(y)
+        best = max(best, correct / total)
+    return best, time.perf_counter() - start
+
+
+def trainer_run(folder: Path, name: str, extra: list[str]) -> tuple[float, float, dict]:
+    """(best val accuracy, wall seconds, metrics.json) of one `train` command."""
+    run_dir = ROOT / folder.parent.name / name
+    args = [sys.executable, "-m", "trainer", "data=imagefolder", f"data.root={folder}", *extra]
+    start = time.perf_counter()
+    proc = subprocess.run([*args, f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return float(metrics["best"]), wall, metrics
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", choices=["digits", "mnist5k"], default="digits")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--out", default=None, help="also write the table to this file")
+    args = ap.parse_args()
+    folder = write_folder(args.data)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    acc, wall = bare_loop(folder, args.epochs)
+    print(f"bare loop: {acc:.4f} in {wall:.0f} s", flush=True)
+    rows = [(f"bare loop (timm + ImageFolder, AdamW + OneCycle, all layers, {args.epochs} epochs)", acc, wall, "")]
+    a, w, m = trainer_run(folder, f"defaults-{stamp}", [f"trainer.epochs={args.epochs}"])
+    rows.append((f"`train data=imagefolder data.root=DIR trainer.epochs={args.epochs}`", a, w, f"{m['epochs_done']}"))
+    print(f"defaults: {a:.4f} in {w:.0f} s", flush=True)
+    budget = f"{round(wall)}s"
+    a, w, m = trainer_run(folder, f"budget-{stamp}", [f"trainer.time_budget={budget}"])
+    rows.append((f"`train data=imagefolder data.root=DIR trainer.time_budget={budget}`", a, w, f"{m['epochs_done']}"))
+    lines = [
+        f"{args.data} as a folder of PNGs ({folder}), {time.strftime('%Y-%m-%d')}, one run each, one after the other:",
+        "",
+        "| what ran | epochs | best val acc | wall (s) | acc / bare | wall / bare |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, a, w, epochs in rows:
+        lines.append(f"| {label} | {epochs or args.epochs} | {a:.4f} | {w:.0f} | {a / acc:.3f} | {w / wall:.3f} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
