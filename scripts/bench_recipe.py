@@ -1,6 +1,10 @@
 """The trainer's defaults against a bare expert loop on the same folder of images, side by side.
 
     python scripts/bench_recipe.py [--data digits|mnist5k] [--epochs 2] [--out FILE]
+    python scripts/bench_recipe.py --budgets 2m,5m [--data digits|mnist5k]
+
+``--budgets``: instead, ``train data=<data> trainer.time_budget=B`` for each budget, and how close each
+run's wall time (the whole command) lands to it.
 
 The data set is written once as a folder of PNGs (DIR/train/<class>/, DIR/val/<class>/, the same
 stratified split the trainer's own data options use). Then, one after the other on this machine:
@@ -94,10 +98,11 @@ def bare_loop(folder: Path, epochs: int) -> tuple[float, float]:
     return best, time.perf_counter() - start
 
 
-def trainer_run(folder: Path, name: str, extra: list[str]) -> tuple[float, float, dict]:
+def trainer_run(folder: Path | None, name: str, extra: list[str], data: str = "") -> tuple[float, float, dict]:
     """(best val accuracy, wall seconds, metrics.json) of one `train` command."""
-    run_dir = ROOT / folder.parent.name / name
-    args = [sys.executable, "-m", "trainer", "data=imagefolder", f"data.root={folder}", *extra]
+    run_dir = ROOT / (folder.parent.name if folder else data) / name
+    on = ["data=imagefolder", f"data.root={folder}"] if folder else [f"data={data}"]
+    args = [sys.executable, "-m", "trainer", *on, *extra]
     start = time.perf_counter()
     proc = subprocess.run([*args, f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -112,7 +117,10 @@ def main() -> None:
     ap.add_argument("--data", choices=["digits", "mnist5k"], default="digits")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--out", default=None, help="also write the table to this file")
+    ap.add_argument("--budgets", default=None, help="e.g. 2m,5m: how close runs with these budgets land")
     args = ap.parse_args()
+    if args.budgets:
+        return landing(args.data, args.budgets.split(","), args.out)
     folder = write_folder(args.data)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     acc, wall = bare_loop(folder, args.epochs)
@@ -136,6 +144,29 @@ def main() -> None:
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")
+
+
+def landing(data: str, budgets: list[str], out: str | None) -> None:
+    from trainer.budget import parse_duration
+
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    lines = [
+        f"`train data={data} trainer.time_budget=B`, {time.strftime('%Y-%m-%d')}, one run each:",
+        "",
+        "| budget | epochs chosen | epochs run | best val acc | wall (s) | wall / budget |",
+        "|---|---|---|---|---|---|",
+    ]
+    for budget in budgets:
+        seconds = parse_duration(budget)
+        assert seconds is not None
+        acc, wall, m = trainer_run(None, f"budget-{budget}-{stamp}", [f"trainer.time_budget={budget}"], data)
+        chosen = m.get("epochs", "?")
+        lines.append(f"| {budget} | {chosen} | {m['epochs_done']} | {acc:.4f} | {wall:.0f} | {wall / seconds:.3f} |")
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    print(table)
+    if out:
+        Path(out).write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -134,3 +134,22 @@ def test_the_budget_stops_a_run_that_turns_out_slower_than_timed():
     assert plan.used_s == 90 and "has no room for another epoch of ~20 s" in plan.stop_reason
     plan.resumed_from_s = 50  # a resumed session adds to what the earlier ones used
     assert plan.out_of_time(2, now=t0 + 30) and plan.used_s == 80
+
+
+def test_plan_true_shows_the_budgets_plan_without_training(tmp_path):
+    run = tmp_path / "run"
+    out = train([*QUICK, "trainer.time_budget=2m", "trainer.epochs=5", "plan=true", f"hydra.run.dir={run}"], tmp_path)
+    text = out.stdout + out.stderr
+    assert "time budget 2 min:" in text and "time budget: 5 epoch(s) (trainer.epochs=5 caps it)" in text
+    assert "plan: 5 epoch(s) in 1 stage(s)" in text and "nothing was trained" in text
+    assert not (run / "checkpoints").exists()
+
+
+def test_an_auto_head_stage_is_kept_when_a_resumed_run_is_made_longer(tmp_path):
+    run = tmp_path / "run"
+    train([*QUICK, "trainer.epochs=2", f"hydra.run.dir={run}"], tmp_path)  # auto: no head stage in 2 epochs
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["head_epochs"] == 0
+    out = train([f"resume={run}", "trainer.epochs=12"], tmp_path)  # auto alone would give 12 epochs one
+    text = out.stdout + out.stderr
+    assert "extending a finished run from 2 to 12 epochs" in text and "the head only" not in text
+    assert metrics(run)["epochs_done"] == 12

@@ -202,7 +202,7 @@ def test_plan_true_says_what_the_run_will_do_and_cost_then_stops_without_trainin
     from conftest import train
 
     run_dir = tmp_path / "run"
-    out = train([*TINY, "plan=true", f"hydra.run.dir={run_dir}"], tmp_path)
+    out = train([*TINY, "plan=true", "finetune.head_epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
     text = out.stdout + out.stderr
     assert "plan: 8 epoch(s) in 2 stage(s); 256 train / 64 val images at 32 px" in text
     assert "stage 1: epochs 1-1, the head only" in text and "stage 2: epochs 2-8, all layers" in text

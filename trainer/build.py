@@ -95,6 +95,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
     resumed = load_checkpoint(checkpoint_of(str(cfg.resume))) if cfg.get("resume") else None
     if resumed is not None:
         check_same_data(resumed.get("data"), run.data_fingerprint, bool(cfg.get("resume_on_changed_data")))
+        keep_head_stage(cfg, run, resumed)
     setup_budget(cfg, run, resumed)
     if resumed is not None:
         run.resume_from(cfg.resume, resumed)
@@ -234,11 +235,27 @@ def setup_loss(cfg: DictConfig, task: str) -> torch.nn.Module:
     return loss_fn
 
 
+def keep_head_stage(cfg: DictConfig, run: Run, resumed: dict[str, Any]) -> None:
+    """finetune.head_epochs=auto depends on the run's length: a resumed run (perhaps made longer) keeps the
+    head stage it started with, as its checkpoint records it."""
+    ft = cfg.finetune
+    if str(ft.head_epochs) != "auto" or ft.stages:
+        return
+    head = resumed.get("head_epochs")
+    if head is None:  # a checkpoint from before auto: its config's number
+        from trainer.untrusted import load_yaml
+
+        stored = load_yaml(resumed.get("config") or "{}", "the config stored in the checkpoint")
+        head = ((stored or {}).get("finetune") or {}).get("head_epochs", 0) if isinstance(stored, dict) else 0
+    if isinstance(head, int) and head >= 0:
+        run.plan.stages = plan_stages(None, head, run.epochs)
+
+
 def check_same_data(before: Any, now: dict[str, Any], allowed: bool) -> None:
     """A resume on other data than the checkpoint's: refused, or with resume_on_changed_data=true logged."""
     changes = data_changes(before, now)
-    if not changes:
-        return
+    if not changes or any(c.startswith("classes ") for c in changes):
+        return  # other classes: the run's own check refuses them, whatever this key says
     said = "; ".join(changes)
     if not allowed:
         raise UserError(

@@ -43,6 +43,7 @@ class RunState:
             "planned_epochs": self.epochs,
             "budget": self.budget.to_state() if self.budget is not None else None,
             "data": self.data_fingerprint,  # what it trained on: a resume on other data is refused
+            "head_epochs": self.plan.stages[0].epochs if self.plan.stages[0].train == "head" else 0,
             "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step,
             "best": self.best,
