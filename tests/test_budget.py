@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY, final_tensors, metrics, train
 
-from trainer.budget import MARGIN, BudgetPlan, choose_epochs, parse_duration
+from trainer.budget import MARGIN, BudgetPlan, choose_steps, parse_duration
 from trainer.stages import AUTO_HEAD_FROM, head_epochs_for, plan_stages
 
 QUICK = [*TINY, "data.dataset.train_size=64", "data.dataset.val_size=32"]
@@ -34,17 +34,22 @@ def test_a_bad_budget_is_a_one_paragraph_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_the_epochs_chosen_are_the_most_that_fit():
+def test_the_steps_chosen_are_the_most_that_fit():
     def none(e):
         return 0
 
-    # 100 s left, 9 s an epoch: 11 epochs (99 s); a 12th would not fit
-    assert choose_epochs(100, 9.0, 9.0, none, None) == (11, 0)
-    assert choose_epochs(100, 9.0, 9.0, none, 4) == (4, 0)  # trainer.epochs caps it
-    assert choose_epochs(5, 9.0, 9.0, none, None) == (1, 0)  # at least one epoch
-    # a head stage of a tenth from 10 epochs on, at 2 s an epoch: 10 epochs = 1 x 2 + 9 x 9 = 83 s
-    assert choose_epochs(85, 9.0, 2.0, lambda e: head_epochs_for("auto", e), None) == (10, 1)
-    assert choose_epochs(82, 9.0, 2.0, lambda e: head_epochs_for("auto", e), None) == (9, 0)  # 9 x 9 = 81
+    # 10 steps an epoch at 0.5 s, 1 s to evaluate and save: an epoch costs 6 s. 96 s: 16 whole epochs
+    assert choose_steps(96, 10, (0.5, 0.5), 1.0, none, None) == (16, 0, 160)
+    # 100 s: 16 whole epochs, then a 17th with (100 - 17 - 80) / 0.5 = 6 of its 10 steps
+    assert choose_steps(100, 10, (0.5, 0.5), 1.0, none, None) == (17, 0, 166)
+    assert choose_steps(100, 10, (0.5, 0.5), 1.0, none, 4) == (4, 0, 40)  # trainer.epochs caps it
+    assert choose_steps(5, 10, (0.5, 0.5), 1.0, none, None) == (1, 0, 8)  # less than an epoch: a short one
+    assert choose_steps(0.5, 10, (0.5, 0.5), 1.0, none, None) == (1, 0, 10)  # not a step: one epoch all the same
+    # a head stage of a tenth from 10 epochs on, a head step 0.25 s: 10 epochs = 10 + 2.5 + 45 = 57.5 s
+    auto = lambda e: head_epochs_for("auto", e)  # noqa: E731
+    assert choose_steps(57.5, 10, (0.5, 0.25), 1.0, auto, None) == (10, 1, 100)
+    # 50 s: 8 whole epochs (48 s); a 9th (no head stage under 10) gets (50 - 9 - 40) / 0.5 = 2 steps
+    assert choose_steps(50, 10, (0.5, 0.25), 1.0, auto, None) == (9, 0, 82)
 
 
 def test_the_head_stage_rule():
@@ -67,11 +72,11 @@ def test_a_budget_chooses_the_epochs_from_its_timed_steps(tmp_path):
     plan = _plan(run)
     assert plan.budget_s == 25 and plan.cap is None
     assert (plan.head_step_s is not None) == (plan.head_epochs > 0)  # a head stage is timed only when planned
-    # the epochs are what the measurements allow (recomputed here from what the checkpoint says was measured)
-    epoch = plan.all_step_s * plan.steps_per_epoch + plan.eval_s + plan.save_s
-    head = (plan.head_step_s or plan.all_step_s) * plan.steps_per_epoch + plan.eval_s + plan.save_s
-    expected = choose_epochs(25 * (1 - MARGIN) - plan.spent_s, epoch, head, lambda e: head_epochs_for("auto", e), None)
-    assert (plan.epochs, plan.head_epochs) == expected
+    # the epochs and steps are what the measurements allow (recomputed from what the checkpoint says was measured)
+    steps = (plan.all_step_s, plan.head_step_s or plan.all_step_s)
+    auto = lambda e: head_epochs_for("auto", e)  # noqa: E731
+    expected = choose_steps(25 * (1 - MARGIN) - plan.spent_s, 2, steps, plan.eval_s + plan.save_s, auto, None)
+    assert (plan.epochs, plan.head_epochs, plan.steps) == expected
     assert plan.steps_per_epoch == 2 and plan.all_step_s > 0 and plan.eval_s > 0
     assert f"time budget: {plan.epochs} epoch(s)" in out.stderr + out.stdout
     m = metrics(run)
@@ -131,9 +136,9 @@ def test_the_budget_stops_a_run_that_turns_out_slower_than_timed():
     assert not plan.out_of_time(9, now=t0 + 91)  # a 10th would end at 100 s
     assert not plan.out_of_time(9, now=t0 + 95)  # 105.6 s: within the slack
     assert plan.out_of_time(4, now=t0 + 90)  # 20 s an epoch: a 5th would end at 110 s
-    assert plan.used_s == 90 and "has no room for another epoch of ~20 s" in plan.stop_reason
+    assert plan.used_s == pytest.approx(90) and "has no room for another epoch of ~20 s" in plan.stop_reason
     plan.resumed_from_s = 50  # a resumed session adds to what the earlier ones used
-    assert plan.out_of_time(2, now=t0 + 30) and plan.used_s == 80
+    assert plan.out_of_time(2, now=t0 + 30) and plan.used_s == pytest.approx(80)
 
 
 def test_plan_true_shows_the_budgets_plan_without_training(tmp_path):

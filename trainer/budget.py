@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -70,6 +71,8 @@ class BudgetPlan:
     save_s: float
     steps_per_epoch: int
     cap: int | None = None  # trainer.epochs, when given with the budget
+    total_steps: int | None = None  # optimizer steps in all: the last epoch cut short to fit (None: every epoch whole)
+    total_steps: int | None = None  # optimizer steps in all: the last epoch cut short to fit (None: every epoch whole)
     stop_reason: str = ""  # set when the run stops early to keep within the budget
     used_s: float = 0.0  # wall-clock seconds used so far, all sessions (at the last epoch's end)
     resumed_from_s: float = 0.0  # what earlier sessions used, for a resumed run
@@ -80,11 +83,26 @@ class BudgetPlan:
 
     @property
     def planned_s(self) -> float:
-        return (
-            self.spent_s
-            + self.head_epochs * self.epoch_s(True)
-            + (self.epochs - self.head_epochs) * self.epoch_s(False)
-        )
+        head, rest = self.head_epochs * self.epoch_s(True), (self.epochs - self.head_epochs) * self.epoch_s(False)
+        return self.spent_s + head + rest - (self.epochs * self.steps_per_epoch - self.steps) * self.all_step_s
+
+    @property
+    def steps(self) -> int:
+        return self.total_steps if self.total_steps is not None else self.epochs * self.steps_per_epoch
+
+    def batches_in(self, epoch: int, batches_per_epoch: int, accumulate: int) -> int:
+        """Batches epoch ``epoch`` (0-based) trains: all, or in the shortened last epoch what its steps take."""
+        left = self.steps - epoch * self.steps_per_epoch
+        return batches_per_epoch if left >= self.steps_per_epoch else max(1, min(batches_per_epoch, left * accumulate))
+
+    def shorten(self, stages: list[Any]) -> list[Any]:
+        """The stages, the last one told its steps when the last epoch is cut short (its schedule ends there)."""
+        import dataclasses
+
+        if self.steps >= self.epochs * self.steps_per_epoch or not stages:
+            return stages
+        last = stages[-1]
+        return [*stages[:-1], dataclasses.replace(last, steps=self.steps - last.start * self.steps_per_epoch)]
 
     def lines(self) -> list[str]:
         from trainer.plan import _duration
@@ -92,6 +110,9 @@ class BudgetPlan:
         cap = self.cap
         head = f", {self.head_step_s:.3f} s (head only)" if self.head_step_s is not None else ""
         why = f"trainer.epochs={cap} caps it" if cap is not None and self.epochs == cap else "what fits"
+        if self.steps < self.epochs * self.steps_per_epoch:
+            cut = self.steps - (self.epochs - 1) * self.steps_per_epoch
+            why += f", the last one cut to {cut} of its {self.steps_per_epoch} steps"
         return [
             f"time budget {_duration(self.budget_s)}: {_duration(self.spent_s)} spent on start-up and timing; an "
             f"optimizer step {self.all_step_s:.3f} s (all layers){head}, {self.steps_per_epoch} an epoch; evaluation "
@@ -131,18 +152,35 @@ class BudgetPlan:
             return None
 
 
-def choose_epochs(
-    remaining_s: float, all_epoch_s: float, head_epoch_s: float, head_rule: Any, cap: int | None
-) -> tuple[int, int]:
-    """(epochs, head epochs) that fit ``remaining_s``: the most epochs whose head share (``head_rule(epochs)``)
-    and the rest fit, at least 1, at most ``cap``."""
-    best = (1, min(head_rule(1), 0))
+def choose_steps(
+    remaining_s: float,
+    steps_per_epoch: int,
+    step_s: tuple[float, float],
+    epoch_end_s: float,
+    head_rule: Callable[[int], int],
+    cap: int | None,
+) -> tuple[int, int, int]:
+    """(epochs, head epochs, optimizer steps in all) that fill ``remaining_s``: whole epochs while they fit,
+    then a last one cut short (at least one step); each epoch, the last included, pays ``epoch_end_s``
+    (evaluation and a save). ``step_s``: (all layers, head only) seconds a step. At least one epoch
+    (a whole one when not even a step fits); at most ``cap`` epochs. ``head_rule(epochs)``: the head-only epochs of a run that long."""
+    all_s, head_s = step_s
+    best = (1, min(head_rule(1), 1), steps_per_epoch)
     for epochs in range(1, (cap or 100_000) + 1):
         head = min(head_rule(epochs), epochs)
-        cost = head * head_epoch_s + (epochs - head) * all_epoch_s
-        if cost > remaining_s:
+        left = remaining_s - epochs * epoch_end_s - head * steps_per_epoch * head_s
+        if head == epochs:  # every epoch head only: whole epochs
+            if left < 0:
+                break
+            best = (epochs, head, epochs * steps_per_epoch)
+            continue
+        can = int(left // all_s) if all_s > 0 else 10**12
+        whole = (epochs - head) * steps_per_epoch
+        if can <= whole - steps_per_epoch:  # not even one step of this epoch fits
             break
-        best = (epochs, head)
+        best = (epochs, head, head * steps_per_epoch + min(can, whole))
+        if can < whole:  # this epoch is the shortened last one
+            break
     return best
 
 
@@ -159,10 +197,10 @@ def plan_budget(run: Any, budget_s: float, cap: int | None, head_rule: Any, head
         all_step = _time_stage(run, plan_stages(None, 0, 1))
         eval_s = _time_eval(run)
         save_s = _time_save(run)
-        all_epoch = all_step * run.steps_per_epoch + eval_s + save_s
         head_step = None
         remaining = budget_s * (1 - MARGIN) - (time.monotonic() - STARTED)
-        if head_fixed or head_rule(choose_epochs(remaining, all_epoch, all_epoch, lambda e: 0, cap)[0]) > 0:
+        plain = choose_steps(remaining, run.steps_per_epoch, (all_step, all_step), eval_s + save_s, lambda e: 0, cap)
+        if head_fixed or head_rule(plain[0]) > 0:
             head_step = _time_stage(run, plan_stages(None, 1, 2))  # the plan will hold a head stage: time it too
     finally:
         run.model.load_state_dict(saved_model)
@@ -172,33 +210,34 @@ def plan_budget(run: Any, budget_s: float, cap: int | None, head_rule: Any, head
         run.global_step = 0
     spent = time.monotonic() - STARTED
     remaining = budget_s * (1 - MARGIN) - spent
-    head_epoch = (head_step if head_step is not None else all_step) * run.steps_per_epoch + eval_s + save_s
-    epochs, head = choose_epochs(remaining, all_epoch, head_epoch, head_rule, cap)
-    return BudgetPlan(budget_s, epochs, head, spent, all_step, head_step, eval_s, save_s, run.steps_per_epoch, cap)
+    step_s = (all_step, head_step if head_step is not None else all_step)
+    epochs, head, steps = choose_steps(remaining, run.steps_per_epoch, step_s, eval_s + save_s, head_rule, cap)
+    total = steps if steps < epochs * run.steps_per_epoch else None
+    return BudgetPlan(
+        budget_s, epochs, head, spent, all_step, head_step, eval_s, save_s, run.steps_per_epoch, cap, total
+    )
 
 
 def _time_stage(run: Any, stages: list[Any]) -> float:
-    """Seconds an optimizer step of ``stages[0]`` takes (the estimate's timed steps), or of the steps there were."""
-    from trainer.plan import MEASURED_STEPS, WARMUP_STEPS
+    """Seconds an optimizer step of ``stages[0]`` takes (the estimate's timed steps)."""
+    from trainer.plan import MEASURED_STEPS, WARMUP_STEPS, time_steps
 
     run.plan.stages = stages
     run.enter_stage(0)
-    micro, steps, t0 = 0, 0, 0.0
-    for _ in range(WARMUP_STEPS + MEASURED_STEPS):  # passes over the data: more than one when an epoch is short
-        for x, y, *_ in run.inputs.train(0, 0):
-            if x.shape[0] == 0:
-                continue
-            run.step.backward(x, y)
-            micro += 1
-            if micro % run.accumulate:
-                continue
-            run.step.update()
-            steps += 1
-            if steps == WARMUP_STEPS:
-                t0 = run.estimate._now()
-            if steps == WARMUP_STEPS + MEASURED_STEPS:
-                return (run.estimate._now() - t0) / MEASURED_STEPS
-    raise RuntimeError("trainer.time_budget: no optimizer step could be timed (every batch was empty)")
+    # while the loader workers fill their queues (prefetch) they take CPU from the steps: not counted
+    loader = run.loaders.train
+    prefetch = getattr(loader, "prefetch_factor", None) or getattr(
+        getattr(loader, "loader", None), "prefetch_factor", 0
+    )
+    burst = int(getattr(loader, "num_workers", 0) or 0) * int(prefetch or 0)
+    run.estimate.warmup = WARMUP_STEPS + burst
+    try:
+        per = time_steps(run, passes=run.estimate.warmup + MEASURED_STEPS, quiet=True)
+    finally:
+        run.estimate.warmup = WARMUP_STEPS
+    if per is None:
+        raise RuntimeError("trainer.time_budget: no optimizer step could be timed (every batch was empty)")
+    return per
 
 
 def _time_save(run: Any) -> float:

@@ -285,7 +285,7 @@ def setup_budget(cfg: DictConfig, run: Run, resumed: dict[str, Any] | None) -> N
         cap = int(cfg.trainer.epochs) if _given("trainer.epochs") else None
         head_fixed = ft.head_epochs != "auto" and int(ft.head_epochs) > 0
         plan = plan_budget(run, budget_s, cap, lambda e: head_epochs_for(ft.head_epochs, e), head_fixed)
-    run.plan.stages = plan_stages(ft.stages, plan.head_epochs, plan.epochs)
+    run.plan.stages = plan.shorten(plan_stages(ft.stages, plan.head_epochs, plan.epochs))
     run.epochs, run.budget = plan.epochs, plan
     for line in plan.lines():
         log.info(line)
@@ -320,11 +320,13 @@ def optimizer_builder(cfg: DictConfig, device: torch.device) -> Callable[[list[d
     return lambda groups, model: build_optimizer(factory, groups, model, device)
 
 
-def schedule_builder(cfg: DictConfig, monitor_mode: str = "max") -> Callable[[Any, int, int], Schedule]:
+def schedule_builder(cfg: DictConfig, monitor_mode: str = "max") -> Callable[..., Schedule]:
     """``(optimizer, steps_per_epoch, epochs) -> Schedule`` for the scheduler option and ``schedule.*``."""
     factory = instantiate_node(cfg.scheduler)
     interval, warmup = str(cfg.schedule.interval), float(cfg.schedule.warmup_epochs)
-    return lambda opt, steps, epochs: build_schedule(factory, opt, steps, epochs, interval, warmup, monitor_mode)
+    return lambda opt, steps, epochs, total=None: build_schedule(
+        factory, opt, steps, epochs, interval, warmup, monitor_mode, total
+    )
 
 
 def setup_tracker(cfg: DictConfig, run_dir: Path, loaders: Loaders) -> Tracker:

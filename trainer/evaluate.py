@@ -124,7 +124,7 @@ REPORT_FILES = {
 
 def evaluate(args: dict[str, Any]) -> tuple[dict[str, Any], Trained, Path]:
     if args["out"]:
-        check_folder(Path(str(args["out"])).expanduser(), REPORT_FILES, "evaluate report")
+        check_folder(Path(str(args["out"])).expanduser(), REPORT_FILES, "an evaluate report")
     trained = load_trained(str(args["checkpoint"]), trusted(args["allow_targets"]))
     root = str(args["data.root"])
     if root:
@@ -134,7 +134,7 @@ def evaluate(args: dict[str, Any]) -> tuple[dict[str, Any], Trained, Path]:
     run_dir = trained.checkpoint.parent.parent if trained.checkpoint.parent.name == "checkpoints" else None
     default = (run_dir or trained.checkpoint.parent) / ("eval-" + Path(root).name if root else "eval")
     out = Path(str(args["out"])).expanduser() if args["out"] else default
-    check_folder(out, REPORT_FILES, "evaluate report")
+    check_folder(out, REPORT_FILES, "an evaluate report")
     write_report(result, trained, out, root or "val split")
     return result, trained, out
 

@@ -109,11 +109,11 @@ def export(checkpoint: str, fmt: str, out: Path | None, allow: tuple[str, ...] =
     weights_name = {"safetensors": "model.safetensors", "onnx": "model.onnx", "torchscript": "model.pt"}[fmt]
     files = {weights_name: _EXPORT_OF, "config.json": _EXPORT_CONFIG}
     if out is not None:
-        check_folder(out, files, "model export")
+        check_folder(out, files, "a model export")
     trained = load_trained(checkpoint, allow)
     run_dir = trained.checkpoint.parent.parent if trained.checkpoint.parent.name == "checkpoints" else None
     out = out or (run_dir or trained.checkpoint.parent) / "export"
-    check_folder(out, files, "model export")
+    check_folder(out, files, "a model export")
     weights, config = out / weights_name, out / "config.json"
     diff = None
     with atomic_file(weights) as tmp:  # checked before it takes its name: a failed check leaves no file

@@ -51,9 +51,10 @@ def json_with_keys(*keys: str) -> Callable[[Path], bool]:
     return ours
 
 
-def _refuse(path: Path, what: str, key: str) -> UserError:
+def _refuse(path: Path, what: str, key: str, given: Path | None = None) -> UserError:
+    where = f"{key}={given}: {path}" if given is not None else f"{key}={path}"
     return UserError(
-        f"{key}={path}: {what}, which this command did not write; it is left as it is. Give {key}= a new "
+        f"{where} is {what}, which this command did not write, so it is left as it is. Give {key}= a new "
         "name (or remove that file yourself if you are sure)."
     )
 
@@ -61,21 +62,21 @@ def _refuse(path: Path, what: str, key: str) -> UserError:
 def check_file(path: Path, ours: Callable[[Path], bool], kind: str, key: str = "out") -> None:
     """``path`` may be written: it does not exist, or it is a ``kind`` file that ``ours`` recognises."""
     if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise _refuse(path, "a folder or other non-file is there" if path.is_dir() else "a link is there", key)
+        raise _refuse(path, "a folder" if path.is_dir() else "a link or other non-file", key)
     if path.exists() and not ours(path):
-        raise _refuse(path, f"a file that is not a {kind} is there", key)
+        raise _refuse(path, f"a file that is not {kind}", key)
 
 
 def check_folder(folder: Path, files: dict[str, Callable[[Path], bool]], kind: str, key: str = "out") -> None:
     """``folder`` may receive ``files``: each one already there must be one of ours (its check)."""
     if folder.exists() and not folder.is_dir():
-        raise _refuse(folder, "a file is there, and this command writes a folder", key)
+        raise _refuse(folder, "a file (this command writes a folder)", key)
     for name, ours in files.items():
         path = folder / name
         if path.is_symlink() or (path.exists() and not path.is_file()):
-            raise _refuse(path, "a folder, link or other non-file is there", key)
+            raise _refuse(path, "a folder, link or other non-file", key, folder)
         if path.exists() and not ours(path):
-            raise _refuse(path, f"{folder} already holds {name} that is not part of a {kind}", key)
+            raise _refuse(path, f"a file that is not part of {kind}", key, folder)
 
 
 @contextlib.contextmanager

@@ -72,6 +72,7 @@ class Estimate:
 
     def __init__(self, run: Any) -> None:
         self.run = run
+        self.warmup = WARMUP_STEPS  # steps not counted (a time budget also skips the loaders' first burst)
         self.reset()
 
     def reset(self) -> None:
@@ -79,18 +80,19 @@ class Estimate:
         self.t0 = 0.0
         self.seconds_per_step: float | None = None
 
-    def tick(self) -> None:
-        """After each optimizer step."""
+    def tick(self, quiet: bool = False) -> None:
+        """After each optimizer step (``quiet``: timed without the log line)."""
         if self.seconds_per_step is not None:
             return
         if self.first_step is None:
             self.first_step = self.run.global_step - 1  # this stage's (or resumed session's) first step
         done = self.run.global_step - self.first_step
-        if done == WARMUP_STEPS:
+        if done == self.warmup:
             self.t0 = self._now()
-        elif done == WARMUP_STEPS + MEASURED_STEPS:
+        elif done == self.warmup + MEASURED_STEPS:
             self.seconds_per_step = (self._now() - self.t0) / MEASURED_STEPS
-            log.info(self.line())
+            if not quiet:
+                log.info(self.line())
 
     def _now(self) -> float:
         """The clock once the device has finished the queued work (twice a stage: off the hot path)."""
@@ -120,7 +122,7 @@ def measure_and_stop(run: Any) -> list[str]:
         if index != run.stage_idx:
             run.enter_stage(index)
         run.estimate.reset()
-        _time_steps(run)
+        time_steps(run)
         per = run.estimate.seconds_per_step
         timed = timed and per is not None
         total += (per or 0.0) * stage.epochs * run.steps_per_epoch
@@ -132,22 +134,26 @@ def measure_and_stop(run: Any) -> list[str]:
     return [*lines, f"lr curve: {path}"]
 
 
-def _time_steps(run: Any) -> None:
+def time_steps(run: Any, passes: int = 1, quiet: bool = False) -> float | None:
+    """Train optimizer steps of the current stage until the estimate has timed them (over up to ``passes``
+    passes of the data, for an epoch shorter than that); the seconds per step, or None."""
     micro = 0
-    for x, y, *_ in run.inputs.train(0, 0):
-        if x.shape[0] == 0:
-            continue
-        run.step.backward(x, y)
-        micro += 1
-        if micro % run.accumulate:
-            continue
-        run.step.update()
-        run.global_step += 1
-        run.estimate.tick()
-        if run.estimate.seconds_per_step is not None:
-            return
-    if run.estimate.seconds_per_step is None:
+    for _ in range(passes):
+        for x, y, *_ in run.inputs.train(0, 0):
+            if x.shape[0] == 0:
+                continue
+            run.step.backward(x, y)
+            micro += 1
+            if micro % run.accumulate:
+                continue
+            run.step.update()
+            run.global_step += 1
+            run.estimate.tick(quiet)
+            if run.estimate.seconds_per_step is not None:
+                return run.estimate.seconds_per_step
+    if not quiet:
         log.info(run.estimate.line())
+    return None
 
 
 def _duration(seconds: float) -> str:

@@ -136,7 +136,7 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
     if topk < 1 or batch_size < 1 or not 0 < threshold < 1:
         raise UserError("topk and data.batch_size must be >= 1 and threshold between 0 and 1.")
     out = Path(str(args["out"])).expanduser()
-    check_file(out, csv_with_header("path"), "predictions CSV")
+    check_file(out, csv_with_header("path"), "a predictions CSV")
     trained = load_trained(str(args["checkpoint"]), trusted(args["allow_targets"]))
     device = resolve_device(str(args["trainer.device"]))
     trained.model.to(device)

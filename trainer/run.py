@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -165,6 +164,14 @@ class Run(RunState):
     def steps_per_epoch(self) -> int:
         return math.ceil(self.batches_per_epoch / self.accumulate)
 
+    def batches_in(self, epoch: int) -> int:
+        """Batches this epoch trains: all of them, or fewer in a time budget's shortened last epoch."""
+        return (
+            self.budget.batches_in(epoch, self.batches_per_epoch, self.accumulate)
+            if self.budget
+            else self.batches_per_epoch
+        )
+
     # ------------------------------------------------------------------ stages
     def enter_stage(self, index: int) -> None:
         """Freeze per the stage, a fresh optimizer and schedule, and the forward, step and inputs it trains with."""
@@ -243,7 +250,7 @@ class Run(RunState):
     def train_one_epoch(self, epoch: int) -> float:
         self.model.train(not self.head_only)  # frozen BatchNorm layers ignore this
         self.head.train()
-        n, size = self.batches_per_epoch, self.loaders.batch_size
+        n, size = self.batches_in(epoch), self.loaders.batch_size
         meter = LossMeter(self.partial_loss, self.device)
         bar = progress(n * size, self.batch_in_epoch * size, f"epoch {epoch + 1}/{self.epochs}", self.main)
         for i, (x, y, *bad) in enumerate(self.inputs.train(epoch, self.batch_in_epoch), start=self.batch_in_epoch):
@@ -271,6 +278,8 @@ class Run(RunState):
                 self._log_train(meter.flush(), epoch, bar)
             self._save_mid_epoch(i + 1 < n, meter, epoch, bar)
             failpoint("step")
+            if i + 1 >= n:  # a time budget's shortened last epoch
+                break
         bar.close()
         self.batch_in_epoch, self.partial_loss = 0, (0.0, 0)
         total = dist.all_sum(meter.totals())
@@ -395,21 +404,6 @@ class Run(RunState):
         """metrics.json (rank 0 writes it); returns the summary on every rank."""
         summary = run_summary(self, wall)
         self.tracker.write_metrics(summary)
-        return summary
-
-    def _nothing_to_do(self) -> dict[str, Any]:
-        if self.epoch < self.epochs:
-            log.info("nothing to do: this run stopped early at epoch %d (%s)", self.epoch, self._stall_reason())
-        else:
-            log.info(
-                "nothing to do: this run already has %d of trainer.epochs=%d epochs (raise trainer.epochs to "
-                "train longer)",
-                self.epoch,
-                self.epochs,
-            )
-        saved = self.run_dir / "metrics.json"
-        summary = json.loads(saved.read_text()) if saved.is_file() else self._write_metrics(0.0)
-        self._print_summary(summary)
         return summary
 
     def _print_summary(self, summary: dict[str, Any]) -> None:

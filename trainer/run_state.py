@@ -3,6 +3,7 @@ counters, best metric, RNG per rank, sampler position), so a resumed run equals 
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 from pathlib import Path
@@ -170,3 +171,18 @@ class RunState:
             link_checkpoint(path, folder / "best.pt")
         prune_checkpoints(folder, self.settings.keep_last)
         return path
+
+    def _nothing_to_do(self) -> dict[str, Any]:
+        if self.epoch < self.epochs:
+            log.info("nothing to do: this run stopped early at epoch %d (%s)", self.epoch, self._stall_reason())
+        else:
+            log.info(
+                "nothing to do: this run already has %d of trainer.epochs=%d epochs (raise trainer.epochs to "
+                "train longer)",
+                self.epoch,
+                self.epochs,
+            )
+        saved = self.run_dir / "metrics.json"
+        summary = json.loads(saved.read_text()) if saved.is_file() else self._write_metrics(0.0)
+        self._print_summary(summary)
+        return summary

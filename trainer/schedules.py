@@ -27,6 +27,7 @@ def build_schedule(
     interval: str = "step",
     warmup_epochs: float = 0.0,
     monitor_mode: str = "max",
+    total_steps: int | None = None,
 ) -> Schedule:
     """The configured scheduler over ``epochs`` of ``steps_per_epoch`` steps, with its interval and warm-up.
 
@@ -34,7 +35,7 @@ def build_schedule(
     metric (ReduceLROnPlateau) follows the monitor's direction unless its ``mode`` is set.
     """
     target = factory.func
-    total = steps_per_epoch * epochs
+    total = steps_per_epoch * epochs if total_steps is None else total_steps  # fewer: a shortened last epoch
     warmup_steps = min(total, int(round(warmup_epochs * steps_per_epoch)))
     available = {"total_steps": max(1, total - warmup_steps), "steps_per_epoch": steps_per_epoch, "epochs": epochs}
     runtime = {k: v for k, v in runtime_kwargs(target, available).items() if k not in factory.keywords}

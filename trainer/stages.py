@@ -36,13 +36,14 @@ class Stage:
     backbone_lr_mult: float | None = None  # None: finetune.backbone_lr_mult
     layer_decay: float | None = None  # None: finetune.layer_decay
     freeze: Any = None  # None: model.freeze
+    steps: int | None = None  # optimizer steps in all, when its last epoch is cut short (a time budget)
 
     @property
     def end(self) -> int:
         return self.start + self.epochs
 
 
-STAGE_KEYS = {f.name for f in fields(Stage)} - {"start"}  # what a finetune.stages entry may set
+STAGE_KEYS = {f.name for f in fields(Stage)} - {"start", "steps"}  # what a finetune.stages entry may set
 
 
 AUTO_HEAD_FROM = 10  # finetune.head_epochs=auto: no head-only stage in runs shorter than this (docs/transfer.md)
@@ -124,7 +125,7 @@ class StagePlan:
     freeze: Any  # model.freeze: what stays frozen in an all-layers stage
     bn_mode: str
     make_optimizer: Callable[[list[dict[str, Any]], Any], Any]
-    make_schedule: Callable[[Any, int, int], Any]
+    make_schedule: Callable[..., Any]  # (optimizer, steps_per_epoch, epochs, total_steps=None)
 
     def index(self, epoch: int) -> int:
         for i, st in enumerate(self.stages):
@@ -149,7 +150,7 @@ class StagePlan:
         if not groups:
             raise UserError("nothing to train: every parameter is frozen (check model.freeze and finetune.bn).")
         optimizer = self.make_optimizer(groups, model)
-        schedule = self.make_schedule(optimizer, steps_per_epoch, st.epochs)
+        schedule = self.make_schedule(optimizer, steps_per_epoch, st.epochs, st.steps)
         return StageSetup(optimizer, schedule, backbone <= frozen, counts)
 
 
