@@ -139,6 +139,13 @@ def test_the_budget_stops_a_run_that_turns_out_slower_than_timed():
     assert plan.used_s == pytest.approx(90) and "has no room for another epoch of ~20 s" in plan.stop_reason
     plan.resumed_from_s = 50  # a resumed session adds to what the earlier ones used
     assert plan.out_of_time(2, now=t0 + 30) and plan.used_s == pytest.approx(80)
+    short = BudgetPlan(
+        budget_s=100, epochs=10, head_epochs=0, spent_s=10, all_step_s=1, head_step_s=None, eval_s=1, save_s=0,
+        steps_per_epoch=8, total_steps=74,
+    )  # fmt: skip
+    # after 9 epochs of 9 s (91 s used, 100 s budget) the 10th is 2 of 8 steps: ~3 s, so it still runs
+    assert not short.out_of_time(9, now=t0 + 91)
+    assert short.batches_in(9, 8, 1) == 2 and short.batches_in(8, 8, 1) == 8 and short.batches_in(9, 16, 2) == 4
 
 
 def test_plan_true_shows_the_budgets_plan_without_training(tmp_path):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,10 +171,19 @@ def test_ctrl_c_while_writing_gives_one_line_exit_130_and_no_half_file(tmp_path,
     assert not list(tmp_path.rglob(".*.tmp*"))
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:  # the process has just ended
+        return ""
+
+
 def test_ctrl_c_during_startup_is_one_line_too(tmp_path, finished_run):
     _image_folder(tmp_path / "new")
     proc = _entry("predict", [f"checkpoint={finished_run}", f"source={tmp_path / 'new'}"], tmp_path)
-    time.sleep(0.5)  # inside the imports
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + BOUNDED
+    while proc.poll() is None and time.monotonic() < deadline and "libtorch" not in _read(maps):
+        time.sleep(0.01)  # until torch is being loaded: inside the command's imports
     proc.send_signal(signal.SIGINT)
     code, text = _finish(proc)
     assert code == 130 and "Traceback" not in text, text[-2000:]

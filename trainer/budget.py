@@ -129,6 +129,9 @@ class BudgetPlan:
         if epochs_done < 1:
             return False
         per_epoch = max(0.0, self.used_s - self.spent_s) / epochs_done
+        share = min(1.0, max(0, self.steps - epochs_done * self.steps_per_epoch) / self.steps_per_epoch)
+        end_s = self.eval_s + self.save_s
+        per_epoch = share * per_epoch + (1 - share) * min(per_epoch, end_s)  # the next one may be a short one
         if self.used_s + per_epoch <= self.budget_s * (1 + SLACK):
             return False
         from trainer.plan import _duration
@@ -161,7 +164,7 @@ def choose_steps(
     cap: int | None,
 ) -> tuple[int, int, int]:
     """(epochs, head epochs, optimizer steps in all) that fill ``remaining_s``: whole epochs while they fit,
-    then a last one cut short (at least one step); each epoch, the last included, pays ``epoch_end_s``
+    then a last one cut short (to no less than a tenth of it); each epoch, the last included, pays ``epoch_end_s``
     (evaluation and a save). ``step_s``: (all layers, head only) seconds a step. At least one epoch
     (a whole one when not even a step fits); at most ``cap`` epochs. ``head_rule(epochs)``: the head-only epochs of a run that long."""
     all_s, head_s = step_s
@@ -176,7 +179,7 @@ def choose_steps(
             continue
         can = int(left // all_s) if all_s > 0 else 10**12
         whole = (epochs - head) * steps_per_epoch
-        if can <= whole - steps_per_epoch:  # not even one step of this epoch fits
+        if can < whole - steps_per_epoch + max(1, steps_per_epoch // 10):  # not a tenth of this epoch fits
             break
         best = (epochs, head, head * steps_per_epoch + min(can, whole))
         if can < whole:  # this epoch is the shortened last one
