@@ -152,7 +152,7 @@ def test_plan_true_shows_the_budgets_plan_without_training(tmp_path):
     run = tmp_path / "run"
     out = train([*QUICK, "trainer.time_budget=2m", "trainer.epochs=5", "plan=true", f"hydra.run.dir={run}"], tmp_path)
     text = out.stdout + out.stderr
-    assert "time budget 2 min:" in text and "time budget: 5 epoch(s) (trainer.epochs=5 caps it)" in text
+    assert "time budget 120 s:" in text and "time budget: 5 epoch(s) (trainer.epochs=5 caps it)" in text
     assert "plan: 5 epoch(s) in 1 stage(s)" in text and "nothing was trained" in text
     assert not (run / "checkpoints").exists()
 
@@ -165,3 +165,22 @@ def test_an_auto_head_stage_is_kept_when_a_resumed_run_is_made_longer(tmp_path):
     text = out.stdout + out.stderr
     assert "extending a finished run from 2 to 12 epochs" in text and "the head only" not in text
     assert metrics(run)["epochs_done"] == 12
+
+
+def test_a_shortened_last_epoch_trains_its_steps_and_the_schedule_ends_with_it(compose_cfg, tmp_path, monkeypatch):
+    """A plan of 2 epochs of 4 steps with the second cut to 1 step: 5 steps in all, the second epoch
+    evaluated after its one step, and the warm-up + cosine schedule at its floor on the last step."""
+    from trainer import build
+
+    def planned(run, budget_s, cap, head_rule, head_fixed):
+        return BudgetPlan(60, 2, 0, 1.0, 0.1, None, 0.1, 0.1, run.steps_per_epoch, None, run.steps_per_epoch + 1)
+
+    monkeypatch.setattr(build, "plan_budget", planned)
+    cfg = compose_cfg(*TINY, "data.dataset.train_size=128", "data.dataset.val_size=32", "trainer.time_budget=60s")
+    run = build.build_run(cfg, run_dir=tmp_path)
+    assert run.steps_per_epoch == 4 and run.epochs == 2 and run.plan.stages[-1].steps == 5
+    run.fit()
+    assert run.global_step == 5 and run.epoch == 2 and len(run.history) == 2
+    head_lr = next(g for g in run.optimizer.param_groups if g["label"] == "head")
+    base = float(cfg.optimizer.lr) * 1.0  # the head group's lr multiplier is 1
+    assert head_lr["lr"] == pytest.approx(base * float(cfg.scheduler.min_lr_ratio), rel=1e-6)

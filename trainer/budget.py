@@ -35,6 +35,13 @@ def mark_start() -> None:
     STARTED = time.monotonic()
 
 
+def _duration(seconds: float) -> str:
+    """Seconds up to ten minutes, then the plan's own rounding (a budget of 100 s is not "2 min")."""
+    from trainer.plan import _duration as rounded
+
+    return f"{seconds:.0f} s" if seconds < 600 else rounded(seconds)
+
+
 def parse_duration(value: Any) -> float | None:
     """Seconds of ``90``, ``90s``, ``10m``, ``1h30m``, ``1.5h``; None for null/off; ValueError otherwise."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none", "off")):
@@ -105,7 +112,6 @@ class BudgetPlan:
         return [*stages[:-1], dataclasses.replace(last, steps=self.steps - last.start * self.steps_per_epoch)]
 
     def lines(self) -> list[str]:
-        from trainer.plan import _duration
 
         cap = self.cap
         head = f", {self.head_step_s:.3f} s (head only)" if self.head_step_s is not None else ""
@@ -134,7 +140,6 @@ class BudgetPlan:
         per_epoch = share * per_epoch + (1 - share) * min(per_epoch, end_s)  # the next one may be a short one
         if self.used_s + per_epoch <= self.budget_s * (1 + SLACK):
             return False
-        from trainer.plan import _duration
 
         self.stop_reason = (
             f"the time budget ({_duration(self.budget_s)}) has no room for another epoch of ~{_duration(per_epoch)} "
