@@ -230,7 +230,8 @@ def test_a_resume_on_changed_data_says_what_changed_and_goes_on_only_when_asked(
 
 
 def test_the_fingerprint_sees_a_relabelled_file_and_ignores_a_moved_folder(tmp_path):
-    from trainer.data.datasets import data_changes, fingerprint, load_imagefolder
+    from trainer.data.datasets import load_imagefolder
+    from trainer.data.fingerprint import data_changes, fingerprint
 
     _image_folder(tmp_path / "one")
     first = fingerprint(load_imagefolder(str(tmp_path / "one"), val_split=0.25, seed=0))

@@ -151,6 +151,24 @@ class BudgetPlan:
         return asdict(self)
 
     @classmethod
+    def resumed(cls, checkpoint: dict[str, Any]) -> BudgetPlan | None:
+        """The plan a checkpoint's run was trained with, to continue (None: it had no budget)."""
+        plan = cls.from_state(checkpoint.get("budget"))
+        if plan is not None:
+            plan.resumed_from_s, plan.stop_reason = plan.used_s, ""
+            log.info(
+                "time budget: the resumed run's own plan, %d epoch(s), %d head only", plan.epochs, plan.head_epochs
+            )
+        return plan
+
+    def apply(self, run: Any, stages: list[Any]) -> None:
+        """The run trains this plan: its stages (the last one shortened), its length, and the plan kept."""
+        run.plan.stages = self.shorten(stages)
+        run.epochs, run.budget = self.epochs, self
+        for line in self.lines():
+            log.info(line)
+
+    @classmethod
     def from_state(cls, state: Any) -> BudgetPlan | None:
         if not isinstance(state, dict):
             return None

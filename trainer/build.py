@@ -24,7 +24,8 @@ from trainer import distributed as dist
 from trainer.budget import BudgetPlan, parse_duration, plan_budget
 from trainer.checkpoint import checkpoint_of, load_checkpoint
 from trainer.config import check_run, resolve_monitor, validate_config
-from trainer.data.datasets import Splits, data_changes, fingerprint
+from trainer.data.datasets import Splits
+from trainer.data.fingerprint import check_same_data, fingerprint
 from trainer.data.images import BadImageLog, native_size, verify_splits
 from trainer.data.loaders import Loaders, build_loaders, default_num_workers
 from trainer.data.mixing import build_mixing
@@ -36,9 +37,10 @@ from trainer.lr_find import find_lr
 from trainer.models import BuiltModel
 from trainer.models.backbones import is_convnet
 from trainer.optim import build_optimizer, runtime_kwargs
+from trainer.overrides import key_of
 from trainer.run import Run, Settings
 from trainer.schedules import Schedule, build_schedule
-from trainer.stages import StagePlan, head_epochs_for, plan_stages
+from trainer.stages import StagePlan, head_epochs_for, plan_stages, started_head_epochs
 from trainer.targets import check_targets
 from trainer.tracking import NullTracker, Tracker, chosen_hparams, flat_hparams
 
@@ -238,32 +240,9 @@ def setup_loss(cfg: DictConfig, task: str) -> torch.nn.Module:
 def keep_head_stage(cfg: DictConfig, run: Run, resumed: dict[str, Any]) -> None:
     """finetune.head_epochs=auto depends on the run's length: a resumed run (perhaps made longer) keeps the
     head stage it started with, as its checkpoint records it."""
-    ft = cfg.finetune
-    if str(ft.head_epochs) != "auto" or ft.stages:
-        return
-    head = resumed.get("head_epochs")
-    if head is None:  # a checkpoint from before auto: its config's number
-        from trainer.untrusted import load_yaml
-
-        stored = load_yaml(resumed.get("config") or "{}", "the config stored in the checkpoint")
-        head = ((stored or {}).get("finetune") or {}).get("head_epochs", 0) if isinstance(stored, dict) else 0
-    if isinstance(head, int) and head >= 0:
+    head = started_head_epochs(resumed)
+    if str(cfg.finetune.head_epochs) == "auto" and not cfg.finetune.stages and head is not None:
         run.plan.stages = plan_stages(None, head, run.epochs)
-
-
-def check_same_data(before: Any, now: dict[str, Any], allowed: bool) -> None:
-    """A resume on other data than the checkpoint's: refused, or with resume_on_changed_data=true logged."""
-    changes = data_changes(before, now)
-    if not changes or any(c.startswith("classes ") for c in changes):
-        return  # other classes: the run's own check refuses them, whatever this key says
-    said = "; ".join(changes)
-    if not allowed:
-        raise UserError(
-            f"resume: the data differ from what this run trained on ({said}); its split and the sampler's "
-            "place in the epoch would be recomputed over other images. Resume with the same data, start a new "
-            "run, or add resume_on_changed_data=true to go on with the data as they are now."
-        )
-    log.warning("resume on changed data (resume_on_changed_data=true): %s", said)
 
 
 def setup_budget(cfg: DictConfig, run: Run, resumed: dict[str, Any] | None) -> None:
@@ -273,29 +252,19 @@ def setup_budget(cfg: DictConfig, run: Run, resumed: dict[str, Any] | None) -> N
     if budget_s is None:
         return
     ft = cfg.finetune
-    plan = None
-    if resumed is not None:
-        plan = BudgetPlan.from_state(resumed.get("budget"))
-        if plan is not None:
-            plan.resumed_from_s, plan.stop_reason = plan.used_s, ""
-            log.info(
-                "time budget: the resumed run's own plan, %d epoch(s), %d head only", plan.epochs, plan.head_epochs
-            )
+    plan = BudgetPlan.resumed(resumed) if resumed is not None else None
     if plan is None:
         cap = int(cfg.trainer.epochs) if _given("trainer.epochs") else None
         head_fixed = ft.head_epochs != "auto" and int(ft.head_epochs) > 0
         plan = plan_budget(run, budget_s, cap, lambda e: head_epochs_for(ft.head_epochs, e), head_fixed)
-    run.plan.stages = plan.shorten(plan_stages(ft.stages, plan.head_epochs, plan.epochs))
-    run.epochs, run.budget = plan.epochs, plan
-    for line in plan.lines():
-        log.info(line)
+    plan.apply(run, plan_stages(ft.stages, plan.head_epochs, plan.epochs))
 
 
 def _given(key: str) -> bool:
     """``key`` was set on the command line (always, outside a Hydra app)."""
     if not HydraConfig.initialized():
         return True
-    return any(o.split("=", 1)[0].lstrip("+~") == key for o in HydraConfig.get().overrides.task)
+    return any(key_of(o) == key for o in HydraConfig.get().overrides.task)
 
 
 def setup_plan(cfg: DictConfig, device: torch.device, monitor_mode: str) -> StagePlan:
@@ -337,7 +306,7 @@ def setup_tracker(cfg: DictConfig, run_dir: Path, loaders: Loaders) -> Tracker:
     kind = Tracker if dist.is_main() else NullTracker
     overridden = None
     if HydraConfig.initialized():
-        overridden = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+        overridden = [key_of(o) for o in HydraConfig.get().overrides.task]
     hparams = chosen_hparams(flat_hparams(hp), overridden)
     return kind(run_dir, hparams, tuple(spec["mean"]), tuple(spec["std"]))
 

@@ -57,6 +57,17 @@ def head_epochs_for(head_epochs: Any, total_epochs: int) -> int:
     return int(head_epochs or 0)
 
 
+def started_head_epochs(state: dict[str, Any]) -> int | None:
+    """The head-only epochs a checkpoint's run started with (its own record, or its config's number)."""
+    head = state.get("head_epochs")
+    if head is None:  # a checkpoint from before head_epochs=auto
+        from trainer.untrusted import load_yaml
+
+        stored = load_yaml(state.get("config") or "{}", "the config stored in the checkpoint")
+        head = ((stored.get("finetune") or {}).get("head_epochs", 0)) if isinstance(stored, dict) else 0
+    return head if isinstance(head, int) and not isinstance(head, bool) and head >= 0 else None
+
+
 def plan_stages(stages: Any, head_epochs: Any, total_epochs: int) -> list[Stage]:
     """Stages covering exactly ``total_epochs``, from ``finetune.stages`` or ``finetune.head_epochs``."""
     raw = stages

@@ -10,11 +10,9 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -353,56 +351,3 @@ def make_shapes(train_size: int = 256, val_size: int = 64, image_size: int = 64,
     return Splits(
         SegmentationImages(tr_x, tr_m), SegmentationImages(va_x, va_m), ["background", "square", "disc"], "segmentation"
     )
-
-
-def _members(images: ImageSet) -> tuple[list[tuple[str, str]], list[torch.Tensor]]:
-    """An image set's (file, label) pairs, or the tensors of images held in memory."""
-    if isinstance(images, SegmentationImages):
-        if isinstance(images.images, torch.Tensor):
-            return [], [images.images, torch.as_tensor(images.masks)]
-        return [(str(p), str(m)) for p, m in zip(images.images, images.masks)], []
-    paths = getattr(images, "paths", None)
-    if paths is not None:
-        return [(str(p), repr(t)) for p, t in zip(paths, images.targets)], []
-    held = getattr(images, "images", None)
-    return [], [held] if isinstance(held, torch.Tensor) else []
-
-
-def fingerprint(splits: Splits) -> dict[str, Any]:
-    """What a run trained on, for a resume to compare: the classes, the images per split, and a digest of
-    each split's sorted files (relative to their common folder, so a moved data folder still matches) with
-    their labels, or of the images themselves when they are held in memory."""
-    import hashlib
-
-    members = {name: _members(images) for name, images in (("train", splits.train), ("val", splits.val))}
-    every = [path for pairs, _ in members.values() for pair in pairs for path in pair if os.path.isabs(path)]
-    root = os.path.commonpath(every) if every else ""
-    out: dict[str, Any] = {"classes": list(splits.classes), "task": splits.task}
-    for name, images in (("train", splits.train), ("val", splits.val)):
-        pairs, tensors = members[name]
-        h = hashlib.sha256()
-        for pair in sorted(
-            tuple(os.path.relpath(p, root) if root and os.path.isabs(p) else p for p in x) for x in pairs
-        ):
-            h.update(("\0".join(pair) + "\n").encode())
-        for tensor in tensors:
-            h.update(tensor.contiguous().numpy().tobytes())
-        h.update(repr([images.targets[i] for i in range(len(images))] if not pairs else "").encode())
-        out[name] = {"images": len(images), "digest": h.hexdigest()[:16]}
-    return out
-
-
-def data_changes(before: Any, now: dict[str, Any]) -> list[str]:
-    """What differs between a checkpoint's ``fingerprint`` and the data's now (empty: the same data)."""
-    if not isinstance(before, dict):
-        return []  # a checkpoint from before fingerprints: nothing to compare
-    changes = []
-    if list(before.get("classes") or []) != now["classes"]:
-        changes.append(f"classes {before.get('classes')} -> {now['classes']}")
-    for split in ("train", "val"):
-        old, new = before.get(split) or {}, now[split]
-        if old.get("images") != new["images"]:
-            changes.append(f"{split} images {old.get('images')} -> {new['images']}")
-        elif old.get("digest") != new["digest"]:
-            changes.append(f"the {split} split's files or labels differ (same count, {new['images']})")
-    return changes
