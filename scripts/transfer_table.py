@@ -27,7 +27,8 @@ METHODS = [
     ("linear probe (frozen backbone, cached features)", ["+experiment=linear_probe"]),
     ("linear probe at 128 px (frozen backbone, cached features)", ["+experiment=linear_probe", "data.image_size=128"]),
     ("full fine-tune (all layers, one lr)", ["+experiment=full"]),
-    ("staged fine-tune (1 epoch head, then all; backbone lr x0.5) = `train`", ["+experiment=demo"]),
+    ("staged fine-tune (1 epoch head, then all; backbone lr x0.5)", ["+experiment=demo", "finetune.head_epochs=1"]),
+    ("`train` (finetune.head_epochs=auto: no head stage under 10 epochs; backbone lr x0.5)", ["+experiment=demo"]),
 ]
 SMALL = ["+experiment=scratch", "model.name=mobilenetv3_small_050", "model.weights=null"]  # 1.6M params
 RECIPES = [

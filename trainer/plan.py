@@ -25,7 +25,7 @@ def plan_lines(run: Any) -> list[str]:
     s, loaders, plan = run.settings, run.loaders, run.plan
     spec = loaders.input_spec
     train_n, val_n = len(loaders.train.dataset), len(loaders.val.dataset)
-    total = sum(st.epochs for st in plan.stages) * run.steps_per_epoch
+    total = sum(st.steps or st.epochs * run.steps_per_epoch for st in plan.stages)  # steps: a shortened last epoch
     lines = [
         f"plan: {run.epochs} epoch(s) in {len(plan.stages)} stage(s); {train_n} train / {val_n} val images at "
         f"{spec['size']} px, batch {loaders.batch_size} x accumulate {run.accumulate}: {run.steps_per_epoch} "
