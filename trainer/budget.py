@@ -288,12 +288,12 @@ def _time_eval(run: Any, batches: int = 4) -> float:
     run.model.eval()
     times: list[float] = []
     with torch.no_grad():
-        t0 = run.estimate._now()
+        t0 = run.estimate.now()
         for x, _y, *_ in run.inputs.val():
             with run.autocast():
                 run.forward.evaluate(x)
-            times.append(run.estimate._now() - t0)
-            t0 = run.estimate._now()
+            times.append(run.estimate.now() - t0)
+            t0 = run.estimate.now()
             if len(times) == batches + 1:
                 break
     per_batch = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else sum(times)  # the first one warms up

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +25,32 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write through a temporary file, fsync, rename: a reader never sees half a file, a crash leaves the old one."""
+@contextlib.contextmanager
+def atomic_file(path: Path, point: str | None = None) -> Iterator[Path]:
+    """Yields a temporary path beside ``path`` (``.<name>.<pid>.tmp``, which a run folder's lock cleans up
+    if its writer was killed); on success it is synced and renamed over ``path``, on any error (Ctrl-C
+    included) removed: a reader never sees half a file, a crash leaves the old one. ``point``: the fault
+    point reached just before the rename."""
     from trainer.failpoints import failpoint
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        if path.suffix == ".pt":
-            failpoint("save", str(tmp))
+        os.chmod(tmp, 0o644)
+        if point:
+            failpoint(point, str(tmp))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """``data`` written to ``path`` through ``atomic_file``."""
+    with atomic_file(path, "save" if path.suffix == ".pt" else None) as tmp:
+        tmp.write_bytes(data)
 
 
 def _sidecar(path: Path) -> Path:

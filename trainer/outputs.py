@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from trainer.errors import UserError
-from trainer.failpoints import failpoint
 
 HEAD_BYTES = 64 * 1024  # what is read of an existing file to tell whose it is
 
@@ -81,16 +79,8 @@ def check_folder(folder: Path, files: dict[str, Callable[[Path], bool]], kind: s
 
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
-    """Yields a temporary path beside ``path``; on success it is synced and renamed over ``path``, on any
-    error (Ctrl-C included) removed: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    try:
+    """checkpoint.atomic_file with the ``output`` fault point (a command's output, just before its rename)."""
+    from trainer.checkpoint import atomic_file as atomic
+
+    with atomic(path, "output") as tmp:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        failpoint("output", str(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -88,13 +88,13 @@ class Estimate:
             self.first_step = self.run.global_step - 1  # this stage's (or resumed session's) first step
         done = self.run.global_step - self.first_step
         if done == self.warmup:
-            self.t0 = self._now()
+            self.t0 = self.now()
         elif done == self.warmup + MEASURED_STEPS:
-            self.seconds_per_step = (self._now() - self.t0) / MEASURED_STEPS
+            self.seconds_per_step = (self.now() - self.t0) / MEASURED_STEPS
             if not quiet:
                 log.info(self.line())
 
-    def _now(self) -> float:
+    def now(self) -> float:
         """The clock once the device has finished the queued work (twice a stage: off the hot path)."""
         if self.run.device.type == "cuda":
             torch.cuda.synchronize(self.run.device)
