@@ -108,7 +108,7 @@ def synthetic_overrides(model: str, image: int, batch: int, precision: str) -> l
 def build(overrides: list[str], run_dir: str) -> Any:
     from hydra import compose, initialize_config_dir
 
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return build_run(compose("train", overrides=overrides), run_dir=run_dir)

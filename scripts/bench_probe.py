@@ -31,7 +31,7 @@ VARIANTS = {
 def main() -> None:
     from hydra import compose, initialize_config_dir
 
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)

@@ -162,7 +162,7 @@ def main() -> None:
 
 
 def landing(data: str, budgets: list[str], out: str | None) -> None:
-    from trainer.budget import parse_duration
+    from trainer.config.values import parse_duration
 
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     lines = [

@@ -19,15 +19,15 @@ from pathlib import Path
 def lr_curves(overrides: list[str]) -> tuple[dict[str, list[float]], int, list[int]]:
     """lr of each group label after every optimizer step; steps per epoch; the step where each stage starts.
 
-    The run's own stage plan over a stand-in model (``trainer.plan.lr_curves``): the same groups, lrs,
+    The run's own stage plan over a stand-in model (``trainer.loop.estimate.lr_curves``): the same groups, lrs,
     optimizers and schedules as a real run, nothing trained.
     """
     import torch
     from hydra.utils import instantiate
 
-    from trainer.build import setup_plan
-    from trainer.config import compose_config
-    from trainer.plan import lr_curves as plan_curves
+    from trainer.config.schema import compose_config
+    from trainer.loop.build import setup_plan
+    from trainer.loop.estimate import lr_curves as plan_curves
 
     cfg = compose_config(overrides)
     splits = instantiate(cfg.data.dataset)
@@ -41,7 +41,7 @@ def lr_curves(overrides: list[str]) -> tuple[dict[str, list[float]], int, list[i
 
 
 def draw(curves: dict[str, list[float]], steps_per_epoch: int, path: Path, title: str) -> None:
-    from trainer.plots import lr_png, write_png
+    from trainer.runs.plots import lr_png, write_png
 
     write_png(lr_png({f"lr/{k}": v for k, v in curves.items() if any(v)}, steps_per_epoch, title), path)
 

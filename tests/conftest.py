@@ -55,7 +55,7 @@ def train(
     command's ``main()`` inside the test's own process (an interpreter start and its imports cost
     seconds per run on a small CPU); sweeps, torchrun launches, compiled runs and runs with their own
     environment are real subprocesses (``python -m trainer``), as is every run under TRAINER_TEST_SUBPROCESS=1."""
-    from trainer import cli
+    from trainer.cli import train as cli
 
     proc = _run_main(cli.main, str(REPO / "trainer" / "__main__.py"), args, cwd) if _in_process_ok(args, env) else None
     if proc is None:  # or the run went on to start torchrun (trainer.devices came with a resumed run)
@@ -105,7 +105,7 @@ def _as_a_process(argv0: str, args: list[str], cwd: Path):
 
     from hydra.core.global_hydra import GlobalHydra
 
-    from trainer import failpoints
+    from trainer.runs import failpoints
 
     saved_env, saved_path, saved_modules = dict(os.environ), list(sys.path), set(sys.modules)
     children, threads_before = set(multiprocessing.active_children()), set(threading.enumerate())
@@ -150,7 +150,7 @@ def _run_main(main, argv0: str, args: list[str], cwd: Path) -> subprocess.Comple
     import io
     import traceback
 
-    from trainer.entry import _exit_code
+    from trainer.cli.entry import _exit_code
 
     out, err, code = io.StringIO(), io.StringIO(), 0
     with _as_a_process(argv0, args, cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -176,12 +176,12 @@ def _all_loggers():
 
 
 def in_process(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m trainer.<module> args`` (predict, evaluate, export) run inside the test's own process:
+    """``python -m trainer.use.<module> args`` (predict, evaluate, export) run inside the test's own process:
     the command's behaviour without an interpreter start and its seconds of imports. Each command's real
     entry point is still run as a subprocess by at least one test."""
     import importlib
 
-    return _run_main(importlib.import_module(f"trainer.{module}").main, f"trainer.{module}", args, cwd)
+    return _run_main(importlib.import_module(f"trainer.use.{module}").main, f"trainer.use.{module}", args, cwd)
 
 
 def start_train(args: list[str], cwd: Path, output: bool = False, **popen: object) -> subprocess.Popen:
@@ -248,8 +248,8 @@ def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def interrupt_and_resume(cfg, folder, at_call):
     """In-process: SIGTERM-stop a run after ``at_call`` batches, resume it from last.pt, return final tensors."""
-    from trainer.build import build_run
-    from trainer.interrupt import RunInterrupted
+    from trainer.loop.build import build_run
+    from trainer.loop.interrupt import RunInterrupted
 
     first = build_run(cfg, run_dir=folder)
     calls = {"n": 0}

@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import TINY, final_tensors, metrics, train
 
-from trainer.budget import MARGIN, BudgetPlan, choose_steps, parse_duration
-from trainer.stages import AUTO_HEAD_FROM, head_epochs_for, plan_stages
+from trainer.config.values import parse_duration
+from trainer.loop.budget import MARGIN, BudgetPlan, choose_steps
+from trainer.loop.stages import AUTO_HEAD_FROM, head_epochs_for, plan_stages
 
 QUICK = [*TINY, "data.dataset.train_size=64", "data.dataset.val_size=32"]
 
@@ -125,7 +126,7 @@ def test_a_resumed_budget_run_keeps_its_plan(tmp_path):
 
 
 def test_the_budget_stops_a_run_that_turns_out_slower_than_timed():
-    from trainer import budget
+    from trainer.loop import budget
 
     plan = BudgetPlan(
         budget_s=100, epochs=10, head_epochs=0, spent_s=10, all_step_s=1, head_step_s=None, eval_s=1, save_s=0,
@@ -170,7 +171,7 @@ def test_an_auto_head_stage_is_kept_when_a_resumed_run_is_made_longer(tmp_path):
 def test_a_shortened_last_epoch_trains_its_steps_and_the_schedule_ends_with_it(compose_cfg, tmp_path, monkeypatch):
     """A plan of 2 epochs of 4 steps with the second cut to 1 step: 5 steps in all, the second epoch
     evaluated after its one step, and the warm-up + cosine schedule at its floor on the last step."""
-    from trainer import build
+    from trainer.loop import build
 
     def planned(run, budget_s, cap, head_rule, head_fixed):
         return BudgetPlan(60, 2, 0, 1.0, 0.1, None, 0.1, 0.1, run.steps_per_epoch, None, run.steps_per_epoch + 1)

@@ -12,7 +12,7 @@ from conftest import HANG_GUARD, REPO, TINY, final_tensors, offline_env, train
 NO_HEAVY_IMPORTS = """
 import sys
 sys.argv = ["train", *sys.argv[1:]]
-from trainer.cli import main
+from trainer.cli.train import main
 try:
     main()
 except SystemExit:
@@ -117,7 +117,7 @@ def test_weights_file_that_does_not_fit_is_refused(tmp_path):
 
 
 def test_console_script_is_installed():
-    assert (REPO / "pyproject.toml").read_text().count('train = "trainer.entry:train"') == 1
+    assert (REPO / "pyproject.toml").read_text().count('train = "trainer.cli.entry:train"') == 1
 
 
 CONFIG_MISTAKES = [
@@ -168,7 +168,7 @@ def test_config_mistakes_get_one_clear_paragraph_and_exit_2(tmp_path, args, expe
 
 
 def test_help_shows_every_group_option_and_the_composed_defaults_with_overrides(tmp_path):
-    from trainer.help import group_options
+    from trainer.cli.help import group_options
 
     proc = train(["--help", "optimizer=sgd", "trainer.epochs=3"], tmp_path)
     out = proc.stdout
@@ -230,7 +230,7 @@ def test_a_users_config_dir_home_paths_and_chdir_work_as_in_hydra(tmp_path):
 
 EXIT_AFTER = """
 import logging, sys, threading
-from trainer.entry import exit_after
+from trainer.cli.entry import exit_after
 case = sys.argv[1]
 log = logging.getLogger("t")
 log.addHandler(logging.FileHandler(sys.argv[2]))

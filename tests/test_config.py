@@ -59,8 +59,8 @@ def _tiny_model():
 
 @pytest.mark.parametrize("option", GROUPS["optimizer"])
 def test_every_optimizer_builds_and_steps(compose_cfg, option, tmp_path):
-    from trainer.build import build_run
     from trainer.errors import UserError
+    from trainer.loop.build import build_run
 
     cfg = compose_cfg(f"optimizer={option}", *TINY, "finetune.head_epochs=0")
     if option == "sparse_adam":  # image models have dense gradients only
@@ -97,8 +97,8 @@ def test_every_optimizer_builds_and_steps(compose_cfg, option, tmp_path):
 
 @pytest.mark.parametrize("option", GROUPS["scheduler"])
 def test_every_scheduler_builds_steps_and_saves(compose_cfg, option, tmp_path):
-    from trainer.build import schedule_builder
-    from trainer.optim import param_groups
+    from trainer.loop.build import schedule_builder
+    from trainer.loop.optim import param_groups
 
     cfg = compose_cfg(f"scheduler={option}", *TINY)
     built = _tiny_model()

@@ -37,7 +37,7 @@ def torchrun(args, cwd, env_extra=None, restarts=0, timeout=HANG_GUARD):
 
 
 def _tensors(run_dir: Path):
-    from trainer.checkpoint import load_checkpoint
+    from trainer.runs.checkpoint import load_checkpoint
 
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     out = {f"model.{k}": v for k, v in state["model"].items()}

@@ -26,9 +26,9 @@ def _leaves(node, prefix=""):
 
 @pytest.mark.slow
 def test_each_key_with_edge_values_builds_or_gets_the_one_paragraph_answer(tmp_path, monkeypatch):
-    from trainer.build import build_run
-    from trainer.config import compose_config, explain_overrides
+    from trainer.config.schema import compose_config, explain_overrides
     from trainer.errors import UserError
+    from trainer.loop.build import build_run
 
     monkeypatch.chdir(tmp_path)
     logging.disable(logging.CRITICAL)

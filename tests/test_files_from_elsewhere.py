@@ -15,9 +15,9 @@ import torch
 from conftest import TINY, in_process, offline_env, train
 from PIL import Image
 
-from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.config.untrusted import load_config, load_yaml, read_yaml
 from trainer.errors import UserError
-from trainer.untrusted import load_config, load_yaml, read_yaml
+from trainer.runs.checkpoint import load_checkpoint, save_checkpoint
 
 # Nine references per level, nine levels: 429 bytes for PyYAML (which shares them), ~43 million nodes
 # once OmegaConf copies every reference.
@@ -33,8 +33,8 @@ BOUNDED = 120  # seconds: the bomb once ran for minutes; an answer is a second o
 
 
 def _entry(command: str, args: list[str], cwd, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """The console script itself (trainer.entry), as its own process."""
-    code = f"from trainer.entry import {command}; {command}()"
+    """The console script itself (trainer.cli.entry), as its own process."""
+    code = f"from trainer.cli.entry import {command}; {command}()"
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],
         cwd=cwd,
@@ -191,7 +191,7 @@ def test_ctrl_c_during_startup_is_one_line_too(tmp_path, finished_run):
 
 
 def test_a_checkpoint_with_a_config_that_is_not_a_mapping_is_refused(tmp_path, finished_run):
-    from trainer.commands import load_trained
+    from trainer.models.trained import load_trained
 
     ckpt = finished_run / "checkpoints" / "best.pt"
     state = load_checkpoint(ckpt)

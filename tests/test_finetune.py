@@ -72,7 +72,7 @@ def test_head_is_never_frozen_and_bad_specs_are_refused():
 
 @pytest.mark.parametrize("mode", ["frozen_stats", "frozen"])
 def test_batchnorm_policy_survives_train_and_an_epoch(compose_cfg, tmp_path, mode):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     run = build_run(
         compose_cfg(*TINY, "trainer.epochs=1", "finetune.head_epochs=0", f"finetune.bn={mode}"), run_dir=tmp_path
@@ -132,7 +132,7 @@ STAGES = "finetune.stages=[{epochs: 1, train: head, lr: 0.003}, {epochs: 2, trai
 
 
 def test_stages_change_the_trainable_set_and_learning_rates_at_the_right_epoch(compose_cfg, tmp_path):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     run = build_run(compose_cfg(*TINY, "trainer.epochs=3", "optimizer.lr=0.001", STAGES), run_dir=tmp_path)
     seen = []
@@ -153,7 +153,7 @@ def test_stages_change_the_trainable_set_and_learning_rates_at_the_right_epoch(c
 
 
 def test_stage_plan_errors_are_clear(compose_cfg, tmp_path):
-    from trainer.stages import plan_stages
+    from trainer.loop.stages import plan_stages
 
     with pytest.raises(UserError, match="cover 5 epochs but trainer.epochs=3"):
         plan_stages([{"epochs": 2, "train": "head"}, {"epochs": 3}], 0, 3)
@@ -170,7 +170,7 @@ def _tensors(run):
 
 
 def test_resume_exactly_at_a_stage_boundary_equals_an_unbroken_run(compose_cfg, tmp_path):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     cfg = compose_cfg(*TINY, "trainer.epochs=3", STAGES)
     unbroken = build_run(cfg, run_dir=tmp_path / "a")
@@ -189,7 +189,7 @@ def test_resume_exactly_at_a_stage_boundary_equals_an_unbroken_run(compose_cfg, 
 
 
 def test_layer_decay_scales_lr_by_depth(compose_cfg, tmp_path):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     run = build_run(
         compose_cfg(
@@ -210,7 +210,7 @@ def test_layer_decay_scales_lr_by_depth(compose_cfg, tmp_path):
 
 @pytest.mark.parametrize("cache", [False, True])
 def test_linear_probe_runs_the_backbone_without_gradients(compose_cfg, tmp_path, cache):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     run = build_run(
         compose_cfg(
@@ -235,7 +235,7 @@ def test_linear_probe_runs_the_backbone_without_gradients(compose_cfg, tmp_path,
     first, last = summary["history"][0], summary["history"][-1]
     assert last["train/loss"] < first["train/loss"] and summary["best"] > 0.4, summary["history"]  # chance 0.25
     if cache:
-        from trainer.steps import Forward, ImageInputs
+        from trainer.loop.steps import Forward, ImageInputs
 
         cached = run.evaluate()[0]  # the head on cached features
         run.forward, run.inputs = Forward(run.model, run.model), ImageInputs(run.loaders, run.device, run.memory_format)
@@ -297,8 +297,8 @@ def test_hub_weights_are_read_from_the_cache_and_their_sha256_recorded(tmp_path,
 
 
 def test_cache_features_auto_caches_a_probe_only_when_it_changes_no_result(compose_cfg, tmp_path):
-    from trainer.build import build_run
-    from trainer.steps import CachedInputs
+    from trainer.loop.build import build_run
+    from trainer.loop.steps import CachedInputs
 
     def probe(*extra):
         args = (*TINY, "trainer.epochs=2", "finetune.head_epochs=0", "model.freeze=backbone", "optimizer.lr=0.1")

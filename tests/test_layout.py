@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import REPO
@@ -72,14 +74,64 @@ def test_modules_and_functions_stay_small():
 
 
 def test_the_run_reads_no_config_and_the_loop_fits_on_a_screen():
-    tree = ast.parse((PACKAGE / "run.py").read_text())
+    tree = ast.parse((PACKAGE / "loop" / "run.py").read_text())
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
         n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
     }
     assert "cfg" not in names and "DictConfig" not in names and "OmegaConf" not in names
     loop = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "train_one_epoch")
     assert loop.end_lineno - loop.lineno + 1 <= 45
-    readers = [
-        p.name for p in PACKAGE.rglob("*.py") if "build_run" in p.read_text() and "def build_run" in p.read_text()
-    ]
-    assert readers == ["build.py"]
+    readers = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "def build_run" in p.read_text()]
+    assert readers == ["loop/build.py"]
+
+
+# Rooms from the bottom up: a module may import its own room and the rooms before it, never one after.
+LAYERS = [
+    ("trainer", "trainer.errors"),
+    ("trainer.config",),
+    ("trainer.runs",),
+    ("trainer.data", "trainer.models", "trainer.losses", "trainer.metrics", "trainer.distributed"),
+    ("trainer.loop",),
+    ("trainer.use", "trainer.sweeps"),
+    ("trainer.cli", "trainer.__main__"),
+]
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def _level(module: str) -> int:
+    room = _room(module)
+    return next(i for i, layer in enumerate(LAYERS) if room in layer or module in layer)
+
+
+def test_no_room_imports_a_room_above_it():
+    modules = _modules()
+    upward = []
+    for name, path in modules.items():
+        for dep in _imports(name, path, set(modules)):
+            if dep != "trainer" and _room(dep) != _room(name) and _level(dep) > _level(name):
+                upward.append(f"{name} imports {dep}")
+    assert not upward, upward
+
+
+def test_the_top_of_the_package_stays_small():
+    entries = sorted(p.name for p in PACKAGE.iterdir() if p.name not in ("__pycache__", "conf"))
+    assert len(entries) <= 14, entries
+    rooms = [p for p in PACKAGE.iterdir() if p.is_dir() and p.name not in ("__pycache__", "conf")]
+    for room in rooms:  # each room says what lives there and what may import it
+        doc = ast.get_docstring(ast.parse((room / "__init__.py").read_text()))
+        assert doc and "import" in doc, f"{room.name}/__init__.py: no docstring naming what may import it"
+
+
+def test_the_shell_rooms_import_no_torch():
+    """`train` answers a mistyped key before torch is imported: cli/ and config/ import no torch at their top."""
+    code = (
+        "import sys; import trainer.cli.train, trainer.cli.help, trainer.cli.entry, trainer.config.schema, "
+        "trainer.config.overrides, trainer.config.targets, trainer.config.untrusted, trainer.runs.resume; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -51,7 +51,11 @@ def test_the_wheel_installs_and_trains_from_an_empty_folder(tmp_path):
     env = {**offline_env(empty), "PYTHONPATH": ""}
 
     where = subprocess.run(
-        [bin_dir / "python", "-c", "import trainer, trainer.config as c; print(trainer.__file__); print(c.CONF_DIR)"],
+        [
+            bin_dir / "python",
+            "-c",
+            "import trainer, trainer.config.schema as c; print(trainer.__file__); print(c.CONF_DIR)",
+        ],
         cwd=empty,
         env=env,
         capture_output=True,

@@ -9,8 +9,8 @@ from conftest import TINY, final_tensors, interrupt_and_resume
 
 
 def test_ema_weights_differ_from_the_trained_ones_and_are_what_evaluation_scores(compose_cfg, tmp_path):
-    from trainer.build import build_run
-    from trainer.checkpoint import inference_weights, load_checkpoint
+    from trainer.loop.build import build_run
+    from trainer.runs.checkpoint import inference_weights, load_checkpoint
 
     run = build_run(compose_cfg(*TINY, "trainer.epochs=2", "trainer.ema_decay=0.9"), run_dir=tmp_path)
     summary = run.fit()
@@ -29,7 +29,7 @@ def test_ema_weights_differ_from_the_trained_ones_and_are_what_evaluation_scores
 
 
 def test_ema_decay_warms_up_so_the_first_averages_follow_the_weights(compose_cfg, tmp_path):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     run = build_run(compose_cfg(*TINY, "trainer.ema_decay=0.9998"), run_dir=tmp_path)
     decay = run.ema.ema.get_decay
@@ -38,7 +38,7 @@ def test_ema_decay_warms_up_so_the_first_averages_follow_the_weights(compose_cfg
 
 @pytest.mark.slow
 def test_a_run_with_ema_resumes_exactly(compose_cfg, tmp_path):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     cfg = compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0", "trainer.ema_decay=0.95")
     build_run(cfg, run_dir=tmp_path / "a").fit()
@@ -53,8 +53,8 @@ def test_early_stop_ends_after_patience_epochs_without_improvement_and_counts_as
 ):
     from omegaconf import OmegaConf
 
-    from trainer.build import build_run
-    from trainer.checkpoint import is_finished
+    from trainer.loop.build import build_run
+    from trainer.runs.checkpoint import is_finished
 
     # lr ~0: nothing improves after the first epoch, so patience 1 stops after epoch 2 of 5
     cfg = compose_cfg(*TINY, "trainer.epochs=5", "optimizer.lr=1e-12", "trainer.early_stop_patience=1")
@@ -98,7 +98,7 @@ def test_augment_policies_and_random_erasing_are_seeded_per_sample(augment, poli
 
 
 def test_mixup_and_cutmix_give_soft_targets_seeded_per_batch(compose_cfg, tmp_path):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     run = build_run(compose_cfg(*TINY, "data.mixup=0.4", "data.cutmix=1.0", "trainer.epochs=2"), run_dir=tmp_path)
     x, y, _ = next(iter(run.inputs.train(0, 0)))
@@ -136,7 +136,7 @@ def test_balanced_sampler_draws_each_class_about_equally_and_resumes_mid_epoch()
 
 @pytest.mark.slow
 def test_a_run_with_mixup_cutmix_and_the_balanced_sampler_resumes_exactly(compose_cfg, tmp_path):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     recipe = ("data.mixup=0.2", "data.cutmix=1.0", "data.sampler=balanced", "data.augment=randaugment")
     cfg = compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0", *recipe)
@@ -157,8 +157,8 @@ def test_a_run_with_mixup_cutmix_and_the_balanced_sampler_resumes_exactly(compos
     ],
 )
 def test_recipes_that_cannot_work_are_refused_with_the_reason(compose_cfg, tmp_path, args, says):
-    from trainer.build import build_run
     from trainer.errors import UserError
+    from trainer.loop.build import build_run
 
     with pytest.raises(UserError, match=says):
         build_run(compose_cfg(*TINY, *args), run_dir=tmp_path)
@@ -179,7 +179,7 @@ def test_image_size_auto_follows_the_images_the_model_and_the_device():
 def test_image_size_auto_reads_the_folder_and_says_what_it_chose(compose_cfg, tmp_path, caplog):
     from PIL import Image
 
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     for c, colour in enumerate(("red", "blue")):
         (tmp_path / "data" / f"c{c}").mkdir(parents=True)
@@ -213,7 +213,7 @@ def test_plan_true_says_what_the_run_will_do_and_cost_then_stops_without_trainin
 
 
 def test_every_run_logs_its_plan_and_an_estimate_from_its_first_steps(compose_cfg, tmp_path, caplog):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     run = build_run(compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=1"), run_dir=tmp_path)
     with caplog.at_level("INFO", logger="trainer"):
@@ -227,9 +227,9 @@ def test_every_run_logs_its_plan_and_an_estimate_from_its_first_steps(compose_cf
 def test_lr_find_leaves_the_run_unchanged_and_suggests_an_lr_inside_its_ramp(
     compose_cfg, tmp_path, monkeypatch, head_epochs
 ):
-    from trainer import lr_find
-    from trainer.build import build_run
-    from trainer.lr_find import find_lr
+    from trainer.loop import lr_find
+    from trainer.loop.build import build_run
+    from trainer.loop.lr_find import find_lr
 
     monkeypatch.setattr(lr_find, "STEPS", 30)
 
@@ -250,7 +250,7 @@ def test_lr_find_leaves_the_run_unchanged_and_suggests_an_lr_inside_its_ramp(
 
 
 def test_the_suggestion_is_the_steepest_descent_before_the_minimum():
-    from trainer.lr_find import suggest
+    from trainer.loop.lr_find import suggest
 
     lrs = [10.0**e for e in range(-6, 2)]  # 1e-6 .. 10
     loss = [2.0, 2.0, 1.9, 1.2, 0.9, 0.8, 1.5, 9.0]  # falls fastest 1e-4 -> 1e-3, lowest at 1e-1
@@ -263,9 +263,9 @@ def test_the_suggestion_is_the_steepest_descent_before_the_minimum():
 def test_optimizer_lr_auto_trains_with_the_found_lr_and_saves_it_in_the_config(compose_cfg, tmp_path, monkeypatch):
     import yaml
 
-    from trainer import lr_find
-    from trainer.build import build_run
-    from trainer.checkpoint import load_checkpoint
+    from trainer.loop import lr_find
+    from trainer.loop.build import build_run
+    from trainer.runs.checkpoint import load_checkpoint
 
     monkeypatch.setattr(lr_find, "STEPS", 30)
     run = build_run(compose_cfg(*TINY, "trainer.epochs=1", "optimizer.lr=auto"), run_dir=tmp_path)
@@ -281,8 +281,8 @@ def test_optimizer_lr_auto_trains_with_the_found_lr_and_saves_it_in_the_config(c
 def test_a_distilled_students_loss_uses_the_teacher(compose_cfg, tmp_path):
     import torch.nn.functional as F
 
-    from trainer.build import build_run
     from trainer.errors import UserError
+    from trainer.loop.build import build_run
 
     build_run(compose_cfg(*TINY, "trainer.epochs=1"), run_dir=tmp_path / "teacher").fit()
     cfg = compose_cfg(

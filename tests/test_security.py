@@ -98,8 +98,8 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def _build(overrides: list[str], run_dir):
-    from trainer.build import build_run
-    from trainer.config import compose_config
+    from trainer.config.schema import compose_config
+    from trainer.loop.build import build_run
 
     return build_run(compose_config(overrides), run_dir=run_dir)
 
@@ -115,7 +115,7 @@ def test_a_payload_on_the_command_line_is_refused_and_nothing_runs(in_tmp, name)
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_payload_in_a_run_folders_stored_overrides_is_refused(in_tmp, name):
-    from trainer.resume import resolve_resume
+    from trainer.runs.resume import resolve_resume
 
     run = in_tmp / "shared_run"
     (run / ".hydra").mkdir(parents=True)
@@ -131,9 +131,9 @@ def test_a_payload_in_a_run_folders_stored_overrides_is_refused(in_tmp, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_payload_in_a_checkpoints_embedded_config_is_refused(in_tmp, name):
-    from trainer.config import compose_config
-    from trainer.evaluate import evaluate
-    from trainer.export import export
+    from trainer.config.schema import compose_config
+    from trainer.use.evaluate import evaluate
+    from trainer.use.export import export
 
     cfg = compose_config(TINY)
     cfg.loss.weight = OmegaConf.create(payloads(in_tmp)[name])
@@ -148,7 +148,7 @@ def test_a_payload_in_a_checkpoints_embedded_config_is_refused(in_tmp, name):
 
 
 def test_allow_targets_stored_in_a_run_folder_is_not_trusted(in_tmp, capsys):
-    from trainer.resume import resolve_resume
+    from trainer.runs.resume import resolve_resume
 
     run = in_tmp / "shared_run"
     (run / ".hydra").mkdir(parents=True)
@@ -162,7 +162,7 @@ def test_allow_targets_stored_in_a_run_folder_is_not_trusted(in_tmp, capsys):
 
 
 def test_what_a_config_may_build():
-    from trainer.targets import check_targets, why_refused
+    from trainer.config.targets import check_targets, why_refused
 
     for ok in (
         "torch.optim.SGD",
@@ -170,14 +170,14 @@ def test_what_a_config_may_build():
         "torch.optim.lr_scheduler.ReduceLROnPlateau",
         "torch.nn.CrossEntropyLoss",
         "trainer.losses.DiceLoss",
-        "trainer.schedules.warmup_cosine",
+        "trainer.loop.schedules.warmup_cosine",
         "trainer.data.datasets.load_imagefolder",
         "trainer.models.create_model",
         "torchvision.transforms.v2.RandomResizedCrop",
     ):
         assert why_refused(ok) is None, ok
     for bad in (
-        "trainer.checkpoint.atomic_write_bytes",  # ours, but it writes files
+        "trainer.runs.checkpoint.atomic_write_bytes",  # ours, but it writes files
         "torchvision.datasets.CIFAR10",  # unpickles the files under its root
         "timm.create_model",  # loads pretrained files named in its arguments
         "torch.jit.ScriptModule",
@@ -213,7 +213,7 @@ def _flip_a_tensor_byte(path, tensor) -> None:
 
 
 def test_a_checkpoint_carries_its_own_digest(tmp_path):
-    from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint
+    from trainer.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint
 
     w = torch.randn(64, 32)
     state = {
@@ -238,7 +238,7 @@ def test_a_checkpoint_carries_its_own_digest(tmp_path):
 
 @pytest.mark.slow
 def test_a_flipped_byte_without_a_sidecar_is_refused_and_resume_auto_falls_back(tmp_path):
-    from trainer.checkpoint import load_checkpoint
+    from trainer.runs.checkpoint import load_checkpoint
 
     args = [*TINY, "trainer.epochs=1", "checkpoint.every_n_steps=2"]
     run = tmp_path / "outputs" / "run"
@@ -319,7 +319,7 @@ def test_a_refused_resume_leaves_the_run_folder_byte_for_byte(tmp_path, finished
 
 @pytest.mark.slow
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path):
-    from trainer.checkpoint import load_checkpoint
+    from trainer.runs.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     args = [*TINY, "trainer.epochs=3", f"hydra.run.dir={run}"]
@@ -336,7 +336,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path):
 
 
 def test_a_run_folder_that_cannot_be_written_is_refused_at_once(tmp_path, monkeypatch):
-    from trainer.cli import check_writable
+    from trainer.cli.train import check_writable
 
     monkeypatch.chdir(tmp_path)
     check_writable(["hydra.run.dir=a/new/folder"])  # created later, under a writable folder

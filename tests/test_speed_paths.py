@@ -346,7 +346,7 @@ def test_a_run_with_jpegs_decoded_on_the_device_trains_and_evaluates(tmp_path):
     ],
 )
 def test_precision_auto_picks_bf16_only_on_cpus_with_native_bf16(tmp_path, monkeypatch, caplog, flags, expected):
-    from trainer import build
+    from trainer.loop import build
 
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\n{flags}\n\nprocessor\t: 1\n{flags}\n")

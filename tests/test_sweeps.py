@@ -115,7 +115,7 @@ def test_submitit_local_executor_runs_a_sweep(tmp_path):
 
 
 def test_the_plot_holds_the_swept_values_and_their_results():
-    from trainer.sweep_plot import swept_points
+    from trainer.sweeps.summary import swept_points
 
     rows = [
         {"swept": "optimizer.lr=0.001 data.batch_size=16", "best": 0.8, "monitor": "val/acc"},
@@ -144,7 +144,7 @@ def test_plots_are_drawn_with_matplotlib_and_readable(tmp_path):
     import torch
     from PIL import Image
 
-    from trainer.plots import confusion_png, png_array, sweep_png, write_png
+    from trainer.runs.plots import confusion_png, png_array, sweep_png, write_png
 
     points = {"optimizer.lr": [("0.0001", 0.5), ("0.01", 0.9)], "model": [("resnet18", 0.7), ("resnet34", 0.8)]}
     path = write_png(sweep_png(points, "val/acc"), tmp_path / "summary.png")

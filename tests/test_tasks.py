@@ -190,8 +190,8 @@ def test_every_loss_is_finite_at_the_edges_for_every_task_it_serves(compose_cfg,
     ],
 )
 def test_what_cannot_serve_the_task_is_refused_with_what_fits(compose_cfg, tmp_path, args, message):
-    from trainer.build import build_run
     from trainer.errors import UserError
+    from trainer.loop.build import build_run
 
     cfg = compose_cfg(*TINY, *args)
     with pytest.raises(UserError) as err:
@@ -203,7 +203,7 @@ def test_what_cannot_serve_the_task_is_refused_with_what_fits(compose_cfg, tmp_p
 
 
 def _lrs(compose_cfg, option, *overrides, steps_per_epoch=4, epochs=6, metric=lambda epoch: 1.0):
-    from trainer.build import schedule_builder
+    from trainer.loop.build import schedule_builder
 
     cfg = compose_cfg(*TINY, f"scheduler={option}", *overrides)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -267,7 +267,7 @@ def test_a_linear_warmup_goes_in_front_of_any_schedule(compose_cfg):
 
 
 def test_resume_mid_warmup_continues_the_same_lrs(compose_cfg):
-    from trainer.build import schedule_builder
+    from trainer.loop.build import schedule_builder
 
     cfg = compose_cfg(*TINY, "scheduler=exponential", "schedule.warmup_epochs=1.5", "scheduler.gamma=0.5")
 
@@ -413,7 +413,7 @@ def test_multilabel_from_a_csv_beats_chance_by_a_wide_margin(tmp_path):
 
 @pytest.mark.slow
 def test_binary_task_has_one_output_and_its_metrics(tmp_path):
-    from trainer.checkpoint import load_checkpoint
+    from trainer.runs.checkpoint import load_checkpoint
 
     run_dir = tmp_path / "run"
     train(
@@ -497,7 +497,7 @@ def test_segfolder_reads_images_and_masks_by_stem(tmp_path):
 
 
 def test_torch_cross_entropy_as_the_loss_takes_the_data_ignore_index_or_its_own_default(compose_cfg, tmp_path):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     cfg = compose_cfg(*TINY, "trainer.epochs=1", "finetune.head_epochs=0", "loss._target_=torch.nn.CrossEntropyLoss")
     run = build_run(cfg, run_dir=tmp_path / "a")

@@ -84,7 +84,7 @@ def test_tiny_run_learns_and_leaves_a_complete_run_folder(tmp_path):
 
 
 def test_head_only_stage_freezes_backbone_and_its_batchnorm(compose_cfg, tmp_path):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     cfg = compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=1")
     run = build_run(cfg, run_dir=tmp_path)
@@ -108,7 +108,7 @@ def test_head_only_stage_freezes_backbone_and_its_batchnorm(compose_cfg, tmp_pat
 
 
 def test_checkpoint_round_trip_restores_every_tensor(compose_cfg, tmp_path):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     cfg = compose_cfg(*TINY, "trainer.epochs=1", "finetune.head_epochs=0")
     run = build_run(cfg, run_dir=tmp_path / "a")
@@ -231,7 +231,7 @@ def test_the_builtin_demo(tmp_path):
 )
 @pytest.mark.slow
 def test_training_settings_learn(compose_cfg, tmp_path, overrides):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     cfg = compose_cfg(*TINY, "trainer.epochs=3", "finetune.head_epochs=0", *overrides)
     run = build_run(cfg, run_dir=tmp_path)
@@ -248,7 +248,7 @@ def test_training_settings_learn(compose_cfg, tmp_path, overrides):
 def test_evaluate_reads_a_checkpoint(tmp_path, finished_run):
     run_dir = finished_run
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer.evaluate", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}"],
+        [sys.executable, "-m", "trainer.use.evaluate", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}"],
         capture_output=True,
         text=True,
         env=offline_env(tmp_path),
@@ -385,8 +385,8 @@ BROKEN = {"empty": "is empty", "truncated": "cannot be read", "garbage": "cannot
 @pytest.mark.slow
 def test_a_broken_checkpoint_gives_a_clear_error_naming_the_file(tmp_path, finished_run):
     """Each kind of damage read directly; one of them resumed through the real command (exit 2)."""
-    from trainer.checkpoint import load_checkpoint
     from trainer.errors import UserError
+    from trainer.runs.checkpoint import load_checkpoint
 
     last = finished_run / "checkpoints" / "last.pt"
     good = last.read_bytes()
@@ -538,8 +538,8 @@ class _NaNOn:
 
 
 def test_nonfinite_stop_keeps_the_last_good_checkpoint(compose_cfg, tmp_path):
-    from trainer.build import build_run
     from trainer.errors import UserError
+    from trainer.loop.build import build_run
 
     run = build_run(
         compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0", "trainer.log_every=100"), run_dir=tmp_path
@@ -555,7 +555,7 @@ def test_nonfinite_stop_keeps_the_last_good_checkpoint(compose_cfg, tmp_path):
 
 
 def test_nonfinite_skip_skips_the_batch_and_trains_on(compose_cfg, tmp_path):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     run = build_run(
         compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0", "trainer.nonfinite=skip"), run_dir=tmp_path
@@ -568,8 +568,8 @@ def test_nonfinite_skip_skips_the_batch_and_trains_on(compose_cfg, tmp_path):
 
 
 def test_out_of_memory_names_the_batch_size_and_what_to_change(compose_cfg, tmp_path):
-    from trainer.build import build_run
     from trainer.errors import UserError
+    from trainer.loop.build import build_run
 
     run = build_run(compose_cfg(*TINY, "trainer.epochs=1"), run_dir=tmp_path)
 
@@ -642,8 +642,8 @@ def test_sigkill_at_any_point_then_resume_auto_equals_the_unbroken_run(tmp_path,
 
 def test_negative_control_resume_without_the_sampler_position_differs(compose_cfg, tmp_path, monkeypatch):
     """The equality checks above can fail: forget where the epoch stopped, and the weights differ."""
-    from trainer.build import build_run
     from trainer.data.loaders import EpochSampler
+    from trainer.loop.build import build_run
 
     cfg = compose_cfg(*TINY, "trainer.epochs=2", "finetune.head_epochs=0")
     unbroken = build_run(cfg, run_dir=tmp_path / "a")
@@ -672,7 +672,7 @@ def test_a_plateau_scheduler_run_resumes_exactly(compose_cfg, tmp_path):
         "optimizer=sgd",
         "optimizer.lr=0.05",
     )
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     unbroken = build_run(cfg, run_dir=tmp_path / "a")
     unbroken.fit()
@@ -699,7 +699,7 @@ def test_extending_a_finished_run_gives_the_new_epochs_a_fresh_schedule(tmp_path
 
 
 def test_fp16_steps_the_scaler_skips_do_not_advance_the_schedule(compose_cfg, tmp_path):
-    from trainer.build import build_run
+    from trainer.loop.build import build_run
 
     run = build_run(
         compose_cfg(
@@ -754,7 +754,7 @@ def test_resume_with_other_classes_is_refused(tmp_path):
 
 
 def test_hparams_show_the_essentials_then_what_the_command_line_set():
-    from trainer.tracking import chosen_hparams
+    from trainer.runs.tracking import chosen_hparams
 
     flat = {
         "seed": 1,

@@ -111,7 +111,7 @@ def test_export_formats_equal_torch_and_timm_loads_the_exported_config(colour_ru
     import torch
     from safetensors.torch import load_file
 
-    from trainer.commands import load_trained
+    from trainer.models.trained import load_trained
 
     tmp, run = colour_run
     trained = load_trained(str(run))

@@ -1,3 +1,3 @@
-from trainer.entry import train
+from trainer.cli.entry import train
 
 train()

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.config import TASKS
+from trainer.config.schema import TASKS
 
 SOFTMAX_TASKS = ("multiclass", "segmentation")
 

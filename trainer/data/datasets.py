@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.config import TASKS
+from trainer.config.schema import TASKS
+from trainer.config.targets import buildable
 from trainer.data.images import (
     IMAGE_EXTENSIONS,
     BadImage,
@@ -27,7 +28,6 @@ from trainer.data.images import (
     decode_mask,
 )
 from trainer.errors import UserError
-from trainer.targets import buildable
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ import torchvision
 from timm.data import resolve_data_config
 from torch import nn
 
+from trainer.config.targets import buildable
 from trainer.errors import UserError
 from trainer.models.decoders import FPNDecoder, SegmentationModel, UNetDecoder
 from trainer.models.weights import (
@@ -24,7 +25,6 @@ from trainer.models.weights import (
     timm_cached_file,
     wants_file,
 )
-from trainer.targets import buildable
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from trainer.checkpoint import DIGEST_KEY, verify_digest
 from trainer.errors import UserError
+from trainer.runs.checkpoint import DIGEST_KEY, verify_digest
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,275 @@
+"""``trainer.time_budget``: a run planned to end within a wall-clock budget (``90s``, ``10m``, ``1h30m``).
+
+Before training, a few optimizer steps of each kind of stage the run may use are timed (all layers;
+the head only where the plan has a head stage), one pass over a few validation batches is timed and
+scaled to the whole split, and one checkpoint is serialized; the model, optimizer and random streams
+are then put back exactly as they were, so the run trains as if nothing had been measured. From
+what is left of the budget (the time since the command started is already spent) and the cost of an
+epoch, the number of epochs, the head stage's share (``finetune.head_epochs: auto``) and so the
+schedule's length are chosen. With ``trainer.epochs`` also given on the command line, the budget is a
+cap: never more epochs than that. The chosen plan is kept in every checkpoint, so a resumed run
+continues the same plan instead of measuring again.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+log = logging.getLogger("trainer")
+
+STARTED = time.monotonic()  # as the command started (mark_start): the budget counts the start-up too
+SLACK = 0.05  # an epoch may end this far past the budget before the run stops early instead
+MARGIN = 0.03  # of the budget, kept for what is not timed (the run's summary, the exit)
+
+
+def mark_start() -> None:
+    global STARTED
+    STARTED = time.monotonic()
+
+
+def _duration(seconds: float) -> str:
+    """Seconds up to ten minutes, then the plan's own rounding (a budget of 100 s is not "2 min")."""
+    from trainer.loop.estimate import _duration as rounded
+
+    return f"{seconds:.0f} s" if seconds < 600 else rounded(seconds)
+
+
+@dataclass
+class BudgetPlan:
+    """What was chosen, and the measurements it was chosen from (saved in each checkpoint)."""
+
+    budget_s: float
+    epochs: int
+    head_epochs: int
+    spent_s: float  # before training: start-up and the measurements
+    all_step_s: float
+    head_step_s: float | None
+    eval_s: float
+    save_s: float
+    steps_per_epoch: int
+    cap: int | None = None  # trainer.epochs, when given with the budget
+    total_steps: int | None = None  # optimizer steps in all: the last epoch cut short to fit (None: every epoch whole)
+    stop_reason: str = ""  # set when the run stops early to keep within the budget
+    used_s: float = 0.0  # wall-clock seconds used so far, all sessions (at the last epoch's end)
+    resumed_from_s: float = 0.0  # what earlier sessions used, for a resumed run
+
+    def epoch_s(self, head: bool) -> float:
+        step = self.head_step_s if head and self.head_step_s is not None else self.all_step_s
+        return step * self.steps_per_epoch + self.eval_s + self.save_s
+
+    @property
+    def planned_s(self) -> float:
+        head, rest = self.head_epochs * self.epoch_s(True), (self.epochs - self.head_epochs) * self.epoch_s(False)
+        return self.spent_s + head + rest - (self.epochs * self.steps_per_epoch - self.steps) * self.all_step_s
+
+    @property
+    def steps(self) -> int:
+        return self.total_steps if self.total_steps is not None else self.epochs * self.steps_per_epoch
+
+    def batches_in(self, epoch: int, batches_per_epoch: int, accumulate: int) -> int:
+        """Batches epoch ``epoch`` (0-based) trains: all, or in the shortened last epoch what its steps take."""
+        left = self.steps - epoch * self.steps_per_epoch
+        return batches_per_epoch if left >= self.steps_per_epoch else max(1, min(batches_per_epoch, left * accumulate))
+
+    def shorten(self, stages: list[Any]) -> list[Any]:
+        """The stages, the last one told its steps when the last epoch is cut short (its schedule ends there)."""
+        import dataclasses
+
+        if self.steps >= self.epochs * self.steps_per_epoch or not stages:
+            return stages
+        last = stages[-1]
+        return [*stages[:-1], dataclasses.replace(last, steps=self.steps - last.start * self.steps_per_epoch)]
+
+    def lines(self) -> list[str]:
+
+        cap = self.cap
+        head = f", {self.head_step_s:.3f} s (head only)" if self.head_step_s is not None else ""
+        why = f"trainer.epochs={cap} caps it" if cap is not None and self.epochs == cap else "what fits"
+        if self.steps < self.epochs * self.steps_per_epoch:
+            cut = self.steps - (self.epochs - 1) * self.steps_per_epoch
+            why += f", the last one cut to {cut} of its {self.steps_per_epoch} steps"
+        return [
+            f"time budget {_duration(self.budget_s)}: {_duration(self.spent_s)} spent on start-up and timing; an "
+            f"optimizer step {self.all_step_s:.3f} s (all layers){head}, {self.steps_per_epoch} an epoch; evaluation "
+            f"{self.eval_s:.1f} s and a checkpoint {self.save_s:.1f} s an epoch",
+            f"time budget: {self.epochs} epoch(s) ({why}), {self.head_epochs} of them head only; planned to end "
+            f"after ~{_duration(self.planned_s)} of the {_duration(self.budget_s)}",
+        ]
+
+    def out_of_time(self, epochs_done: int, now: float | None = None) -> bool:
+        """After an epoch: would one more, at the wall-clock pace of the epochs so far (their saves and
+        logging included), end past the budget by more than the slack? A machine slower than when it was
+        timed then stops early instead of overrunning."""
+        self.used_s = self.resumed_from_s + ((time.monotonic() if now is None else now) - STARTED)
+        if epochs_done < 1:
+            return False
+        per_epoch = max(0.0, self.used_s - self.spent_s) / epochs_done
+        share = min(1.0, max(0, self.steps - epochs_done * self.steps_per_epoch) / self.steps_per_epoch)
+        end_s = self.eval_s + self.save_s
+        per_epoch = share * per_epoch + (1 - share) * min(per_epoch, end_s)  # the next one may be a short one
+        if self.used_s + per_epoch <= self.budget_s * (1 + SLACK):
+            return False
+
+        self.stop_reason = (
+            f"the time budget ({_duration(self.budget_s)}) has no room for another epoch of ~{_duration(per_epoch)} "
+            f"(~{_duration(self.used_s)} used); the run counts as finished"
+        )
+        return True
+
+    def to_state(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def resumed(cls, checkpoint: dict[str, Any]) -> BudgetPlan | None:
+        """The plan a checkpoint's run was trained with, to continue (None: it had no budget)."""
+        plan = cls.from_state(checkpoint.get("budget"))
+        if plan is not None:
+            plan.resumed_from_s, plan.stop_reason = plan.used_s, ""
+            log.info(
+                "time budget: the resumed run's own plan, %d epoch(s), %d head only", plan.epochs, plan.head_epochs
+            )
+        return plan
+
+    def apply(self, run: Any, stages: list[Any]) -> None:
+        """The run trains this plan: its stages (the last one shortened), its length, and the plan kept."""
+        run.plan.stages = self.shorten(stages)
+        run.epochs, run.budget = self.epochs, self
+        for line in self.lines():
+            log.info(line)
+
+    @classmethod
+    def from_state(cls, state: Any) -> BudgetPlan | None:
+        if not isinstance(state, dict):
+            return None
+        try:
+            return cls(**{k: state[k] for k in cls.__dataclass_fields__})
+        except (KeyError, TypeError):
+            return None
+
+
+def choose_steps(
+    remaining_s: float,
+    steps_per_epoch: int,
+    step_s: tuple[float, float],
+    epoch_end_s: float,
+    head_rule: Callable[[int], int],
+    cap: int | None,
+) -> tuple[int, int, int]:
+    """(epochs, head epochs, optimizer steps in all) that fill ``remaining_s``: whole epochs while they fit,
+    then a last one cut short (to no less than a tenth of it); each epoch, the last included, pays ``epoch_end_s``
+    (evaluation and a save). ``step_s``: (all layers, head only) seconds a step. At least one epoch
+    (a whole one when not even a step fits); at most ``cap`` epochs. ``head_rule(epochs)``: the head-only epochs of a run that long."""
+    all_s, head_s = step_s
+    best = (1, min(head_rule(1), 1), steps_per_epoch)
+    for epochs in range(1, (cap or 100_000) + 1):
+        head = min(head_rule(epochs), epochs)
+        left = remaining_s - epochs * epoch_end_s - head * steps_per_epoch * head_s
+        if head == epochs:  # every epoch head only: whole epochs
+            if left < 0:
+                break
+            best = (epochs, head, epochs * steps_per_epoch)
+            continue
+        can = int(left // all_s) if all_s > 0 else 10**12
+        whole = (epochs - head) * steps_per_epoch
+        if can < whole - steps_per_epoch + max(1, steps_per_epoch // 10):  # not a tenth of this epoch fits
+            break
+        best = (epochs, head, head * steps_per_epoch + min(can, whole))
+        if can < whole:  # this epoch is the shortened last one
+            break
+    return best
+
+
+def plan_budget(run: Any, budget_s: float, cap: int | None, head_rule: Any, head_fixed: bool) -> BudgetPlan:
+    """Time the run's steps, evaluation and a save, put everything back, and choose the plan."""
+    from trainer.loop.stages import plan_stages
+    from trainer.runs.checkpoint import rng_state, set_rng_state
+
+    saved_model = copy.deepcopy(run.model.state_dict())
+    saved_scaler = copy.deepcopy(run.scaler.state_dict())
+    saved_rng = rng_state()
+    stages = run.plan.stages
+    try:
+        all_step = _time_stage(run, plan_stages(None, 0, 1))
+        eval_s = _time_eval(run)
+        save_s = _time_save(run)
+        head_step = None
+        remaining = budget_s * (1 - MARGIN) - (time.monotonic() - STARTED)
+        plain = choose_steps(remaining, run.steps_per_epoch, (all_step, all_step), eval_s + save_s, lambda e: 0, cap)
+        if head_fixed or head_rule(plain[0]) > 0:
+            head_step = _time_stage(run, plan_stages(None, 1, 2))  # the plan will hold a head stage: time it too
+    finally:
+        run.model.load_state_dict(saved_model)
+        run.scaler.load_state_dict(saved_scaler)
+        set_rng_state(saved_rng)
+        run.plan.stages = stages
+        run.global_step = 0
+    spent = time.monotonic() - STARTED
+    remaining = budget_s * (1 - MARGIN) - spent
+    step_s = (all_step, head_step if head_step is not None else all_step)
+    epochs, head, steps = choose_steps(remaining, run.steps_per_epoch, step_s, eval_s + save_s, head_rule, cap)
+    total = steps if steps < epochs * run.steps_per_epoch else None
+    return BudgetPlan(
+        budget_s, epochs, head, spent, all_step, head_step, eval_s, save_s, run.steps_per_epoch, cap, total
+    )
+
+
+def _time_stage(run: Any, stages: list[Any]) -> float:
+    """Seconds an optimizer step of ``stages[0]`` takes (the estimate's timed steps)."""
+    from trainer.loop.estimate import MEASURED_STEPS, WARMUP_STEPS, time_steps
+
+    run.plan.stages = stages
+    run.enter_stage(0)
+    # while the loader workers fill their queues (prefetch) they take CPU from the steps: not counted
+    loader = run.loaders.train
+    prefetch = getattr(loader, "prefetch_factor", None) or getattr(
+        getattr(loader, "loader", None), "prefetch_factor", 0
+    )
+    burst = int(getattr(loader, "num_workers", 0) or 0) * int(prefetch or 0)
+    run.estimate.warmup = WARMUP_STEPS + burst
+    try:
+        per = time_steps(run, passes=run.estimate.warmup + MEASURED_STEPS, quiet=True)
+    finally:
+        run.estimate.warmup = WARMUP_STEPS
+    if per is None:
+        raise RuntimeError("trainer.time_budget: no optimizer step could be timed (every batch was empty)")
+    return per
+
+
+def _time_save(run: Any) -> float:
+    """Seconds one epoch-end checkpoint takes (its digest, write, fsync), written to a temporary folder."""
+    import tempfile
+    from pathlib import Path
+
+    from trainer.runs.checkpoint import save_checkpoint
+
+    t0 = time.perf_counter()
+    state = run.state_dict()
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(state, Path(tmp) / "timed.pt")
+    return time.perf_counter() - t0
+
+
+def _time_eval(run: Any, batches: int = 4) -> float:
+    """Seconds a whole evaluation takes, from its first ``batches`` batches (after one untimed batch)."""
+    import torch
+
+    n = len(run.loaders.val)
+    run.model.eval()
+    times: list[float] = []
+    with torch.no_grad():
+        t0 = run.estimate.now()
+        for x, _y, *_ in run.inputs.val():
+            with run.autocast():
+                run.forward.evaluate(x)
+            times.append(run.estimate.now() - t0)
+            t0 = run.estimate.now()
+            if len(times) == batches + 1:
+                break
+    per_batch = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else sum(times)  # the first one warms up
+    return per_batch * n + 0.05 * math.log2(n + 1)  # the metrics' compute and the host syncs of an epoch's end

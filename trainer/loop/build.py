@@ -1,0 +1,392 @@
+"""``build_run``: the one reader of the config. It builds each part in order and logs what it built:
+
+seed -> device -> data -> model -> loaders -> loss -> stage plan (optimizer, schedule) -> tracker -> Run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.config.overrides import key_of
+from trainer.config.schema import check_run, resolve_monitor, validate_config
+from trainer.config.targets import check_targets, instantiate_node
+from trainer.config.values import parse_duration
+from trainer.data.datasets import Splits
+from trainer.data.fingerprint import check_same_data, fingerprint
+from trainer.data.images import BadImageLog, native_size, verify_splits
+from trainer.data.loaders import Loaders, build_loaders, default_num_workers
+from trainer.data.mixing import build_mixing
+from trainer.data.transforms import auto_image_size, resolve_input
+from trainer.distributed import collectives as dist
+from trainer.errors import UserError
+from trainer.loop.budget import BudgetPlan, plan_budget
+from trainer.loop.distill import build_teacher
+from trainer.loop.lr_find import find_lr
+from trainer.loop.optim import build_optimizer, runtime_kwargs
+from trainer.loop.run import Run, Settings
+from trainer.loop.schedules import Schedule, build_schedule
+from trainer.loop.stages import StagePlan, head_epochs_for, plan_stages, started_head_epochs
+from trainer.losses import OPTIONS_BY_TASK, loss_fits
+from trainer.models import BuiltModel
+from trainer.models.backbones import is_convnet
+from trainer.runs.checkpoint import checkpoint_of, load_checkpoint
+from trainer.runs.tracking import NullTracker, Tracker, chosen_hparams, flat_hparams
+
+log = logging.getLogger("trainer")
+
+
+def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
+    """The run a config describes, ready to ``fit()`` (resumed when ``resume`` names a checkpoint)."""
+    if run_dir is None:
+        run_dir = HydraConfig.get().runtime.output_dir
+    # every object the config names must come from an allow-listed package (resume brings configs from files)
+    check_targets(cfg, extra=tuple(cfg.get("allow_targets") or ()))
+    validate_config(cfg)  # types and ranges, for every caller (CLI, scripts, tests)
+    device = setup_device(cfg)
+    seed_everything(int(cfg.seed) + dist.rank())  # each rank its own streams; DDP copies rank 0's weights
+    precision = resolve_precision(str(cfg.trainer.precision), device)
+    splits = setup_data(cfg)
+    check_run(cfg, splits.task, len(splits.classes), device.type, dist.is_distributed())
+    built = setup_model(cfg, splits)
+    loaders = setup_loaders(cfg, splits, built, device)
+    loss_fn = setup_loss(cfg, splits.task)
+    monitor, mode = resolve_monitor(cfg, splits.task)
+    auto_lr = str(cfg.optimizer.get("lr")) == "auto"
+    if auto_lr:
+        cfg.optimizer.lr = 1e-3  # a stand-in: the range test sets it once the run is built
+    plan = setup_plan(cfg, device, mode)
+    log.info("task %s; loss %s; device %s, precision %s", splits.task, type(loss_fn).__name__, device, precision)
+    settings = setup_settings(cfg, splits.task, device, precision, built, (monitor, mode))
+    run = Run(
+        built=built,
+        loaders=loaders,
+        classes=splits.classes,
+        loss_fn=loss_fn,
+        plan=plan,
+        settings=settings,
+        tracker=setup_tracker(cfg, Path(run_dir), loaders),
+        mixing=build_mixing(
+            float(cfg.data.get("mixup") or 0),
+            float(cfg.data.get("cutmix") or 0),
+            len(splits.classes),
+            int(cfg.seed),
+            loss_fn,
+        ),
+        bad_images=BadImageLog(len(splits.train) + len(splits.val), float(cfg.data.max_bad_fraction)),
+        run_dir=Path(run_dir),
+    )
+    run.teacher = build_teacher(cfg, splits.classes, splits.task, device, loaders.input_spec, run.autocast)
+    if auto_lr:
+        run.enter_stage(0)
+        set_found_lr(run, cfg, find_lr(run))
+    if cfg.get("resume") and str(cfg.resume) == "auto":
+        raise UserError("resume=auto chooses one run to continue: it does not combine with -m (multirun).")
+    run.data_fingerprint = fingerprint(splits)
+    resumed = load_checkpoint(checkpoint_of(str(cfg.resume))) if cfg.get("resume") else None
+    if resumed is not None:
+        check_same_data(resumed.get("data"), run.data_fingerprint, bool(cfg.get("resume_on_changed_data")))
+        keep_head_stage(cfg, run, resumed)
+    setup_budget(cfg, run, resumed)
+    if resumed is not None:
+        run.resume_from(cfg.resume, resumed)
+    else:
+        run.enter_stage(0)
+    return run
+
+
+def setup_settings(
+    cfg: DictConfig, task: str, device: torch.device, precision: str, built: BuiltModel, monitor: tuple[str, str]
+) -> Settings:
+    """What the loop needs of trainer.*, checkpoint.*, data.* and finetune.*, resolved."""
+    return Settings(
+        epochs=int(cfg.trainer.epochs),
+        device=device,
+        precision=precision,
+        task=task,
+        accumulate=int(cfg.trainer.accumulate),
+        clip_grad_norm=cfg.trainer.clip_grad_norm,
+        log_every=int(cfg.trainer.log_every),
+        nonfinite=str(cfg.trainer.nonfinite),
+        every_n_steps=int(cfg.checkpoint.every_n_steps),
+        keep_last=int(cfg.checkpoint.keep_last),
+        monitor=monitor[0],
+        mode=monitor[1],
+        ignore_index=cfg.data.get("ignore_index"),
+        channels_last=resolve_channels_last(cfg.trainer.channels_last, device, built.model),
+        compile_backend=resolve_compile(cfg.trainer.compile),
+        cache_features=resolve_cache_features(
+            cfg.finetune.cache_features, cfg.data, cfg.get("distill", {}).get("teacher")
+        ),
+        sync_bn=bool(cfg.trainer.sync_bn),
+        ema_decay=cfg.trainer.get("ema_decay"),
+        early_stop_patience=cfg.trainer.get("early_stop_patience"),
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+    )
+
+
+def set_found_lr(run: Run, cfg: DictConfig, lr: float) -> None:
+    """optimizer.lr=auto: the run trains with the range test's lr, and its saved config says so."""
+    cfg.optimizer.lr = run.plan.lr = lr
+    run.settings = dataclasses.replace(run.settings, config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("optimizer.lr=auto: training with optimizer.lr=%.2e", lr)
+
+
+def setup_device(cfg: DictConfig) -> torch.device:
+    """trainer.device, and under torchrun this process's GPU and the process group."""
+    device = resolve_device(str(cfg.trainer.device))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    if not dist.is_distributed():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank())
+    dist.init(device.type == "cuda")
+    if not dist.is_main():
+        logging.getLogger("trainer").setLevel(logging.WARNING)
+    log.info(
+        "distributed: %d processes (%s), this is rank %d; data.batch_size=%d per process",
+        dist.world_size(),
+        "nccl" if device.type == "cuda" else "gloo",
+        dist.rank(),
+        int(cfg.data.batch_size),
+    )
+    return device
+
+
+def setup_data(cfg: DictConfig) -> Splits:
+    log.info("building data %s", cfg.data.name)
+    splits = instantiate_node(cfg.data.dataset)
+    if cfg.data.verify:
+        verify_splits(splits.train, splits.val, float(cfg.data.max_bad_fraction))
+    return splits
+
+
+def setup_model(cfg: DictConfig, splits: Splits) -> BuiltModel:
+    m = cfg.model
+    log.info(
+        "building model %s (%s, pretrained=%s, weights=%s) with a %d-class head",
+        m.name,
+        m.source,
+        m.pretrained,
+        m.get("weights"),
+        len(splits.classes),
+    )
+    return instantiate_node(m)(num_classes=len(splits.classes), task=splits.task)
+
+
+def setup_loaders(cfg: DictConfig, splits: Splits, built: BuiltModel, device: torch.device) -> Loaders:
+    d = cfg.data
+    workers = d.get("num_workers", "auto")
+    on_gpu = device.type == "cuda"
+    size = d.get("image_size")
+    if size == "auto":
+        model_size = int(built.data_config["input_size"][-1])
+        size, why = auto_image_size(native_size(splits.train), model_size, device.type)
+        log.info("data.image_size=auto: %d px (%s)", size, why)
+    return build_loaders(
+        splits,
+        resolve_input(built.data_config, size, d.get("crop_pct")),
+        batch_size=int(d.batch_size),
+        num_workers=default_num_workers(on_gpu) if workers in (None, "auto") else int(workers),
+        augment=str(d.augment),
+        random_erasing=float(d.get("random_erasing") or 0.0),
+        sampler=str(d.get("sampler") or "shuffle"),
+        decode_on_device=d.get("decode", "workers") == "device",
+        seed=int(cfg.seed),
+        on_gpu=on_gpu,
+        rank=dist.rank(),
+        world_size=dist.world_size(),
+    )
+
+
+def setup_loss(cfg: DictConfig, task: str) -> torch.nn.Module:
+    """The loss option, told the task and the data's ignore_index when it takes them; refused when it
+    cannot serve the task (torch's own losses by name before they are built, ours by their ``tasks``)."""
+    target = str(cfg.loss._target_)
+
+    def refuse(why: str) -> None:
+        options = OPTIONS_BY_TASK[task].replace(", ", ", loss=")
+        raise UserError(f"loss {target} cannot train a {task} task: {why}. For {task} use one of: loss={options}.")
+
+    why = loss_fits(None, target, task)
+    if why:
+        refuse(why)
+    loss_class = get_object(target)
+    ignore = cfg.loss.get("ignore_index")
+    ignore = cfg.data.get("ignore_index") if ignore is None else ignore
+    if ignore is None and "ignore_index" in runtime_kwargs(loss_class, {"ignore_index": None}):
+        ignore = inspect.signature(loss_class).parameters["ignore_index"].default  # torch's own: -100
+    loss_fn = instantiate_node(cfg.loss, **runtime_kwargs(loss_class, {"task": task, "ignore_index": ignore}))
+    why = loss_fits(loss_fn, target, task)
+    if why:
+        refuse(why)
+    return loss_fn
+
+
+def keep_head_stage(cfg: DictConfig, run: Run, resumed: dict[str, Any]) -> None:
+    """finetune.head_epochs=auto depends on the run's length: a resumed run (perhaps made longer) keeps the
+    head stage it started with, as its checkpoint records it."""
+    head = started_head_epochs(resumed)
+    if str(cfg.finetune.head_epochs) == "auto" and not cfg.finetune.stages and head is not None:
+        run.plan.stages = plan_stages(None, head, run.epochs)
+
+
+def setup_budget(cfg: DictConfig, run: Run, resumed: dict[str, Any] | None) -> None:
+    """trainer.time_budget: the epochs and the head stage chosen to fit it (timed now, or the plan a
+    resumed checkpoint was trained with), the stages and the run's length set from them."""
+    budget_s = parse_duration(cfg.trainer.get("time_budget"))
+    if budget_s is None:
+        return
+    ft = cfg.finetune
+    plan = BudgetPlan.resumed(resumed) if resumed is not None else None
+    if plan is None:
+        cap = int(cfg.trainer.epochs) if _given("trainer.epochs") else None
+        head_fixed = ft.head_epochs != "auto" and int(ft.head_epochs) > 0
+        plan = plan_budget(run, budget_s, cap, lambda e: head_epochs_for(ft.head_epochs, e), head_fixed)
+    plan.apply(run, plan_stages(ft.stages, plan.head_epochs, plan.epochs))
+
+
+def _given(key: str) -> bool:
+    """``key`` was set on the command line (always, outside a Hydra app)."""
+    if not HydraConfig.initialized():
+        return True
+    return any(key_of(o) == key for o in HydraConfig.get().overrides.task)
+
+
+def setup_plan(cfg: DictConfig, device: torch.device, monitor_mode: str) -> StagePlan:
+    """The stages and the builders of each stage's optimizer and schedule."""
+    ft = cfg.finetune
+    make_optimizer = optimizer_builder(cfg, device)
+    return StagePlan(
+        stages=plan_stages(ft.stages, ft.head_epochs, int(cfg.trainer.epochs)),
+        lr=float(cfg.optimizer.lr),
+        weight_decay=float(cfg.optimizer.get("weight_decay") or 0.0),
+        backbone_lr_mult=float(ft.backbone_lr_mult),
+        layer_decay=ft.layer_decay,
+        freeze=cfg.model.get("freeze", "none"),
+        bn_mode=str(ft.bn),
+        make_optimizer=make_optimizer,
+        make_schedule=schedule_builder(cfg, monitor_mode),
+    )
+
+
+def optimizer_builder(cfg: DictConfig, device: torch.device) -> Callable[[list[dict[str, Any]], Any], Any]:
+    factory = instantiate_node(cfg.optimizer)
+    return lambda groups, model: build_optimizer(factory, groups, model, device)
+
+
+def schedule_builder(cfg: DictConfig, monitor_mode: str = "max") -> Callable[..., Schedule]:
+    """``(optimizer, steps_per_epoch, epochs) -> Schedule`` for the scheduler option and ``schedule.*``."""
+    factory = instantiate_node(cfg.scheduler)
+    interval, warmup = str(cfg.schedule.interval), float(cfg.schedule.warmup_epochs)
+    return lambda opt, steps, epochs, total=None: build_schedule(
+        factory, opt, steps, epochs, interval, warmup, monitor_mode, total
+    )
+
+
+def setup_tracker(cfg: DictConfig, run_dir: Path, loaders: Loaders) -> Tracker:
+    hp = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(hp, dict)
+    hp.pop("resume", None)
+    spec = loaders.input_spec
+    kind = Tracker if dist.is_main() else NullTracker
+    overridden = None
+    if HydraConfig.initialized():
+        overridden = [key_of(o) for o in HydraConfig.get().overrides.task]
+    hparams = chosen_hparams(flat_hparams(hp), overridden)
+    return kind(run_dir, hparams, tuple(spec["mean"]), tuple(spec["std"]))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but no CUDA device is visible: use trainer.device=auto or cpu.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("trainer.device=mps but MPS is not available: use trainer.device=auto or cpu.")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto: bf16 on CUDA that has it, and on CPUs with native bf16 instructions; else fp32.
+
+    Without native bf16 (AVX2-only x86) autocast emulates it and is slower than fp32, so it is never
+    guessed from the architecture: the instructions are read from the CPU's flags."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        found = cpu_bf16_instructions()
+        if found:
+            log.info("precision auto: bf16 on this CPU (native bf16 instructions: %s)", ", ".join(found))
+            return "bf16"
+    return "fp32"
+
+
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # x86 AMX / AVX512-BF16; ARMv8.6 BF16 ("Features: ... bf16")
+
+
+def cpu_bf16_instructions(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The native bf16 instruction sets this CPU lists (Linux /proc/cpuinfo flags); [] when none or unknown."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags = set(value.split())
+            return [f for f in CPU_BF16_FLAGS if f in flags]
+    return []
+
+
+def resolve_channels_last(value: Any, device: torch.device, model: torch.nn.Module) -> bool:
+    """auto: channels_last on CUDA for convolutional nets (measured faster there, docs/BENCHMARKS.md)."""
+    return device.type == "cuda" and is_convnet(model) if value == "auto" else bool(value)
+
+
+def resolve_cache_features(value: Any, data: DictConfig, teacher: Any = None) -> bool:
+    """auto: cache a linear probe's backbone features when data.augment=none. The cached features are
+    then exactly what the probe would compute each epoch (the same resize and crop), so only the time
+    changes: one backbone forward in all instead of one per epoch. With augmentation on, caching would
+    train on unaugmented images, so auto leaves it off (true forces it); so it does with mixup/cutmix."""
+    if value == "auto":
+        return str(data.augment) == "none" and not data.get("random_erasing") and not mixes(data) and not teacher
+    return bool(value)
+
+
+def mixes(data: DictConfig) -> bool:
+    return bool(data.get("mixup") or data.get("cutmix"))
+
+
+def resolve_compile(value: Any) -> str | None:
+    """trainer.compile: false | true (inductor) | a backend name."""
+    if value in (False, None, "false"):
+        return None
+    return value if isinstance(value, str) and value != "true" else "inductor"
+
+
+def seed_everything(seed: int) -> None:
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,411 @@
+"""The run: its loop (fit -> train_one_epoch -> evaluate) and all of its state, built by build.py.
+
+``Run`` reads no config: it gets built objects and a :class:`Settings`. What differs per mode
+(the forward, the step, where the batches come from) is chosen in ``enter_stage``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.data.images import BadImageLog
+from trainer.data.loaders import Loaders
+from trainer.data.mixing import NoMixing
+from trainer.distributed import collectives as dist
+from trainer.errors import UserError, oom_message
+from trainer.loop.distill import NoTeacher
+from trainer.loop.ema import build_average
+from trainer.loop.estimate import Estimate, log_plan
+from trainer.loop.interrupt import InterruptGuard, RunInterrupted
+from trainer.loop.progress import progress
+from trainer.loop.stages import StagePlan, log_stage
+from trainer.loop.state import RunState
+from trainer.loop.steps import (
+    CachedInputs,
+    CachedProbeForward,
+    ClosureStep,
+    CompiledForward,
+    Forward,
+    ImageInputs,
+    LossMeter,
+    ProbeForward,
+    SkipNonfiniteStep,
+    Step,
+)
+from trainer.metrics import Metrics
+from trainer.models import BuiltModel
+from trainer.runs.failpoints import failpoint
+from trainer.runs.tracking import Tracker, print_summary, run_summary
+
+log = logging.getLogger("trainer")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The run-level settings the loop needs (from trainer.*, checkpoint.*, data.*)."""
+
+    epochs: int
+    device: torch.device
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    task: str = "multiclass"
+    accumulate: int = 1
+    clip_grad_norm: float | None = None
+    log_every: int = 10
+    nonfinite: str = "stop"  # stop | skip
+    every_n_steps: int = 0
+    keep_last: int = 2
+    monitor: str = "val/acc"
+    mode: str = "max"
+    ignore_index: int | None = None
+    channels_last: bool = False
+    compile_backend: str | None = None
+    cache_features: bool = False
+    ema_decay: float | None = None  # weight EMA used for evaluation and best.pt (None: off)
+    early_stop_patience: int | None = None  # epochs without improvement of monitor before stopping
+    sync_bn: bool = False
+    config_yaml: str = ""  # the resolved config, stored in every checkpoint
+
+
+class Run(RunState):
+    """One training run: model, data, loss, the stage plan, logging and checkpoints."""
+
+    def __init__(
+        self,
+        *,
+        built: BuiltModel,
+        loaders: Loaders,
+        classes: list[str],
+        loss_fn: torch.nn.Module,
+        plan: StagePlan,
+        settings: Settings,
+        tracker: Tracker,
+        bad_images: BadImageLog,
+        run_dir: Path,
+        mixing: NoMixing | None = None,
+    ) -> None:
+        s = self.settings = settings
+        self.model, self.head_names, self.head = built.model, built.head_names, built.head
+        self.weights_info = built.weights
+        self.loaders, self.classes, self.plan = loaders, classes, plan
+        self.mixing = mixing or NoMixing()  # data.mixup / data.cutmix on each training batch
+        self.teacher = NoTeacher()  # distill.teacher: set by build_run
+        self._loss_fn = loss_fn
+        self.tracker, self.bad_images, self.run_dir = tracker, bad_images, Path(run_dir)
+        self.device, self.epochs, self.accumulate = s.device, s.epochs, s.accumulate
+        self.distributed, self.main = dist.is_distributed(), dist.is_main()
+        self.guard = InterruptGuard(self.distributed, s.device)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.precision)
+        # Switched-off features are no-op objects, not branches in the loop.
+        self.autocast = (lambda: torch.autocast(s.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+        self.scaler = torch.amp.GradScaler(s.device.type, enabled=s.precision == "fp16")
+        self.memory_format = torch.channels_last if s.channels_last else torch.preserve_format
+        self.model.to(device=s.device, memory_format=self.memory_format)
+        self.ema = build_average(self.model, s.ema_decay)
+        self.estimate = Estimate(self)  # the pace of the first steps -> epoch and run time, logged once
+        self.loss_fn.to(s.device)
+        # fixed now: len(loader) shrinks while the sampler starts part-way into a resumed epoch
+        self.batches_per_epoch = len(loaders.train)
+        # set per stage by enter_stage
+        self.stage_idx: int | None = None
+        self.optimizer: torch.optim.Optimizer
+        self.scheduler: Any
+        self.step: Step
+        self.forward: Forward
+        self.inputs: ImageInputs
+        self.head_only = self.probe = False
+        # counters: the whole of the run's progress
+        self.epoch = 0  # epochs completed
+        self.batch_in_epoch = 0  # batches of the current epoch already trained
+        self.global_step = 0  # optimizer steps
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.history: list[dict[str, float]] = []
+        self.per_class_last: dict[str, Any] | None = None
+        self.per_class_best: dict[str, Any] | None = None
+        self.partial_loss = (0.0, 0)  # (sum, count) of train loss in the current epoch
+        self.elapsed = 0.0  # training seconds over all sessions of this run
+        self.finished = False
+        self.budget: Any = None  # trainer.time_budget: the BudgetPlan chosen (build.setup_budget)
+        self.data_fingerprint: dict[str, Any] | None = None  # what it trains on (data.datasets.fingerprint)
+
+    @property
+    def loss_fn(self) -> Any:
+        return self._loss_fn
+
+    @loss_fn.setter
+    def loss_fn(self, fn: Any) -> None:
+        """Swap the loss, also in the current stage's step."""
+        self._loss_fn = fn
+        if hasattr(self, "step"):
+            self.step.loss_fn = self.teacher.wrap(fn)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Batches skipped for a non-finite loss (trainer.nonfinite=skip) in this session."""
+        return getattr(self.step, "skipped", 0)
+
+    @property
+    def stalled(self) -> bool:
+        """trainer.early_stop_patience epochs without an improvement, or the time budget has no room for another epoch."""
+        patience = self.settings.early_stop_patience
+        if self.budget is not None and self.budget.out_of_time(self.epoch):
+            return True
+        return bool(patience) and self.best_epoch is not None and self.epoch - self.best_epoch >= patience
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.batches_per_epoch / self.accumulate)
+
+    def batches_in(self, epoch: int) -> int:
+        """Batches this epoch trains: all of them, or fewer in a time budget's shortened last epoch."""
+        return (
+            self.budget.batches_in(epoch, self.batches_per_epoch, self.accumulate)
+            if self.budget
+            else self.batches_per_epoch
+        )
+
+    # ------------------------------------------------------------------ stages
+    def enter_stage(self, index: int) -> None:
+        """Freeze per the stage, a fresh optimizer and schedule, and the forward, step and inputs it trains with."""
+        s = self.settings
+        setup = self.plan.setup(index, self.model, self.head_names, self.steps_per_epoch)
+        self.stage_idx, self.optimizer, self.scheduler = index, setup.optimizer, setup.schedule
+        self.head_only = setup.head_only
+        # one process: the probe shortcut (features under no_grad); DDP needs its own forward
+        self.probe = self.head_only and s.task != "segmentation" and not self.distributed
+        module = dist.wrap_ddp(self.model, self.device, s.sync_bn) if self.distributed else self.model
+        self.inputs = ImageInputs(self.loaders, self.device, self.memory_format)
+        if self.probe and s.cache_features:
+            self.forward = CachedProbeForward(self.model, self.head, self.autocast)
+            self.inputs = CachedInputs(self.loaders, self.device, self.forward)
+        elif self.probe:
+            self.forward = ProbeForward(self.model, self.head, self.autocast)
+        elif s.compile_backend:
+            self.forward = CompiledForward(self.model, module, s.compile_backend)
+        else:
+            self.forward = Forward(self.model, module)
+        kind = Step
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            kind = ClosureStep
+        elif s.nonfinite == "skip":
+            kind = SkipNonfiniteStep
+        self.step = kind(
+            forward=self.forward,
+            loss_fn=self.teacher.wrap(self.loss_fn),
+            optimizer=self.optimizer,
+            schedule=self.scheduler,
+            scaler=self.scaler,
+            autocast=self.autocast,
+            accumulate=self.accumulate,
+            clip_grad_norm=s.clip_grad_norm,
+        )
+        log_stage(index, self.plan, setup, self.probe)
+        self.estimate.reset()
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Train up to ``trainer.epochs``, evaluating and checkpointing every epoch."""
+        wall_start = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.epoch >= self.epochs or self.finished:
+            return self._nothing_to_do()
+        log_plan(self)
+        restore = self.guard.install()
+        try:
+            for epoch in range(self.epoch, self.epochs):
+                if self.guard.should_stop(True):  # arrived during evaluation: last.pt is this boundary
+                    raise self._interrupted()
+                if self.plan.index(epoch) != self.stage_idx:
+                    self.enter_stage(self.plan.index(epoch))
+                t0 = time.perf_counter()
+                train_loss = self.train_one_epoch(epoch)
+                with self.ema.applied(self.model):  # EMA on: the averaged weights are what is scored
+                    val, per_class, confusion = self.evaluate()
+                self.elapsed += time.perf_counter() - t0
+                self._end_epoch(epoch, train_loss, val, per_class, confusion, time.perf_counter() - t0, wall_start)
+                failpoint("epoch")
+                if self.finished:  # stopped early
+                    break
+            self.finished = True  # the last _end_epoch saved this state already
+            self.tracker.write_hparams(self.history[-1] if self.history else {}, self.best, self.epoch)
+            summary = self._write_metrics(time.perf_counter() - wall_start)
+        except torch.OutOfMemoryError:
+            raise UserError(
+                oom_message(self.device, self.loaders.batch_size, self.settings.precision, self.accumulate)
+            ) from None
+        finally:
+            restore()
+            self.tracker.close()
+        self._print_summary(summary)
+        return summary
+
+    def train_one_epoch(self, epoch: int) -> float:
+        self.model.train(not self.head_only)  # frozen BatchNorm layers ignore this
+        self.head.train()
+        n, size = self.batches_in(epoch), self.loaders.batch_size
+        meter = LossMeter(self.partial_loss, self.device)
+        bar = progress(n * size, self.batch_in_epoch * size, f"epoch {epoch + 1}/{self.epochs}", self.main)
+        for i, (x, y, *bad) in enumerate(self.inputs.train(epoch, self.batch_in_epoch), start=self.batch_in_epoch):
+            if bad and bad[0]:
+                self.bad_images.note(bad[0])
+            if x.shape[0] == 0:  # every image of the batch unreadable
+                bar.update(len(bad[0]))
+                continue
+            x, y = self.mixing(x, y, epoch, i)
+            self.teacher.see(x)
+            self.tracker.log_images(x, self.global_step)
+            loss = self.step.backward(x, y)
+            bar.update(x.shape[0])
+            if loss is None:  # skipped: non-finite
+                continue
+            meter.add(loss)
+            if (i + 1) % self.accumulate and i + 1 < n:
+                continue
+            self.step.update()
+            self.global_step += 1
+            self.ema.update(self.model, self.global_step)
+            self.estimate.tick()
+            self.batch_in_epoch = i + 1
+            if self.global_step % self.settings.log_every == 0 or i + 1 == n:
+                self._log_train(meter.flush(), epoch, bar)
+            self._save_mid_epoch(i + 1 < n, meter, epoch, bar)
+            failpoint("step")
+            if i + 1 >= n:  # a time budget's shortened last epoch
+                break
+        bar.close()
+        self.batch_in_epoch, self.partial_loss = 0, (0.0, 0)
+        total = dist.all_sum(meter.totals())
+        return float(total[0].item()) / max(1.0, float(total[1].item()))
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[dict[str, float], dict[str, list[float]], torch.Tensor | None]:
+        """Loss and the task's metrics over the val split; per-class values; the confusion matrix."""
+        self.model.eval()
+        metrics = Metrics(self.settings.task, len(self.classes), self.device, self.settings.ignore_index)
+        loss_sum, total = torch.zeros((), device=self.device), 0
+        for x, y, *bad in self.inputs.val():
+            if bad and bad[0]:
+                self.bad_images.note(bad[0])
+            if x.shape[0] == 0:
+                continue
+            with self.autocast():
+                out = self.forward.evaluate(x)
+            loss_sum += self.loss_fn(out.float(), y) * y.shape[0]
+            metrics.update(out, y)
+            total += y.shape[0]
+        scalars, per_class, confusion = metrics.compute()
+        sums = dist.all_sum(torch.stack([loss_sum.float(), torch.tensor(float(total), device=self.device)]))
+        return {"val/loss": float(sums[0].item()) / max(1.0, float(sums[1].item())), **scalars}, per_class, confusion
+
+    def _log_train(self, mean: float, epoch: int, bar: Any) -> None:
+        self._check_finite(mean, epoch)
+        lrs = self._lrs()
+        self.tracker.log_scalars({"train/loss": mean, **{f"lr/{k}": v for k, v in lrs.items()}}, self.global_step)
+        bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lrs.get('head', 0.0):.2e}", refresh=False)
+
+    def _save_mid_epoch(self, more: bool, meter: LossMeter, epoch: int, bar: Any) -> None:
+        """last.pt inside an epoch: when asked to stop, and every checkpoint.every_n_steps steps."""
+        every = self.settings.every_n_steps
+        stop = more and self.guard.should_stop(self.global_step % self.settings.log_every == 0)
+        if not (stop or (more and every and self.global_step % every == 0)):
+            return
+        self.partial_loss = meter.total()
+        self._check_finite(self.partial_loss[0], epoch)  # never save a broken state
+        self.save()
+        if stop:
+            bar.close()
+            raise self._interrupted()
+
+    def _end_epoch(
+        self,
+        epoch: int,
+        train_loss: float,
+        val: dict[str, float],
+        per_class: dict[str, list[float]],
+        confusion: torch.Tensor | None,
+        seconds: float,
+        wall_start: float,
+    ) -> None:
+        monitor = self.settings.monitor
+        if monitor not in val:
+            raise UserError(f"checkpoint.monitor={monitor!r} is not a metric of this run: use one of {', '.join(val)}.")
+        self._check_finite(train_loss, epoch)
+        self._check_finite(val["val/loss"], epoch)
+        self.scheduler.after_epoch(val[monitor])
+        row = {"epoch": epoch + 1, "train/loss": train_loss, **val, "lr": self._lrs().get("head", 0.0)}
+        self.history.append({**row, "seconds": round(seconds, 2)})
+        # one x-axis for the run: the epoch's values at the optimizer step where it ended
+        self.tracker.log_scalars({**val, "train/epoch_loss": train_loss, "epoch": epoch + 1}, self.global_step)
+        self.epoch = epoch + 1
+        improved = self.best is None or (
+            val[monitor] > self.best if self.settings.mode == "max" else val[monitor] < self.best
+        )
+        names = self.classes if self.settings.task != "binary" else [self.classes[1]]
+        self.per_class_last = {m: dict(zip(names, vals)) for m, vals in per_class.items()}
+        self.tracker.log_per_class(self.per_class_last, self.global_step)
+        if confusion is not None:
+            self.tracker.log_confusion(confusion, self.classes, self.global_step, save_png=improved)
+        if improved:
+            self.best, self.best_epoch, self.per_class_best = val[monitor], self.epoch, self.per_class_last
+        self.finished = self.epoch >= self.epochs or self.stalled
+        self.save(best=improved)
+        self._write_metrics(time.perf_counter() - wall_start)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items())
+        log.info(
+            "epoch %d/%d  train/loss %.4f  %s  lr %.2e  %.1fs%s",
+            epoch + 1,
+            self.epochs,
+            train_loss,
+            shown,
+            row["lr"],
+            seconds,
+            "  *best*" if improved else "",
+        )
+        if self.finished and self.epoch < self.epochs:
+            log.info("early stop after epoch %d of %d: %s", self.epoch, self.epochs, self._stall_reason())
+
+    def _stall_reason(self) -> str:
+        if self.budget is not None and self.budget.stop_reason:
+            return self.budget.stop_reason
+        p = self.settings.early_stop_patience
+        return (
+            f"{self.settings.monitor} has not improved for {p} epoch(s) (trainer.early_stop_patience={p}); best "
+            f"{self.best:.4f} at epoch {self.best_epoch}. The run counts as finished"
+        )
+
+    def _check_finite(self, value: float, epoch: int) -> None:
+        if not math.isfinite(value):
+            raise UserError(
+                f"the training loss became {value} at step {self.global_step} (epoch {epoch + 1}); "
+                "stopped without saving, so the last checkpoint is the last good state. Lower "
+                "optimizer.lr, set trainer.clip_grad_norm=1.0, use trainer.precision=fp32, or "
+                "trainer.nonfinite=skip to skip such batches."
+            )
+
+    def _interrupted(self) -> RunInterrupted:
+        return RunInterrupted(self.guard.signum or 15, self.epoch, self.global_step, self.run_dir)
+
+    def _lrs(self) -> dict[str, float]:
+        lrs: dict[str, float] = {}
+        for g in self.optimizer.param_groups:
+            lrs.setdefault(g.get("label", g.get("name", "group")), g["lr"])
+        return lrs
+
+    # ------------------------------------------------------------------ summary
+    def _write_metrics(self, wall: float) -> dict[str, Any]:
+        """metrics.json (rank 0 writes it); returns the summary on every rank."""
+        summary = run_summary(self, wall)
+        self.tracker.write_metrics(summary)
+        return summary
+
+    def _print_summary(self, summary: dict[str, Any]) -> None:
+        if self.main:
+            print_summary(self, summary)

@@ -1,0 +1,188 @@
+"""What a run saves and restores: ``state_dict`` holds all of it (model, optimizer, schedule, scaler,
+counters, best metric, RNG per rank, sampler position), so a resumed run equals an unbroken one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import __version__
+from trainer.config.untrusted import load_yaml
+from trainer.distributed import collectives as dist
+from trainer.errors import UserError
+from trainer.runs.checkpoint import (
+    link_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+log = logging.getLogger("trainer")
+
+
+class RunState:
+    """The state half of :class:`trainer.loop.run.Run`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        spec = {k: list(v) if isinstance(v, tuple) else v for k, v in self.loaders.input_spec.items()}
+        versions = {"trainer": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),  # the averaged weights (trainer.ema_decay), or None
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "stage": self.stage_idx,
+            "epoch": self.epoch,
+            "planned_epochs": self.epochs,
+            "budget": self.budget.to_state() if self.budget is not None else None,
+            "data": self.data_fingerprint,  # what it trained on: a resume on other data is refused
+            "head_epochs": self.plan.stages[0].epochs if self.plan.stages[0].train == "head" else 0,
+            "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "per_class_best": self.per_class_best,
+            "partial_loss": list(self.partial_loss),
+            "partial_loss_ranks": dist.gather(list(self.partial_loss)) if self.distributed else None,
+            "elapsed": self.elapsed,
+            "images_logged": self.tracker.images_logged,
+            "finished": self.finished,
+            "sampler": {"epoch": self.epoch, "start": self.batch_in_epoch * self.loaders.batch_size},
+            "rng": rng_state(),
+            "rng_ranks": dist.gather(rng_state()) if self.distributed else None,
+            "world_size": dist.world_size(),
+            "config": self.settings.config_yaml,
+            "classes": list(self.classes),
+            "task": self.settings.task,
+            "input_spec": spec,
+            "weights": dict(self.weights_info),
+            "versions": versions,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        if list(state.get("classes", self.classes)) != list(self.classes):
+            raise UserError(
+                f"{source} was trained on classes {state['classes']}, but the data now has "
+                f"{self.classes}: resume with the same data, or start a new run."
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise UserError(
+                f"{source} does not fit the model of this config: {str(e).splitlines()[0]}. Resume with the "
+                "config it was saved with."
+            ) from None
+        # the optimizer and schedule belong to the stage the checkpoint was written in
+        saved_stage = state.get("stage")
+        self.enter_stage(int(saved_stage) if saved_stage is not None else self.plan.index(int(state["epoch"])))
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError) as e:
+            raise UserError(
+                f"{source}: its optimizer or scheduler does not match this config ({e}). "
+                "Resume with the optimizer and scheduler it was saved with."
+            ) from None
+        self.scaler.load_state_dict(state["scaler"])
+        self._extend_if_finished(state)
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        saved_world = int(state.get("world_size") or 1)
+        if saved_world != dist.world_size() and self.batch_in_epoch:
+            # the same share of the epoch, in this run's batches per process (not an exact continuation)
+            self.batch_in_epoch = self.batch_in_epoch * saved_world // dist.world_size()
+            log.warning(
+                "checkpoint written by %d process(es), resumed by %d: continuing the epoch at batch %d",
+                saved_world,
+                dist.world_size(),
+                self.batch_in_epoch,
+            )
+        self.global_step = int(state["global_step"])
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.history = list(state["history"])
+        self.per_class_best = state.get("per_class_best")
+        partial = state["partial_loss"]
+        if state.get("partial_loss_ranks") and len(state["partial_loss_ranks"]) == dist.world_size():
+            partial = state["partial_loss_ranks"][dist.rank()]  # each rank's own running sum
+        self.partial_loss = (float(partial[0]), int(partial[1]))
+        self.elapsed = float(state["elapsed"])
+        self.tracker.resumed_at(self.global_step, bool(state.get("images_logged", False)))
+        self.ema.load_state_dict(state.get("ema") or self.model.state_dict())  # EMA newly on: from these weights
+        self.finished = bool(state.get("finished", False)) and (self.epoch >= self.epochs or self.stalled)
+        ranks = state.get("rng_ranks")
+        if ranks and len(ranks) == dist.world_size():
+            set_rng_state(ranks[dist.rank()])  # each rank continues its own random streams
+        else:
+            set_rng_state(state["rng"])
+            if self.distributed or ranks:
+                log.info(
+                    "checkpoint written by %d process(es), resumed by %d: random streams restart from rank 0's",
+                    len(ranks or [0]),
+                    dist.world_size(),
+                )
+
+    def _extend_if_finished(self, state: dict[str, Any]) -> None:
+        """Extending a finished run: the extra epochs get a fresh schedule of the same kind over their own
+        length (warm-up and decay again), with the optimizer state and weights carried on."""
+        planned = state.get("planned_epochs")
+        if planned is None and state.get("config"):
+            stored = load_yaml(state["config"], "the config stored in the checkpoint")
+            planned = stored.get("trainer", {}).get("epochs") if isinstance(stored, dict) else None
+        if planned is None or int(state["epoch"]) < int(planned) or self.epochs <= int(planned):
+            return
+        remaining = self.epochs - int(state["epoch"])
+        self.scheduler = self.plan.make_schedule(self.optimizer, self.steps_per_epoch, remaining)
+        self.step.schedule = self.scheduler
+        log.info(
+            "extending a finished run from %d to %d epochs: a fresh %s schedule over the %d new epochs",
+            int(planned),
+            self.epochs,
+            self.scheduler.name,
+            remaining,
+        )
+
+    def resume_from(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
+        """Continue from the checkpoint at ``path`` (``state``: its contents, when already loaded)."""
+        self.load_state_dict(state if state is not None else load_checkpoint(path), source=f"checkpoint {path}")
+        at = f"epoch {self.epoch + 1}" + (f", batch {self.batch_in_epoch}" if self.batch_in_epoch else "")
+        log.info("resumed from %s: continuing at %s (step %d) up to epoch %d", path, at, self.global_step, self.epochs)
+
+    def save(self, best: bool = False) -> Path:
+        """A numbered checkpoint (the newest ``checkpoint.keep_last`` are kept), linked as last.pt (and best.pt).
+
+        Distributed: every rank takes part (their random states are gathered); rank 0 writes.
+        """
+        folder = self.run_dir / "checkpoints"
+        path = folder / f"epoch{self.epoch:03d}-step{self.global_step:07d}.pt"
+        state = self.state_dict()
+        if not self.main:
+            return path
+        path = save_checkpoint(state, path)
+        link_checkpoint(path, folder / "last.pt")
+        if best:
+            link_checkpoint(path, folder / "best.pt")
+        prune_checkpoints(folder, self.settings.keep_last)
+        return path
+
+    def _nothing_to_do(self) -> dict[str, Any]:
+        if self.epoch < self.epochs:
+            log.info("nothing to do: this run stopped early at epoch %d (%s)", self.epoch, self._stall_reason())
+        else:
+            log.info(
+                "nothing to do: this run already has %d of trainer.epochs=%d epochs (raise trainer.epochs to "
+                "train longer)",
+                self.epoch,
+                self.epochs,
+            )
+        saved = self.run_dir / "metrics.json"
+        summary = json.loads(saved.read_text()) if saved.is_file() else self._write_metrics(0.0)
+        self._print_summary(summary)
+        return summary

@@ -1,0 +1,53 @@
+"""A trained model rebuilt from one of our checkpoints (or run folders), running no code from it.
+
+The checkpoint's own config rebuilds the architecture (its ``_target_`` entries checked first, with
+only the ``allow_targets`` given on this command line trusted), its weights fill it, and its input
+spec gives the preprocessing the model was trained with. Used by the commands in ``trainer.use`` and
+by a distillation teacher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import UserError
+
+
+@dataclass
+class Trained:
+    """A model rebuilt from a checkpoint, with what using it needs."""
+
+    model: Any
+    classes: list[str]
+    task: str
+    input_spec: dict[str, Any]
+    config: Any
+    checkpoint: Path
+    state: dict[str, Any]
+
+
+def load_trained(value: str, allow: tuple[str, ...] = ()) -> Trained:
+    """The trained model of a checkpoint or run folder, on the CPU, in eval mode."""
+    from trainer.config.targets import check_targets, instantiate_node
+    from trainer.config.untrusted import load_config
+    from trainer.runs.checkpoint import checkpoint_of, inference_weights, load_checkpoint
+
+    path = checkpoint_of(value, key="checkpoint", names=("best.pt", "last.pt"))
+    state = load_checkpoint(path)
+    cfg = load_config(state["config"], f"the config stored in {path}")
+    check_targets(cfg, extra=allow, where=f"config stored in {path}")
+    cfg.allow_targets = list(allow)  # a list stored in the run is not trusted: only the one given now
+    task = str(state.get("task") or cfg.data.get("task") or "multiclass")
+    classes = [str(c) for c in state["classes"]]
+    cfg.model.pretrained = False  # the checkpoint brings every weight: nothing is downloaded or read
+    cfg.model.weights = None
+    built = instantiate_node(cfg.model)(num_classes=len(classes), task=task)
+    try:
+        built.model.load_state_dict(inference_weights(state))
+    except RuntimeError as e:
+        raise UserError(f"{path}: its weights do not fit the model its config describes ({str(e)[:200]}).") from None
+    built.model.eval()
+    spec = dict(state["input_spec"])
+    return Trained(built.model, classes, task, spec, cfg, path, state)

@@ -1,0 +1,134 @@
+"""Plots people read, drawn with matplotlib (Agg, imported only when a plot is drawn): a sweep's
+metric against each swept value, a confusion matrix, learning-rate curves."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def _number(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def sweep_png(points: dict[str, list[tuple[str, float]]], monitor: str) -> bytes:
+    """One panel per swept key: the monitored metric against its values (log x over a decade or more)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(points), figsize=(5.2 * len(points), 4.0), squeeze=False)
+    for ax, (key, pts) in zip(axes[0], sorted(points.items())):
+        nums = [_number(v) for v, _ in pts]
+        ys = [b for _, b in pts]
+        if all(n is not None for n in nums):
+            xs = [float(n) for n in nums if n is not None]
+            order = sorted(zip(xs, ys))
+            ax.plot([x for x, _ in order], [y for _, y in order], "-", color="#9db4e8", zorder=1)
+            ax.scatter(xs, ys, color="#1f4fc8", zorder=2)
+            if min(xs) > 0 and max(xs) / min(xs) >= 10:
+                ax.set_xscale("log")
+        else:
+            cats = sorted({v for v, _ in pts})
+            ax.scatter([cats.index(v) for v, _ in pts], ys, color="#1f4fc8")
+            ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right")
+        ax.set_title(f"{monitor} vs {key}")
+        ax.set_xlabel(key)
+        ax.set_ylabel(monitor)
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def confusion_png(cm: Any, classes: list[str]) -> bytes:
+    """Rows: true class, columns: predicted; colour by row share, counts written in the cells."""
+    plt = _pyplot()
+    counts = cm.long().tolist() if hasattr(cm, "long") else [list(map(int, r)) for r in cm]
+    n = len(counts)
+    labels = [str(c) for c in classes] if len(classes) == n else [str(i) for i in range(n)]
+    share = [[c / max(1, sum(row)) for c in row] for row in counts]
+    side = min(16.0, max(4.0, 0.45 * n + 2.5))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if n <= 40:
+        ax.set_xticks(range(n), labels, rotation=45 if n > 6 else 0, ha="right" if n > 6 else "center")
+        ax.set_yticks(range(n), labels)
+        size = 10 if n <= 12 else 7
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(counts[i][j]), ha="center", va="center", fontsize=size,
+                        color="white" if share[i][j] > 0.6 else "black")  # fmt: skip
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix")
+    return _png(fig)
+
+
+def png_array(png: bytes) -> Any:
+    """A PNG as an HWC uint8 array (for TensorBoard's add_image)."""
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def lr_png(curves: dict[str, list[float]], steps_per_epoch: int, title: str) -> bytes:
+    """The learning rate of each parameter group per optimizer step, epochs marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    for name, values in curves.items():
+        ax.plot(range(len(values)), values, label=name)
+    total = max((len(v) for v in curves.values()), default=0)
+    if steps_per_epoch > 0 and total // steps_per_epoch <= 60:
+        for e in range(steps_per_epoch, total, steps_per_epoch):
+            ax.axvline(e, color="0.85", lw=0.8, zorder=0)
+    values = [v for vs in curves.values() for v in vs if v > 0]
+    if values and max(values) / min(values) >= 100:
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step (grey lines: epochs)")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title if len(title) <= 100 else title[:97] + "...")
+    ax.grid(True, alpha=0.3)
+    if curves:
+        ax.legend(loc="best", fontsize=8)
+    return _png(fig)
+
+
+def lr_find_png(lrs: list[float], smoothed: list[float], suggestion: float) -> bytes:
+    """The range test: smoothed training loss against the learning rate (log x), the suggestion marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(lrs, smoothed, label="smoothed loss")
+    ax.axvline(suggestion, color="tab:red", ls="--", lw=1, label=f"suggested lr {suggestion:.2e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (base group)")
+    ax.set_ylabel("training loss")
+    ax.set_title("learning-rate range test")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _png(fig)
+
+
+def write_png(png: bytes, path: Path) -> Path:
+    from trainer.runs.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), png)
+    return Path(path)

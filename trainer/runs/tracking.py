@@ -1,0 +1,197 @@
+"""What a run records: TensorBoard scalars and images, hparams, metrics.json, the confusion matrix PNG.
+
+Rank 0 writes; other ranks get a :class:`NullTracker` whose methods do nothing, chosen at build
+time so the loop never asks which rank it is on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.utils import make_grid
+
+from trainer.runs.checkpoint import atomic_write_bytes
+
+log = logging.getLogger("trainer")
+
+
+def flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Config flattened to scalars for TensorBoard's HParams tab."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, key + "."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+# what every run's HParams row shows first; the keys given on the command line follow
+HPARAM_KEYS = ("model.name", "data.name", "optimizer._target_", "optimizer.lr", "data.batch_size", "trainer.epochs")
+
+
+def chosen_hparams(flat: dict[str, Any], overridden: list[str] | None) -> dict[str, Any]:
+    """The HParams tab's columns: the essentials, then what this run's command line set (a sweep's
+    varied keys among them), instead of every one of the ~60 config keys in alphabetical order."""
+    if overridden is None:
+        return flat
+    keys = list(HPARAM_KEYS) + [k for k in overridden if k not in HPARAM_KEYS]
+    chosen = {k: flat[k] for k in keys if k in flat}
+    for group in overridden:  # a group option (optimizer=sgd): its flattened keys are not named; its name is
+        if group not in flat and f"{group}._target_" in flat:
+            chosen[f"{group}._target_"] = flat[f"{group}._target_"]
+    return chosen
+
+
+class Tracker:
+    """TensorBoard events (opened on first use) and the run folder's summary files."""
+
+    def __init__(self, run_dir: Path, hparams: dict[str, Any], mean: tuple[float, ...], std: tuple[float, ...]):
+        self.run_dir, self.hparams = Path(run_dir), hparams
+        self.mean, self.std = mean, std
+        self.images_logged = False
+        self.purge_step: int | None = None
+        self._writer: Any = None
+
+    @property
+    def writer(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed session wrote after the checkpoint we resumed from
+            self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.purge_step)
+        return self._writer
+
+    def resumed_at(self, step: int, images_logged: bool) -> None:
+        self.purge_step, self.images_logged = step, images_logged
+
+    def log_images(self, x: torch.Tensor, step: int) -> None:
+        """The first training batch as TensorBoard sees it, de-normalized (once per run)."""
+        if self.images_logged or x.ndim != 4:
+            return
+
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        imgs = (x[:32].float() * std + mean).clamp(0, 1)
+        self.writer.add_image("train/images", make_grid(imgs.cpu(), nrow=8), step)
+        self.images_logged = True
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+
+    def log_per_class(self, per_class: dict[str, dict[str, float]], step: int) -> None:
+        for metric, values in per_class.items():
+            for name, v in values.items():
+                self.writer.add_scalar(f"val_per_class/{metric}/{name}", v, step)
+
+    def log_confusion(self, confusion: torch.Tensor, classes: list[str], step: int, save_png: bool) -> None:
+        """The confusion matrix as a TensorBoard image; as confusion_matrix.png too when it is the best epoch."""
+        from trainer.runs.plots import confusion_png, png_array
+
+        png = confusion_png(confusion, classes)
+        self.writer.add_image("val/confusion_matrix", png_array(png), step, dataformats="HWC")
+        if save_png:
+            atomic_write_bytes(self.run_dir / "confusion_matrix.png", png)
+
+    def write_metrics(self, summary: dict[str, Any]) -> None:
+        atomic_write_bytes(self.run_dir / "metrics.json", json.dumps(summary, indent=2).encode())
+        history = summary.get("history") or []
+        if history:  # the same per-epoch values as a table: one row per epoch, every metric
+            import csv
+            import io
+
+            columns = list(dict.fromkeys(k for row in history for k in row))
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(history)
+            atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode())
+
+    def write_hparams(self, last: dict[str, float], best: float | None, epoch: int) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        metrics = {"hparam/best": float(best) if best is not None else float("nan")}
+        metrics.update({"hparam/" + k[4:]: float(v) for k, v in last.items() if k.startswith("val/")})
+        for summary in hparams(self.hparams, metrics):
+            self.writer.file_writer.add_summary(summary)
+        self.log_scalars(metrics, epoch)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class NullTracker(Tracker):
+    """The tracker of ranks > 0: rank 0 alone writes."""
+
+    def log_images(self, x: torch.Tensor, step: int) -> None:
+        pass
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def log_per_class(self, per_class: dict[str, dict[str, float]], step: int) -> None:
+        pass
+
+    def log_confusion(self, confusion: torch.Tensor, classes: list[str], step: int, save_png: bool) -> None:
+        pass
+
+    def write_metrics(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def write_hparams(self, last: dict[str, float], best: float | None, epoch: int) -> None:
+        pass
+
+
+def run_summary(run: Any, wall: float) -> dict[str, Any]:
+    """What metrics.json says of a run: state, best value, the history, where things are."""
+    return {
+        "finished": run.finished,
+        "monitor": run.settings.monitor,
+        "mode": run.settings.mode,
+        "best": run.best,
+        "best_epoch": run.best_epoch,
+        "epochs_done": run.epoch,
+        "epochs": run.epochs,
+        "global_step": run.global_step,
+        "last": run.history[-1] if run.history else {},
+        "history": run.history,
+        "train_time_s": round(run.elapsed, 2),
+        "wall_time_s": round(wall, 2),
+        "run_dir": str(run.run_dir),
+        "best_checkpoint": str(run.run_dir / "checkpoints" / "best.pt") if run.best is not None else None,
+        "weights": run.weights_info,
+        "classes": run.classes,
+        "task": run.settings.task,
+        "pid": os.getpid(),
+        "per_class": {"last": run.per_class_last, "best": run.per_class_best},
+    }
+
+
+def print_summary(run: Any, summary: dict[str, Any]) -> None:
+    """The last lines of a run's log: best value, time, where the run and its best checkpoint are."""
+    best = "n/a" if run.best is None else f"{run.best:.4f}"
+    log.info(
+        "done: best %s %s at epoch %s | training time %s (this session %s)",
+        run.settings.monitor,
+        best,
+        run.best_epoch,
+        _fmt_time(run.elapsed),
+        _fmt_time(summary["wall_time_s"]),
+    )
+    log.info("run folder: %s", run.run_dir)
+    log.info("best checkpoint: %s", summary["best_checkpoint"])
+
+
+def _fmt_time(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"

@@ -1,0 +1,160 @@
+"""`evaluate`: score a trained model, on its run's validation split or on another labelled folder.
+
+    evaluate checkpoint=<run folder | .pt> [data.root=<folder of class folders>] [out=DIR]
+             [data.batch_size=64] [trainer.device=auto]
+
+Without data.root the run is rebuilt from the config stored in the checkpoint and its val split
+scored as training did. With data.root, every image under the folder's class folders is scored;
+the folders are matched to the model's classes by name (any order), and a class the model does not
+know, or one it knows that the folder lacks, is a clear error. Writes metrics.json, per_class.csv and
+confusion_matrix.png into DIR (default: the run folder's eval/ or eval-<folder name>/) and prints
+the scores and the per-class table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.errors import UserError
+from trainer.models.trained import Trained, load_trained
+from trainer.use.command import parse_args, run_command, trusted
+from trainer.use.outputs import atomic_file, check_folder, csv_with_header, json_with_keys
+
+KEYS = {"checkpoint": None, "data.root": "", "out": "", "data.batch_size": "64", "trainer.device": "auto"}
+KEYS["allow_targets"] = ""
+
+
+def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
+    """The run rebuilt from its stored config; its val split scored by the run's own evaluation."""
+    from trainer.loop.build import build_run
+    from trainer.runs.checkpoint import inference_weights
+
+    cfg = trained.config
+    cfg.resume = None
+    cfg.trainer.device = "cpu" if device == "auto" and not torch.cuda.is_available() else device
+    with tempfile.TemporaryDirectory() as tmp:
+        run = build_run(cfg, run_dir=tmp)
+        if list(trained.classes) != run.classes:
+            raise UserError(
+                f"{trained.checkpoint} was trained on classes {trained.classes}, the data now has {run.classes}."
+            )
+        run.model.load_state_dict(inference_weights(trained.state))
+        scalars, per_class, confusion = run.evaluate()
+    images = len(run.loaders.val.dataset)  # type: ignore[arg-type]
+    return {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": images}
+
+
+def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) -> dict[str, Any]:
+    """Every image under ``root``'s class folders, classes matched to the model's by name."""
+    from tqdm import tqdm
+
+    from trainer.data.datasets import scan_class_folders
+    from trainer.data.images import BadImage, decode_rgb
+    from trainer.loop.build import resolve_device
+    from trainer.metrics import Metrics
+    from trainer.use.predict import preprocess
+
+    if trained.task not in ("multiclass", "binary"):
+        raise UserError(f"data.root= scores folders of class folders; this model's task is {trained.task}.")
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"data.root={root!r}: no such folder.")
+    names, paths, targets = scan_class_folders(folder)
+    missing, extra = sorted(set(trained.classes) - set(names)), sorted(set(names) - set(trained.classes))
+    if missing or extra:
+        raise UserError(
+            f"data.root={root!r} has class folders {names}, the model was trained on {trained.classes}"
+            + (f"; missing: {missing}" if missing else "")
+            + (f"; unknown to the model: {extra}" if extra else "")
+            + ". Give a folder with one subfolder per class of the model, named as in training."
+        )
+    index = {c: i for i, c in enumerate(trained.classes)}
+    targets = [index[names[t]] for t in targets]  # the folder's order -> the model's order
+    device = resolve_device(device_name)
+    model = trained.model.to(device)
+    metrics = Metrics(trained.task, len(trained.classes), device)
+    transform, bad = preprocess(trained), []
+    for start in tqdm(range(0, len(paths), batch_size), desc="evaluate", unit="batch"):
+        xs, ys = [], []
+        for path, target in zip(paths[start : start + batch_size], targets[start : start + batch_size]):
+            try:
+                xs.append(transform(decode_rgb(path)))
+                ys.append(target)
+            except BadImage as e:
+                bad.append(str(e))
+        if xs:
+            with torch.no_grad():
+                metrics.update(model(torch.stack(xs).to(device)), torch.tensor(ys, device=device))
+    scalars, per_class, confusion = metrics.compute()
+    return {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": len(paths) - len(bad)}
+
+
+def write_report(result: dict[str, Any], trained: Trained, out: Path, data: str) -> None:
+    from trainer.runs.plots import confusion_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    classes = trained.classes if trained.task != "binary" else [trained.classes[1]]
+    report = {"checkpoint": str(trained.checkpoint), "data": data, "images": result["images"], **result["scalars"]}
+    report["per_class"] = {m: dict(zip(classes, v)) for m, v in result["per_class"].items()}
+    with atomic_file(out / "per_class.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", *result["per_class"]])
+        for i, c in enumerate(classes):
+            writer.writerow([c, *(round(v[i], 6) for v in result["per_class"].values())])
+    if result["confusion"] is not None:
+        with atomic_file(out / "confusion_matrix.png") as tmp:
+            tmp.write_bytes(confusion_png(result["confusion"], trained.classes))
+    with atomic_file(out / "metrics.json") as tmp:  # last: a report with its metrics.json is whole
+        tmp.write_text(json.dumps(report, indent=2))
+
+
+_REPORT = json_with_keys("checkpoint", "data", "images", "per_class")
+REPORT_FILES = {
+    "metrics.json": _REPORT,
+    "per_class.csv": csv_with_header("class"),
+    "confusion_matrix.png": lambda p: (p.parent / "metrics.json").is_file() and _REPORT(p.parent / "metrics.json"),
+}
+
+
+def evaluate(args: dict[str, Any]) -> tuple[dict[str, Any], Trained, Path]:
+    if args["out"]:
+        check_folder(Path(str(args["out"])).expanduser(), REPORT_FILES, "an evaluate report")
+    trained = load_trained(str(args["checkpoint"]), trusted(args["allow_targets"]))
+    root = str(args["data.root"])
+    if root:
+        result = on_folder(trained, root, int(args["data.batch_size"]), str(args["trainer.device"]))
+    else:
+        result = on_val_split(trained, str(args["trainer.device"]))
+    run_dir = trained.checkpoint.parent.parent if trained.checkpoint.parent.name == "checkpoints" else None
+    default = (run_dir or trained.checkpoint.parent) / ("eval-" + Path(root).name if root else "eval")
+    out = Path(str(args["out"])).expanduser() if args["out"] else default
+    check_folder(out, REPORT_FILES, "an evaluate report")
+    write_report(result, trained, out, root or "val split")
+    return result, trained, out
+
+
+def main() -> None:
+    def body() -> None:
+        args = parse_args(sys.argv[1:], KEYS, ("checkpoint",), __doc__ or "")
+        result, trained, out = evaluate(args)
+        scalars = "  ".join(f"{k} {v:.4f}" for k, v in result["scalars"].items())
+        print(f"{trained.checkpoint} (epoch {trained.state['epoch']}, {result['images']} images): {scalars}")
+        metrics = list(result["per_class"])
+        classes = trained.classes if trained.task != "binary" else [trained.classes[1]]
+        print(f"  {'class':>12}  " + "  ".join(f"{m:>9}" for m in metrics))
+        for i, c in enumerate(classes):
+            print(f"  {c:>12}  " + "  ".join(f"{result['per_class'][m][i]:9.4f}" for m in metrics))
+        print(f"report: {out}/metrics.json, per_class.csv, confusion_matrix.png")
+
+    run_command(body)
+
+
+if __name__ == "__main__":
+    main()
