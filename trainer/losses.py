@@ -17,13 +17,14 @@ a perfect score, so empty masks and absent classes give finite values and gradie
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.config.schema import TASKS
+from trainer.config.settings import TASKS
 
 SOFTMAX_TASKS = ("multiclass", "segmentation")
 
@@ -384,13 +385,20 @@ TORCH_LOSSES: dict[str, tuple[tuple[str, ...], str]] = {
     "torch.nn.KLDivLoss": ((), "it expects log-probabilities: use loss=kl_div"),
 }
 
-# loss option -> tasks, for the hint in refusals (kept in step with conf/loss/*.yaml)
-OPTIONS_BY_TASK = {
-    "multiclass": "cross_entropy, nll, focal, dice, iou, tversky, focal_tversky, dice_bce, bce, kl_div, mse, l1, smooth_l1",
-    "segmentation": "cross_entropy, dice, dice_bce, iou, tversky, focal_tversky, focal, nll, bce, kl_div, mse",
-    "multilabel": "bce, focal, dice, dice_bce, iou, tversky, focal_tversky, mse, l1, smooth_l1",
-    "binary": "bce, focal, dice, dice_bce, iou, tversky, focal_tversky, mse, l1, smooth_l1",
-}
+
+def options_for(task: str) -> list[str]:
+    """The loss options (conf/loss/*.yaml) whose loss serves ``task``, from each loss's own ``tasks``."""
+    import yaml
+
+    from trainer.config.schema import CONF_DIR
+    from trainer.config.targets import locate
+
+    options = []
+    for path in sorted(Path(CONF_DIR, "loss").glob("*.yaml")):
+        target = str(yaml.safe_load(path.read_text()).get("_target_"))
+        if loss_fits(locate(target), target, task) is None:
+            options.append(path.stem)
+    return options
 
 
 def loss_fits(loss_fn: Any, target: str, task: str) -> str | None:

@@ -7,13 +7,12 @@ Only Hydra and OmegaConf are imported here, so a typo answers at once, without l
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.config.overrides import first_value, is_interval, key_of
+from trainer.config.settings import SETTINGS, type_ok
 from trainer.errors import UserError
 
 
@@ -26,7 +25,6 @@ def _conf_dir() -> str:
 
 CONF_DIR = _conf_dir()
 
-TASKS = ("multiclass", "binary", "multilabel", "segmentation")
 TASK_METRICS = {
     "multiclass": ("val/loss", "val/acc", "val/top5", "val/f1_macro"),
     "binary": ("val/loss", "val/acc", "val/f1", "val/auroc"),
@@ -35,155 +33,15 @@ TASK_METRICS = {
 }
 DEFAULT_MONITOR = {"multiclass": "val/acc", "binary": "val/acc", "multilabel": "val/mAP", "segmentation": "val/mIoU"}
 
-Check = Callable[[Any], bool]
-
-
-def _int(lo: int) -> tuple[type, Check, str]:
-    return int, lambda v: v >= lo, f"an integer >= {lo}"
-
-
-def _pos_float(strict: bool = True) -> tuple[type, Check, str]:
-    return float, (lambda v: v > 0) if strict else (lambda v: v >= 0), "a number > 0" if strict else "a number >= 0"
-
-
-def _choice(*values: str) -> tuple[type, Check, str]:
-    return str, lambda v: v in values, "one of " + ", ".join(values)
-
-
-_BOOL: tuple[type, Check, str] = (bool, lambda v: True, "true or false")
-_FRACTION: tuple[type, Check, str] = (float, lambda v: 0 <= v <= 1, "a number between 0 and 1, e.g. 0.01")
-
-
-def _duration_ok(value: Any) -> bool:
-    from trainer.config.values import parse_duration
-
-    try:
-        return parse_duration(value) is not None
-    except ValueError:
-        return False
-
-
-# key -> (type, check, what is valid); a null value is allowed where listed in NULLABLE
-RULES: dict[str, tuple[type, Check, str]] = {
-    "trainer.epochs": _int(1),
-    "plan": _BOOL,
-    "trainer.accumulate": _int(1),
-    "trainer.log_every": _int(1),
-    "trainer.clip_grad_norm": _pos_float(),
-    "trainer.precision": _choice("auto", "fp32", "bf16", "fp16"),
-    "trainer.nonfinite": _choice("stop", "skip"),
-    "trainer.devices": _int(1),
-    "trainer.sync_bn": _BOOL,
-    "trainer.ema_decay": (float, lambda v: 0 < v < 1, "a number in (0, 1), e.g. 0.9998 (or null: off)"),
-    "trainer.early_stop_patience": _int(1),
-    "trainer.channels_last": (object, lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
-    "trainer.compile": (
-        object,
-        lambda v: isinstance(v, (bool, str)),
-        "true, false or a torch.compile backend (e.g. inductor, aot_eager)",
-    ),
-    "optimizer.lr": (
-        object,
-        lambda v: v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
-        "a number > 0, or auto (the lr range test picks it)",
-    ),
-    "lr_find": _BOOL,
-    "resume_on_changed_data": _BOOL,
-    "distill.alpha": _FRACTION,
-    "distill.temperature": _pos_float(),
-    "optimizer.weight_decay": _pos_float(strict=False),
-    "finetune.head_epochs": (
-        object,
-        lambda v: v == "auto" or (_type_ok(v, int) and v >= 0),
-        "auto (none in runs under 10 epochs, else a tenth of them) or an integer >= 0",
-    ),
-    "trainer.time_budget": (object, _duration_ok, "a duration such as 90s, 10m or 1h30m (or null: off)"),
-    "finetune.backbone_lr_mult": _pos_float(strict=False),
-    "finetune.layer_decay": (float, lambda v: 0 < v <= 1, "a number in (0, 1], e.g. 0.75"),
-    "finetune.bn": _choice("train", "frozen_stats", "frozen"),
-    "finetune.cache_features": (object, lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
-    "schedule.interval": _choice("step", "epoch"),
-    "schedule.warmup_epochs": _pos_float(strict=False),
-    "data.batch_size": _int(1),
-    "data.val_split": (float, lambda v: 0 < v < 1, "a number between 0 and 1, e.g. 0.2"),
-    "data.image_size": (
-        object,
-        lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 8),
-        "auto, null (the model's size) or an integer >= 8",
-    ),
-    "data.augment": _choice("none", "affine", "flip_crop", "randaugment", "trivialaugment", "autoaugment"),
-    "data.random_erasing": _FRACTION,
-    "data.mixup": _pos_float(strict=False),
-    "data.cutmix": _pos_float(strict=False),
-    "data.sampler": _choice("shuffle", "balanced"),
-    "data.decode": _choice("workers", "device"),
-    "data.max_bad_fraction": _FRACTION,
-    "data.verify": _BOOL,
-    "data.task": _choice(*TASKS),
-    "data.ignore_index": _int(0),
-    "checkpoint.monitor": (
-        str,
-        lambda v: v == "auto" or v.startswith("val/"),
-        "auto or a val/ metric (val/acc, val/loss, val/f1_macro, val/mAP, val/mIoU, ...)",
-    ),
-    "checkpoint.mode": _choice("auto", "max", "min"),
-    "checkpoint.every_n_steps": _int(0),
-    "checkpoint.keep_last": _int(1),
-    "model.source": _choice("timm", "torchvision"),
-    "model.pretrained": _BOOL,
-    "model.drop_rate": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "model.decoder": _choice("unet", "fpn"),
-    "model.head.hidden": _int(1),
-    "model.head.dropout": (float, lambda v: 0 <= v < 1, "a number in [0, 1), e.g. 0.2"),
-    "optimizer.betas": (
-        object,
-        lambda v: _is_list(v) and len(v) == 2 and all(_type_ok(b, float) and 0 <= b < 1 for b in v),
-        "two numbers in [0, 1), e.g. [0.9,0.999]",
-    ),
-    "finetune.stages": (object, lambda v: _is_list(v) and len(v) > 0, "null or a list of stages"),
-    "seed": _int(0),
-}
-NULLABLE = {
-    "trainer.time_budget",
-    "trainer.ema_decay",
-    "trainer.early_stop_patience",
-    "model.head.hidden",
-    "finetune.stages",
-    "trainer.clip_grad_norm",
-    "finetune.layer_decay",
-    "data.image_size",
-    "optimizer.weight_decay",
-    "data.ignore_index",
-    "model.decoder",
-}
-
-
-def _is_list(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) or OmegaConf.is_list(value)
-
-
-def _type_ok(value: Any, kind: type) -> bool:
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
-
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise UserError for the first value that is of the wrong type or out of range."""
-    for key, (kind, ok, valid) in RULES.items():
+    for key, setting in SETTINGS.items():
         value = OmegaConf.select(cfg, key, default="<absent>", throw_on_missing=False)
-        if value == "<absent>" or (value is None and key in NULLABLE):
+        if value == "<absent>" or (value is None and setting.nullable):
             continue
-        if value is None or not _type_ok(value, kind) or not ok(value):
-            raise UserError(f"{key}={value!r} is not valid: use {valid}{_example(key)}.")
-    workers = OmegaConf.select(cfg, "data.num_workers", default="auto")
-    if workers not in ("auto", None) and not (_type_ok(workers, int) and 0 <= workers <= 256):
-        raise UserError(f"data.num_workers={workers!r} is not valid: use auto or an integer from 0 to 256.")
-    device = str(OmegaConf.select(cfg, "trainer.device", default="auto"))
-    if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
-        raise UserError(f"trainer.device={device!r} is not valid: use auto, cpu, cuda, cuda:N or mps.")
+        if value is None or not type_ok(value, setting.kind) or not setting.check(value):
+            raise UserError(f"{key}={value!r} is not valid: use {setting.valid}{_example(key)}.")
 
 
 def _example(key: str) -> str:

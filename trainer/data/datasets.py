@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.config.schema import TASKS
+from trainer.config.settings import TASKS
 from trainer.config.targets import buildable
 from trainer.data.images import (
     IMAGE_EXTENSIONS,

@@ -38,7 +38,7 @@ from trainer.loop.optim import build_optimizer, runtime_kwargs
 from trainer.loop.run import Run, Settings
 from trainer.loop.schedules import Schedule, build_schedule
 from trainer.loop.stages import StagePlan, head_epochs_for, plan_stages, started_head_epochs
-from trainer.losses import OPTIONS_BY_TASK, loss_fits
+from trainer.losses import loss_fits, options_for
 from trainer.models import BuiltModel
 from trainer.models.backbones import is_convnet
 from trainer.runs.checkpoint import checkpoint_of, load_checkpoint
@@ -219,7 +219,7 @@ def setup_loss(cfg: DictConfig, task: str) -> torch.nn.Module:
     target = str(cfg.loss._target_)
 
     def refuse(why: str) -> None:
-        options = OPTIONS_BY_TASK[task].replace(", ", ", loss=")
+        options = ", loss=".join(options_for(task))
         raise UserError(f"loss {target} cannot train a {task} task: {why}. For {task} use one of: loss={options}.")
 
     why = loss_fits(None, target, task)
