@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import TINY
 from omegaconf import OmegaConf
+from support import TINY
 
 EDGES = ["-5", "0", "[]", "''", "1000000"]
 SKIP_HUGE = ("data.", "trainer.devices")  # a million images, pixels or processes: a real cost, not a wrong value

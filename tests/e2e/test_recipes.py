@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, final_tensors, interrupt_and_resume
+from runner import final_tensors, interrupt_and_resume
+from support import TINY
 
 
 def test_ema_weights_differ_from_the_trained_ones_and_are_what_evaluation_scores(compose_cfg, tmp_path):
@@ -199,7 +200,7 @@ def test_image_size_auto_reads_the_folder_and_says_what_it_chose(compose_cfg, tm
 
 @pytest.mark.slow
 def test_plan_true_says_what_the_run_will_do_and_cost_then_stops_without_training(tmp_path):
-    from conftest import train
+    from runner import train
 
     run_dir = tmp_path / "run"
     out = train([*TINY, "plan=true", "finetune.head_epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)

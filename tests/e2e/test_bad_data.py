@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import metrics, train
 from PIL import Image
+from runner import train
+from support import metrics
 
 from trainer.data.images import BadImage, decode_rgb
 

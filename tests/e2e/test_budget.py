@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY, final_tensors, metrics, train
+from runner import final_tensors, train
+from support import TINY, metrics
 
 from trainer.config.values import parse_duration
 from trainer.loop.budget import MARGIN, BudgetPlan, choose_steps

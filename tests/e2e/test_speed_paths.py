@@ -7,7 +7,8 @@ import sys
 
 import pytest
 import torch
-from conftest import HANG_GUARD, REPO, TINY, metrics, offline_env, train
+from runner import train
+from support import HANG_GUARD, REPO, TINY, metrics, offline_env
 
 
 def test_uint8_batches_normalized_on_the_device_equal_the_plain_float_pipeline():

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 import torch
-from conftest import HANG_GUARD, REPO, TINY, final_tensors, offline_env, train
+from runner import final_tensors, train
+from support import HANG_GUARD, REPO, TINY, offline_env
 
 NO_HEAVY_IMPORTS = """
 import sys

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from support import REPO
 
 PACKAGE = REPO / "trainer"
 MAX_MODULE_LINES = 420

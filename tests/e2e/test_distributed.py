@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG_GUARD, TINY, in_process, metrics, offline_env, train
+from runner import in_process, train
+from support import HANG_GUARD, TINY, metrics, offline_env
 
 DDP = [*TINY, "trainer.device=cpu", "data.dataset.train_size=192", "checkpoint.every_n_steps=2"]
 

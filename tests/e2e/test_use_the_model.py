@@ -9,8 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import HANG_GUARD, TINY, in_process, offline_env, train
 from PIL import Image
+from runner import in_process, train
+from support import HANG_GUARD, TINY, offline_env
 
 COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200)}
 

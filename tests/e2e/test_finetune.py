@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import HANG_GUARD, TINY
 from omegaconf import OmegaConf
+from support import HANG_GUARD, REPO, TINY
 
 from trainer.errors import UserError
 from trainer.models import create_model
@@ -246,11 +246,10 @@ def test_linear_probe_runs_the_backbone_without_gradients(compose_cfg, tmp_path,
 def test_probe_benchmark_runs_in_quick_mode(tmp_path):
     import subprocess
     import sys
-    from pathlib import Path
 
-    from conftest import offline_env
+    from support import offline_env
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_probe.py"
+    script = REPO / "scripts" / "bench_probe.py"
     proc = subprocess.run(
         [sys.executable, str(script), "--quick"],
         capture_output=True,

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, in_process, offline_env, train
 from PIL import Image
+from runner import in_process, train
+from support import TINY, offline_env
 
 from trainer.config.untrusted import load_config, load_yaml, read_yaml
 from trainer.errors import UserError

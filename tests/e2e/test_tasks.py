@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONF, TINY, metrics, train
+from runner import train
+from support import CONF, TINY, metrics
 
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
 SEG_TINY = [

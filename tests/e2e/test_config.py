@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONF, HANG_GUARD, TINY
+from support import CONF, HANG_GUARD, TINY
 
 GROUPS = {
     g: sorted(p.stem for p in (CONF / g).glob("*.yaml") if not p.stem.startswith("_"))
@@ -138,8 +138,8 @@ def test_plot_lr_draws_the_schedule_without_training(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO, offline_env
     from PIL import Image
+    from support import REPO, offline_env
 
     out = tmp_path / "lr.png"
     proc = subprocess.run(

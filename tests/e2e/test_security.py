@@ -10,8 +10,9 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import HANG_GUARD, TINY, start_train, train, wait_for
 from omegaconf import OmegaConf
+from runner import start_train, train, wait_for
+from support import HANG_GUARD, TINY
 
 from trainer.errors import UserError
 

@@ -6,7 +6,8 @@ import csv
 import json
 
 import pytest
-from conftest import HANG_GUARD, TINY, train
+from runner import train
+from support import HANG_GUARD, TINY
 
 QUICK = [*TINY, "trainer.epochs=1", "data.dataset.train_size=64", "data.dataset.val_size=32"]
 
@@ -129,8 +130,8 @@ def test_the_plot_holds_the_swept_values_and_their_results():
 
 
 def test_slurm_launcher_config_composes():
-    from conftest import CONF
     from hydra import compose, initialize_config_dir
+    from support import CONF
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="train"):
         cfg = compose(

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD, REPO, TINY, offline_env
+from support import HANG_GUARD, REPO, TINY, offline_env
 
 
 @pytest.mark.slow

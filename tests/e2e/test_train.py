@@ -13,18 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import (
-    HANG_GUARD,
-    TINY,
-    final_tensors,
-    in_process,
-    interrupt_and_resume,
-    metrics,
-    offline_env,
-    start_train,
-    train,
-    wait_for,
-)
+from runner import final_tensors, in_process, interrupt_and_resume, start_train, train, wait_for
+from support import HANG_GUARD, TINY, metrics, offline_env
 
 
 def test_tiny_run_learns_and_leaves_a_complete_run_folder(tmp_path):
