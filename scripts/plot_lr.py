@@ -26,7 +26,7 @@ def lr_curves(overrides: list[str]) -> tuple[dict[str, list[float]], int, list[i
     from hydra.utils import instantiate
 
     from trainer.config.schema import compose_config
-    from trainer.loop.build import setup_plan
+    from trainer.loop.build import setup_stage_plan
     from trainer.loop.estimate import lr_curves as plan_curves
 
     cfg = compose_config(overrides)
@@ -34,7 +34,7 @@ def lr_curves(overrides: list[str]) -> tuple[dict[str, list[float]], int, list[i
     batch = int(cfg.data.batch_size)
     batches = len(splits.train) // batch if len(splits.train) > batch else 1
     steps_per_epoch = math.ceil(batches / max(1, int(cfg.trainer.accumulate)))
-    plan = setup_plan(cfg, torch.device("cpu"), "max")
+    plan = setup_stage_plan(cfg, torch.device("cpu"), "max")
     plan.freeze = cfg.model.get("freeze", "none")
     curves, starts = plan_curves(plan, steps_per_epoch)
     return curves, steps_per_epoch, starts

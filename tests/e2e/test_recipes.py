@@ -237,12 +237,12 @@ def test_lr_find_leaves_the_run_unchanged_and_suggests_an_lr_inside_its_ramp(
     run = build_run(compose_cfg(*TINY, f"finetune.head_epochs={head_epochs}"), run_dir=tmp_path)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     lrs_before = [g["lr"] for g in run.optimizer.param_groups]
-    schedule_before = run.scheduler.state_dict()
+    schedule_before = run.schedule.state_dict()
     rng = torch.get_rng_state()
     lr = find_lr(run)
     assert all(torch.equal(v, before[k]) for k, v in run.model.state_dict().items())
     assert [g["lr"] for g in run.optimizer.param_groups] == lrs_before and run.stage_idx == 0
-    assert run.scheduler.state_dict() == schedule_before
+    assert run.schedule.state_dict() == schedule_before
     assert torch.equal(torch.get_rng_state(), rng)
     rows = (tmp_path / "lr_find.csv").read_text().splitlines()
     ramp = [float(r.split(",")[1]) for r in rows[1:]]

@@ -112,7 +112,7 @@ def test_checkpoint_round_trip_restores_every_tensor(compose_cfg, tmp_path):
     sa, sb = run.optimizer.state_dict()["state"], other.optimizer.state_dict()["state"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
     assert other.epoch == 1 and other.global_step == run.global_step
-    assert other.scheduler.state_dict() == run.scheduler.state_dict()
+    assert other.schedule.state_dict() == run.schedule.state_dict()
 
 
 def _kill_after_first_checkpoint(args: list[str], cwd: Path) -> Path:
@@ -669,7 +669,7 @@ def test_a_plateau_scheduler_run_resumes_exactly(compose_cfg, tmp_path):
     expected = final_tensors(tmp_path / "a")
     resumed = interrupt_and_resume(cfg, tmp_path / "b", at_call=8 * 2 + 3)  # epoch 3, mid-epoch
     assert all(torch.equal(resumed[k], expected[k]) for k in expected)
-    assert unbroken.scheduler.state_dict()["scheduler"]["num_bad_epochs"] is not None
+    assert unbroken.schedule.state_dict()["scheduler"]["num_bad_epochs"] is not None
 
 
 @pytest.mark.slow
@@ -709,7 +709,7 @@ def test_fp16_steps_the_scaler_skips_do_not_advance_the_schedule(compose_cfg, tm
     run.fit()
     # one optimizer step was skipped by the scaler: the schedule moved one step less than the counter
     assert run.global_step == run.batches_per_epoch
-    assert run.scheduler.scheduler.last_epoch == run.global_step - 1
+    assert run.schedule.scheduler.last_epoch == run.global_step - 1
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ def command(name, args, cwd, real=False):
     if not real:
         return in_process(name, args, cwd)
     return subprocess.run(
-        [sys.executable, "-m", f"trainer.{name}", *args],
+        [sys.executable, "-m", f"trainer.use.{name}", *args],
         cwd=cwd,
         env=offline_env(cwd),
         capture_output=True,

@@ -129,6 +129,7 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -
 
     from trainer.loop.build import build_run  # torch and timm load here, not before
 
+    changes, share = {}, None
     if multirun and not cfg.get("resume"):
         previous = sweep_job.previous_sweep_job(out_dir, cfg)
         if isinstance(previous, dict):
@@ -137,17 +138,16 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -
             )
             return previous.get("best")
         if previous is not None:
-            cfg.resume = str(previous)
-    _anchor_paths(cfg)
+            changes["resume"] = str(previous)  # a re-run sweep carries on the job's own last.pt
     if multirun:
         from hydra.core.hydra_config import HydraConfig
 
         from trainer.runs import failpoints
 
         failpoints.job = int(HydraConfig.get().job.num)
-        sweep_job.share_the_machine(cfg)
+        share = sweep_job.share_the_machine()
     try:
-        run = build_run(cfg)
+        run = build_run(cfg, changes=changes, share=share)
         if folder is not None:
             folder.accept()  # resumed from its checkpoint, or a new run: .hydra/ and the log go in now
         if cfg.get("plan"):
@@ -160,16 +160,15 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -
         if key.startswith("data.dataset."):  # the dataset's argument comes from the data option's own key
             key = "data." + key.rsplit(".", 1)[-1]
         example = {"data.root": "DIR", "data.csv": "FILE.csv"}.get(key, "...")
+        from hydra.core.hydra_config import HydraConfig
+
+        option = HydraConfig.get().runtime.choices.get("data")
         raise UserError(
-            f"missing value for {key}: data={cfg.data.get('name')} needs it; give it on the "
-            f"command line, e.g. {key}={example}."
+            f"missing value for {key}: data={option} needs it; give it on the command line, e.g. {key}={example}."
         ) from None
     if multirun:
         sweep_job.release_memory()  # a worker of a parallel sweep runs the next job in the same process
     return summary.get("best")
-
-
-PATH_KEYS = ("data.root", "data.csv", "data.val_csv", "model.weights", "distill.teacher")
 
 
 def _plan_only(run: Any) -> None:
@@ -191,19 +190,6 @@ def _lr_find_only(run: Any) -> None:
     lr = find_lr(run)
     kept = [o for o in HydraConfig.get().overrides.task if key_of(o) not in ("lr_find", "optimizer.lr")]
     log.info("train with it:\n  train %s", " ".join([*kept, f"optimizer.lr={lr:.2e}"]))
-
-
-def _anchor_paths(cfg: DictConfig) -> None:
-    """Relative paths are the launch folder's, also with hydra.job.chdir=true (the run then works in
-    its own folder); the checkpoint keeps them absolute, so evaluating it elsewhere finds the data."""
-    from hydra.utils import to_absolute_path
-
-    for key in PATH_KEYS:
-        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-        if isinstance(value, str) and value and value != "???" and not value.startswith(("package:", "/")):
-            if key == "distill.teacher" and not Path(value).expanduser().exists():
-                continue  # a timm model name
-            OmegaConf.update(cfg, key, to_absolute_path(str(Path(value).expanduser())), merge=False)
 
 
 def check_writable(argv: list[str]) -> None:

@@ -47,13 +47,17 @@ from trainer.runs.tracking import NullTracker, Tracker, chosen_hparams, flat_hpa
 log = logging.getLogger("trainer")
 
 
-def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
-    """The run a config describes, ready to ``fit()`` (resumed when ``resume`` names a checkpoint)."""
+def build_run(
+    cfg: DictConfig, run_dir: str | Path | None = None, changes: dict[str, Any] | None = None, share: Any = None
+) -> Run:
+    """The run a config describes, ready to ``fit()`` (resumed when ``resume`` names a checkpoint).
+
+    The one reader of a run's config. ``changes``: keys the caller sets before it is read (a sweep job
+    resuming its own last.pt, evaluate's device); ``share``: a parallel sweep job's part of the machine
+    (sweeps/job.py). Relative paths are made absolute here, so the checkpoint finds the data elsewhere."""
     if run_dir is None:
         run_dir = HydraConfig.get().runtime.output_dir
-    # every object the config names must come from an allow-listed package (resume brings configs from files)
-    check_targets(cfg, extra=tuple(cfg.get("allow_targets") or ()))
-    validate_config(cfg)  # types and ranges, for every caller (CLI, scripts, tests)
+    prepare_config(cfg, changes, share)
     device = setup_device(cfg)
     seed_everything(int(cfg.seed) + dist.rank())  # each rank its own streams; DDP copies rank 0's weights
     precision = resolve_precision(str(cfg.trainer.precision), device)
@@ -66,7 +70,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
     auto_lr = str(cfg.optimizer.get("lr")) == "auto"
     if auto_lr:
         cfg.optimizer.lr = 1e-3  # a stand-in: the range test sets it once the run is built
-    plan = setup_plan(cfg, device, mode)
+    plan = setup_stage_plan(cfg, device, mode)
     log.info("task %s; loss %s; device %s, precision %s", splits.task, type(loss_fn).__name__, device, precision)
     settings = setup_settings(cfg, splits.task, device, precision, built, (monitor, mode))
     run = Run(
@@ -87,10 +91,29 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
         bad_images=BadImageLog(len(splits.train) + len(splits.val), float(cfg.data.max_bad_fraction)),
         run_dir=Path(run_dir),
     )
-    run.teacher = build_teacher(cfg, splits.classes, splits.task, device, loaders.input_spec, run.autocast)
+    run.teacher = setup_teacher(cfg, splits, device, loaders, run.autocast)
     if auto_lr:
         run.enter_stage(0)
         set_found_lr(run, cfg, find_lr(run))
+    resume_or_start(cfg, run, splits)
+    return run
+
+
+def prepare_config(cfg: DictConfig, changes: dict[str, Any] | None, share: Any) -> None:
+    """The caller's changes, absolute paths, a sweep job's share of the machine; then the checks every
+    caller gets: what ``_target_`` may build (resume brings configs from files), types and ranges."""
+    for key, value in (changes or {}).items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    anchor_paths(cfg)
+    if share is not None:
+        apply_share(cfg, share)
+    check_targets(cfg, extra=tuple(cfg.get("allow_targets") or ()))
+    validate_config(cfg)
+
+
+def resume_or_start(cfg: DictConfig, run: Run, splits: Splits) -> None:
+    """``resume``: the checkpoint's state (on the same data, its head stage and budget plan kept); else
+    the first stage. A time budget is planned here either way."""
     if cfg.get("resume") and str(cfg.resume) == "auto":
         raise UserError("resume=auto chooses one run to continue: it does not combine with -m (multirun).")
     run.data_fingerprint = fingerprint(splits)
@@ -103,7 +126,6 @@ def build_run(cfg: DictConfig, run_dir: str | Path | None = None) -> Run:
         run.resume_from(cfg.resume, resumed)
     else:
         run.enter_stage(0)
-    return run
 
 
 def setup_settings(
@@ -141,6 +163,48 @@ def set_found_lr(run: Run, cfg: DictConfig, lr: float) -> None:
     cfg.optimizer.lr = run.plan.lr = lr
     run.settings = dataclasses.replace(run.settings, config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
     log.info("optimizer.lr=auto: training with optimizer.lr=%.2e", lr)
+
+
+PATH_KEYS = ("data.root", "data.csv", "data.val_csv", "model.weights", "distill.teacher")
+
+
+def anchor_paths(cfg: DictConfig) -> None:
+    """Relative paths are the launch folder's, also with hydra.job.chdir=true (the run then works in
+    its own folder); the checkpoint keeps them absolute, so evaluating it elsewhere finds the data."""
+    from hydra.utils import to_absolute_path
+
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if isinstance(value, str) and value and value != "???" and not value.startswith(("package:", "/")):
+            if key == "distill.teacher" and not Path(value).expanduser().exists():
+                continue  # a timm model name
+            OmegaConf.update(cfg, key, to_absolute_path(str(Path(value).expanduser())), merge=False)
+
+
+def apply_share(cfg: DictConfig, share: Any) -> None:
+    """A parallel sweep job on its own GPU (when it asks for cuda or auto), else on its share of the cores."""
+    if share.gpu is not None and str(cfg.trainer.device) in ("auto", "cuda"):
+        cfg.trainer.device = f"cuda:{share.gpu}"
+        torch.cuda.set_device(share.gpu)
+        log.info("parallel sweep: job %s on cuda:%d", share.job, share.gpu)
+    else:
+        torch.set_num_threads(share.threads)
+        log.info("parallel sweep: job %s on %d CPU threads", share.job, torch.get_num_threads())
+
+
+def setup_teacher(cfg: DictConfig, splits: Splits, device: torch.device, loaders: Loaders, autocast: Any) -> Any:
+    """distill.*: the teacher and its loss (a no-op without distill.teacher)."""
+    d = cfg.get("distill") or {}
+    return build_teacher(
+        d.get("teacher"),
+        float(d.get("alpha", 0.5)),
+        float(d.get("temperature", 4.0)),
+        tuple(cfg.get("allow_targets") or ()),
+        splits,
+        device,
+        loaders.input_spec,
+        autocast,
+    )
 
 
 def setup_device(cfg: DictConfig) -> torch.device:
@@ -267,7 +331,7 @@ def _given(key: str) -> bool:
     return any(key_of(o) == key for o in HydraConfig.get().overrides.task)
 
 
-def setup_plan(cfg: DictConfig, device: torch.device, monitor_mode: str) -> StagePlan:
+def setup_stage_plan(cfg: DictConfig, device: torch.device, monitor_mode: str) -> StagePlan:
     """The stages and the builders of each stage's optimizer and schedule."""
     ft = cfg.finetune
     make_optimizer = optimizer_builder(cfg, device)

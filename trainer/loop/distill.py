@@ -85,27 +85,33 @@ class Teacher(NoTeacher):
 
 
 def build_teacher(
-    cfg: Any, classes: list[str], task: str, device: torch.device, student_spec: dict[str, Any], autocast: Any
+    source: str | None,
+    alpha: float,
+    temperature: float,
+    allow: tuple[str, ...],
+    splits: Any,
+    device: torch.device,
+    student_spec: dict[str, Any],
+    autocast: Any,
 ) -> NoTeacher:
-    d = cfg.get("distill") or {}
-    source = d.get("teacher")
+    """``distill.teacher`` (a checkpoint, a run folder or a timm name) for the student's data; NoTeacher without one."""
     if not source:
         return NoTeacher()
-    if task != "multiclass":
+    if splits.task != "multiclass":
         raise UserError(
-            f"distill.teacher: distillation matches softmax outputs, for multiclass tasks only (this is {task})."
+            f"distill.teacher: distillation matches softmax outputs, for multiclass tasks only (this is {splits.task})."
         )
-    model, spec, where = _load_teacher(str(source), classes, tuple(cfg.get("allow_targets") or ()))
+    model, spec, where = _load_teacher(str(source), splits.classes, allow)
     model.to(device)
     log.info(
         "distillation from %s (%s params, input %d px): alpha %.2f, temperature %.1f",
         where,
         f"{sum(p.numel() for p in model.parameters()):,}",
         int(spec["size"]),
-        float(d.get("alpha", 0.5)),
-        float(d.get("temperature", 4.0)),
+        alpha,
+        temperature,
     )
-    return Teacher(model, spec, student_spec, d.get("alpha", 0.5), d.get("temperature", 4.0), autocast)
+    return Teacher(model, spec, student_spec, alpha, temperature, autocast)
 
 
 def _load_teacher(

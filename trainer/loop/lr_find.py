@@ -30,7 +30,7 @@ DIVERGED = 4.0  # stop when the smoothed loss exceeds this times its lowest valu
 def range_test(run: Any, steps: int | None = None) -> dict[str, Any]:
     """lrs, raw and smoothed losses, and the suggested base lr; the run's state is unchanged after it."""
     steps = steps or STEPS
-    saved = [copy.deepcopy(x.state_dict()) for x in (run.model, run.optimizer, run.scheduler)]
+    saved = [copy.deepcopy(x.state_dict()) for x in (run.model, run.optimizer, run.schedule)]
     rng = torch.get_rng_state()
     base = [float(g.get("initial_lr", g["lr"])) for g in run.optimizer.param_groups]  # before any warm-up
     mults = [b / (max(base) or 1.0) for b in base]
@@ -54,7 +54,7 @@ def range_test(run: Any, steps: int | None = None) -> dict[str, Any]:
     finally:
         run.model.load_state_dict(saved[0])
         run.optimizer.load_state_dict(saved[1])
-        run.scheduler.load_state_dict(saved[2])
+        run.schedule.load_state_dict(saved[2])
         torch.set_rng_state(rng)
     return {"lr": lrs, "loss": raw, "smoothed": smooth, "suggestion": suggest(lrs, smooth)}
 

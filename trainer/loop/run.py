@@ -116,7 +116,7 @@ class Run(RunState):
         # set per stage by enter_stage
         self.stage_idx: int | None = None
         self.optimizer: torch.optim.Optimizer
-        self.scheduler: Any
+        self.schedule: Any
         self.step: Step
         self.forward: Forward
         self.inputs: ImageInputs
@@ -177,7 +177,7 @@ class Run(RunState):
         """Freeze per the stage, a fresh optimizer and schedule, and the forward, step and inputs it trains with."""
         s = self.settings
         setup = self.plan.setup(index, self.model, self.head_names, self.steps_per_epoch)
-        self.stage_idx, self.optimizer, self.scheduler = index, setup.optimizer, setup.schedule
+        self.stage_idx, self.optimizer, self.schedule = index, setup.optimizer, setup.schedule
         self.head_only = setup.head_only
         # one process: the probe shortcut (features under no_grad); DDP needs its own forward
         self.probe = self.head_only and s.task != "segmentation" and not self.distributed
@@ -201,7 +201,7 @@ class Run(RunState):
             forward=self.forward,
             loss_fn=self.teacher.wrap(self.loss_fn),
             optimizer=self.optimizer,
-            schedule=self.scheduler,
+            schedule=self.schedule,
             scaler=self.scaler,
             autocast=self.autocast,
             accumulate=self.accumulate,
@@ -339,7 +339,7 @@ class Run(RunState):
             raise UserError(f"checkpoint.monitor={monitor!r} is not a metric of this run: use one of {', '.join(val)}.")
         self._check_finite(train_loss, epoch)
         self._check_finite(val["val/loss"], epoch)
-        self.scheduler.after_epoch(val[monitor])
+        self.schedule.after_epoch(val[monitor])
         row = {"epoch": epoch + 1, "train/loss": train_loss, **val, "lr": self._lrs().get("head", 0.0)}
         self.history.append({**row, "seconds": round(seconds, 2)})
         # one x-axis for the run: the epoch's values at the optimizer step where it ended

@@ -37,7 +37,7 @@ class RunState:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),  # the averaged weights (trainer.ema_decay), or None
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "stage": self.stage_idx,
             "epoch": self.epoch,
@@ -86,7 +86,7 @@ class RunState:
         self.enter_stage(int(saved_stage) if saved_stage is not None else self.plan.index(int(state["epoch"])))
         try:
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.schedule.load_state_dict(state["scheduler"])
         except (ValueError, KeyError) as e:
             raise UserError(
                 f"{source}: its optimizer or scheduler does not match this config ({e}). "
@@ -139,13 +139,13 @@ class RunState:
         if planned is None or int(state["epoch"]) < int(planned) or self.epochs <= int(planned):
             return
         remaining = self.epochs - int(state["epoch"])
-        self.scheduler = self.plan.make_schedule(self.optimizer, self.steps_per_epoch, remaining)
-        self.step.schedule = self.scheduler
+        self.schedule = self.plan.make_schedule(self.optimizer, self.steps_per_epoch, remaining)
+        self.step.schedule = self.schedule
         log.info(
             "extending a finished run from %d to %d epochs: a fresh %s schedule over the %d new epochs",
             int(planned),
             self.epochs,
-            self.scheduler.name,
+            self.schedule.name,
             remaining,
         )
 

@@ -76,27 +76,27 @@ class ModelSpec:
 @buildable
 def create_model(*, num_classes: int, task: str = "multiclass", **keys: Any) -> BuiltModel:
     """The model option's ``_target_`` (a ``_partial_``): the data supplies ``num_classes`` and ``task``."""
-    cfg = ModelSpec(**keys)
-    built = build_model(cfg, num_classes, task)
-    built.freeze = cfg.freeze
+    spec = ModelSpec(**keys)
+    built = build_model(spec, num_classes, task)
+    built.freeze = spec.freeze
     return built
 
 
-def build_model(cfg: ModelSpec, num_classes: int, task: str = "multiclass") -> BuiltModel:
-    """Create the backbone named by ``cfg`` with a head for the task and load its weights.
+def build_model(spec: ModelSpec, num_classes: int, task: str = "multiclass") -> BuiltModel:
+    """Create the backbone named by ``spec`` with a head for the task and load its weights.
 
     multiclass / multilabel: ``num_classes`` outputs; binary: one; segmentation: an encoder
     (timm ``features_only``) with a U-Net or FPN decoder giving ``num_classes`` maps.
     """
-    decoder = cfg.decoder
+    decoder = spec.decoder
     if task == "segmentation":
         if not decoder:
             raise UserError(
-                f"data.task=segmentation needs an encoder-decoder model, and model={cfg.name} is a "
+                f"data.task=segmentation needs an encoder-decoder model, and model={spec.name} is a "
                 "classifier: use model=unet_resnet34 (or model=fpn_resnet34), or add a decoder to any "
                 "timm backbone with +model.decoder=unet."
             )
-        return _build_segmentation(cfg, num_classes)
+        return _build_segmentation(spec, num_classes)
     if decoder:
         raise UserError(
             f"model.decoder={decoder} makes per-pixel masks, but data.task={task}: use a classifier "
@@ -104,10 +104,10 @@ def build_model(cfg: ModelSpec, num_classes: int, task: str = "multiclass") -> B
         )
     if task == "binary":
         num_classes = 1
-    built = _build_timm(cfg, num_classes) if cfg.source == "timm" else _build_torchvision(cfg, num_classes)
+    built = _build_timm(spec, num_classes) if spec.source == "timm" else _build_torchvision(spec, num_classes)
     if not built.head_names:
-        raise UserError(f"model {cfg.name}: could not find its classifier head to replace.")
-    head_cfg = cfg.head or {}
+        raise UserError(f"model {spec.name}: could not find its classifier head to replace.")
+    head_cfg = spec.head or {}
     if head_cfg.get("hidden") or float(head_cfg.get("dropout") or 0.0) > 0:
         old = built.head
         linear = old if isinstance(old, nn.Linear) else [m for m in old.modules() if isinstance(m, nn.Linear)][-1]
@@ -151,12 +151,12 @@ def init_head(model: nn.Module, head_names: set[str]) -> None:
                 nn.init.zeros_(p)
 
 
-def _create_timm(cfg: Any, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+def _create_timm(spec: Any, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """timm.create_model for ``model.name`` with hub weights when asked (offline: the cache only, or a
     clear error); returns the model and where its weights came from."""
 
-    name = str(cfg.name)
-    hub = bool(cfg.pretrained) and not wants_file(cfg)
+    name = str(spec.name)
+    hub = bool(spec.pretrained) and not wants_file(spec)
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:8]
         raise UserError(
@@ -183,28 +183,28 @@ def _create_timm(cfg: Any, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     return model, weights
 
 
-def _build_timm(cfg: Any, num_classes: int) -> BuiltModel:
+def _build_timm(spec: Any, num_classes: int) -> BuiltModel:
 
-    name = str(cfg.name)
-    model, weights = _create_timm(cfg, num_classes=num_classes, drop_rate=float(cfg.drop_rate))
+    name = str(spec.name)
+    model, weights = _create_timm(spec, num_classes=num_classes, drop_rate=float(spec.drop_rate))
     head = model.get_classifier()
     head_path = next(n for n, m in model.named_modules() if m is head)
     head_names = _param_names_of(model, head)
-    if wants_file(cfg):
-        weights = load_weights(model, str(cfg.weights), head_names, name)
+    if wants_file(spec):
+        weights = load_weights(model, str(spec.weights), head_names, name)
     data_config = resolve_data_config(model=model)
     return BuiltModel(model, head_names, dict(data_config), weights, head_path)
 
 
-def _build_torchvision(cfg: Any, num_classes: int) -> BuiltModel:
+def _build_torchvision(spec: Any, num_classes: int) -> BuiltModel:
 
-    name = str(cfg.name)
+    name = str(spec.name)
     if name not in torchvision.models.list_models():
         raise UserError(
             f"model.name={name!r} is not a torchvision model (model.source=torchvision). "
             "See torchvision.models.list_models(), or use model.source=timm."
         )
-    hub = bool(cfg.pretrained) and not wants_file(cfg)
+    hub = bool(spec.pretrained) and not wants_file(spec)
     try:
         model = torchvision.models.get_model(name, weights="DEFAULT" if hub else None)
     except Exception as e:
@@ -212,15 +212,15 @@ def _build_torchvision(cfg: Any, num_classes: int) -> BuiltModel:
             raise
         raise UserError(no_weights_message(name, "torchvision's download and the torch hub cache", e)) from None
     head_path, old = _last_linear(model)
-    new_head = make_head(old.in_features, num_classes, dropout=float(cfg.drop_rate))
+    new_head = make_head(old.in_features, num_classes, dropout=float(spec.drop_rate))
     _set_submodule(model, head_path, new_head)
     head_names = _param_names_of(model, new_head)
     weights: dict[str, Any] = {"source": f"torchvision:{name}.DEFAULT" if hub else "none (random init)"}
     if hub:
         url = torchvision.models.get_model_weights(name).DEFAULT.url
         weights.update(cached_file_info(Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)))
-    if wants_file(cfg):
-        weights = load_weights(model, str(cfg.weights), head_names, name)
+    if wants_file(spec):
+        weights = load_weights(model, str(spec.weights), head_names, name)
     data_config = {**imagenet_data_config(0.875), "crop_mode": "center"}
     return BuiltModel(model, head_names, data_config, weights, head_path)
 
@@ -250,25 +250,25 @@ def is_convnet(model: nn.Module) -> bool:
     return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 4
 
 
-def _build_segmentation(cfg: Any, num_classes: int) -> BuiltModel:
+def _build_segmentation(spec: Any, num_classes: int) -> BuiltModel:
 
-    name, kind = str(cfg.name), str(cfg.decoder)
-    if str(cfg.source) != "timm":
+    name, kind = str(spec.name), str(spec.decoder)
+    if str(spec.source) != "timm":
         raise UserError(
             f"model.decoder={kind} builds on a timm encoder: use model.source=timm (any timm "
             "backbone that supports features_only, e.g. resnet34, efficientnet_b0, convnext_tiny)."
         )
-    encoder, weights = _create_timm(cfg, features_only=True)
+    encoder, weights = _create_timm(spec, features_only=True)
     enc_channels = list(encoder.feature_info.channels())
-    channels = cfg.decoder_channels or [256, 128, 64, 32]
+    channels = spec.decoder_channels or [256, 128, 64, 32]
     decoder: nn.Module
     if kind == "unet":
         decoder = UNetDecoder(enc_channels, [int(c) for c in channels], num_classes)
     else:
         decoder = FPNDecoder(enc_channels, int(channels[0] if not isinstance(channels, int) else channels), num_classes)
     model = SegmentationModel(encoder, decoder)
-    if wants_file(cfg):
-        weights = load_weights(encoder, str(cfg.weights), set(), name, encoder_only=True)
+    if wants_file(spec):
+        weights = load_weights(encoder, str(spec.weights), set(), name, encoder_only=True)
     try:
         data_config = dict(resolve_data_config(model=encoder))
     except Exception:

@@ -36,18 +36,18 @@ def load_trained(value: str, allow: tuple[str, ...] = ()) -> Trained:
 
     path = checkpoint_of(value, key="checkpoint", names=("best.pt", "last.pt"))
     state = load_checkpoint(path)
-    cfg = load_config(state["config"], f"the config stored in {path}")
-    check_targets(cfg, extra=allow, where=f"config stored in {path}")
-    cfg.allow_targets = list(allow)  # a list stored in the run is not trusted: only the one given now
-    task = str(state.get("task") or cfg.data.get("task") or "multiclass")
+    stored = load_config(state["config"], f"the config stored in {path}")  # the run that made it
+    check_targets(stored, extra=allow, where=f"config stored in {path}")
+    stored.allow_targets = list(allow)  # a list stored in the run is not trusted: only the one given now
+    task = str(state.get("task") or stored.data.get("task") or "multiclass")
     classes = [str(c) for c in state["classes"]]
-    cfg.model.pretrained = False  # the checkpoint brings every weight: nothing is downloaded or read
-    cfg.model.weights = None
-    built = instantiate_node(cfg.model)(num_classes=len(classes), task=task)
+    stored.model.pretrained = False  # the checkpoint brings every weight: nothing is downloaded or read
+    stored.model.weights = None
+    built = instantiate_node(stored.model)(num_classes=len(classes), task=task)
     try:
         built.model.load_state_dict(inference_weights(state))
     except RuntimeError as e:
         raise UserError(f"{path}: its weights do not fit the model its config describes ({str(e)[:200]}).") from None
     built.model.eval()
     spec = dict(state["input_spec"])
-    return Trained(built.model, classes, task, spec, cfg, path, state)
+    return Trained(built.model, classes, task, spec, stored, path, state)

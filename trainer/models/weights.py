@@ -53,8 +53,9 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def wants_file(cfg: Any) -> bool:
-    return bool(cfg.pretrained) and cfg.weights not in (None, "", "null")
+def wants_file(spec: Any) -> bool:
+    """A model spec whose pretrained weights come from a file (model.weights) rather than a hub."""
+    return bool(spec.pretrained) and spec.weights not in (None, "", "null")
 
 
 def timm_cached_file(pretrained_cfg: dict[str, Any]) -> Path | None:

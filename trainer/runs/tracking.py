@@ -20,10 +20,10 @@ from trainer.runs.checkpoint import atomic_write_bytes
 log = logging.getLogger("trainer")
 
 
-def flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_hparams(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Config flattened to scalars for TensorBoard's HParams tab."""
     out: dict[str, Any] = {}
-    for k, v in cfg.items():
+    for k, v in values.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flat_hparams(v, key + "."))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,19 @@ from trainer.errors import UserError
 log = logging.getLogger("trainer")
 
 
-def share_the_machine(cfg: DictConfig) -> None:
-    """A job of a parallel sweep (joblib launcher): its own GPU (job number modulo the GPUs), or its
-    share of the CPU cores, so that parallel jobs do not fight over one device."""
+@dataclass(frozen=True)
+class MachineShare:
+    """A parallel sweep job's part of the machine: a GPU (when there are GPUs) and CPU threads."""
+
+    job: int
+    gpu: int | None
+    threads: int
+
+
+def share_the_machine() -> MachineShare | None:
+    """This job's share of the machine under the parallel launcher (joblib): its own GPU (job number
+    modulo the GPUs) and its share of the CPU cores, so that parallel jobs do not fight over one
+    device; None for one job at a time. ``build_run`` applies it."""
     import os
 
     from hydra.core.hydra_config import HydraConfig
@@ -25,20 +36,15 @@ def share_the_machine(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     launcher = str(hc.launcher.get("_target_", ""))
     if "joblib" not in launcher.lower():
-        return
+        return None
     import torch
 
     n_jobs = int(hc.launcher.get("n_jobs") or 1)
     if n_jobs < 0:  # joblib: -1 = one per core
         n_jobs = os.cpu_count() or 1
-    if torch.cuda.is_available() and str(cfg.trainer.device) in ("auto", "cuda"):
-        gpu = int(hc.job.num) % torch.cuda.device_count()
-        cfg.trainer.device = f"cuda:{gpu}"
-        torch.cuda.set_device(gpu)
-        log.info("parallel sweep: job %s on cuda:%d", hc.job.num, gpu)
-    else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, n_jobs)))
-        log.info("parallel sweep: job %s on %d CPU threads", hc.job.num, torch.get_num_threads())
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    job = int(hc.job.num)
+    return MachineShare(job, job % gpus if gpus else None, max(1, (os.cpu_count() or 1) // max(1, n_jobs)))
 
 
 def release_memory() -> None:

@@ -36,11 +36,9 @@ def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
     from trainer.loop.build import build_run
     from trainer.runs.checkpoint import inference_weights
 
-    cfg = trained.config
-    cfg.resume = None
-    cfg.trainer.device = "cpu" if device == "auto" and not torch.cuda.is_available() else device
+    device = "cpu" if device == "auto" and not torch.cuda.is_available() else device
     with tempfile.TemporaryDirectory() as tmp:
-        run = build_run(cfg, run_dir=tmp)
+        run = build_run(trained.config, run_dir=tmp, changes={"resume": None, "trainer.device": device})
         if list(trained.classes) != run.classes:
             raise UserError(
                 f"{trained.checkpoint} was trained on classes {trained.classes}, the data now has {run.classes}."

@@ -38,7 +38,7 @@ _EXPORT_OF = lambda p: (p.parent / "config.json").is_file() and _EXPORT_CONFIG(p
 
 def timm_config(trained: Trained) -> dict[str, Any]:
     """timm's pretrained-config form, for the loaders that read it (timm, Hugging Face)."""
-    spec, cfg = trained.input_spec, trained.config
+    spec, stored = trained.input_spec, trained.config  # the config the checkpoint was trained with
     num_outputs = 1 if trained.task == "binary" else len(trained.classes)
     pretrained_cfg = {
         "input_size": [3, int(spec["size"]), int(spec["size"])],
@@ -50,8 +50,8 @@ def timm_config(trained: Trained) -> dict[str, Any]:
         "label_names": list(trained.classes),
     }
     return {
-        "architecture": str(cfg.model.name),
-        "source": str(cfg.model.get("source", "timm")),
+        "architecture": str(stored.model.name),
+        "source": str(stored.model.get("source", "timm")),
         "task": trained.task,
         "num_classes": num_outputs,
         "label_names": list(trained.classes),
