@@ -2,6 +2,7 @@
 
     python scripts/bench_recipe.py [--data digits|mnist5k] [--epochs 2] [--out FILE]
     python scripts/bench_recipe.py --budgets 2m,5m [--data digits|mnist5k]
+    python scripts/bench_recipe.py --timm-train PATH/TO/pytorch-image-models/train.py [--data ...]
 
 ``--budgets``: instead, ``train data=<data> trainer.time_budget=B`` for each budget, and how close each
 run's wall time (the whole command) lands to it.
@@ -14,7 +15,12 @@ stratified split the trainer's own data options use). Then, one after the other 
    0.9-1.1) + flip, AdamW 2e-3 (weight decay 0.05) with OneCycle, batch 64, one loader worker, all
    layers every epoch, evaluated after each epoch;
 2. ``train data=imagefolder data.root=DIR trainer.epochs=N`` (the defaults);
-3. ``train data=imagefolder data.root=DIR trainer.time_budget=<the bare loop's wall time>``.
+3. ``train data=imagefolder data.root=DIR trainer.time_budget=<the bare loop's wall time>``;
+4. with ``--timm-train``: timm's own train.py (from a checkout of its repository; the wheel does not ship
+   it) on the same folder, offline: the packaged weights written once as a timm state dict and given
+   as ``--pretrained --pretrained-path``, and the bare loop's choices where train.py has them (64 px,
+   AdamW 2e-3, weight decay 0.05, batch 64, scale 0.7-1, ratio 0.9-1.1, one worker, no label
+   smoothing, cosine without warm-up; train.py has no OneCycle); its best top-1 is read from its log.
 
 Each row's wall time is the whole command (start-up, data, training, evaluation); the table gives the
 best val accuracy, the wall time and both as ratios to the bare loop.
@@ -124,12 +130,53 @@ def trainer_run(folder: Path | None, name: str, extra: list[str], data: str = ""
     return float(metrics["best"]), wall, metrics
 
 
+def timm_weights() -> Path:
+    """The packaged EfficientNet-Lite0 weights as a timm state dict (its ImageNet head included), once."""
+    import timm
+    import torch
+
+    from trainer.models.weights import load_weights
+
+    path = ROOT / "efficientnet_lite0_packaged.pth"
+    if not path.is_file():
+        model = timm.create_model("efficientnet_lite0", num_classes=1000, pretrained=False)
+        load_weights(model, "package:efficientnet_lite0", set(), "efficientnet_lite0")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return path
+
+
+def timm_train(script: Path, folder: Path, epochs: int) -> tuple[float, float]:
+    """(best val accuracy, wall seconds) of timm's train.py on the folder, as its own process."""
+    import re
+
+    out = ROOT / folder.parent.name / f"timm-train-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    weights = timm_weights().resolve()
+    args = [
+        *("--data-dir", str(folder.resolve()), "--train-split", "train", "--val-split", "val"),
+        *("--model", "efficientnet_lite0", "--pretrained", "--pretrained-path", str(weights)),
+        *("--num-classes", str(len(list((folder / "train").iterdir()))), "--img-size", "64"),
+        *("--epochs", str(epochs), "--opt", "adamw", "--lr", "2e-3", "--weight-decay", "0.05"),
+        *("--sched", "cosine", "--warmup-epochs", "0", "-b", "64", "-j", "1", "--smoothing", "0"),
+        *("--scale", "0.7", "1.0", "--ratio", "0.9", "1.1", "--device", "cpu", "--no-prefetcher"),
+        *("--output", str(out.resolve())),
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=script.parent)
+    wall = time.perf_counter() - start
+    found = re.search(r"\*\*\* Best metric: ([0-9.]+)", proc.stdout + proc.stderr)
+    if proc.returncode != 0 or found is None:
+        sys.exit(f"timm's train.py failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return float(found.group(1)) / 100, wall
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", choices=["digits", "mnist5k"], default="digits")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--out", default=None, help="also write the table to this file")
     ap.add_argument("--budgets", default=None, help="e.g. 2m,5m: how close runs with these budgets land")
+    ap.add_argument("--timm-train", default=None, help="timm's train.py (in a checkout of its repository): add its row")
     ap.add_argument("--bare", default=None, help=argparse.SUPPRESS)  # the bare loop's own process, on this folder
     args = ap.parse_args()
     if args.bare:
@@ -147,6 +194,10 @@ def main() -> None:
     budget = f"{round(wall)}s"
     a, w, m = trainer_run(folder, f"budget-{stamp}", [f"trainer.time_budget={budget}"])
     rows.append((f"`train data=imagefolder data.root=DIR trainer.time_budget={budget}`", a, w, f"{m['epochs_done']}"))
+    if args.timm_train:
+        a, w = timm_train(Path(args.timm_train), folder, args.epochs)
+        rows.append((f"timm's train.py (AdamW + cosine, all layers, {args.epochs} epochs)", a, w, ""))
+        print(f"timm train.py: {a:.4f} in {w:.0f} s", flush=True)
     lines = [
         f"{args.data} as a folder of PNGs ({folder}), {time.strftime('%Y-%m-%d')}, one run each, one after the other:",
         "",
