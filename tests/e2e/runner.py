@@ -166,6 +166,13 @@ def in_process(module: str, args: list[str], cwd: Path) -> subprocess.CompletedP
     return _run_main(importlib.import_module(f"trainer.use.{module}").main, f"trainer.use.{module}", args, cwd)
 
 
+def python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python ARGS`` as its own process in ``cwd``, offline, its output captured (a script, or ``-c``)."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=offline_env(cwd), timeout=HANG_GUARD
+    )
+
+
 def start_train(args: list[str], cwd: Path, output: bool = False, **popen: object) -> subprocess.Popen:
     """Start the real `train` command without waiting; ``output``: its stdout+stderr as text, else discarded."""
     streams = (

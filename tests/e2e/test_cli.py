@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from runner import final_tensors, train
+from runner import final_tensors, python, train
 from support import HANG_GUARD, REPO, TINY, offline_env
 
 NO_HEAVY_IMPORTS = """
@@ -23,14 +23,7 @@ print("HEAVY:", sorted(m for m in ("torch", "timm", "torchvision") if m in sys.m
 
 
 def test_help_lists_groups_and_options_without_importing_torch(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-c", NO_HEAVY_IMPORTS, "--help"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=offline_env(tmp_path),
-        timeout=HANG_GUARD,
-    )
+    proc = python(["-c", NO_HEAVY_IMPORTS, "--help"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for line in ("model: ", "data: digits, fake, imagefolder", "loss: ", "optimizer: ", "scheduler: "):
@@ -40,14 +33,7 @@ def test_help_lists_groups_and_options_without_importing_torch(tmp_path):
 
 
 def test_cfg_job_prints_resolved_config_without_torch(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-c", NO_HEAVY_IMPORTS, "--cfg", "job", "model=resnet34", "optimizer.lr=0.01"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=offline_env(tmp_path),
-        timeout=HANG_GUARD,
-    )
+    proc = python(["-c", NO_HEAVY_IMPORTS, "--cfg", "job", "model=resnet34", "optimizer.lr=0.01"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "name: resnet34" in proc.stdout and "lr: 0.01" in proc.stdout
     assert "seed: 0" in proc.stdout  # interpolations resolved (data.dataset.seed)

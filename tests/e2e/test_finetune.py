@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
-from support import HANG_GUARD, REPO, TINY
+from support import REPO, TINY
 
 from trainer.errors import UserError
 from trainer.models import create_model
@@ -244,20 +244,11 @@ def test_linear_probe_runs_the_backbone_without_gradients(compose_cfg, tmp_path,
 
 @pytest.mark.slow
 def test_probe_benchmark_runs_in_quick_mode(tmp_path):
-    import subprocess
-    import sys
 
-    from support import offline_env
+    from runner import python
 
     script = REPO / "scripts" / "bench_probe.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--quick"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=offline_env(tmp_path),
-        timeout=HANG_GUARD,
-    )
+    proc = python([str(script), "--quick"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| linear probe") or line.startswith("| full")]
     assert len(rows) == 4 and rows[0].split("|")[3].strip() == "1.000"

@@ -317,3 +317,25 @@ def test_a_distilled_students_loss_uses_the_teacher(compose_cfg, tmp_path):
             compose_cfg(*TINY, "data.dataset.num_classes=3", f"distill.teacher={tmp_path / 'teacher'}"),
             run_dir=tmp_path / "d",
         )
+
+
+@pytest.mark.parametrize("loss, key", [("cross_entropy", "weight"), ("focal", "alpha"), ("bce", "pos_weight")])
+def test_balanced_class_weights_come_from_the_long_tailed_training_split(compose_cfg, tmp_path, caplog, loss, key):
+    import numpy as np
+
+    from trainer.loop.build import build_run
+
+    tiny = [o for o in TINY if not o.startswith("data=")]
+    cfg = compose_cfg(*tiny, "data=digits", "+data.dataset.imbalance=0.1", f"loss={loss}", f"loss.{key}=balanced")
+    with caplog.at_level("INFO", logger="trainer"):
+        run = build_run(cfg, run_dir=tmp_path)
+    from trainer.data.datasets import load_digits
+
+    counts = np.bincount(np.array(load_digits(imbalance=0.1).train.targets), minlength=10)  # the same split
+    assert counts[0] > 5 * counts[9]  # long-tailed: digit 9 keeps a tenth
+    if key == "pos_weight":
+        expected = (counts.sum() - counts) / counts
+    else:
+        expected = (1 / counts) / (1 / counts).mean()
+    assert torch.allclose(getattr(run.loss_fn, key), torch.tensor(expected, dtype=torch.float32), rtol=1e-4)
+    assert f"loss.{key}=balanced from the training split's counts" in caplog.text

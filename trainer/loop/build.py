@@ -23,6 +23,7 @@ from trainer.config.overrides import key_of
 from trainer.config.schema import check_run, resolve_monitor, validate_config
 from trainer.config.targets import check_targets, instantiate_node
 from trainer.config.values import parse_duration
+from trainer.data.counts import WEIGHT_KEYS, balanced_values
 from trainer.data.datasets import Splits
 from trainer.data.fingerprint import check_same_data, fingerprint
 from trainer.data.images import BadImageLog, native_size, verify_splits
@@ -65,7 +66,7 @@ def build_run(
     check_run(cfg, splits.task, len(splits.classes), device.type, dist.is_distributed())
     built = setup_model(cfg, splits)
     loaders = setup_loaders(cfg, splits, built, device)
-    loss_fn = setup_loss(cfg, splits.task)
+    loss_fn = setup_loss(cfg, splits)
     monitor, mode = resolve_monitor(cfg, splits.task)
     auto_lr = str(cfg.optimizer.get("lr")) == "auto"
     if auto_lr:
@@ -277,10 +278,11 @@ def setup_loaders(cfg: DictConfig, splits: Splits, built: BuiltModel, device: to
     )
 
 
-def setup_loss(cfg: DictConfig, task: str) -> torch.nn.Module:
-    """The loss option, told the task and the data's ignore_index when it takes them; refused when it
-    cannot serve the task (torch's own losses by name before they are built, ours by their ``tasks``)."""
-    target = str(cfg.loss._target_)
+def setup_loss(cfg: DictConfig, splits: Splits) -> torch.nn.Module:
+    """The loss option, told the task and the data's ignore_index when it takes them, its class weights
+    computed where given as ``balanced``; refused when it cannot serve the task (torch's own losses by
+    name before they are built, ours by their ``tasks``)."""
+    target, task = str(cfg.loss._target_), splits.task
 
     def refuse(why: str) -> None:
         options = ", loss=".join(options_for(task))
@@ -294,7 +296,12 @@ def setup_loss(cfg: DictConfig, task: str) -> torch.nn.Module:
     ignore = cfg.data.get("ignore_index") if ignore is None else ignore
     if ignore is None and "ignore_index" in runtime_kwargs(loss_class, {"ignore_index": None}):
         ignore = inspect.signature(loss_class).parameters["ignore_index"].default  # torch's own: -100
-    loss_fn = instantiate_node(cfg.loss, **runtime_kwargs(loss_class, {"task": task, "ignore_index": ignore}))
+    asked = [k for k in WEIGHT_KEYS if str(cfg.loss.get(k)) == "balanced"]
+    weights = balanced_values(asked, loss_class, splits.train.targets, splits.classes, task)
+    if target.startswith("torch."):  # torch's own losses take tensors
+        weights = {k: torch.tensor(v, dtype=torch.float32) for k, v in weights.items()}
+    runtime = runtime_kwargs(loss_class, {"task": task, "ignore_index": ignore})
+    loss_fn = instantiate_node(cfg.loss, **runtime, **weights)
     why = loss_fits(loss_fn, target, task)
     if why:
         refuse(why)

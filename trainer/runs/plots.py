@@ -1,5 +1,5 @@
-"""Plots people read, drawn with matplotlib (Agg, imported only when a plot is drawn): a sweep's
-metric against each swept value, a confusion matrix, learning-rate curves."""
+"""Plots people read, drawn with matplotlib (Agg, imported only when a plot is drawn): a run's curves,
+a sweep's metric against each swept value, a confusion matrix, learning-rate curves."""
 
 from __future__ import annotations
 
@@ -124,6 +124,34 @@ def lr_find_png(lrs: list[float], smoothed: list[float], suggestion: float) -> b
     ax.set_title("learning-rate range test")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    return _png(fig)
+
+
+def curves_png(history: list[dict[str, Any]], monitor: str, best_epoch: int | None) -> bytes:
+    """A run at a glance, one point per epoch: train and val loss, the monitored metric (its best
+    epoch marked) and the learning rate."""
+    plt = _pyplot()
+    epochs = [int(row.get("epoch", i + 1)) for i, row in enumerate(history)]
+    panels = [
+        ("loss", [("train/loss", "train"), ("val/loss", "val")], False),
+        (monitor, [(monitor, monitor)], False),
+        ("learning rate (head) at the epoch's end", [("lr", "lr")], True),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (title, series, log) in zip(axes, panels):
+        for key, label in series:
+            points = [(e, row[key]) for e, row in zip(epochs, history) if isinstance(row.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), marker="o", ms=3, label=label)
+        if title == monitor and best_epoch:
+            ax.axvline(best_epoch, color="tab:green", ls="--", lw=1, label=f"best: epoch {best_epoch}")
+        if log and all(isinstance(r.get("lr"), (int, float)) and r["lr"] > 0 for r in history):
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
     return _png(fig)
 
 

@@ -115,6 +115,10 @@ class Tracker:
             writer.writeheader()
             writer.writerows(history)
             atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode())
+            from trainer.runs.plots import curves_png  # matplotlib: at an epoch's end, never in the step loop
+
+            curves = curves_png(history, str(summary.get("monitor") or "val/loss"), summary.get("best_epoch"))
+            atomic_write_bytes(self.run_dir / "curves.png", curves)
 
     def write_hparams(self, last: dict[str, float], best: float | None, epoch: int) -> None:
         from torch.utils.tensorboard.summary import hparams
