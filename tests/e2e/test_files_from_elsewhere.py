@@ -139,7 +139,13 @@ def test_evaluate_and_export_out_never_replace_what_they_did_not_write(tmp_path,
     report = tmp_path / "report"
     for _ in range(2):  # a report over a report
         assert in_process("evaluate", [f"checkpoint={finished_run}", f"out={report}"], tmp_path).returncode == 0
-    assert {p.name for p in report.iterdir()} == {"metrics.json", "per_class.csv", "confusion_matrix.png"}
+    assert {p.name for p in report.iterdir()} == {
+        "metrics.json",
+        "per_class.csv",
+        "confusion_matrix.png",
+        "errors.csv",
+        "errors.png",
+    }
 
     foreign = tmp_path / "theirs"
     foreign.mkdir()

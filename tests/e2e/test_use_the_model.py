@@ -195,3 +195,26 @@ def test_evaluate_scores_the_val_split_or_another_folder_matched_by_class_name(c
         and "missing: ['blue']" in wrong.stderr
         and "unknown to the model: ['green', 'navy']" in wrong.stderr
     )
+
+
+def test_evaluate_lists_exactly_the_misclassified_images_worst_first(colour_run):
+    import csv
+    import shutil
+
+    tmp, run = colour_run
+    folder = tmp / "mixed"
+    _colour_folder(folder, 6, seed=3)
+    for i in (0, 1):  # two blue squares filed as red: the model (right on colours) must call them blue
+        shutil.copy(folder / "blue" / f"{i}.png", folder / "red" / f"filed-wrong-{i}.png")
+    proc = command("evaluate", [f"checkpoint={run}", f"data.root={folder}", f"out={tmp / 'mixed-report'}"], tmp)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(open(tmp / "mixed-report" / "errors.csv")))
+    assert sorted(r["path"].rsplit("/", 1)[-1] for r in rows) == ["filed-wrong-0.png", "filed-wrong-1.png"]
+    assert all(r["true"] == "red" and r["predicted"] == "blue" for r in rows)
+    losses = [float(r["loss"]) for r in rows]
+    assert losses == sorted(losses, reverse=True) and all(loss > 0.69 for loss in losses)  # p(true) < 0.5
+    assert "most confused (true -> predicted): red -> blue (2)" in proc.stdout
+    grid = Image.open(tmp / "mixed-report" / "errors.png")
+    assert grid.size[0] > 400  # four columns at a readable size
+    val = command("evaluate", [f"checkpoint={run}", f"out={tmp / 'val-report'}"], tmp)
+    assert val.returncode == 0 and (tmp / "val-report" / "errors.csv").read_text().startswith("path,true,predicted")

@@ -155,6 +155,23 @@ def curves_png(history: list[dict[str, Any]], monitor: str, best_epoch: int | No
     return _png(fig)
 
 
+def image_grid_png(images: list[Any], titles: list[str], empty: str = "") -> bytes:
+    """uint8 ``(3, H, W)`` images in a grid of four columns, each under its title (nearest upscaling:
+    small images stay sharp at 100%)."""
+    plt = _pyplot()
+    cols = 4
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.7), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, title in zip(axes.flat, images, titles):
+        ax.imshow(img.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+    if not images:
+        axes.flat[0].text(0.5, 0.5, empty, ha="center", va="center", fontsize=12)
+    return _png(fig)
+
+
 def write_png(png: bytes, path: Path) -> Path:
     from trainer.runs.checkpoint import atomic_write_bytes
 

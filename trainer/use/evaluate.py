@@ -8,7 +8,8 @@ scored as training did. With data.root, every image under the folder's class fol
 the folders are matched to the model's classes by name (any order), and a class the model does not
 know, or one it knows that the folder lacks, is a clear error. Writes metrics.json, per_class.csv and
 confusion_matrix.png into DIR (default: the run folder's eval/ or eval-<folder name>/) and prints
-the scores and the per-class table.
+the scores and the per-class table; for multiclass and binary models also errors.csv (every
+misclassified image, worst first), errors.png (the worst 16) and the most-confused class pairs.
 """
 
 from __future__ import annotations
@@ -45,8 +46,33 @@ def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
             )
         run.model.load_state_dict(inference_weights(trained.state))
         scalars, per_class, confusion = run.evaluate()
-    images = len(run.loaders.val.dataset)  # type: ignore[arg-type]
-    return {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": images}
+        scored = _score_val(run) if trained.task in MISTAKE_TASKS else None
+    dataset = run.loaders.val.dataset
+    images = len(dataset)  # type: ignore[arg-type]
+    result = {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": images}
+    if scored is not None:
+        split = getattr(dataset, "images", dataset)  # the image set under the loader's transform
+        paths = getattr(split, "paths", None)
+        names = [str(p) for p in paths] if paths else [f"val #{i}" for i in range(images)]
+        result["scored"] = (*scored, names, split.load)
+    return result
+
+
+MISTAKE_TASKS = ("multiclass", "binary")
+
+
+def _score_val(run: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, targets) of every val image, in the split's order (the val loader keeps it)."""
+    from trainer.use.mistakes import probabilities
+
+    probs, targets = [], []
+    run.model.eval()
+    with torch.no_grad():
+        for x, y, *_ in run.inputs.val():
+            with run.autocast():
+                probs.append(probabilities(run.forward.evaluate(x)).cpu())
+            targets.append(y.view(len(y), -1)[:, -1].long().cpu() if y.dim() > 1 else y.long().cpu())
+    return torch.cat(probs), torch.cat(targets)
 
 
 def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) -> dict[str, Any]:
@@ -57,6 +83,7 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
     from trainer.data.images import BadImage, decode_rgb
     from trainer.loop.build import resolve_device
     from trainer.metrics import Metrics
+    from trainer.use.mistakes import probabilities
     from trainer.use.predict import preprocess
 
     if trained.task not in ("multiclass", "binary"):
@@ -78,20 +105,27 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
     device = resolve_device(device_name)
     model = trained.model.to(device)
     metrics = Metrics(trained.task, len(trained.classes), device)
-    transform, bad = preprocess(trained), []
+    transform, bad, probs, kept = preprocess(trained), [], [], []
     for start in tqdm(range(0, len(paths), batch_size), desc="evaluate", unit="batch"):
         xs, ys = [], []
         for path, target in zip(paths[start : start + batch_size], targets[start : start + batch_size]):
             try:
                 xs.append(transform(decode_rgb(path)))
                 ys.append(target)
+                kept.append((str(path), target))
             except BadImage as e:
                 bad.append(str(e))
         if xs:
             with torch.no_grad():
-                metrics.update(model(torch.stack(xs).to(device)), torch.tensor(ys, device=device))
+                logits = model(torch.stack(xs).to(device))
+                metrics.update(logits, torch.tensor(ys, device=device))
+                probs.append(probabilities(logits).cpu())
     scalars, per_class, confusion = metrics.compute()
-    return {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": len(paths) - len(bad)}
+    result = {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": len(paths) - len(bad)}
+    if kept:
+        names = [p for p, _ in kept]
+        result["scored"] = (torch.cat(probs), torch.tensor([t for _, t in kept]), names, lambda i: decode_rgb(names[i]))
+    return result
 
 
 def write_report(result: dict[str, Any], trained: Trained, out: Path, data: str) -> None:
@@ -109,8 +143,23 @@ def write_report(result: dict[str, Any], trained: Trained, out: Path, data: str)
     if result["confusion"] is not None:
         with atomic_file(out / "confusion_matrix.png") as tmp:
             tmp.write_bytes(confusion_png(result["confusion"], trained.classes))
+    if result.get("scored") is not None:
+        write_mistakes(result, trained.classes, out)
     with atomic_file(out / "metrics.json") as tmp:  # last: a report with its metrics.json is whole
         tmp.write_text(json.dumps(report, indent=2))
+
+
+def write_mistakes(result: dict[str, Any], classes: list[str], out: Path) -> None:
+    """errors.csv and errors.png; the most-confused pairs kept for the printout."""
+    from trainer.use.mistakes import errors_png, find_mistakes, most_confused, write_errors_csv
+
+    probs, targets, names, image_of = result["scored"]
+    mistakes = find_mistakes(probs, targets, names, classes)
+    with atomic_file(out / "errors.csv") as tmp:
+        write_errors_csv(mistakes, tmp)
+    with atomic_file(out / "errors.png") as tmp:
+        tmp.write_bytes(errors_png(mistakes, image_of))
+    result["mistakes"], result["confused"] = len(mistakes), most_confused(mistakes)
 
 
 _REPORT = json_with_keys("checkpoint", "data", "images", "per_class")
@@ -118,6 +167,8 @@ REPORT_FILES = {
     "metrics.json": _REPORT,
     "per_class.csv": csv_with_header("class"),
     "confusion_matrix.png": lambda p: (p.parent / "metrics.json").is_file() and _REPORT(p.parent / "metrics.json"),
+    "errors.csv": csv_with_header("path"),
+    "errors.png": lambda p: (p.parent / "metrics.json").is_file() and _REPORT(p.parent / "metrics.json"),
 }
 
 
@@ -149,7 +200,13 @@ def main() -> None:
         print(f"  {'class':>12}  " + "  ".join(f"{m:>9}" for m in metrics))
         for i, c in enumerate(classes):
             print(f"  {c:>12}  " + "  ".join(f"{result['per_class'][m][i]:9.4f}" for m in metrics))
-        print(f"report: {out}/metrics.json, per_class.csv, confusion_matrix.png")
+        if "mistakes" in result:
+            pairs = ", ".join(f"{t} -> {p} ({n})" for t, p, n in result["confused"]) or "none"
+            print(
+                f"misclassified: {result['mistakes']} of {result['images']}; most confused (true -> predicted): {pairs}"
+            )
+        extra = ", errors.csv, errors.png" if "mistakes" in result else ""
+        print(f"report: {out}/metrics.json, per_class.csv, confusion_matrix.png{extra}")
 
     run_command(body)
 
