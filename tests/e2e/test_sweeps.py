@@ -224,3 +224,22 @@ def test_a_parallel_sweep_job_killed_from_outside_is_recorded_and_resumed_by_a_r
     assert {r["status"] for r in rows.values()} == {"finished"}
     assert "skipping it" in (sweep / "0" / "train.log").read_text()
     assert "resumed from" in (sweep / "1" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_sweep_over_folds_is_a_cross_validation_with_mean_and_spread(tmp_path):
+    import numpy as np
+
+    sweep = tmp_path / "cv"
+    out = train(["-m", *QUICK, "data.folds=3", "data.fold=range(3)", f"hydra.sweep.dir={sweep}"], tmp_path)
+    entry = json.loads((sweep / "cv.json").read_text())[0]
+    accs, held = [], []
+    for job in ("0", "1", "2"):
+        m = json.loads((sweep / job / "metrics.json").read_text())
+        accs.append(m["history"][m["best_epoch"] - 1]["val/acc"])
+        log = (sweep / job / "train.log").read_text()
+        held.append(int(log.split("training / ")[1].split(" validation")[0]))
+    assert entry["folds"] == 3 and entry["mean"]["val/acc"] == pytest.approx(np.mean(accs))
+    assert entry["std"]["val/acc"] == pytest.approx(np.std(accs))
+    assert "cross-validation over 3 folds: val/acc" in out.stdout + out.stderr
+    assert max(held) - min(held) <= 1  # the folds share the training images evenly

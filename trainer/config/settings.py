@@ -145,6 +145,8 @@ SETTINGS: dict[str, Setting] = {
         *(object, lambda v: True, "none, backbone, a list of parts, {until: part} or {regex: ...}")
     ),
     "data.batch_size": Setting(*_int(1)),
+    "data.folds": Setting(int, lambda v: v >= 2, "an integer >= 2 (or null: off)", nullable=True),
+    "data.fold": Setting(*_int(0)),
     "data.val_split": Setting(*(float, lambda v: 0 < v < 1, "a number between 0 and 1, e.g. 0.2")),
     "data.image_size": Setting(
         *(

@@ -26,6 +26,7 @@ from trainer.config.values import parse_duration
 from trainer.data.counts import WEIGHT_KEYS, balanced_values
 from trainer.data.datasets import Splits
 from trainer.data.fingerprint import check_same_data, fingerprint
+from trainer.data.folds import fold_splits
 from trainer.data.images import BadImageLog, native_size, verify_splits
 from trainer.data.loaders import Loaders, build_loaders, default_num_workers
 from trainer.data.mixing import build_mixing
@@ -235,6 +236,8 @@ def setup_device(cfg: DictConfig) -> torch.device:
 def setup_data(cfg: DictConfig) -> Splits:
     log.info("building data %s", cfg.data.name)
     splits = instantiate_node(cfg.data.dataset)
+    if cfg.data.get("folds"):
+        splits = fold_splits(splits, int(cfg.data.folds), int(cfg.data.get("fold") or 0), int(cfg.seed))
     if cfg.data.verify:
         verify_splits(splits.train, splits.val, float(cfg.data.max_bad_fraction))
     return splits

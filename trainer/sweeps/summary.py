@@ -122,6 +122,10 @@ class SweepSummary(Callback):
             + (f", plot: {sweep_dir}/summary.png" if (sweep_dir / "summary.png").is_file() else "")
         )
         print(to_markdown(rows))
+        from trainer.sweeps.cv import cv_line, write_cv
+
+        for entry in write_cv(rows, sweep_dir):  # a sweep over data.fold: mean and spread over the folds
+            print(cv_line(entry) + f"  ({sweep_dir}/cv.json)")
 
 
 def swept_points(rows: list[dict[str, Any]]) -> dict[str, list[tuple[str, float]]]:
