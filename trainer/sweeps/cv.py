@@ -71,7 +71,7 @@ def write_cv(rows: list[dict[str, Any]], sweep_dir: Path) -> list[dict[str, Any]
 
 def cv_line(entry: dict[str, Any]) -> str:
     monitor = entry.get("monitor") or "val/loss"
-    parts = [f"{k} {entry['mean'][k]:.4f} ± {entry['std'][k]:.4f}" for k in sorted(entry["mean"])]
+    parts = [f"{k} {entry['mean'][k]:.4f} ± {entry['std'][k]:.4f}" for k in sorted(entry["mean"]) if k != monitor]
     head = f"cross-validation over {entry['folds']} folds" + (f" ({entry['setting']})" if entry["setting"] else "")
     return (
         f"{head}: {monitor} {entry['mean'].get(monitor, float('nan')):.4f} ± {entry['std'].get(monitor, float('nan')):.4f}; "
