@@ -173,6 +173,13 @@ def python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def ctrl_c_reaches_it() -> None:
+    """For a child's ``preexec_fn``: SIGINT as a terminal delivers it. A suite started in the background
+    by a shell without job control (``cmd &`` in a script) has SIGINT ignored, and a child inherits
+    that; Python then installs no KeyboardInterrupt handler, and a test of Ctrl-C would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_train(args: list[str], cwd: Path, output: bool = False, **popen: object) -> subprocess.Popen:
     """Start the real `train` command without waiting; ``output``: its stdout+stderr as text, else discarded."""
     streams = (
@@ -180,6 +187,7 @@ def start_train(args: list[str], cwd: Path, output: bool = False, **popen: objec
         if output
         else {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     )
+    popen.setdefault("preexec_fn", ctrl_c_reaches_it)
     return subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=cwd, env=offline_env(cwd), **streams, **popen)
 
 

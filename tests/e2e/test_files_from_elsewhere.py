@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from runner import in_process, train
+from runner import ctrl_c_reaches_it, in_process, train
 from support import TINY, offline_env
 
 from trainer.config.untrusted import load_config, load_yaml, read_yaml
@@ -43,6 +43,7 @@ def _entry(command: str, args: list[str], cwd, env: dict[str, str] | None = None
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_reaches_it,
     )
 
 
