@@ -54,3 +54,24 @@ def test_a_command_in_the_docs_is_accepted_as_typed(where, line, monkeypatch):
     assert not stray, f"{where}: not a key=value, option or flag: {stray}"
     multirun = any(a in ("-m", "--multirun") for a in argv)
     explain_overrides(with_config_dirs([a for a in argv if is_override(a)], argv), multirun=multirun)
+
+
+def test_every_link_between_the_pages_leads_somewhere():
+    """README's and docs' relative links name files that exist, and their #anchors headings that exist."""
+    broken = []
+    for page in PAGES + [REPO / "docs" / "config.md"]:
+        for target, anchor in re.findall(r"\]\((?!https?:)([^)#\s]*)(?:#([^)\s]+))?\)", page.read_text()):
+            path = (page.parent / target).resolve() if target else page
+            if not path.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and path.suffix == ".md":
+                slugs = {_slug(h) for h in re.findall(r"^#+ (.+)$", path.read_text(), re.M)}
+                if anchor not in slugs:
+                    broken.append(f"{page.name}: {target}#{anchor}")
+    assert not broken, broken
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
