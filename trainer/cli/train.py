@@ -57,12 +57,12 @@ def _job(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from trainer.distributed import launch as distributed
+    from trainer.distributed import launch
     from trainer.runs.folder import FolderInUse, RunFolder
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     out_dir = HydraConfig.get().runtime.output_dir
-    folder = RunFolder(Path(out_dir), resuming=bool(cfg.get("resume"))) if distributed.is_main() else None
+    folder = RunFolder(Path(out_dir), resuming=bool(cfg.get("resume"))) if launch.is_main() else None
     try:
         if folder is not None:
             folder.open(cfg, HydraConfig.get())  # locked; nothing reaches it before the run is accepted
@@ -89,11 +89,11 @@ def _job(cfg: DictConfig) -> float | None:
         from trainer.distributed.collectives import is_peer_failure
         from trainer.loop.interrupt import RunInterrupted
 
-        if distributed.is_distributed() and is_peer_failure(e):
+        if launch.is_distributed() and is_peer_failure(e):
             # a peer died (killed, out of memory): torchrun restarts the workers (--max-restarts) or ends the run
             log.error(
                 "rank %d: lost contact with another process of this run (%s); the last checkpoint is in %s/checkpoints",
-                distributed.rank(),
+                launch.rank(),
                 str(e).splitlines()[0][:160],
                 out_dir,
             )
@@ -250,10 +250,10 @@ def _main() -> None:
             explain_overrides(with_config_dirs([a for a in argv if is_override(a)], argv), multirun=multirun)
         argv = resolve_resume(argv)
         check_writable(argv)
-        from trainer.distributed import launch as distributed
+        from trainer.distributed import launch
 
-        distributed.launch_if_asked(argv)  # trainer.devices=N: hands over to torchrun
-        if distributed.is_distributed():  # under torchrun: join the group, one run folder for all ranks
+        launch.launch_if_asked(argv)  # trainer.devices=N: hands over to torchrun
+        if launch.is_distributed():  # under torchrun: join the group, one run folder for all ranks
             from trainer.distributed.collectives import prepare_argv
 
             argv = prepare_argv(argv, OUTPUTS)
@@ -265,9 +265,9 @@ def _main() -> None:
     try:
         hydra_main()
     finally:
-        from trainer.distributed import launch as distributed
+        from trainer.distributed import launch
 
-        distributed.shutdown()
+        launch.shutdown()
     from trainer.sweeps.summary import FAILED_JOBS
 
     if FAILED_JOBS:  # the summary is written; the exit code tells scripts that not every job finished

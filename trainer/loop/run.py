@@ -286,8 +286,12 @@ class Run(RunState):
         return float(total[0].item()) / max(1.0, float(total[1].item()))
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[dict[str, float], dict[str, list[float]], torch.Tensor | None]:
-        """Loss and the task's metrics over the val split; per-class values; the confusion matrix."""
+    def evaluate(
+        self, keep: list[Any] | None = None
+    ) -> tuple[dict[str, float], dict[str, list[float]], torch.Tensor | None]:
+        """Loss and the task's metrics over the val split; per-class values; the confusion matrix.
+        ``keep``: a list that receives each batch's ``(logits, targets)`` on the CPU (`evaluate`'s error
+        report; training passes none)."""
         self.model.eval()
         metrics = Metrics(self.settings.task, len(self.classes), self.device, self.settings.ignore_index)
         loss_sum, total = torch.zeros((), device=self.device), 0
@@ -301,6 +305,8 @@ class Run(RunState):
             loss_sum += self.loss_fn(out.float(), y) * y.shape[0]
             metrics.update(out, y)
             total += y.shape[0]
+            if keep is not None:
+                keep.append((out.detach().float().cpu(), y.cpu()))
         scalars, per_class, confusion = metrics.compute()
         sums = dist.all_sum(torch.stack([loss_sum.float(), torch.tensor(float(total), device=self.device)]))
         return {"val/loss": float(sums[0].item()) / max(1.0, float(sums[1].item())), **scalars}, per_class, confusion

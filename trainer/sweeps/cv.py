@@ -5,7 +5,7 @@ written to cv.json and printed as one line per setting."""
 from __future__ import annotations
 
 import json
-import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,8 @@ def cross_validation(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "setting": setting,
                 "folds": len(per_fold),
                 "monitor": members[0].get("monitor"),
-                "mean": {k: sum(v) / len(v) for k, v in values.items()},
-                "std": {k: _std(v) for k, v in values.items()},
+                "mean": {k: statistics.fmean(v) for k, v in values.items()},
+                "std": {k: statistics.pstdev(v) for k, v in values.items()},  # numpy's default, over the folds
                 "per_fold": per_fold,
             }
         )
@@ -53,12 +53,6 @@ def _best_epoch(row: dict[str, Any]) -> dict[str, Any] | None:
         return None
     metrics = {k: float(v) for k, v in best.items() if k.startswith("val/") and isinstance(v, (int, float))}
     return {"fold": int(fold) if fold and fold.isdigit() else fold, "run_dir": row["run_dir"], "metrics": metrics}
-
-
-def _std(values: list[float]) -> float:
-    """The population standard deviation (numpy's default): how far the folds spread."""
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
 def write_cv(rows: list[dict[str, Any]], sweep_dir: Path) -> list[dict[str, Any]]:

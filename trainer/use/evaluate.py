@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +28,8 @@ from trainer.errors import UserError
 from trainer.models.trained import Trained, load_trained
 from trainer.use.command import parse_args, run_command, trusted
 from trainer.use.outputs import atomic_file, check_folder, csv_with_header, json_with_keys
+
+log = logging.getLogger("trainer")
 
 KEYS = {"checkpoint": None, "data.root": "", "out": "", "data.batch_size": "64", "trainer.device": "auto"}
 KEYS["allow_targets"] = ""
@@ -45,11 +48,15 @@ def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
                 f"{trained.checkpoint} was trained on classes {trained.classes}, the data now has {run.classes}."
             )
         run.model.load_state_dict(inference_weights(trained.state))
-        scalars, per_class, confusion = run.evaluate()
-        scored = _score_val(run) if trained.task in MISTAKE_TASKS else None
+        batches: list[Any] | None = [] if trained.task in MISTAKE_TASKS else None
+        scalars, per_class, confusion = run.evaluate(keep=batches)  # one pass: the scores and each image's
     dataset = run.loaders.val.dataset
     images = len(dataset)  # type: ignore[arg-type]
     result = {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": images}
+    scored = _scored(batches) if batches else None
+    if scored is not None and len(scored[1]) != images:  # unreadable val images were skipped: no names to match
+        log.warning("errors.csv left out: %d of %d val images could not be read", images - len(scored[1]), images)
+        scored = None
     if scored is not None:
         split = getattr(dataset, "images", dataset)  # the image set under the loader's transform
         paths = getattr(split, "paths", None)
@@ -61,18 +68,14 @@ def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
 MISTAKE_TASKS = ("multiclass", "binary")
 
 
-def _score_val(run: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities, targets) of every val image, in the split's order (the val loader keeps it)."""
+def _scored(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, class indices) of the val images, in the split's order (the val loader keeps it);
+    a binary target ``[0.]`` / ``[1.]`` is its class."""
     from trainer.use.mistakes import probabilities
 
-    probs, targets = [], []
-    run.model.eval()
-    with torch.no_grad():
-        for x, y, *_ in run.inputs.val():
-            with run.autocast():
-                probs.append(probabilities(run.forward.evaluate(x)).cpu())
-            targets.append(y.view(len(y), -1)[:, -1].long().cpu() if y.dim() > 1 else y.long().cpu())
-    return torch.cat(probs), torch.cat(targets)
+    probs = torch.cat([probabilities(out) for out, _ in batches])
+    targets = torch.cat([y.view(len(y), -1)[:, -1].long() if y.dim() > 1 else y.long() for _, y in batches])
+    return probs, targets
 
 
 def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) -> dict[str, Any]:
