@@ -73,6 +73,7 @@ def type_ok(value: Any, kind: type) -> bool:
 SETTINGS: dict[str, Setting] = {
     "trainer.epochs": Setting(*_int(1)),
     "trainer.accumulate": Setting(*_int(1)),
+    "trainer.effective_batch": Setting(*_int(1), nullable=True),
     "trainer.log_every": Setting(*_int(1)),
     "trainer.clip_grad_norm": Setting(*_pos_float(), nullable=True),
     "trainer.precision": Setting(*_choice("auto", "fp32", "bf16", "fp16")),
@@ -144,7 +145,13 @@ SETTINGS: dict[str, Setting] = {
     "model.freeze": Setting(
         *(object, lambda v: True, "none, backbone, a list of parts, {until: part} or {regex: ...}")
     ),
-    "data.batch_size": Setting(*_int(1)),
+    "data.batch_size": Setting(
+        *(
+            object,
+            lambda v: v == "auto" or (type_ok(v, int) and v >= 1),
+            "auto (measured: the largest that fits on CUDA, the best pace on a CPU) or an integer >= 1",
+        )
+    ),
     "data.folds": Setting(int, lambda v: v >= 2, "an integer >= 2 (or null: off)", nullable=True),
     "data.fold": Setting(*_int(0)),
     "data.val_split": Setting(*(float, lambda v: 0 < v < 1, "a number between 0 and 1, e.g. 0.2")),

@@ -5,6 +5,7 @@ seed -> device -> data -> model -> loaders -> loss -> stage plan (optimizer, sch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.config.overrides import key_of
 from trainer.config.schema import check_run, resolve_monitor, validate_config
 from trainer.config.targets import check_targets, instantiate_node
+from trainer.config.untrusted import load_yaml
 from trainer.config.values import parse_duration
 from trainer.data.counts import WEIGHT_KEYS, balanced_values
 from trainer.data.datasets import Splits
@@ -33,6 +35,7 @@ from trainer.data.mixing import build_mixing
 from trainer.data.transforms import auto_image_size, resolve_input
 from trainer.distributed import collectives as dist
 from trainer.errors import UserError
+from trainer.loop.batch_size import ProbeStep, choose, first_sample, probe_largest
 from trainer.loop.budget import BudgetPlan, plan_budget
 from trainer.loop.distill import build_teacher
 from trainer.loop.lr_find import find_lr
@@ -66,8 +69,10 @@ def build_run(
     splits = setup_data(cfg)
     check_run(cfg, splits.task, len(splits.classes), device.type, dist.is_distributed())
     built = setup_model(cfg, splits)
-    loaders = setup_loaders(cfg, splits, built, device)
     loss_fn = setup_loss(cfg, splits)
+    resumed = load_resumed(cfg)
+    setup_batch_size(cfg, splits, built, (device, precision), loss_fn, resumed)
+    loaders = setup_loaders(cfg, splits, built, device)
     monitor, mode = resolve_monitor(cfg, splits.task)
     auto_lr = str(cfg.optimizer.get("lr")) == "auto"
     if auto_lr:
@@ -97,7 +102,7 @@ def build_run(
     if auto_lr:
         run.enter_stage(0)
         set_found_lr(run, cfg, find_lr(run))
-    resume_or_start(cfg, run, splits)
+    resume_or_start(cfg, run, splits, resumed)
     return run
 
 
@@ -113,13 +118,17 @@ def prepare_config(cfg: DictConfig, changes: dict[str, Any] | None, share: Any) 
     validate_config(cfg)
 
 
-def resume_or_start(cfg: DictConfig, run: Run, splits: Splits) -> None:
-    """``resume``: the checkpoint's state (on the same data, its head stage and budget plan kept); else
-    the first stage. A time budget is planned here either way."""
+def load_resumed(cfg: DictConfig) -> dict[str, Any] | None:
+    """The checkpoint ``resume`` names, read once (None when the run starts fresh)."""
     if cfg.get("resume") and str(cfg.resume) == "auto":
         raise UserError("resume=auto chooses one run to continue: it does not combine with -m (multirun).")
+    return load_checkpoint(checkpoint_of(str(cfg.resume))) if cfg.get("resume") else None
+
+
+def resume_or_start(cfg: DictConfig, run: Run, splits: Splits, resumed: dict[str, Any] | None) -> None:
+    """``resume``: the checkpoint's state (on the same data, its head stage and budget plan kept); else
+    the first stage. A time budget is planned here either way."""
     run.data_fingerprint = fingerprint(splits)
-    resumed = load_checkpoint(checkpoint_of(str(cfg.resume))) if cfg.get("resume") else None
     if resumed is not None:
         check_same_data(resumed.get("data"), run.data_fingerprint, bool(cfg.get("resume_on_changed_data")))
         keep_head_stage(cfg, run, resumed)
@@ -256,7 +265,9 @@ def setup_model(cfg: DictConfig, splits: Splits) -> BuiltModel:
     return instantiate_node(m)(num_classes=len(splits.classes), task=splits.task)
 
 
-def setup_loaders(cfg: DictConfig, splits: Splits, built: BuiltModel, device: torch.device) -> Loaders:
+def setup_loaders(
+    cfg: DictConfig, splits: Splits, built: BuiltModel, device: torch.device, batch_size: int | None = None
+) -> Loaders:
     d = cfg.data
     workers = d.get("num_workers", "auto")
     on_gpu = device.type == "cuda"
@@ -264,11 +275,12 @@ def setup_loaders(cfg: DictConfig, splits: Splits, built: BuiltModel, device: to
     if size == "auto":
         model_size = int(built.data_config["input_size"][-1])
         size, why = auto_image_size(native_size(splits.train), model_size, device.type)
-        log.info("data.image_size=auto: %d px (%s)", size, why)
+        if batch_size is None:  # not for the batch probe's own loaders
+            log.info("data.image_size=auto: %d px (%s)", size, why)
     return build_loaders(
         splits,
         resolve_input(built.data_config, size, d.get("crop_pct")),
-        batch_size=int(d.batch_size),
+        batch_size=int(d.batch_size) if batch_size is None else batch_size,
         num_workers=default_num_workers(on_gpu) if workers in (None, "auto") else int(workers),
         augment=str(d.augment),
         random_erasing=float(d.get("random_erasing") or 0.0),
@@ -279,6 +291,75 @@ def setup_loaders(cfg: DictConfig, splits: Splits, built: BuiltModel, device: to
         rank=dist.rank(),
         world_size=dist.world_size(),
     )
+
+
+def setup_batch_size(
+    cfg: DictConfig,
+    splits: Splits,
+    built: BuiltModel,
+    device_precision: tuple[torch.device, str],
+    loss_fn: torch.nn.Module,
+    resumed: dict[str, Any] | None,
+) -> None:
+    """data.batch_size=auto and trainer.effective_batch become numbers in the config (data.batch_size,
+    trainer.accumulate), so the run's saved config holds them and a resume trains on with the same ones."""
+    auto, wanted = str(cfg.data.batch_size) == "auto", cfg.trainer.get("effective_batch")
+    if not auto and wanted is None:
+        return
+    if wanted is not None and _given("trainer.accumulate") and HydraConfig.initialized():
+        raise UserError(
+            "trainer.effective_batch sets trainer.accumulate (effective batch = data.batch_size x accumulate x "
+            "processes): give one of the two, not both."
+        )
+    if resumed is not None:
+        saved = load_yaml(str(resumed.get("config") or ""), "the checkpoint's config") or {}
+        batch = int(saved.get("data", {}).get("batch_size") or 0) if isinstance(saved, dict) else 0
+        acc = int(saved.get("trainer", {}).get("accumulate") or 1) if isinstance(saved, dict) else 1
+        if batch > 0:
+            cfg.data.batch_size, cfg.trainer.accumulate = batch, acc
+            log.info("data.batch_size=%d, trainer.accumulate=%d: as the checkpoint trained", batch, acc)
+            return
+    device, precision = device_precision
+    if auto:
+        largest, why = probe_batch(cfg, splits, built, device_precision, loss_fn)
+        largest = min(dist.gather(largest)) if dist.is_distributed() else largest
+    else:
+        largest, why = int(cfg.data.batch_size), f"data.batch_size={cfg.data.batch_size}"
+    choice = choose(
+        largest, why, None if wanted is None else int(wanted), int(cfg.trainer.accumulate), dist.world_size(), auto
+    )
+    cfg.data.batch_size, cfg.trainer.accumulate = choice.batch_size, choice.accumulate
+    log.info("data.batch_size=%d, trainer.accumulate=%d: %s", choice.batch_size, choice.accumulate, choice.why)
+
+
+def probe_batch(
+    cfg: DictConfig,
+    splits: Splits,
+    built: BuiltModel,
+    device_precision: tuple[torch.device, str],
+    loss_fn: torch.nn.Module,
+) -> tuple[int, str]:
+    """The batch ``batch_size.probe_largest`` measures for this model, data, device and precision."""
+    device, precision = device_precision
+    if cfg.data.get("decode", "workers") == "device":
+        raise UserError("data.batch_size=auto does not combine with data.decode=device: give data.batch_size a number.")
+    level = log.level
+    log.setLevel(logging.WARNING)  # the probe's own loaders are not the run's: not logged
+    try:
+        sample_set = setup_loaders(cfg, splits, built, device, batch_size=1).train.dataset
+    finally:
+        log.setLevel(level)
+    memory_format = (
+        torch.channels_last
+        if resolve_channels_last(cfg.trainer.channels_last, device, built.model)
+        else torch.preserve_format
+    )
+    built.model.to(device=device, memory_format=memory_format)
+    loss_fn.to(device)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+    step = ProbeStep(built.model, loss_fn, first_sample(sample_set), device, autocast, memory_format)
+    return probe_largest(step, device, cap=max(1, len(splits.train) // dist.world_size()))
 
 
 def setup_loss(cfg: DictConfig, splits: Splits) -> torch.nn.Module:
