@@ -2,12 +2,15 @@
 
     predict checkpoint=<run folder | .pt> source=<folder | image | glob> [out=predictions.csv]
             [topk=5] [tta=none|flip] [threshold=0.5] [data.batch_size=64] [trainer.device=auto]
+            [explain=none|gradcam] [explain.layer=<module name>]
 
 One CSV row per image: multiclass, the top-k labels with their probabilities; binary, the label and
 the positive class's probability; multilabel, the labels over the threshold (and every class's
 probability); segmentation, the path of a mask PNG (class index per pixel, at the image's own size)
 written into ``<out without .csv>_masks/``. Files that cannot be read are listed in the CSV with
-their error and counted at the end; they do not stop the others.
+their error and counted at the end; they do not stop the others. ``explain=gradcam`` (classifiers)
+also writes a Grad-CAM heatmap over each image into ``<out without .csv>_gradcam/`` and names it in a
+``gradcam`` column (trainer/use/explain.py).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ KEYS = {
     "threshold": "0.5",
     "data.batch_size": "64",
     "trainer.device": "auto",
+    "explain": "none",
+    "explain.layer": "",
     "allow_targets": "",
 }
 log = logging.getLogger("trainer")
@@ -120,6 +125,20 @@ def save_mask(probs: torch.Tensor, size: tuple[int, int], path: Path) -> None:
     Image.fromarray(mask.numpy()).save(path)
 
 
+def explain_batch(
+    explainer: Any, x: torch.Tensor, probs: torch.Tensor, paths: list[str], folder: Path, spec: dict[str, Any]
+) -> list[Path]:
+    """Each image's heatmap overlay written into ``folder``; their paths."""
+    from trainer.use.explain import save_overlay
+
+    written = []
+    for path, image, heat in zip(paths, x, explainer.heatmaps(x, probs)):
+        target = folder / (Path(path).stem + ".png")
+        save_overlay(image, heat, spec, target)
+        written.append(target)
+    return written
+
+
 def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
     """Run the command; returns the CSV written, the images predicted and those that could not be read."""
     from tqdm import tqdm
@@ -127,9 +146,11 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
     from trainer.errors import UserError
     from trainer.loop.build import resolve_device
 
-    tta = str(args["tta"])
+    tta, explain = str(args["tta"]), str(args["explain"])
     if tta not in ("none", "flip"):
         raise UserError(f"tta={tta!r} is not valid: use none or flip.")
+    if explain not in ("none", "gradcam"):
+        raise UserError(f"explain={explain!r} is not valid: use gradcam (a heatmap per image) or none.")
     try:
         topk, threshold, batch_size = int(args["topk"]), float(args["threshold"]), int(args["data.batch_size"])
     except ValueError as e:
@@ -142,8 +163,15 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
     device = resolve_device(str(args["trainer.device"]))
     trained.model.to(device)
     paths = find_images(str(args["source"]))
-    masks = out.with_name(out.stem + "_masks")
+    masks, heatmaps = out.with_name(out.stem + "_masks"), out.with_name(out.stem + "_gradcam")
     transform = preprocess(trained)
+    explainer = None
+    if explain == "gradcam":
+        from trainer.use.explain import Explainer
+
+        size = int(trained.input_spec["size"])
+        explainer = Explainer(trained.model, trained.task, size, str(args["explain.layer"]) or None)
+        log.info("explain=gradcam: Grad-CAM of layer %s -> %s/", explainer.layer_name, heatmaps)
     rows: list[dict[str, Any]] = []
     bad = 0
     for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch"):
@@ -160,8 +188,15 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
             images.append(transform(image))
         if not batch:
             continue
-        probs = forward(trained, torch.stack(images).to(device), device, tta).cpu()
-        if trained.task == "segmentation":
+        x = torch.stack(images).to(device)
+        probs = forward(trained, x, device, tta).cpu()
+        if explainer is not None:
+            written = explain_batch(explainer, x, probs, batch, heatmaps, trained.input_spec)
+            rows += [
+                {"path": path, **row, "gradcam": str(h)}
+                for path, row, h in zip(batch, rows_for(trained, probs, topk, threshold), written)
+            ]
+        elif trained.task == "segmentation":
             for path, p, size in zip(batch, probs, sizes):
                 mask = masks / (Path(path).stem + ".png")
                 save_mask(p, size, mask)
