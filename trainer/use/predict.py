@@ -139,12 +139,9 @@ def explain_batch(
     return written
 
 
-def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
-    """Run the command; returns the CSV written, the images predicted and those that could not be read."""
-    from tqdm import tqdm
-
+def checked_args(args: dict[str, Any]) -> tuple[str, str, int, float, int]:
+    """tta, explain, topk, threshold and data.batch_size, checked."""
     from trainer.errors import UserError
-    from trainer.loop.build import resolve_device
 
     tta, explain = str(args["tta"]), str(args["explain"])
     if tta not in ("none", "flip"):
@@ -157,6 +154,25 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
         raise UserError(f"topk, threshold and data.batch_size take numbers ({e}).") from None
     if topk < 1 or batch_size < 1 or not 0 < threshold < 1:
         raise UserError("topk and data.batch_size must be >= 1 and threshold between 0 and 1.")
+    return tta, explain, topk, threshold, batch_size
+
+
+def make_explainer(trained: Trained, layer: str, folder: Path) -> Any:
+    """explain=gradcam: the Grad-CAM explainer of this model (trainer/use/explain.py)."""
+    from trainer.use.explain import Explainer
+
+    explainer = Explainer(trained.model, trained.task, int(trained.input_spec["size"]), layer or None)
+    log.info("explain=gradcam: Grad-CAM of layer %s -> %s/", explainer.layer_name, folder)
+    return explainer
+
+
+def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
+    """Run the command; returns the CSV written, the images predicted and those that could not be read."""
+    from tqdm import tqdm
+
+    from trainer.loop.build import resolve_device
+
+    tta, explain, topk, threshold, batch_size = checked_args(args)
     out = Path(str(args["out"])).expanduser()
     check_file(out, csv_with_header("path"), "a predictions CSV")
     trained = load_trained(str(args["checkpoint"]), trusted(args["allow_targets"]))
@@ -165,13 +181,7 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
     paths = find_images(str(args["source"]))
     masks, heatmaps = out.with_name(out.stem + "_masks"), out.with_name(out.stem + "_gradcam")
     transform = preprocess(trained)
-    explainer = None
-    if explain == "gradcam":
-        from trainer.use.explain import Explainer
-
-        size = int(trained.input_spec["size"])
-        explainer = Explainer(trained.model, trained.task, size, str(args["explain.layer"]) or None)
-        log.info("explain=gradcam: Grad-CAM of layer %s -> %s/", explainer.layer_name, heatmaps)
+    explainer = make_explainer(trained, str(args["explain.layer"]), heatmaps) if explain == "gradcam" else None
     rows: list[dict[str, Any]] = []
     bad = 0
     for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch"):
