@@ -177,3 +177,43 @@ def write_png(png: bytes, path: Path) -> Path:
 
     atomic_write_bytes(Path(path), png)
     return Path(path)
+
+
+def segmentation_rows_png(rows: list[tuple[Any, Any, Any, str]], names: list[str], ignore_index: int | None) -> bytes:
+    """One row per ``(image uint8 (3, H, W), true mask, predicted mask, title)``: the image and both masks
+    side by side, classes in one fixed palette named in a legend (ignored pixels grey)."""
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    palette = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    fig, axes = plt.subplots(max(1, len(rows)), 3, figsize=(7.5, 2.6 * max(1, len(rows))), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+
+    def coloured(mask: Any) -> Any:
+        m = np.asarray(mask, dtype=np.int64)
+        rgb = palette(m % palette.N)[..., :3]
+        if ignore_index is not None:
+            rgb[m == ignore_index] = 0.5
+        return rgb
+
+    for (image, true, pred, title), (a, b, c) in zip(rows, axes):
+        a.imshow(image.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+        a.set_title(title, fontsize=9)
+        b.imshow(coloured(true), interpolation="nearest")
+        b.set_title("true", fontsize=9)
+        c.imshow(coloured(pred), interpolation="nearest")
+        c.set_title("predicted", fontsize=9)
+    if not rows:
+        axes.flat[0].text(0.5, 0.5, "no images", ha="center", va="center", fontsize=12)
+    handles = [Patch(color=palette(i % palette.N), label=n) for i, n in enumerate(names)]
+    axes[0][1].legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(len(names), 5),
+        fontsize=9,
+        bbox_to_anchor=(0.5, 1.12),
+        frameon=False,
+    )
+    return _png(fig)

@@ -9,7 +9,9 @@ the folders are matched to the model's classes by name (any order), and a class 
 know, or one it knows that the folder lacks, is a clear error. Writes metrics.json, per_class.csv and
 confusion_matrix.png into DIR (default: the run folder's eval/ or eval-<folder name>/) and prints
 the scores and the per-class table; for multiclass and binary models also errors.csv (every
-misclassified image, worst first), errors.png (the worst 16) and the most-confused class pairs.
+misclassified image, worst first), errors.png (the worst 16) and the most-confused class pairs; for
+segmentation lowest_iou.csv (every image by its IoU, lowest first) and lowest_iou.png (the 8 lowest:
+image, true and predicted mask side by side).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from trainer.errors import UserError
 from trainer.models.trained import Trained, load_trained
 from trainer.use.command import parse_args, run_command, trusted
+from trainer.use.mistakes import SegmentationScores, lowest_iou_png, write_iou_csv
 from trainer.use.outputs import atomic_file, check_folder, csv_with_header, json_with_keys
 
 log = logging.getLogger("trainer")
@@ -48,11 +51,15 @@ def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
                 f"{trained.checkpoint} was trained on classes {trained.classes}, the data now has {run.classes}."
             )
         run.model.load_state_dict(inference_weights(trained.state))
-        batches: list[Any] | None = [] if trained.task in MISTAKE_TASKS else None
+        batches: Any = [] if trained.task in MISTAKE_TASKS else None
+        if trained.task == "segmentation":
+            batches = SegmentationScores(run.settings.ignore_index)
         scalars, per_class, confusion = run.evaluate(keep=batches)  # one pass: the scores and each image's
     dataset = run.loaders.val.dataset
     images = len(dataset)  # type: ignore[arg-type]
     result = {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": images}
+    if isinstance(batches, SegmentationScores):
+        return {**result, **lowest_iou(batches, dataset, images)}
     scored = _scored(batches) if batches else None
     if scored is not None and len(scored[1]) != images:  # unreadable val images were skipped: no names to match
         log.warning("errors.csv left out: %d of %d val images could not be read", images - len(scored[1]), images)
@@ -66,6 +73,18 @@ def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
 
 
 MISTAKE_TASKS = ("multiclass", "binary")
+
+
+def lowest_iou(scores: SegmentationScores, dataset: Any, images: int) -> dict[str, Any]:
+    """The segmentation report's part: each val image's IoU, its name, and its image and true mask as
+    the model saw them (the val transform's output)."""
+    if len(scores) != images:
+        log.warning("lowest_iou.csv left out: %d of %d val images could not be read", images - len(scores), images)
+        return {}
+    split = getattr(dataset, "images", dataset)
+    paths = getattr(split, "paths", None)
+    names = [str(p) for p in paths] if paths else [f"val #{i}" for i in range(images)]
+    return {"segmentation": (scores, names, lambda i: dataset[i])}
 
 
 def _scored(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,6 +167,13 @@ def write_report(result: dict[str, Any], trained: Trained, out: Path, data: str)
             tmp.write_bytes(confusion_png(result["confusion"], trained.classes))
     if result.get("scored") is not None:
         write_mistakes(result, trained.classes, out)
+    if result.get("segmentation") is not None:
+        scores, names, sample_of = result["segmentation"]
+        with atomic_file(out / "lowest_iou.csv") as tmp:
+            write_iou_csv(scores, names, tmp)
+        with atomic_file(out / "lowest_iou.png") as tmp:
+            tmp.write_bytes(lowest_iou_png(scores, names, sample_of, list(trained.classes)))
+        result["lowest"] = [(Path(names[i]).name, scores.ious[i]) for i in scores.lowest()[:5]]
     with atomic_file(out / "metrics.json") as tmp:  # last: a report with its metrics.json is whole
         tmp.write_text(json.dumps(report, indent=2))
 
@@ -172,6 +198,8 @@ REPORT_FILES = {
     "confusion_matrix.png": lambda p: (p.parent / "metrics.json").is_file() and _REPORT(p.parent / "metrics.json"),
     "errors.csv": csv_with_header("path"),
     "errors.png": lambda p: (p.parent / "metrics.json").is_file() and _REPORT(p.parent / "metrics.json"),
+    "lowest_iou.csv": csv_with_header("path"),
+    "lowest_iou.png": lambda p: (p.parent / "metrics.json").is_file() and _REPORT(p.parent / "metrics.json"),
 }
 
 
@@ -208,7 +236,10 @@ def main() -> None:
             print(
                 f"misclassified: {result['mistakes']} of {result['images']}; most confused (true -> predicted): {pairs}"
             )
+        if "lowest" in result:
+            print("lowest IoU: " + ", ".join(f"{name} ({iou:.3f})" for name, iou in result["lowest"]))
         extra = ", errors.csv, errors.png" if "mistakes" in result else ""
+        extra += ", lowest_iou.csv, lowest_iou.png" if "lowest" in result else ""
         print(f"report: {out}/metrics.json, per_class.csv, confusion_matrix.png{extra}")
 
     run_command(body)
