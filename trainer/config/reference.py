@@ -24,7 +24,7 @@ SECTIONS = [  # heading, key prefix, the file whose comments document it
     ("data: every data option", "data.", "data/_base.yaml"),
     ("optimizer: what every optimizer option shares", "optimizer.", "optimizer/adamw.yaml"),
 ]
-GROUPS = ("model", "data", "loss", "optimizer", "scheduler", "experiment")
+GROUPS = ("model", "data", "loss", "optimizer", "scheduler", "logger", "experiment")
 _KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w]*):(?P<value>[^#]*?)\s*(?:#\s?(?P<doc>.*))?$")
 _COMMENT = re.compile(r"^(?P<indent> *)#\s?(?P<doc>.*)$")
 

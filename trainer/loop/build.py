@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
@@ -47,6 +48,7 @@ from trainer.losses import loss_fits, options_for
 from trainer.models import BuiltModel
 from trainer.models.backbones import is_convnet
 from trainer.runs.checkpoint import checkpoint_of, load_checkpoint
+from trainer.runs.loggers import CsvSink, MlflowSink, Sink, TensorBoardSink, WandbSink, missing_extra
 from trainer.runs.tracking import NullTracker, Tracker, chosen_hparams, flat_hparams
 
 log = logging.getLogger("trainer")
@@ -458,12 +460,55 @@ def setup_tracker(cfg: DictConfig, run_dir: Path, loaders: Loaders) -> Tracker:
     assert isinstance(hp, dict)
     hp.pop("resume", None)
     spec = loaders.input_spec
-    kind = Tracker if dist.is_main() else NullTracker
     overridden = None
     if HydraConfig.initialized():
         overridden = [key_of(o) for o in HydraConfig.get().overrides.task]
     hparams = chosen_hparams(flat_hparams(hp), overridden)
-    return kind(run_dir, hparams, tuple(spec["mean"]), tuple(spec["std"]))
+    mean, std = tuple(spec["mean"]), tuple(spec["std"])
+    if not dist.is_main():
+        return NullTracker(run_dir, hparams, mean, std, sinks=[])
+    return Tracker(run_dir, hparams, mean, std, sinks=setup_loggers(cfg, run_dir, hparams))
+
+
+def sweep_name() -> str | None:
+    """The sweep's folder (outputs/multirun/<date>/<time>) when this run is a job of one."""
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return None
+    folder = Path(HydraConfig.get().sweep.dir)
+    try:
+        return str(folder.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(folder)
+
+
+def setup_loggers(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> list[Sink]:
+    """logger.*: one sink per chosen logger, a sweep's jobs grouped (the sweep's folder names the MLflow
+    experiment and the W&B group); a missing extra is refused before any training."""
+    chosen = cfg.get("logger") or {}
+    sweep = sweep_name()
+    run_name = run_dir.name if sweep is None else f"{Path(sweep).name}/{run_dir.name}"
+    sinks: list[Sink] = []
+    for name in chosen:
+        why = missing_extra(name)
+        if why:
+            raise UserError(why)
+        options = chosen[name] or {}
+        if name == "tensorboard":
+            sinks.append(TensorBoardSink(run_dir))
+        elif name == "csv":
+            sinks.append(CsvSink(run_dir))
+        elif name == "mlflow":
+            experiment = options.get("experiment") or (f"train {sweep}" if sweep else "train")
+            tags = {"run_dir": str(run_dir), **({"sweep": sweep} if sweep else {})}
+            sinks.append(MlflowSink(options.get("tracking_uri"), str(experiment), run_name, hparams, tags))
+        elif name == "wandb":
+            settings = {**options, "group": options.get("group") or sweep}
+            sinks.append(WandbSink(run_dir, settings, hparams, run_name))
+        else:
+            raise UserError(
+                f"logger.{name}: no such logger. Use tensorboard, csv, mlflow or wandb (several: logger=[tensorboard,mlflow])."
+            )
+    return sinks
 
 
 def resolve_device(name: str) -> torch.device:

@@ -237,6 +237,7 @@ class Run(RunState):
             self.finished = True  # the last _end_epoch saved this state already
             self.tracker.write_hparams(self.history[-1] if self.history else {}, self.best, self.epoch)
             summary = self._write_metrics(time.perf_counter() - wall_start)
+            self.tracker.finish(summary)
         except torch.OutOfMemoryError:
             raise UserError(
                 oom_message(self.device, self.loaders.batch_size, self.settings.precision, self.accumulate)

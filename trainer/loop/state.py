@@ -55,6 +55,7 @@ class RunState:
             "partial_loss_ranks": dist.gather(list(self.partial_loss)) if self.distributed else None,
             "elapsed": self.elapsed,
             "images_logged": self.tracker.images_logged,
+            "tracking": self.tracker.ids(),  # the MLflow / W&B run a resume continues
             "finished": self.finished,
             "sampler": {"epoch": self.epoch, "start": self.batch_in_epoch * self.loaders.batch_size},
             "rng": rng_state(),
@@ -114,7 +115,7 @@ class RunState:
             partial = state["partial_loss_ranks"][dist.rank()]  # each rank's own running sum
         self.partial_loss = (float(partial[0]), int(partial[1]))
         self.elapsed = float(state["elapsed"])
-        self.tracker.resumed_at(self.global_step, bool(state.get("images_logged", False)))
+        self.tracker.resumed_at(self.global_step, bool(state.get("images_logged", False)), state.get("tracking"))
         self.ema.load_state_dict(state.get("ema") or self.model.state_dict())  # EMA newly on: from these weights
         self.finished = bool(state.get("finished", False)) and (self.epoch >= self.epochs or self.stalled)
         ranks = state.get("rng_ranks")

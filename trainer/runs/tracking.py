@@ -1,4 +1,5 @@
-"""What a run records: TensorBoard scalars and images, hparams, metrics.json, the confusion matrix PNG.
+"""What a run records: metrics.json, metrics.csv, curves.png and the confusion matrix PNG in its folder,
+and scalars, images and hparams through its loggers (trainer/runs/loggers.py).
 
 Rank 0 writes; other ranks get a :class:`NullTracker` whose methods do nothing, chosen at build
 time so the loop never asks which rank it is on.
@@ -16,6 +17,7 @@ import torch
 from torchvision.utils import make_grid
 
 from trainer.runs.checkpoint import atomic_write_bytes
+from trainer.runs.loggers import Sink, TensorBoardSink
 
 log = logging.getLogger("trainer")
 
@@ -52,26 +54,34 @@ def chosen_hparams(flat: dict[str, Any], overridden: list[str] | None) -> dict[s
 
 
 class Tracker:
-    """TensorBoard events (opened on first use) and the run folder's summary files."""
+    """The run folder's summary files (metrics.json, metrics.csv, curves.png, confusion_matrix.png), and
+    every record handed on to the run's loggers (trainer/runs/loggers.py; TensorBoard unless told)."""
 
-    def __init__(self, run_dir: Path, hparams: dict[str, Any], mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(
+        self,
+        run_dir: Path,
+        hparams: dict[str, Any],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        sinks: list[Sink] | None = None,
+    ):
         self.run_dir, self.hparams = Path(run_dir), hparams
         self.mean, self.std = mean, std
         self.images_logged = False
-        self.purge_step: int | None = None
-        self._writer: Any = None
+        self.sinks = [TensorBoardSink(self.run_dir)] if sinks is None else sinks
 
-    @property
-    def writer(self) -> Any:
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+    def resumed_at(self, step: int, images_logged: bool, ids: Any = None) -> None:
+        """Resumed at ``step``: what a killed session logged after it is dropped where a logger can, and each
+        logger continues its run of before (``ids``: what ``ids()`` returned then, from the checkpoint)."""
+        self.images_logged = images_logged
+        ids = ids if isinstance(ids, dict) else {}  # a checkpoint from elsewhere: only plain short ids are used
+        for sink in self.sinks:
+            old = ids.get(sink.name)
+            sink.resume(step, str(old) if isinstance(old, str) and 0 < len(old) <= 64 and old.isalnum() else None)
 
-            # purge_step drops events a killed session wrote after the checkpoint we resumed from
-            self._writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.purge_step)
-        return self._writer
-
-    def resumed_at(self, step: int, images_logged: bool) -> None:
-        self.purge_step, self.images_logged = step, images_logged
+    def ids(self) -> dict[str, str]:
+        """Each logger's run id (MLflow run, W&B run) for the checkpoint."""
+        return {s.name: rid for s in self.sinks if (rid := s.run_id())}
 
     def log_images(self, x: torch.Tensor, step: int) -> None:
         """The first training batch as TensorBoard sees it, de-normalized (once per run)."""
@@ -81,24 +91,28 @@ class Tracker:
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         imgs = (x[:32].float() * std + mean).clamp(0, 1)
-        self.writer.add_image("train/images", make_grid(imgs.cpu(), nrow=8), step)
+        grid = make_grid(imgs.cpu(), nrow=8)
+        for sink in self.sinks:
+            sink.grid("train/images", grid, step)
         self.images_logged = True
 
     def log_scalars(self, values: dict[str, float], step: int) -> None:
-        for k, v in values.items():
-            self.writer.add_scalar(k, v, step)
+        for sink in self.sinks:
+            sink.scalars(values, step)
 
     def log_per_class(self, per_class: dict[str, dict[str, float]], step: int) -> None:
-        for metric, values in per_class.items():
-            for name, v in values.items():
-                self.writer.add_scalar(f"val_per_class/{metric}/{name}", v, step)
+        flat = {f"val_per_class/{m}/{name}": v for m, values in per_class.items() for name, v in values.items()}
+        self.log_scalars(flat, step)
 
     def log_confusion(self, confusion: torch.Tensor, classes: list[str], step: int, save_png: bool) -> None:
-        """The confusion matrix as a TensorBoard image; as confusion_matrix.png too when it is the best epoch."""
+        """The confusion matrix as an image for the loggers; as confusion_matrix.png too when it is the best epoch."""
         from trainer.runs.plots import confusion_png, png_array
 
         png = confusion_png(confusion, classes)
-        self.writer.add_image("val/confusion_matrix", png_array(png), step, dataformats="HWC")
+        if self.sinks:
+            image = png_array(png)
+            for sink in self.sinks:
+                sink.image("val/confusion_matrix", image, step)
         if save_png:
             atomic_write_bytes(self.run_dir / "confusion_matrix.png", png)
 
@@ -121,17 +135,20 @@ class Tracker:
             atomic_write_bytes(self.run_dir / "curves.png", curves)
 
     def write_hparams(self, last: dict[str, float], best: float | None, epoch: int) -> None:
-        from torch.utils.tensorboard.summary import hparams
-
         metrics = {"hparam/best": float(best) if best is not None else float("nan")}
         metrics.update({"hparam/" + k[4:]: float(v) for k, v in last.items() if k.startswith("val/")})
-        for summary in hparams(self.hparams, metrics):
-            self.writer.file_writer.add_summary(summary)
-        self.log_scalars(metrics, epoch)
+        for sink in self.sinks:
+            sink.hparams(self.hparams, metrics, epoch)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The finished run's files as the loggers' artifacts, with the best checkpoint's path."""
+        files = [self.run_dir / n for n in ("metrics.json", "metrics.csv", "curves.png", "confusion_matrix.png")]
+        for sink in self.sinks:
+            sink.finish(files, summary)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        for sink in self.sinks:
+            sink.close()
 
 
 class NullTracker(Tracker):
@@ -153,6 +170,9 @@ class NullTracker(Tracker):
         pass
 
     def write_hparams(self, last: dict[str, float], best: float | None, epoch: int) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any]) -> None:
         pass
 
 
