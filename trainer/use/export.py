@@ -1,6 +1,7 @@
 """`export-model`: a trained model as a file other tools load, checked against torch before it is kept.
 
-    export-model checkpoint=<run folder | .pt> [format=safetensors|onnx|torchscript] [out=DIR]
+    export-model checkpoint=<run folder | .pt> [format=safetensors|onnx|torchscript|openvino]
+                 [quantize=none|int8] [out=DIR]
 
 Every format writes DIR/config.json in timm's pretrained-config form (architecture, num_classes,
 label_names, input_size, interpolation, mean, std, crop_pct) beside the weights:
@@ -11,6 +12,11 @@ label_names, input_size, interpolation, mean, std, crop_pct) beside the weights:
 - onnx: DIR/model.onnx with a dynamic batch axis, run by onnxruntime on a batch of 3 and compared
   with torch (the largest logit difference is printed; over 1e-4 is an error).
 - torchscript: DIR/model.pt traced with torch.jit.trace, compared the same way.
+- openvino: DIR/model.xml and model.bin (OpenVINO IR, converted from the ONNX export), run by OpenVINO
+  on the CPU and compared the same way.
+- quantize=int8 (onnx, openvino): DIR/model.int8.onnx or model.int8.xml/.bin, ONNX Runtime's static
+  int8 quantization calibrated on 300 of the run's training images; kept only when its top-1 agrees
+  with the fp32 torch model's on at least 99% of 500 validation images (the agreement is printed).
 
 Files are written mode 644. Default DIR: the run folder's export/.
 """
@@ -29,7 +35,8 @@ from trainer.models.trained import Trained, load_trained
 from trainer.use.command import parse_args, run_command, trusted
 from trainer.use.outputs import atomic_file, check_folder, json_with_keys
 
-KEYS = {"checkpoint": None, "format": "safetensors", "out": "", "allow_targets": ""}
+KEYS = {"checkpoint": None, "format": "safetensors", "quantize": "none", "out": "", "allow_targets": ""}
+FORMATS = ("safetensors", "onnx", "torchscript", "openvino")
 TOLERANCE = 1e-4
 _EXPORT_CONFIG = json_with_keys("architecture", "label_names", "pretrained_cfg")
 # an existing weights file is replaced only beside the config.json of an export
@@ -93,6 +100,81 @@ def export_onnx(trained: Trained, path: Path) -> float:
         return _compare("onnx", theirs, trained.model(check))
 
 
+def run_batches(trained: Trained, split: str, images: int, batch: int = 50) -> list[torch.Tensor]:
+    """Up to ``images`` of the run's own ``split`` images (its stored data config), preprocessed as
+    predict does: calibration and agreement checks use real data, not noise."""
+    from trainer.config.targets import instantiate_node
+    from trainer.use.predict import preprocess
+
+    try:
+        splits = instantiate_node(trained.config.data.dataset)
+    except Exception as e:
+        raise UserError(
+            f"quantize=int8 calibrates and checks on the run's own images, and its data could not be read ({e}). "
+            "Export on a machine that has the run's data folder."
+        ) from None
+    images_of = getattr(splits, split)
+    transform = preprocess(trained)
+    step = max(1, len(images_of) // images)  # spread over the split, not its first classes only
+    picked = list(range(0, len(images_of), step))[:images]
+    xs = [transform(images_of.load(i)) for i in picked]
+    return [torch.stack(xs[i : i + batch]) for i in range(0, len(xs), batch)]
+
+
+def check_agreement(runner: Any, trained: Trained, name: str) -> float:
+    from trainer.use.runtimes import AGREEMENT, CHECK_IMAGES, TorchRunner, top1_agreement
+
+    reference = TorchRunner(trained.model, torch.device("cpu"))
+    agreement = top1_agreement(runner, reference, run_batches(trained, "val", CHECK_IMAGES))
+    if agreement < AGREEMENT:
+        raise UserError(
+            f"the int8 {name} model agrees with the fp32 torch model on {agreement:.1%} of the validation images' top-1 "
+            f"(under {AGREEMENT:.0%}): it is not kept. Export without quantize=int8."
+        )
+    return agreement
+
+
+def export_int8_onnx(trained: Trained, path: Path) -> float:
+    """model.int8.onnx: quantized from the checked fp32 ONNX export; returns its top-1 agreement."""
+    import tempfile
+
+    from trainer.use.runtimes import CALIBRATION_IMAGES, OnnxRunner, quantize_int8
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        export_onnx(trained, fp32)
+        quantize_int8(fp32, path, iter(run_batches(trained, "train", CALIBRATION_IMAGES)))
+    return check_agreement(OnnxRunner(path), trained, "onnx")
+
+
+def export_openvino(trained: Trained, xml: Path, int8: bool) -> float:
+    """model.xml/.bin (OpenVINO IR) from the ONNX export (int8: the quantized one); returns the max logit
+    difference from torch (fp32) or the top-1 agreement (int8)."""
+    import tempfile
+
+    try:
+        import openvino as ov
+    except ImportError:
+        raise UserError(
+            "format=openvino needs OpenVINO: pip install 'transfer-trainer[openvino]' (or pip install openvino)"
+        ) from None
+    from trainer.use.runtimes import OpenVinoRunner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "model.onnx"
+        if int8:
+            export_int8_onnx(trained, source)
+        else:
+            export_onnx(trained, source)
+        ov.save_model(ov.convert_model(str(source)), str(xml), compress_to_fp16=False)
+    runner = OpenVinoRunner(xml)
+    if int8:
+        return check_agreement(runner, trained, "openvino")
+    check = _example(trained, batch=5)
+    with torch.no_grad():
+        return _compare("openvino", runner(check), trained.model(check))
+
+
 def export_torchscript(trained: Trained, path: Path) -> float:
     with torch.no_grad():
         traced = torch.jit.trace(trained.model, _example(trained))
@@ -103,20 +185,39 @@ def export_torchscript(trained: Trained, path: Path) -> float:
         return _compare("torchscript", loaded(check), trained.model(check))
 
 
-def export(checkpoint: str, fmt: str, out: Path | None, allow: tuple[str, ...] = ()) -> tuple[list[Path], float | None]:
-    """Write the export; returns the files and the checked difference (None for safetensors)."""
-    if fmt not in ("safetensors", "onnx", "torchscript"):
-        raise UserError(f"format={fmt!r} is not valid: use safetensors, onnx or torchscript.")
-    weights_name = {"safetensors": "model.safetensors", "onnx": "model.onnx", "torchscript": "model.pt"}[fmt]
-    files = {weights_name: _EXPORT_OF, "config.json": _EXPORT_CONFIG}
+def weights_names(fmt: str, quantize: str) -> list[str]:
+    if fmt not in FORMATS:
+        raise UserError(f"format={fmt!r} is not valid: use {', '.join(FORMATS)}.")
+    if quantize not in ("none", "int8"):
+        raise UserError(f"quantize={quantize!r} is not valid: use int8 or none.")
+    if quantize == "int8" and fmt not in ("onnx", "openvino"):
+        raise UserError(
+            f"quantize=int8 makes an ONNX or OpenVINO model: use format=onnx or format=openvino, not {fmt}."
+        )
+    stem = "model.int8" if quantize == "int8" else "model"
+    return {
+        "safetensors": ["model.safetensors"],
+        "onnx": [f"{stem}.onnx"],
+        "torchscript": ["model.pt"],
+        "openvino": [f"{stem}.xml", f"{stem}.bin"],
+    }[fmt]
+
+
+def export(
+    checkpoint: str, fmt: str, out: Path | None, allow: tuple[str, ...] = (), quantize: str = "none"
+) -> tuple[list[Path], dict[str, float]]:
+    """Write the export; returns the files and what was checked ({"max_diff": ...} or {"agreement": ...})."""
+    names = weights_names(fmt, quantize)
+    files = {**{n: _EXPORT_OF for n in names}, "config.json": _EXPORT_CONFIG}
     if out is not None:
         check_folder(out, files, "a model export")
     trained = load_trained(checkpoint, allow)
     run_dir = trained.checkpoint.parent.parent if trained.checkpoint.parent.name == "checkpoints" else None
     out = out or (run_dir or trained.checkpoint.parent) / "export"
     check_folder(out, files, "a model export")
-    weights, config = out / weights_name, out / "config.json"
-    diff = None
+    weights, config = out / names[0], out / "config.json"
+    checked: dict[str, float] = {}
+    int8 = quantize == "int8"
     with atomic_file(weights) as tmp:  # checked before it takes its name: a failed check leaves no file
         if fmt == "safetensors":
             from safetensors.torch import save_file
@@ -124,20 +225,37 @@ def export(checkpoint: str, fmt: str, out: Path | None, allow: tuple[str, ...] =
             tensors = {k: v.contiguous() for k, v in trained.model.state_dict().items()}
             save_file(tensors, str(tmp), metadata={"classes": json.dumps(trained.classes)})
         elif fmt == "onnx":
-            diff = export_onnx(trained, tmp)
+            checked = {"agreement": export_int8_onnx(trained, tmp)} if int8 else {"max_diff": export_onnx(trained, tmp)}
+        elif fmt == "openvino":
+            try:
+                value = export_openvino(trained, tmp.with_suffix(".xml"), int8)
+                tmp.with_suffix(".xml").replace(tmp)
+                tmp.with_suffix(".bin").replace(out / names[1])  # the weights beside, under their final name
+            finally:
+                for leftover in (tmp.with_suffix(".xml"), tmp.with_suffix(".bin")):
+                    leftover.unlink(missing_ok=True)
+            checked = {"agreement": value} if int8 else {"max_diff": value}
         else:
-            diff = export_torchscript(trained, tmp)
+            checked = {"max_diff": export_torchscript(trained, tmp)}
     with atomic_file(config) as tmp:
         tmp.write_text(json.dumps(timm_config(trained), indent=2))
-    return [weights, config], diff
+    return [out / n for n in names] + [config], checked
 
 
 def main() -> None:
     def body() -> None:
         args = parse_args(sys.argv[1:], KEYS, ("checkpoint",), __doc__ or "")
         out = Path(str(args["out"])).expanduser() if args["out"] else None
-        files, diff = export(str(args["checkpoint"]), str(args["format"]), out, trusted(args["allow_targets"]))
-        checked = f" (checked against torch: max |logit difference| {diff:.1e})" if diff is not None else ""
+        files, result = export(
+            str(args["checkpoint"]), str(args["format"]), out, trusted(args["allow_targets"]), str(args["quantize"])
+        )
+        checked = ""
+        if "max_diff" in result:
+            checked = f" (checked against torch: max |logit difference| {result['max_diff']:.1e})"
+        if "agreement" in result:
+            checked = (
+                f" (top-1 agreement with the fp32 torch model: {result['agreement']:.2%} of the validation images)"
+            )
         print(f"wrote {' and '.join(str(f) for f in files)}{checked}")
 
     run_command(body)

@@ -2,13 +2,18 @@
 
     predict checkpoint=<run folder | .pt> source=<folder | image | glob> [out=predictions.csv]
             [topk=5] [tta=none|flip] [threshold=0.5] [data.batch_size=64] [trainer.device=auto]
+            [runtime=auto|torch|onnx|openvino] [quantize=none|int8]
             [explain=none|gradcam] [explain.layer=<module name>]
 
 One CSV row per image: multiclass, the top-k labels with their probabilities; binary, the label and
 the positive class's probability; multilabel, the labels over the threshold (and every class's
 probability); segmentation, the path of a mask PNG (class index per pixel, at the image's own size)
 written into ``<out without .csv>_masks/``. Files that cannot be read are listed in the CSV with
-their error and counted at the end; they do not stop the others. ``explain=gradcam`` (classifiers)
+their error and counted at the end; they do not stop the others. ``runtime``: who runs the model
+(trainer/use/runtimes.py): torch, or the model exported (and checked) for ONNX Runtime or OpenVINO on
+the CPU; ``auto`` times the installed ones on the first batch and keeps the fastest (torch for fewer
+than AUTO_FROM images, where an export costs more than it saves). ``quantize=int8``: the int8 model
+(onnx or openvino), refused below 99% top-1 agreement with fp32 torch. ``explain=gradcam`` (classifiers)
 also writes a Grad-CAM heatmap over each image into ``<out without .csv>_gradcam/`` and names it in a
 ``gradcam`` column (trainer/use/explain.py).
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import csv
 import glob
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,8 @@ KEYS = {
     "threshold": "0.5",
     "data.batch_size": "64",
     "trainer.device": "auto",
+    "runtime": "auto",
+    "quantize": "none",
     "explain": "none",
     "explain.layer": "",
     "allow_targets": "",
@@ -82,14 +90,16 @@ def preprocess(trained: Trained) -> Any:
 
 
 @torch.no_grad()
-def forward(trained: Trained, x: torch.Tensor, device: torch.device, tta: str) -> torch.Tensor:
-    """Probabilities for a batch (softmax or sigmoid by task), averaged with the mirrored batch under tta=flip."""
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        logits = trained.model(x).float()
-        if tta == "flip":
-            mirrored = trained.model(torch.flip(x, dims=[-1])).float()
-            logits = (logits + (torch.flip(mirrored, dims=[-1]) if trained.task == "segmentation" else mirrored)) / 2
+def forward(trained: Trained, x: torch.Tensor, device: torch.device, tta: str, runner: Any = None) -> torch.Tensor:
+    """Probabilities for a batch (softmax or sigmoid by task), averaged with the mirrored batch under
+    tta=flip. ``runner``: the runtime that computes the logits (trainer/use/runtimes.py; default torch)."""
+    from trainer.use.runtimes import TorchRunner
+
+    runner = runner or TorchRunner(trained.model, device)
+    logits = runner(x).float()
+    if tta == "flip":
+        mirrored = runner(torch.flip(x, dims=[-1])).float()
+        logits = (logits + (torch.flip(mirrored, dims=[-1]) if trained.task == "segmentation" else mirrored)) / 2
     if trained.task in ("binary", "multilabel") or (trained.task == "segmentation" and logits.shape[1] == 1):
         return torch.sigmoid(logits)
     return torch.softmax(logits, dim=1)
@@ -157,13 +167,111 @@ def checked_args(args: dict[str, Any]) -> tuple[str, str, int, float, int]:
     return tta, explain, topk, threshold, batch_size
 
 
+def say(line: str) -> None:
+    """A line of the command's own report (stderr: stdout ends with the summary line)."""
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
+
+
+AUTO_FROM = 256  # runtime=auto exports for folders of at least this many images
+
+
+class Runtimes:
+    """The runner ``predict`` uses, prepared on the first batch (``runtime=auto`` times the candidates on it);
+    exported models live in a temporary folder for the command's length."""
+
+    def __init__(self, trained: Trained, device: torch.device, runtime: str, quantize: str, images: int) -> None:
+        import tempfile
+
+        from trainer.errors import UserError
+        from trainer.use.runtimes import RUNTIMES, installed, require
+
+        if runtime not in (*RUNTIMES, "auto"):
+            raise UserError(f"runtime={runtime!r} is not valid: use auto, torch, onnx or openvino.")
+        if quantize not in ("none", "int8"):
+            raise UserError(f"quantize={quantize!r} is not valid: use int8 or none.")
+        if quantize == "int8" and runtime == "torch":
+            raise UserError("quantize=int8 runs in ONNX Runtime or OpenVINO: use runtime=onnx, openvino or auto.")
+        if runtime == "auto":
+            exported = [r for r in ("onnx", "openvino") if installed(r)] if device.type == "cpu" else []
+            small = images < AUTO_FROM and quantize == "none"
+            self.candidates = ["torch"] * (quantize == "none") + ([] if small else exported)
+            if not self.candidates:
+                raise UserError("quantize=int8 needs ONNX Runtime or OpenVINO: pip install 'transfer-trainer[export]'.")
+        else:
+            require(runtime)
+            self.candidates = [runtime]
+        self.trained, self.device, self.int8, self.auto = trained, device, quantize == "int8", runtime == "auto"
+        self.folder = tempfile.TemporaryDirectory()
+        self.runner: Any = None
+
+    def prepare(self, name: str) -> Any:
+        from trainer.use import runtimes
+        from trainer.use.export import export_int8_onnx, export_onnx, export_openvino
+
+        if name == "torch":
+            return runtimes.TorchRunner(self.trained.model, self.device)
+        folder, start = Path(self.folder.name), time.perf_counter()
+        if name == "onnx":
+            path = folder / "model.onnx"
+            (export_int8_onnx if self.int8 else export_onnx)(self.trained, path)
+            runner: Any = runtimes.OnnxRunner(path)
+        else:
+            path = folder / "model.xml"
+            export_openvino(self.trained, path, self.int8)
+            runner = runtimes.OpenVinoRunner(path)
+        took = time.perf_counter() - start
+        say(f"runtime={name}{' int8' if self.int8 else ''}: the model exported and checked in {took:.1f}s")
+        return runner
+
+    def first(self, x: torch.Tensor) -> Any:
+        from trainer.use.runtimes import choose_fastest
+
+        if self.runner is None:
+            runners = [self.prepare(n) for n in self.candidates]
+            if len(runners) > 1:
+                self.runner, why = choose_fastest(runners, x)
+                say(why)
+            else:
+                self.runner = runners[0]
+        return self.runner
+
+    def close(self) -> None:
+        self.folder.cleanup()
+
+
 def make_explainer(trained: Trained, layer: str, folder: Path) -> Any:
     """explain=gradcam: the Grad-CAM explainer of this model (trainer/use/explain.py)."""
     from trainer.use.explain import Explainer
 
     explainer = Explainer(trained.model, trained.task, int(trained.input_spec["size"]), layer or None)
-    log.info("explain=gradcam: Grad-CAM of layer %s -> %s/", explainer.layer_name, folder)
+    say(f"explain=gradcam: Grad-CAM of layer {explainer.layer_name} -> {folder}/")
     return explainer
+
+
+def load_batch(paths: list[str], transform: Any, rows: list[dict[str, Any]]) -> tuple[list[str], list[Any], list[Any]]:
+    """The readable images of ``paths``, preprocessed, with their sizes; an unreadable one becomes its CSV row."""
+    batch, images, sizes = [], [], []
+    for path in paths:
+        try:
+            image = decode_rgb(path)
+        except BadImage as e:
+            rows.append({"path": path, "error": str(e)})
+            continue
+        batch.append(path)
+        sizes.append(tuple(image.shape[-2:]))
+        images.append(transform(image))
+    return batch, images, sizes
+
+
+def write_predictions(out: Path, rows: list[dict[str, Any]], paths: list[str]) -> None:
+    columns = list(dict.fromkeys(k for row in rows for k in row if k != "error")) + ["error"]
+    with atomic_file(out) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        order = {path: i for i, path in enumerate(paths)}  # unreadable files were recorded first in their batch
+        writer.writerows(sorted(rows, key=lambda r: order[r["path"]]))
 
 
 def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
@@ -181,44 +289,31 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
     paths = find_images(str(args["source"]))
     masks, heatmaps = out.with_name(out.stem + "_masks"), out.with_name(out.stem + "_gradcam")
     transform = preprocess(trained)
+    runners = Runtimes(trained, device, str(args["runtime"]), str(args["quantize"]), len(paths))
     explainer = make_explainer(trained, str(args["explain.layer"]), heatmaps) if explain == "gradcam" else None
     rows: list[dict[str, Any]] = []
-    bad = 0
-    for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch"):
-        batch, images, sizes = [], [], []
-        for path in paths[start : start + batch_size]:
-            try:
-                image = decode_rgb(path)
-            except BadImage as e:
-                rows.append({"path": path, "error": str(e)})
-                bad += 1
+    try:
+        for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch"):
+            batch, images, sizes = load_batch(paths[start : start + batch_size], transform, rows)
+            if not batch:
                 continue
-            batch.append(path)
-            sizes.append(tuple(image.shape[-2:]))
-            images.append(transform(image))
-        if not batch:
-            continue
-        x = torch.stack(images).to(device)
-        probs = forward(trained, x, device, tta).cpu()
-        if explainer is not None:
-            written = explain_batch(explainer, x, probs, batch, heatmaps, trained.input_spec)
-            rows += [
-                {"path": path, **row, "gradcam": str(h)}
-                for path, row, h in zip(batch, rows_for(trained, probs, topk, threshold), written)
-            ]
-        elif trained.task == "segmentation":
-            for path, p, size in zip(batch, probs, sizes):
-                mask = masks / (Path(path).stem + ".png")
-                save_mask(p, size, mask)
-                rows.append({"path": path, "mask": str(mask)})
-        else:
-            rows += [{"path": path, **row} for path, row in zip(batch, rows_for(trained, probs, topk, threshold))]
-    columns = list(dict.fromkeys(k for row in rows for k in row if k != "error")) + ["error"]
-    with atomic_file(out) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        order = {path: i for i, path in enumerate(paths)}  # unreadable files were recorded first in their batch
-        writer.writerows(sorted(rows, key=lambda r: order[r["path"]]))
+            x = torch.stack(images)
+            probs = forward(trained, x, device, tta, runners.first(x)).cpu()
+            labels = rows_for(trained, probs, topk, threshold) if trained.task != "segmentation" else []
+            if explainer is not None:
+                written = explain_batch(explainer, x.to(device), probs, batch, heatmaps, trained.input_spec)
+                rows += [{"path": p, **row, "gradcam": str(h)} for p, row, h in zip(batch, labels, written)]
+            elif trained.task == "segmentation":
+                for path, p, size in zip(batch, probs, sizes):
+                    mask = masks / (Path(path).stem + ".png")
+                    save_mask(p, size, mask)
+                    rows.append({"path": path, "mask": str(mask)})
+            else:
+                rows += [{"path": path, **row} for path, row in zip(batch, labels)]
+    finally:
+        runners.close()
+    write_predictions(out, rows, paths)
+    bad = sum(1 for r in rows if "error" in r)
     return out, len(paths) - bad, bad
 
 
