@@ -18,6 +18,23 @@ CONF = REPO / "conf"
 THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 torch.set_num_threads(THREADS)
 
+
+def _absl_writes_to_the_real_stderr() -> None:
+    """absl's logging handler (tensorboard's absl-py, imported by OpenVINO among others) keeps the stream
+    that was sys.stderr when it was imported, and closes it whenever logging is reconfigured (Hydra does,
+    at every run) unless it is the real stderr. Imported inside a command run in the test process, that
+    stream would be the test's capture: give it the real one, once, before any test runs."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return
+    import sys
+
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
+_absl_writes_to_the_real_stderr()
+
 # A tiny timm model from scratch on generated data: seconds on a laptop CPU.
 TINY = [
     "model.name=test_resnet",

@@ -51,3 +51,23 @@ def load_trained(value: str, allow: tuple[str, ...] = ()) -> Trained:
     built.model.eval()
     spec = dict(state["input_spec"])
     return Trained(built.model, classes, task, spec, stored, path, state)
+
+
+def preprocess(trained: Trained) -> Any:
+    """The evaluation transform the model was trained with (resize, center crop, normalize): what
+    predict, the int8 calibration and the exports' checks feed it."""
+    import torch
+    from torchvision.transforms import v2
+
+    from trainer.data.transforms import build_transforms
+
+    if trained.task == "segmentation":
+        spec = trained.input_spec
+        return v2.Compose(
+            [
+                v2.Resize((spec["size"], spec["size"]), antialias=True),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(spec["mean"], spec["std"]),
+            ]
+        )
+    return build_transforms("none", trained.input_spec, train=False, task=trained.task)

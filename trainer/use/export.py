@@ -104,7 +104,7 @@ def run_batches(trained: Trained, split: str, images: int, batch: int = 50) -> l
     """Up to ``images`` of the run's own ``split`` images (its stored data config), preprocessed as
     predict does: calibration and agreement checks use real data, not noise."""
     from trainer.config.targets import instantiate_node
-    from trainer.use.predict import preprocess
+    from trainer.models.trained import preprocess
 
     try:
         splits = instantiate_node(trained.config.data.dataset)

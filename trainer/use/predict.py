@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from trainer.data.images import IMAGE_EXTENSIONS, BadImage, decode_rgb
-from trainer.models.trained import Trained, load_trained
+from trainer.models.trained import Trained, load_trained, preprocess
 from trainer.use.command import parse_args, run_command, trusted
 from trainer.use.outputs import atomic_file, check_file, csv_with_header
 
@@ -69,24 +69,6 @@ def find_images(source: str) -> list[str]:
             f"glob such as 'source=photos/*.jpg' ({', '.join(sorted(IMAGE_EXTENSIONS))})."
         )
     return found
-
-
-def preprocess(trained: Trained) -> Any:
-    """The evaluation transform the model was trained with (resize, center crop, normalize)."""
-    from torchvision.transforms import v2
-
-    from trainer.data.transforms import build_transforms
-
-    if trained.task == "segmentation":
-        spec = trained.input_spec
-        return v2.Compose(
-            [
-                v2.Resize((spec["size"], spec["size"]), antialias=True),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(spec["mean"], spec["std"]),
-            ]
-        )
-    return build_transforms("none", trained.input_spec, train=False, task=trained.task)
 
 
 @torch.no_grad()
