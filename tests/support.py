@@ -52,6 +52,7 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
     env.update(
         HF_HOME=str(tmp_path / "hf"),
         TORCH_HOME=str(tmp_path / "torch"),
+        TRAINER_CACHE=str(tmp_path / "trainer-cache"),  # predict's exports for other runtimes
         HYDRA_FULL_ERROR="0",
         PYTHONUNBUFFERED="1",
         PYTHONPATH=str(tmp_path),  # a user's own modules live in their folder

@@ -50,7 +50,10 @@ def test_an_exported_runtime_predicts_what_torch_predicts(run, runtime):
     assert in_process("predict", [*base, f"out={tmp / 't.csv'}", "runtime=torch"], tmp).returncode == 0
     proc = in_process("predict", [*base, f"out={tmp / f'{runtime}.csv'}", f"runtime={runtime}"], tmp)
     assert proc.returncode == 0, proc.stderr
-    assert f"runtime={runtime}: the model exported and checked" in proc.stderr
+    assert f"runtime={runtime}: the model exported, checked and cached" in proc.stderr
+    again = in_process("predict", [*base, f"out={tmp / f'{runtime}.csv'}", f"runtime={runtime}"], tmp)
+    assert f"runtime={runtime}: the export cached for this checkpoint" in again.stderr  # checked, not made again
+    assert again.stdout == proc.stdout
     ours, theirs = predictions(tmp / "t.csv"), predictions(tmp / f"{runtime}.csv")
     assert len(ours) == 18 and ours.keys() == theirs.keys()
     for path, row in ours.items():

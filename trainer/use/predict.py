@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import glob
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -150,18 +151,19 @@ def checked_args(args: dict[str, Any]) -> tuple[str, str, int, float, int]:
 
 
 def say(line: str) -> None:
-    """A line of the command's own report (stderr: stdout ends with the summary line)."""
+    """A line of the command's own report (stderr, above the progress bar: stdout ends with the summary line)."""
     import sys
 
-    print(line, file=sys.stderr, flush=True)
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
 
 
 AUTO_FROM = 256  # runtime=auto exports for folders of at least this many images
 
 
 class Runtimes:
-    """The runner ``predict`` uses, prepared on the first batch (``runtime=auto`` times the candidates on it);
-    exported models live in a temporary folder for the command's length."""
+    """The runner ``predict`` uses, prepared on the first batch (``runtime=auto`` times the candidates on it)."""
 
     def __init__(self, trained: Trained, device: torch.device, runtime: str, quantize: str, images: int) -> None:
         import tempfile
@@ -189,23 +191,44 @@ class Runtimes:
         self.runner: Any = None
 
     def prepare(self, name: str) -> Any:
+        """The runner of ``name``: the export cached for this checkpoint (fp32: checked against torch again),
+        or exported, checked and cached now (runtimes.cache_folder)."""
+        import shutil
+
         from trainer.use import runtimes
-        from trainer.use.export import export_int8_onnx, export_onnx, export_openvino
+        from trainer.use.export import _compare, _example, export_int8_onnx, export_onnx, export_openvino
 
         if name == "torch":
             return runtimes.TorchRunner(self.trained.model, self.device)
-        folder, start = Path(self.folder.name), time.perf_counter()
+        start, cache = time.perf_counter(), runtimes.cache_folder(self.trained.checkpoint)
+        stem = "model.int8" if self.int8 else "model"
+        files = [f"{stem}.onnx"] if name == "onnx" else [f"{stem}.xml", f"{stem}.bin"]
+        kind = runtimes.OnnxRunner if name == "onnx" else runtimes.OpenVinoRunner
+        if all((cache / f).is_file() for f in files):
+            runner = kind(cache / files[0])
+            if not self.int8:  # an int8 file was held to the agreement check when it was made
+                check = _example(self.trained, batch=2)
+                with torch.no_grad():
+                    _compare(name, runner(check), self.trained.model.cpu()(check))
+                self.trained.model.to(self.device)
+            say(f"runtime={name}{' int8' if self.int8 else ''}: the export cached for this checkpoint ({cache})")
+            return runner
+        work = Path(self.folder.name) / name
+        work.mkdir(parents=True, exist_ok=True)
         if name == "onnx":
-            path = folder / "model.onnx"
-            (export_int8_onnx if self.int8 else export_onnx)(self.trained, path)
-            runner: Any = runtimes.OnnxRunner(path)
+            (export_int8_onnx if self.int8 else export_onnx)(self.trained, work / files[0])
         else:
-            path = folder / "model.xml"
-            export_openvino(self.trained, path, self.int8)
-            runner = runtimes.OpenVinoRunner(path)
+            export_openvino(self.trained, work / files[0], self.int8)
+        cache.mkdir(parents=True, exist_ok=True)
+        for f in files:  # each file whole or not at all: copied beside, then renamed
+            part = cache / f".{f}.{os.getpid()}.tmp"
+            shutil.copyfile(work / f, part)
+            os.replace(part, cache / f)
         took = time.perf_counter() - start
-        say(f"runtime={name}{' int8' if self.int8 else ''}: the model exported and checked in {took:.1f}s")
-        return runner
+        say(
+            f"runtime={name}{' int8' if self.int8 else ''}: the model exported, checked and cached in {took:.1f}s ({cache})"
+        )
+        return kind(cache / files[0])
 
     def first(self, x: torch.Tensor) -> Any:
         from trainer.use.runtimes import choose_fastest
@@ -232,19 +255,33 @@ def make_explainer(trained: Trained, layer: str, folder: Path) -> Any:
     return explainer
 
 
-def load_batch(paths: list[str], transform: Any, rows: list[dict[str, Any]]) -> tuple[list[str], list[Any], list[Any]]:
-    """The readable images of ``paths``, preprocessed, with their sizes; an unreadable one becomes its CSV row."""
-    batch, images, sizes = [], [], []
-    for path in paths:
+class FolderImages(torch.utils.data.Dataset):
+    """The images to predict, decoded and preprocessed in the loader's workers (while the model runs on the
+    batch before): ``(path, tensor, (height, width))``, or ``(path, None, error)`` for a file that cannot be read."""
+
+    def __init__(self, paths: list[str], transform: Any) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[str, Any, Any]:
+        path = self.paths[index]
         try:
             image = decode_rgb(path)
         except BadImage as e:
-            rows.append({"path": path, "error": str(e)})
-            continue
-        batch.append(path)
-        sizes.append(tuple(image.shape[-2:]))
-        images.append(transform(image))
-    return batch, images, sizes
+            return path, None, str(e)
+        return path, self.transform(image), tuple(image.shape[-2:])
+
+
+def batches_of(paths: list[str], transform: Any, batch_size: int, device: torch.device) -> Any:
+    """Batches of ``FolderImages`` in file order, decoded by the loader's workers (data.num_workers=auto)."""
+    from trainer.data.loaders import default_num_workers
+
+    workers = min(default_num_workers(device.type == "cuda"), max(0, len(paths) // batch_size))
+    return torch.utils.data.DataLoader(
+        FolderImages(paths, transform), batch_size=batch_size, num_workers=workers, collate_fn=list
+    )
 
 
 def write_predictions(out: Path, rows: list[dict[str, Any]], paths: list[str]) -> None:
@@ -275,11 +312,13 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
     explainer = make_explainer(trained, str(args["explain.layer"]), heatmaps) if explain == "gradcam" else None
     rows: list[dict[str, Any]] = []
     try:
-        for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch"):
-            batch, images, sizes = load_batch(paths[start : start + batch_size], transform, rows)
-            if not batch:
+        for items in tqdm(batches_of(paths, transform, batch_size, device), desc="predict", unit="batch"):
+            rows += [{"path": path, "error": why} for path, x, why in items if x is None]
+            good = [(path, x, size) for path, x, size in items if x is not None]
+            if not good:
                 continue
-            x = torch.stack(images)
+            batch, sizes = [path for path, _, _ in good], [size for _, _, size in good]
+            x = torch.stack([x for _, x, _ in good])
             probs = forward(trained, x, device, tta, runners.first(x)).cpu()
             labels = rows_for(trained, probs, topk, threshold) if trained.task != "segmentation" else []
             if explainer is not None:

@@ -94,6 +94,21 @@ class OpenVinoRunner:
         return torch.from_numpy(self.compiled(x.float().cpu().numpy())[self.output].copy())
 
 
+def cache_folder(checkpoint: Path) -> Path:
+    """Where predict keeps the exports of one checkpoint, named by the checkpoint's SHA-256 (another
+    checkpoint, or the same path trained on, gets another folder): $TRAINER_CACHE, else
+    ~/.cache/transfer-trainer/exports."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    base = os.environ.get("TRAINER_CACHE") or Path.home() / ".cache" / "transfer-trainer" / "exports"
+    return Path(base) / digest.hexdigest()[:32]
+
+
 def top1_agreement(
     runner: Callable[[torch.Tensor], torch.Tensor],
     reference: Callable[[torch.Tensor], torch.Tensor],
