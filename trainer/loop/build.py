@@ -38,6 +38,7 @@ from trainer.distributed import collectives as dist
 from trainer.errors import UserError
 from trainer.loop.batch_size import ProbeStep, choose, first_sample, probe_largest
 from trainer.loop.budget import BudgetPlan, plan_budget
+from trainer.loop.devices import resolve_device
 from trainer.loop.distill import build_teacher
 from trainer.loop.lr_find import find_lr
 from trainer.loop.optim import build_optimizer, runtime_kwargs
@@ -509,20 +510,6 @@ def setup_loggers(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> li
                 f"logger.{name}: no such logger. Use tensorboard, csv, mlflow or wandb (several: logger=[tensorboard,mlflow])."
             )
     return sinks
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={name} but no CUDA device is visible: use trainer.device=auto or cpu.")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("trainer.device=mps but MPS is not available: use trainer.device=auto or cpu.")
-    return torch.device(name)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

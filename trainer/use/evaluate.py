@@ -103,7 +103,7 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
 
     from trainer.data.datasets import scan_class_folders
     from trainer.data.images import BadImage, decode_rgb
-    from trainer.loop.build import resolve_device
+    from trainer.loop.devices import resolve_device
     from trainer.metrics import Metrics
     from trainer.use.mistakes import probabilities
     from trainer.use.predict import preprocess

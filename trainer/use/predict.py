@@ -297,7 +297,7 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
     """Run the command; returns the CSV written, the images predicted and those that could not be read."""
     from tqdm import tqdm
 
-    from trainer.loop.build import resolve_device
+    from trainer.loop.devices import resolve_device
 
     tta, explain, topk, threshold, batch_size = checked_args(args)
     out = Path(str(args["out"])).expanduser()
