@@ -120,6 +120,10 @@ def test_auto_keeps_torch_for_a_few_images_and_times_the_others_on_a_folder(run,
     monkeypatch.setattr(predict, "AUTO_FROM", 1)
     proc = in_process("predict", base, tmp)
     assert proc.returncode == 0 and "runtime=auto: " in proc.stderr and "torch " in proc.stderr
+    chosen = proc.stderr.split("runtime=auto: ")[1].split(" ")[0]
+    again = in_process("predict", base, tmp)  # the answer is kept for this checkpoint and batch size
+    assert f"runtime=auto: {chosen} (measured earlier for this checkpoint" in again.stderr
+    assert again.stdout == proc.stdout
 
 
 @pytest.mark.parametrize(

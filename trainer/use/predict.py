@@ -231,15 +231,30 @@ class Runtimes:
         return kind(cache / files[0])
 
     def first(self, x: torch.Tensor) -> Any:
-        from trainer.use.runtimes import choose_fastest
+        """The runner, made on the first batch. ``runtime=auto`` times the candidates once per checkpoint,
+        precision and batch size and keeps the answer beside the cached exports (the next run loads only the winner)."""
+        from trainer.use.runtimes import choose_fastest, read_choice, write_choice
 
-        if self.runner is None:
-            runners = [self.prepare(n) for n in self.candidates]
-            if len(runners) > 1:
-                self.runner, why = choose_fastest(runners, x)
-                say(why)
-            else:
-                self.runner = runners[0]
+        if self.runner is not None:
+            return self.runner
+        key = f"{'int8' if self.int8 else 'fp32'}-batch{x.shape[0]}-{self.device.type}"
+        cache = None
+        if len(self.candidates) > 1:
+            from trainer.use.runtimes import cache_folder
+
+            cache = cache_folder(self.trained.checkpoint)
+            earlier = read_choice(cache, key, self.candidates)
+            if earlier is not None:
+                self.candidates = [earlier[0]]
+                say(f"runtime=auto: {earlier[0]} (measured earlier for this checkpoint: {earlier[1]})")
+        runners = [self.prepare(n) for n in self.candidates]
+        if len(runners) > 1:
+            self.runner, why = choose_fastest(runners, x)
+            say(why)
+            if cache is not None:
+                write_choice(cache, key, self.runner.name, why.split("(", 1)[1].rstrip(")"))
+        else:
+            self.runner = runners[0]
         return self.runner
 
     def close(self) -> None:

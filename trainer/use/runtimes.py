@@ -109,6 +109,40 @@ def cache_folder(checkpoint: Path) -> Path:
     return Path(base) / digest.hexdigest()[:32]
 
 
+def read_choice(cache: Path, key: str, candidates: list[str]) -> tuple[str, str] | None:
+    """``runtime=auto``'s earlier answer for ``key`` in ``cache``/auto.json (a small JSON file of ours:
+    bounded, and only a runtime still among the candidates is taken)."""
+    import json
+
+    path = cache / "auto.json"
+    try:
+        if path.stat().st_size > 64 * 1024:
+            return None
+        entry = json.loads(path.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(entry, dict) and entry.get("runtime") in candidates and isinstance(entry.get("measured"), str):
+        return str(entry["runtime"]), entry["measured"][:200]
+    return None
+
+
+def write_choice(cache: Path, key: str, runtime: str, measured: str) -> None:
+    import json
+    import os
+
+    path = cache / "auto.json"
+    try:
+        known = json.loads(path.read_text()) if path.is_file() and path.stat().st_size <= 64 * 1024 else {}
+    except ValueError:
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    known[key] = {"runtime": runtime, "measured": measured}
+    cache.mkdir(parents=True, exist_ok=True)
+    part = cache / f".auto.json.{os.getpid()}.tmp"
+    part.write_text(json.dumps(known, indent=2))
+    os.replace(part, path)
+
+
 def top1_agreement(
     runner: Callable[[torch.Tensor], torch.Tensor],
     reference: Callable[[torch.Tensor], torch.Tensor],
