@@ -137,6 +137,8 @@ def curves_png(history: list[dict[str, Any]], monitor: str, best_epoch: int | No
         (monitor, [(monitor, monitor)], False),
         ("learning rate (head) at the epoch's end", [("lr", "lr")], True),
     ]
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (title, series, log) in zip(axes, panels):
         for key, label in series:
@@ -149,6 +151,7 @@ def curves_png(history: list[dict[str, Any]], monitor: str, best_epoch: int | No
             ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.2, 1.4 ticks
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=8)
