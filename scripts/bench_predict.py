@@ -75,7 +75,7 @@ def model_pace(checkpoint: str, folder: Path, batch: int) -> dict[tuple[str, str
     from trainer.data.images import decode_rgb
     from trainer.models.trained import load_trained
     from trainer.use import runtimes
-    from trainer.use.export import export_int8_onnx, export_onnx, export_openvino
+    from trainer.use.export import export_runner
     from trainer.use.predict import preprocess
 
     trained = load_trained(checkpoint)
@@ -89,17 +89,11 @@ def model_pace(checkpoint: str, folder: Path, batch: int) -> dict[tuple[str, str
         for runtime, quantize in ROWS:
             if runtime == "auto":
                 continue
-            int8 = quantize == "int8"
             if runtime == "torch":
                 runner = runtimes.TorchRunner(trained.model, torch.device("cpu"))
-            elif runtime == "onnx":
-                path = Path(tmp) / f"{quantize}.onnx"
-                (export_int8_onnx if int8 else export_onnx)(trained, path)
-                runner = runtimes.OnnxRunner(path)
             else:
-                path = Path(tmp) / f"{quantize}.xml"
-                export_openvino(trained, path, int8)
-                runner = runtimes.OpenVinoRunner(path)
+                name = f"{quantize}.onnx" if runtime == "onnx" else f"{quantize}.xml"
+                runner = export_runner(trained, runtime, quantize == "int8", Path(tmp) / name)
             runner(batches[0])
             best = float("inf")
             for _ in range(3):

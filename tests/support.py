@@ -45,6 +45,18 @@ TINY = [
     "trainer.log_every=2",
 ]
 
+# a small U-Net on timm's tiny resnet, trained on the generated shapes
+SEG_TINY = [
+    "model=unet_resnet34",
+    "model.name=test_resnet",
+    "model.pretrained=false",
+    "data=shapes",
+    "model.decoder_channels=[64,32,32,16]",
+    "finetune.head_epochs=0",
+    "optimizer.lr=3e-3",
+    "trainer.log_every=4",
+]
+
 
 def offline_env(tmp_path: Path) -> dict[str, str]:
     """No hub cache of the user's, no network retries, output not a TTY."""

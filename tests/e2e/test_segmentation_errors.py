@@ -12,20 +12,11 @@ import torch
 from PIL import Image
 from runner import in_process, train
 from sklearn.metrics import jaccard_score
+from support import SEG_TINY
 
 from trainer.use.mistakes import SegmentationScores, image_iou
 
-SEG_QUICK = [
-    "model=unet_resnet34",
-    "model.name=test_resnet",
-    "model.pretrained=false",
-    "data=shapes",
-    "model.decoder_channels=[64,32,32,16]",
-    "finetune.head_epochs=0",
-    "optimizer.lr=3e-3",
-    "data.dataset.train_size=48",
-    "data.dataset.val_size=12",
-]
+SEG_QUICK = [*SEG_TINY, "data.dataset.train_size=48", "data.dataset.val_size=12"]
 
 
 def sklearn_iou(pred, true, ignore=None):

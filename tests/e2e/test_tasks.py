@@ -9,19 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from runner import train
-from support import CONF, TINY, metrics
+from support import CONF, SEG_TINY, TINY, metrics
 
 LOSSES = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
-SEG_TINY = [
-    "model=unet_resnet34",
-    "model.name=test_resnet",
-    "model.pretrained=false",
-    "data=shapes",
-    "model.decoder_channels=[64,32,32,16]",
-    "finetune.head_epochs=0",
-    "optimizer.lr=3e-3",
-    "trainer.log_every=4",
-]
 
 
 def _loss(compose_cfg, option, task, ignore_index=None):

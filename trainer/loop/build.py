@@ -5,7 +5,6 @@ seed -> device -> data -> model -> loaders -> loss -> stage plan (optimizer, sch
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import logging
@@ -45,6 +44,7 @@ from trainer.loop.optim import build_optimizer, runtime_kwargs
 from trainer.loop.run import Run, Settings
 from trainer.loop.schedules import Schedule, build_schedule
 from trainer.loop.stages import StagePlan, head_epochs_for, plan_stages, started_head_epochs
+from trainer.loop.steps import autocast_for
 from trainer.losses import loss_fits, options_for
 from trainer.models import BuiltModel
 from trainer.models.backbones import is_convnet
@@ -359,8 +359,7 @@ def probe_batch(
     )
     built.model.to(device=device, memory_format=memory_format)
     loss_fn.to(device)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+    autocast = autocast_for(device.type, precision)
     step = ProbeStep(built.model, loss_fn, first_sample(sample_set), device, autocast, memory_format)
     return probe_largest(step, device, cap=max(1, len(splits.train) // dist.world_size()))
 

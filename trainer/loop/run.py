@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from trainer.loop.steps import (
     ProbeForward,
     SkipNonfiniteStep,
     Step,
+    autocast_for,
 )
 from trainer.metrics import Metrics
 from trainer.models import BuiltModel
@@ -102,9 +102,8 @@ class Run(RunState):
         self.device, self.epochs, self.accumulate = s.device, s.epochs, s.accumulate
         self.distributed, self.main = dist.is_distributed(), dist.is_main()
         self.guard = InterruptGuard(self.distributed, s.device)
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.precision)
         # Switched-off features are no-op objects, not branches in the loop.
-        self.autocast = (lambda: torch.autocast(s.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+        self.autocast = autocast_for(s.device.type, s.precision)
         self.scaler = torch.amp.GradScaler(s.device.type, enabled=s.precision == "fp16")
         self.memory_format = torch.channels_last if s.channels_last else torch.preserve_format
         self.model.to(device=s.device, memory_format=self.memory_format)

@@ -164,6 +164,14 @@ class CachedInputs(ImageInputs):
         return self.on_device(batches)
 
 
+def autocast_for(device_type: str, precision: str) -> Callable[[], Any]:
+    """The autocast context of ``precision`` (bf16, fp16; fp32: none) on ``device_type``, as a factory."""
+    import contextlib
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return (lambda: torch.autocast(device_type, dtype=dtype)) if dtype else contextlib.nullcontext
+
+
 # ---------------------------------------------------------------------- steps
 
 

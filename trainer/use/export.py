@@ -168,11 +168,26 @@ def export_openvino(trained: Trained, xml: Path, int8: bool) -> float:
             export_onnx(trained, source)
         ov.save_model(ov.convert_model(str(source)), str(xml), compress_to_fp16=False)
     runner = OpenVinoRunner(xml)
-    if int8:
-        return check_agreement(runner, trained, "openvino")
-    check = _example(trained, batch=5)
+    return check_agreement(runner, trained, "openvino") if int8 else check_runner(trained, runner, "openvino")
+
+
+def check_runner(trained: Trained, runner: Any, name: str, batch: int = 5) -> float:
+    """The largest logit difference of ``runner`` from the torch model on a test batch (over 1e-4: an error)."""
+    check = _example(trained, batch=batch)
     with torch.no_grad():
-        return _compare("openvino", runner(check), trained.model(check))
+        return _compare(name, runner(check), trained.model.cpu()(check))
+
+
+def export_runner(trained: Trained, runtime: str, int8: bool, path: Path) -> Any:
+    """The model exported (and checked) to ``path`` for ``runtime`` (onnx: model.onnx; openvino: model.xml
+    and .bin beside it) and loaded in it."""
+    from trainer.use.runtimes import OnnxRunner, OpenVinoRunner
+
+    if runtime == "onnx":
+        (export_int8_onnx if int8 else export_onnx)(trained, path)
+        return OnnxRunner(path)
+    export_openvino(trained, path, int8)
+    return OpenVinoRunner(path)
 
 
 def export_torchscript(trained: Trained, path: Path) -> float:

@@ -196,29 +196,24 @@ class Runtimes:
         import shutil
 
         from trainer.use import runtimes
-        from trainer.use.export import _compare, _example, export_int8_onnx, export_onnx, export_openvino
+        from trainer.use.export import check_runner, export_runner
 
         if name == "torch":
             return runtimes.TorchRunner(self.trained.model, self.device)
         start, cache = time.perf_counter(), runtimes.cache_folder(self.trained.checkpoint)
         stem = "model.int8" if self.int8 else "model"
         files = [f"{stem}.onnx"] if name == "onnx" else [f"{stem}.xml", f"{stem}.bin"]
-        kind = runtimes.OnnxRunner if name == "onnx" else runtimes.OpenVinoRunner
         if all((cache / f).is_file() for f in files):
-            runner = kind(cache / files[0])
+            runner = (runtimes.OnnxRunner if name == "onnx" else runtimes.OpenVinoRunner)(cache / files[0])
             if not self.int8:  # an int8 file was held to the agreement check when it was made
-                check = _example(self.trained, batch=2)
-                with torch.no_grad():
-                    _compare(name, runner(check), self.trained.model.cpu()(check))
+                check_runner(self.trained, runner, name, batch=2)
                 self.trained.model.to(self.device)
             say(f"runtime={name}{' int8' if self.int8 else ''}: the export cached for this checkpoint ({cache})")
             return runner
         work = Path(self.folder.name) / name
         work.mkdir(parents=True, exist_ok=True)
-        if name == "onnx":
-            (export_int8_onnx if self.int8 else export_onnx)(self.trained, work / files[0])
-        else:
-            export_openvino(self.trained, work / files[0], self.int8)
+        export_runner(self.trained, name, self.int8, work / files[0])
+        self.trained.model.to(self.device)  # the checks ran it on the CPU
         cache.mkdir(parents=True, exist_ok=True)
         for f in files:  # each file whole or not at all: copied beside, then renamed
             part = cache / f".{f}.{os.getpid()}.tmp"
@@ -228,7 +223,7 @@ class Runtimes:
         say(
             f"runtime={name}{' int8' if self.int8 else ''}: the model exported, checked and cached in {took:.1f}s ({cache})"
         )
-        return kind(cache / files[0])
+        return (runtimes.OnnxRunner if name == "onnx" else runtimes.OpenVinoRunner)(cache / files[0])
 
     def first(self, x: torch.Tensor) -> Any:
         """The runner, made on the first batch. ``runtime=auto`` times the candidates once per checkpoint,

@@ -138,17 +138,15 @@ def test_a_run_with_auto_and_an_effective_batch_saves_the_numbers_and_resume_kee
     assert (cfg.data.batch_size, cfg.trainer.accumulate) == (12, 4)
 
 
-def test_a_given_batch_with_an_effective_batch_raises_accumulate(compose_cfg, tmp_path):
+def built(compose_cfg, tmp_path, train_size, *overrides):
     from trainer.loop import build
 
-    cfg = compose_cfg(
-        *TINY,
-        "data.dataset.train_size=64",
-        "data.dataset.val_size=32",
-        "data.batch_size=8",
-        "trainer.effective_batch=32",
-    )
-    run = build.build_run(cfg, run_dir=tmp_path)
+    cfg = compose_cfg(*TINY, f"data.dataset.train_size={train_size}", "data.dataset.val_size=32", *overrides)
+    return build.build_run(cfg, run_dir=tmp_path)
+
+
+def test_a_given_batch_with_an_effective_batch_raises_accumulate(compose_cfg, tmp_path):
+    run = built(compose_cfg, tmp_path, 64, "data.batch_size=8", "trainer.effective_batch=32")
     assert (run.loaders.batch_size, run.accumulate) == (8, 4)
 
 
@@ -156,13 +154,6 @@ def test_when_the_wanted_batch_does_not_fit_accumulation_rises_to_keep_it(compos
     from trainer.loop import build
 
     monkeypatch.setattr(build, "probe_largest", lambda step, device, cap: (16, "an imposed limit"))
-    cfg = compose_cfg(
-        *TINY,
-        "data.dataset.train_size=96",
-        "data.dataset.val_size=32",
-        "data.batch_size=auto",
-        "trainer.effective_batch=48",
-    )
-    run = build.build_run(cfg, run_dir=tmp_path)
+    run = built(compose_cfg, tmp_path, 96, "data.batch_size=auto", "trainer.effective_batch=48")
     assert (run.loaders.batch_size, run.accumulate) == (16, 3)
     assert run.steps_per_epoch == math.ceil(len(run.loaders.train) / 3)
