@@ -109,6 +109,62 @@ def load_mnist5k(val_split: float = 0.2, seed: int = 0, imbalance: float = 1.0) 
     return _digit_splits(images, table[:, -1].astype(int).tolist(), val_split, seed, imbalance)
 
 
+PHOTOS = (  # scikit-image's data/ folder: public domain or CC0, each as its docs say
+    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png",
+    "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "rocket.jpg",
+)  # fmt: skip
+GRID = 4  # each photo cut into GRID x GRID blocks; a patch lies inside one block
+
+
+@buildable
+def load_photo_patches(per_class: int = 300, size: int = 32, val_split: float = 0.2, seed: int = 0) -> Splits:
+    """Patches of ten real photos that scikit-image ships (`pip install scikit-image`), the class being
+    the photo: 3 in 10 are gray textures (brick, grass, gravel), so colour alone does not tell them apart.
+    Each patch is a square of 24-64 px at a random place inside one of the photo's 4x4 blocks, resized
+    to ``size``; the val patches come from blocks that no train patch touches (``val_split`` of the
+    blocks, a different set for each photo), so val measures recognising unseen parts of a photo."""
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    spec = importlib.util.find_spec("skimage")
+    folder = Path(spec.origin).parent / "data" if spec and spec.origin else None
+    if folder is None or not all((folder / name).is_file() for name in PHOTOS):
+        raise UserError(
+            "data=patches cuts its images from the photos that the scikit-image package ships: install it with "
+            "`pip install scikit-image` (or `pip install 'transfer-trainer[datasets]'`), or pick another data option."
+        )
+    rng = np.random.default_rng(seed)
+    n_val_blocks = max(1, min(GRID * GRID - 1, round(GRID * GRID * val_split)))
+    split: dict[str, tuple[list[torch.Tensor], list[int]]] = {"train": ([], []), "val": ([], [])}
+    for c, name in enumerate(PHOTOS):
+        with Image.open(folder / name) as im:
+            photo = im.convert("RGB")
+        blocks = rng.permutation(GRID * GRID)
+        for part, chosen, count in (
+            ("val", blocks[:n_val_blocks], round(per_class * val_split)),
+            ("train", blocks[n_val_blocks:], per_class - round(per_class * val_split)),
+        ):
+            for b in rng.choice(chosen, size=count):
+                patch = _patch(photo, int(b), rng).resize((size, size), Image.Resampling.BILINEAR)
+                split[part][0].append(torch.from_numpy(np.asarray(patch).copy()).permute(2, 0, 1))
+                split[part][1].append(c)
+    names = [n.split(".")[0] for n in PHOTOS]
+    tr, va = split["train"], split["val"]
+    return Splits(TensorImages(torch.stack(tr[0]), tr[1]), TensorImages(torch.stack(va[0]), va[1]), names)
+
+
+def _patch(photo, block: int, rng):  # noqa: ANN001, ANN202 - a PIL image and a numpy Generator
+    """A square of 24-64 px (at most the block) at a random place inside block ``block`` of ``photo``."""
+    w, h = photo.size
+    bw, bh = w // GRID, h // GRID
+    x0, y0 = (block % GRID) * bw, (block // GRID) * bh
+    side = int(rng.integers(24, min(64, bw, bh) + 1))
+    x, y = x0 + int(rng.integers(0, bw - side + 1)), y0 + int(rng.integers(0, bh - side + 1))
+    return photo.crop((x, y, x + side, y + side))
+
+
 def _digit_splits(images: torch.Tensor, targets: list[int], val_split: float, seed: int, imbalance: float) -> Splits:
     train_idx, val_idx = stratified_split(targets, val_split, seed)
     if imbalance < 1.0:
