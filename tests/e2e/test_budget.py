@@ -80,14 +80,18 @@ def test_a_budget_chooses_the_epochs_from_its_timed_steps(tmp_path):
     expected = choose_steps(25 * (1 - MARGIN) - plan.spent_s, 2, steps, plan.eval_s + plan.save_s, auto, None)
     assert (plan.epochs, plan.head_epochs, plan.steps) == expected
     assert plan.steps_per_epoch == 2 and plan.all_step_s > 0 and plan.eval_s > 0
-    assert f"time budget: {plan.epochs} epoch(s)" in out.stderr + out.stdout
+    first = plan.replanned[0] if plan.replanned else {"epochs": [plan.epochs], "steps": [plan.steps]}
+    planned_epochs = first["epochs"][0]
+    assert f"time budget: {planned_epochs} epoch(s)" in out.stderr + out.stdout
+    for change in plan.replanned:  # planned again from the pace of the epochs run: each change logged
+        assert f"planned again after epoch {change['after_epoch']} " in (run / "train.log").read_text()
     m = metrics(run)
     done = m["epochs_completed"] if "epochs_completed" in m else len(m["history"])
     assert done <= plan.epochs
     if done < plan.epochs:  # the machine slowed: stopped early, said why
         assert "has no room for another epoch" in (run / "train.log").read_text()
     # the run's own length follows the plan: the schedule was built for plan.epochs
-    assert f"plan: {plan.epochs} epoch(s)" in (run / "train.log").read_text()
+    assert f"plan: {planned_epochs} epoch(s)" in (run / "train.log").read_text()
 
 
 def test_trainer_epochs_caps_the_budget_and_timing_leaves_the_result_untouched(tmp_path):
@@ -178,6 +182,7 @@ def test_a_shortened_last_epoch_trains_its_steps_and_the_schedule_ends_with_it(c
         return BudgetPlan(60, 2, 0, 1.0, 0.1, None, 0.1, 0.1, run.steps_per_epoch, None, run.steps_per_epoch + 1)
 
     monkeypatch.setattr(build, "plan_budget", planned)
+    monkeypatch.setattr(BudgetPlan, "replan", lambda plan, run: None)  # the plan as made (replan: test_replan.py)
     cfg = compose_cfg(*TINY, "data.dataset.train_size=128", "data.dataset.val_size=32", "trainer.time_budget=60s")
     run = build.build_run(cfg, run_dir=tmp_path)
     assert run.steps_per_epoch == 4 and run.epochs == 2 and run.plan.stages[-1].steps == 5

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 log = logging.getLogger("trainer")
@@ -58,6 +58,7 @@ class BudgetPlan:
     stop_reason: str = ""  # set when the run stops early to keep within the budget
     used_s: float = 0.0  # wall-clock seconds used so far, all sessions (at the last epoch's end)
     resumed_from_s: float = 0.0  # what earlier sessions used, for a resumed run
+    replanned: list[dict[str, Any]] = field(default_factory=list)  # each time replan changed the plan: what and why
 
     def epoch_s(self, head: bool) -> float:
         step = self.head_step_s if head and self.head_step_s is not None else self.all_step_s
@@ -122,6 +123,51 @@ class BudgetPlan:
         )
         return True
 
+    def replan(self, run: Any, now: float | None = None) -> None:
+        """After an epoch of the last stage, while its schedule still has steps to go: the rest of the run
+        planned again at the wall-clock pace of this session's epochs (their evaluation and saves included),
+        so a machine faster or slower than when it was timed still ends near the budget. The schedule is
+        stretched (or shrunk) from where it is (:meth:`Schedule.stretch`); one whose length is fixed once
+        built keeps the plan, and the run can only stop early (:meth:`out_of_time`)."""
+        import dataclasses
+
+        done, spe = run.epoch, self.steps_per_epoch
+        epochs_now = done - getattr(self, "_session_epoch", done)  # start_session not called: no pace yet
+        if epochs_now < 1 or done >= self.epochs or run.stage_idx != len(run.plan.stages) - 1:
+            return
+        now = time.monotonic() if now is None else now
+        end_s = self.eval_s + self.save_s
+        per_epoch = (now - self._session_t0) / epochs_now
+        pace = max(0.25 * self.all_step_s, (per_epoch - end_s) / spe)
+        used = self.resumed_from_s + (now - STARTED)
+        remaining = self.budget_s * (1 - MARGIN) - used
+        if remaining < end_s + pace * max(1, spe // 10):  # not even a short epoch: out_of_time decides
+            return
+        cap = None if self.cap is None else self.cap - done
+        more, _, steps = choose_steps(remaining, spe, (pace, pace), end_s, lambda e: 0, cap)
+        total = done * spe + steps
+        if total == self.steps or not run.schedule.stretch(total - self.steps):
+            return
+        self.replanned.append(
+            {
+                "after_epoch": done,
+                "step_s": round(pace, 4),
+                "epochs": [self.epochs, done + more],
+                "steps": [self.steps, total],
+            }
+        )
+        self.epochs, self.total_steps = done + more, (total if total < (done + more) * spe else None)
+        last = run.plan.stages[-1]
+        whole = dataclasses.replace(last, epochs=self.epochs - last.start, steps=None)
+        run.plan.stages, run.epochs = self.shorten([*run.plan.stages[:-1], whole]), self.epochs
+        cut = f", the last cut to {steps - (more - 1) * spe} of its {spe} steps" if self.total_steps else ""
+        log.info(
+            "time budget: planned again after epoch %d at the pace measured, %.3f s a step (timed: %.3f): %d "
+            "epoch(s)%s; to end after ~%s of the %s",
+            done, pace, self.all_step_s, self.epochs, cut, _duration(used + more * end_s + steps * pace),
+            _duration(self.budget_s),
+        )  # fmt: skip
+
     def to_state(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -143,14 +189,22 @@ class BudgetPlan:
         for line in self.lines():
             log.info(line)
 
+    def start_session(self, epoch: int) -> None:
+        """Training starts (or resumes) at ``epoch``: :meth:`replan` measures the pace from here."""
+        self._session_t0, self._session_epoch = time.monotonic(), epoch
+
     @classmethod
     def from_state(cls, state: Any) -> BudgetPlan | None:
         if not isinstance(state, dict):
             return None
-        try:
-            return cls(**{k: state[k] for k in cls.__dataclass_fields__})
+        try:  # a field added later (with its default) may be missing from an older checkpoint's plan
+            plan = cls(**{k: state[k] for k in cls.__dataclass_fields__ if k in state or k not in OPTIONAL})
         except (KeyError, TypeError):
             return None
+        return plan if isinstance(plan.replanned, list) else None
+
+
+OPTIONAL = {"replanned"}
 
 
 def choose_steps(

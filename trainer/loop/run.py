@@ -217,9 +217,12 @@ class Run(RunState):
         if self.epoch >= self.epochs or self.finished:
             return self._nothing_to_do()
         log_plan(self)
+        if self.budget is not None:
+            self.budget.start_session(self.epoch)
         restore = self.guard.install()
         try:
-            for epoch in range(self.epoch, self.epochs):
+            epoch = self.epoch
+            while epoch < self.epochs:  # a re-planned time budget may change self.epochs as the run goes
                 if self.guard.should_stop(True):  # arrived during evaluation: last.pt is this boundary
                     raise self._interrupted()
                 if self.plan.index(epoch) != self.stage_idx:
@@ -233,6 +236,7 @@ class Run(RunState):
                 failpoint("epoch")
                 if self.finished:  # stopped early
                     break
+                epoch += 1
             self.finished = True  # the last _end_epoch saved this state already
             self.tracker.write_hparams(self.history[-1] if self.history else {}, self.best, self.epoch)
             summary = self._write_metrics(time.perf_counter() - wall_start)
@@ -361,6 +365,8 @@ class Run(RunState):
             self.tracker.log_confusion(confusion, self.classes, self.global_step, save_png=improved)
         if improved:
             self.best, self.best_epoch, self.per_class_best = val[monitor], self.epoch, self.per_class_last
+        if self.budget is not None:
+            self.budget.replan(self)
         self.finished = self.epoch >= self.epochs or self.stalled
         self.save(best=improved)
         self._write_metrics(time.perf_counter() - wall_start)

@@ -52,17 +52,39 @@ def build_schedule(
     return Schedule(scheduler, "metric" if metric else interval, optimizer, warmup_steps)
 
 
-class WarmupCosine:
+class Stretchable:
+    """A rule whose lr follows the run's progress from 0 to 1 at ``total`` steps, and whose length can change
+    mid-run (a time budget re-planned from the measured pace): :meth:`stretch` keeps the progress reached
+    at that step and spreads what is left over the new length, so the lr goes on from where it is, without
+    a jump, and still ends where the rule ends. The knot (``at``, ``at_progress``) is plain state, so it is
+    saved and restored with the scheduler's."""
+
+    total: int
+    at: int = 0  # the step of the last stretch (or where the progress starts)
+    at_progress: float = 0.0  # the progress there
+
+    def progress(self, step: int) -> float:
+        return min(1.0, self.at_progress + (1 - self.at_progress) * (step - self.at) / max(1, self.total - self.at))
+
+    def stretch(self, step: int, extra_steps: int) -> bool:
+        """From ``step`` on, ``extra_steps`` more (or fewer, when negative) in all; False where it cannot."""
+        if step < self.at or self.total + extra_steps <= step:
+            return False
+        self.at, self.at_progress, self.total = step, self.progress(step), self.total + extra_steps
+        return True
+
+
+class WarmupCosine(Stretchable):
     """lr factor: linear from 0 to 1 over ``warmup`` steps, cosine to ``min_ratio`` at ``total``."""
 
     def __init__(self, total: int, warmup: int, min_ratio: float) -> None:
         self.total, self.warmup, self.min_ratio = max(1, total), max(0, warmup), min_ratio
+        self.at = self.warmup
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / (self.warmup + 1)
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * self.progress(step)))
 
 
 @buildable
@@ -108,7 +130,7 @@ def onecycle(
     )
 
 
-class LambdaRule:
+class LambdaRule(Stretchable):
     """Named lr rules for LambdaLR (a YAML file cannot hold a Python lambda). Factor of the base lr at a step.
 
     - ``constant``: 1
@@ -137,7 +159,7 @@ class LambdaRule:
     def __call__(self, step: int) -> float:
         epoch = step / self.per_epoch
         if self.rule == "linear":
-            return 1.0 - (1.0 - self.end_ratio) * min(1.0, step / self.total)
+            return 1.0 - (1.0 - self.end_ratio) * self.progress(step)
         if self.rule == "step_decay":
             return self.factor ** (step // self.per_epoch // self.every)
         if self.rule == "inverse_sqrt":
@@ -269,6 +291,18 @@ class Schedule:
             self._step_under_warmup(*args)
         else:
             self.scheduler.step(*args)
+
+    def stretch(self, extra_steps: int) -> bool:
+        """The run's remaining length changed by ``extra_steps`` optimizer steps (a re-planned time budget):
+        True when the scheduler follows (a per-step LambdaLR of :class:`Stretchable` rules, past its warm-up);
+        False for any other, whose length is fixed once built."""
+        rules = getattr(self.scheduler, "lr_lambdas", None)
+        if self.warming or self.interval != "step" or not rules or not all(isinstance(r, Stretchable) for r in rules):
+            return False
+        step = self.scheduler.last_epoch
+        if not all(r.total + extra_steps > step and r.at <= step for r in rules):
+            return False
+        return all(r.stretch(step, extra_steps) for r in rules)
 
     def state_dict(self) -> dict[str, Any]:
         return {"scheduler": self.scheduler.state_dict(), "warm": self.warm, "targets": list(self.targets)}

@@ -1,0 +1,166 @@
+"""A time budget planned again from the measured pace: the schedule stretched from where it is (no jump
+in the lr, the same end), the new length what the pace allows, and what cannot stretch left alone."""
+
+from __future__ import annotations
+
+import functools
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from trainer.loop import budget
+from trainer.loop.budget import MARGIN, BudgetPlan, choose_steps
+from trainer.loop.schedules import LambdaRule, WarmupCosine, build_schedule, onecycle, warmup_cosine
+from trainer.loop.stages import Stage
+
+
+def _cosine(step, total, warmup, low):  # the rule written out by hand, before any stretch
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    p = min(1.0, (step - warmup) / (total - warmup))
+    return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def test_a_stretched_cosine_goes_on_from_its_lr_and_ends_at_its_floor():
+    rule = WarmupCosine(total=100, warmup=10, min_ratio=0.01)
+    assert [rule(s) for s in range(0, 100, 7)] == pytest.approx([_cosine(s, 100, 10, 0.01) for s in range(0, 100, 7)])
+    before = rule(40)
+    assert rule.stretch(40, 60)  # 60 more steps: the run now ends at 160
+    assert rule(40) == pytest.approx(before)  # no jump where it was stretched
+    assert rule(160) == pytest.approx(0.01) and rule(200) == pytest.approx(0.01)
+    # halfway through what was left, the progress is halfway between the knot's and the end
+    p40 = (40 - 10) / 90
+    assert rule(100) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (p40 + 1) / 2)))
+    lrs = [rule(s) for s in range(40, 161)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # still decaying, never back up
+    assert rule.stretch(100, -30)  # shrunk later: ends at 130 instead
+    assert rule(130) == pytest.approx(0.01) and rule(100) == pytest.approx(lrs[60])
+    assert not rule.stretch(120, -20)  # would end before the step it is at
+    assert not WarmupCosine(100, 10, 0.0).stretch(5, 10)  # inside its warm-up
+
+
+def test_a_linear_rule_stretches_and_the_others_do_not_depend_on_the_length():
+    linear = LambdaRule("linear", total_steps=50, steps_per_epoch=10, end_ratio=0.1)
+    before = linear(20)
+    assert linear.stretch(20, 50) and linear(20) == pytest.approx(before) and linear(100) == pytest.approx(0.1)
+    assert linear(60) == pytest.approx(1 - 0.9 * (0.4 + 0.6 * 0.5))
+    step = LambdaRule("step_decay", total_steps=50, steps_per_epoch=10, every=2)
+    assert step.stretch(20, 50) and step(45) == pytest.approx(0.1 ** (4 // 2))
+
+
+def _optimizer():
+    return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+
+
+def test_the_schedule_stretches_only_a_per_step_stretchable_rule_past_its_warm_up():
+    opt = _optimizer()
+    sched = build_schedule(functools.partial(warmup_cosine, min_lr_ratio=0.0), opt, 10, 4)
+    for _ in range(15):
+        sched.after_step()
+    lr = opt.param_groups[0]["lr"]
+    assert sched.stretch(20)
+    for _ in range(40 + 20 - 15):
+        sched.after_step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # ends at the new end, 60 steps
+    # the knot is plain state: a scheduler built again and loaded from it gives the same lrs
+    state = sched.state_dict()
+    again = build_schedule(functools.partial(warmup_cosine, min_lr_ratio=0.0), _optimizer(), 10, 4)
+    again.load_state_dict(state)
+    assert again.scheduler.lr_lambdas[0].total == 60 and again.scheduler.lr_lambdas[0].at == 15
+    assert lr > 0
+    cycle = build_schedule(functools.partial(onecycle), _optimizer(), 10, 4)
+    for _ in range(15):
+        cycle.after_step()
+    assert not cycle.stretch(20)  # OneCycleLR's length is fixed when built
+    warming = build_schedule(functools.partial(warmup_cosine), _optimizer(), 10, 4, warmup_epochs=2)
+    assert not warming.stretch(20)  # inside the schedule's own warm-up
+
+
+def _run(plan: BudgetPlan, epoch: int, stages: list[Stage], schedule) -> SimpleNamespace:
+    return SimpleNamespace(
+        epoch=epoch, epochs=plan.epochs, stage_idx=len(stages) - 1, plan=SimpleNamespace(stages=stages),
+        schedule=schedule,
+    )  # fmt: skip
+
+
+def _plan(**kw) -> BudgetPlan:
+    base = dict(
+        budget_s=200, epochs=4, head_epochs=0, spent_s=10, all_step_s=1.0, head_step_s=None, eval_s=2, save_s=0,
+        steps_per_epoch=10,
+    )  # fmt: skip
+    return BudgetPlan(**{**base, **kw})
+
+
+def _stepped(epochs_done: int, steps_per_epoch: int = 10):
+    opt = _optimizer()
+    sched = build_schedule(functools.partial(warmup_cosine), opt, steps_per_epoch, 4)
+    for _ in range(epochs_done * steps_per_epoch):
+        sched.after_step()
+    return sched
+
+
+def test_a_faster_run_is_given_more_steps_and_a_slower_one_fewer():
+    t0 = budget.STARTED
+    # timed 1 s a step, planned 4 epochs of 12 s; the first epoch took 8 s (0.6 s a step + 2 s evaluation)
+    fast = _plan()
+    fast.start_session(0)
+    fast._session_t0 = t0 + 10
+    run = _run(fast, 1, [Stage(0, 4, "all")], _stepped(1))
+    fast.replan(run, now=t0 + 18)
+    left = 200 * (1 - MARGIN) - 18
+    more, _, steps = choose_steps(left, 10, (0.6, 0.6), 2.0, lambda e: 0, None)
+    assert (fast.epochs, fast.steps) == (1 + more, 10 + steps) and fast.epochs > 4  # by hand: the pace allows more
+    assert run.epochs == fast.epochs and run.plan.stages[-1].epochs == fast.epochs
+    assert fast.replanned[-1] == {
+        "after_epoch": 1,
+        "step_s": 0.6,
+        "epochs": [4, fast.epochs],
+        "steps": [40, fast.steps],
+    }
+    assert run.schedule.scheduler.lr_lambdas[0].total == fast.steps  # the schedule now ends with the run
+    # the same plan on a machine slower than timed: the first epoch took 40 s (3.8 s a step)
+    slow = _plan(budget_s=100)
+    slow.start_session(0)
+    slow._session_t0 = t0 + 10
+    run = _run(slow, 1, [Stage(0, 4, "all")], _stepped(1))
+    slow.replan(run, now=t0 + 50)
+    more, _, steps = choose_steps(100 * (1 - MARGIN) - 50, 10, (3.8, 3.8), 2.0, lambda e: 0, None)
+    assert (slow.epochs, slow.steps) == (1 + more, 10 + steps) == (3, 21)  # the third epoch cut to 1 step
+    assert (
+        run.plan.stages[-1].steps == slow.steps and slow.batches_in(slow.epochs - 1, 10, 1) == steps - (more - 1) * 10
+    )
+
+
+def test_what_replan_leaves_alone():
+    t0 = budget.STARTED
+    capped = _plan(cap=4)  # trainer.epochs=4 caps it: a fast machine does not add epochs
+    capped.start_session(0)
+    capped._session_t0 = t0 + 10
+    capped.replan(_run(capped, 1, [Stage(0, 4, "all")], _stepped(1)), now=t0 + 18)
+    assert (capped.epochs, capped.steps, capped.replanned) == (4, 40, [])
+    head = _plan(head_epochs=1)  # still in the head stage: its pace says nothing of the all-layers steps
+    head.start_session(0)
+    run = _run(head, 1, [Stage(0, 1, "head"), Stage(1, 3, "all")], _stepped(1))
+    run.stage_idx = 0
+    head.replan(run, now=t0 + 18)
+    assert head.replanned == []
+    fixed = _plan()  # a scheduler whose length is fixed once built
+    fixed.start_session(0)
+    fixed._session_t0 = t0 + 10
+    cycle = build_schedule(functools.partial(onecycle), _optimizer(), 10, 4)
+    fixed.replan(_run(fixed, 1, [Stage(0, 4, "all")], cycle), now=t0 + 18)
+    assert (fixed.epochs, fixed.replanned) == (4, [])
+    resumed = _plan()  # a resumed session with no epoch of its own yet: no pace to go by
+    resumed.start_session(2)
+    resumed.replan(_run(resumed, 2, [Stage(0, 4, "all")], _stepped(2)), now=t0 + 40)
+    assert resumed.replanned == []
+
+
+def test_an_older_checkpoints_plan_without_the_replan_record_still_loads():
+    state = _plan().to_state()
+    del state["replanned"]
+    plan = BudgetPlan.from_state(state)
+    assert plan is not None and plan.replanned == [] and plan.epochs == 4
+    assert BudgetPlan.from_state({**state, "replanned": "x"}) is None
