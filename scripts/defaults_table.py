@@ -7,7 +7,8 @@ outputs/defaults/. A rule is kept only where it wins on every set.
 
 Variants: defaults (`train`); head (the head-only stage the other way: one head epoch under 10 epochs,
 none from 10 on); backbone1 (`finetune.backbone_lr_mult=1.0`: one lr for all layers); lr2x and lrhalf
-(`optimizer.lr` twice or half the default); batch32 (`data.batch_size=32`). A cell may be skipped with
+(`optimizer.lr` twice or half the default); batch32 (`data.batch_size=32`); affine and flipcrop
+(`data.augment`: small shifts and rotations of the whole image, or a random resized crop + flip). A cell may be skipped with
 --skip data:epochs:variant,... (e.g. the long runs of the largest set).
 """
 
@@ -31,6 +32,8 @@ def variant(name: str, epochs: int) -> list[str]:
         "lr2x": [f"optimizer.lr={2 * LR:g}"],
         "lrhalf": [f"optimizer.lr={LR / 2:g}"],
         "batch32": ["data.batch_size=32"],
+        "affine": ["data.augment=affine"],
+        "flipcrop": ["data.augment=flip_crop"],
     }[name]
 
 

@@ -47,16 +47,16 @@ def test_the_steps_chosen_are_the_most_that_fit():
     assert choose_steps(100, 10, (0.5, 0.5), 1.0, none, 4) == (4, 0, 40)  # trainer.epochs caps it
     assert choose_steps(5, 10, (0.5, 0.5), 1.0, none, None) == (1, 0, 8)  # less than an epoch: a short one
     assert choose_steps(0.5, 10, (0.5, 0.5), 1.0, none, None) == (1, 0, 10)  # not a step: one epoch all the same
-    # a head stage of a tenth from 10 epochs on, a head step 0.25 s: 10 epochs = 10 + 2.5 + 45 = 57.5 s
+    # a head stage of a tenth from 20 epochs on, a head step 0.25 s: 20 epochs = 20 + 2 x 2.5 + 18 x 5 = 115 s
     auto = lambda e: head_epochs_for("auto", e)  # noqa: E731
-    assert choose_steps(57.5, 10, (0.5, 0.25), 1.0, auto, None) == (10, 1, 100)
-    # 50 s: 8 whole epochs (48 s); a 9th (no head stage under 10) gets (50 - 9 - 40) / 0.5 = 2 steps
-    assert choose_steps(50, 10, (0.5, 0.25), 1.0, auto, None) == (9, 0, 82)
+    assert AUTO_HEAD_FROM == 20 and choose_steps(115, 10, (0.5, 0.25), 1.0, auto, None) == (20, 2, 200)
+    # 110 s: 18 whole epochs (108 s); a 19th (no head stage under 20) gets (110 - 19 - 90) / 0.5 = 2 steps
+    assert choose_steps(110, 10, (0.5, 0.25), 1.0, auto, None) == (19, 0, 182)
 
 
 def test_the_head_stage_rule():
     assert [head_epochs_for("auto", e) for e in (1, 2, AUTO_HEAD_FROM - 1)] == [0, 0, 0]
-    assert head_epochs_for("auto", AUTO_HEAD_FROM) == 1 and head_epochs_for("auto", 30) == 3
+    assert head_epochs_for("auto", AUTO_HEAD_FROM) == 2 and head_epochs_for("auto", 30) == 3
     assert head_epochs_for(2, 5) == 2 and head_epochs_for(0, 50) == 0
     assert [s.train for s in plan_stages(None, "auto", 3)] == ["all"]
     assert [(s.train, s.epochs) for s in plan_stages(None, "auto", 20)] == [("head", 2), ("all", 18)]
@@ -167,10 +167,10 @@ def test_an_auto_head_stage_is_kept_when_a_resumed_run_is_made_longer(tmp_path):
     run = tmp_path / "run"
     train([*QUICK, "trainer.epochs=2", f"hydra.run.dir={run}"], tmp_path)  # auto: no head stage in 2 epochs
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["head_epochs"] == 0
-    out = train([f"resume={run}", "trainer.epochs=12"], tmp_path)  # auto alone would give 12 epochs one
+    out = train([f"resume={run}", "trainer.epochs=20"], tmp_path)  # auto alone would give 20 epochs two
     text = out.stdout + out.stderr
-    assert "extending a finished run from 2 to 12 epochs" in text and "the head only" not in text
-    assert metrics(run)["epochs_done"] == 12
+    assert "extending a finished run from 2 to 20 epochs" in text and "the head only" not in text
+    assert metrics(run)["epochs_done"] == 20
 
 
 def test_a_shortened_last_epoch_trains_its_steps_and_the_schedule_ends_with_it(compose_cfg, tmp_path, monkeypatch):

@@ -102,7 +102,7 @@ SETTINGS: dict[str, Setting] = {
         *(
             object,
             lambda v: v == "auto" or (type_ok(v, int) and v >= 0),
-            "auto (none in runs under 10 epochs, else a tenth of them) or an integer >= 0",
+            "auto (none in runs under 20 epochs, else a tenth of them) or an integer >= 0",
         )
     ),
     "finetune.backbone_lr_mult": Setting(*_pos_float(strict=False)),
