@@ -5,8 +5,8 @@ outputs/defaults/. A rule is kept only where it wins on every set.
     python scripts/defaults_table.py [--data digits,mnist5k,patches] [--epochs 1,2,5,10]
                                      [--variants defaults,head,backbone1,lr2x] [--out FILE]
 
-Variants: defaults (`train`); head (the head-only stage the other way: one head epoch under 10 epochs,
-none from 10 on); backbone1 (`finetune.backbone_lr_mult=1.0`: one lr for all layers); lr2x and lrhalf
+Variants: defaults (`train`); head (the head-only stage the other way round from
+`finetune.head_epochs=auto`: one head epoch where auto has none, none where it has some); backbone1 (`finetune.backbone_lr_mult=1.0`: one lr for all layers); lr2x and lrhalf
 (`optimizer.lr` twice or half the default); batch32 (`data.batch_size=32`); affine and flipcrop
 (`data.augment`: small shifts and rotations of the whole image, or a random resized crop + flip). A cell may be skipped with
 --skip data:epochs:variant,... (e.g. the long runs of the largest set).
@@ -21,13 +21,15 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.loop.stages import head_epochs_for
+
 LR = 4.0e-3  # conf/optimizer/adamw.yaml
 
 
 def variant(name: str, epochs: int) -> list[str]:
     return {
         "defaults": [],
-        "head": [f"finetune.head_epochs={0 if epochs >= 10 else 1}"],
+        "head": [f"finetune.head_epochs={0 if head_epochs_for('auto', epochs) else 1}"],
         "backbone1": ["finetune.backbone_lr_mult=1.0"],
         "lr2x": [f"optimizer.lr={2 * LR:g}"],
         "lrhalf": [f"optimizer.lr={LR / 2:g}"],
