@@ -299,6 +299,7 @@ class Schedule:
         rules = getattr(self.scheduler, "lr_lambdas", None)
         if self.warming or self.interval != "step" or not rules or not all(isinstance(r, Stretchable) for r in rules):
             return False
+        rules = list({id(r): r for r in rules}.values())  # one rule given for every param group is one object
         step = self.scheduler.last_epoch
         if not all(r.total + extra_steps > step and r.at <= step for r in rules):
             return False

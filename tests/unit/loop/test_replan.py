@@ -50,8 +50,9 @@ def test_a_linear_rule_stretches_and_the_others_do_not_depend_on_the_length():
     assert step.stretch(20, 50) and step(45) == pytest.approx(0.1 ** (4 // 2))
 
 
-def _optimizer():
-    return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+def _optimizer():  # two param groups, as a run has (head and backbone): LambdaLR shares one rule between them
+    head, backbone = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    return torch.optim.AdamW([{"params": [head], "lr": 1.0}, {"params": [backbone], "lr": 0.5}], lr=1.0)
 
 
 def test_the_schedule_stretches_only_a_per_step_stretchable_rule_past_its_warm_up():
@@ -64,6 +65,8 @@ def test_the_schedule_stretches_only_a_per_step_stretchable_rule_past_its_warm_u
     for _ in range(40 + 20 - 15):
         sched.after_step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # ends at the new end, 60 steps
+    assert sched.scheduler.lr_lambdas[0].total == 60  # stretched once, not once per param group
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.0, abs=1e-12)
     # the knot is plain state: a scheduler built again and loaded from it gives the same lrs
     state = sched.state_dict()
     again = build_schedule(functools.partial(warmup_cosine, min_lr_ratio=0.0), _optimizer(), 10, 4)
