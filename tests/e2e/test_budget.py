@@ -78,13 +78,17 @@ def test_a_budget_chooses_the_epochs_from_its_timed_steps(tmp_path):
     steps = (plan.all_step_s, plan.head_step_s or plan.all_step_s)
     auto = lambda e: head_epochs_for("auto", e)  # noqa: E731
     expected = choose_steps(25 * (1 - MARGIN) - plan.spent_s, 2, steps, plan.eval_s + plan.save_s, auto, None)
-    assert (plan.epochs, plan.head_epochs, plan.steps) == expected
-    assert plan.steps_per_epoch == 2 and plan.all_step_s > 0 and plan.eval_s > 0
     first = plan.replanned[0] if plan.replanned else {"epochs": [plan.epochs], "steps": [plan.steps]}
-    planned_epochs = first["epochs"][0]
+    planned_epochs = first["epochs"][0]  # the first plan, before any change from the pace of the epochs run
+    assert (planned_epochs, plan.head_epochs, first["steps"][0]) == expected
+    assert plan.steps_per_epoch == 2 and plan.all_step_s > 0 and plan.eval_s > 0
     assert f"time budget: {planned_epochs} epoch(s)" in out.stderr + out.stdout
-    for change in plan.replanned:  # planned again from the pace of the epochs run: each change logged
+    for change in plan.replanned:  # each change logged, and the next one starts from where the last ended
         assert f"planned again after epoch {change['after_epoch']} " in (run / "train.log").read_text()
+    for a, b in zip(plan.replanned, plan.replanned[1:]):
+        assert b["epochs"][0] == a["epochs"][1] and b["steps"][0] == a["steps"][1]
+    if plan.replanned:
+        assert (plan.epochs, plan.steps) == (plan.replanned[-1]["epochs"][1], plan.replanned[-1]["steps"][1])
     m = metrics(run)
     done = m["epochs_completed"] if "epochs_completed" in m else len(m["history"])
     assert done <= plan.epochs

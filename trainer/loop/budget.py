@@ -129,8 +129,6 @@ class BudgetPlan:
         so a machine faster or slower than when it was timed still ends near the budget. The schedule is
         stretched (or shrunk) from where it is (:meth:`Schedule.stretch`); one whose length is fixed once
         built keeps the plan, and the run can only stop early (:meth:`out_of_time`)."""
-        import dataclasses
-
         done, spe = run.epoch, self.steps_per_epoch
         epochs_now = done - getattr(self, "_session_epoch", done)  # start_session not called: no pace yet
         if epochs_now < 1 or done >= self.epochs or run.stage_idx != len(run.plan.stages) - 1:
@@ -145,27 +143,52 @@ class BudgetPlan:
             return
         cap = None if self.cap is None else self.cap - done
         more, _, steps = choose_steps(remaining, spe, (pace, pace), end_s, lambda e: 0, cap)
-        total = done * spe + steps
+        self._change(
+            run, done, more, done * spe + steps, pace, f"after epoch {done}", used + steps * pace + more * end_s
+        )
+
+    def replan_midway(self, run: Any, epoch: int, done: int, epoch_s: float) -> None:
+        """Once a session, a fifth into its first epoch of the last stage (``done`` optimizer steps of it
+        in ``epoch_s`` seconds): the rest planned again at that pace, so a run of one or two epochs, which
+        :meth:`replan` sees too late, still fills its budget."""
+        if getattr(self, "_midway", False) or run.stage_idx != len(run.plan.stages) - 1:
+            return
+        self._midway = True
+        spe, end_s = self.steps_per_epoch, self.eval_s + self.save_s
+        pace = max(0.25 * self.all_step_s, epoch_s / max(1, done))
+        used = self.resumed_from_s + (time.monotonic() - STARTED)
+        # as if this epoch were starting now with the time its steps so far took given back
+        remaining = self.budget_s * (1 - MARGIN) - used + done * pace
+        cap = None if self.cap is None else self.cap - epoch
+        more, _, steps = choose_steps(remaining, spe, (pace, pace), end_s, lambda e: 0, cap)
+        steps = max(steps, done + 1)
+        end = used + (steps - done) * pace + more * end_s
+        self._change(run, epoch, more, epoch * spe + steps, pace, f"{done} steps into epoch {epoch + 1}", end, done)
+
+    def _change(
+        self, run: Any, epoch: int, more: int, total: int, pace: float, when: str, end_s: float, into: int = 0
+    ) -> None:
+        """The plan becomes ``epoch + more`` epochs and ``total`` optimizer steps, the schedule stretched to it."""
+        import dataclasses
+
+        spe = self.steps_per_epoch
         if total == self.steps or not run.schedule.stretch(total - self.steps):
             return
         self.replanned.append(
             {
-                "after_epoch": done,
-                "step_s": round(pace, 4),
-                "epochs": [self.epochs, done + more],
-                "steps": [self.steps, total],
+                "after_epoch": epoch, "into_epoch": into, "step_s": round(pace, 4),
+                "epochs": [self.epochs, epoch + more], "steps": [self.steps, total],
             }
-        )
-        self.epochs, self.total_steps = done + more, (total if total < (done + more) * spe else None)
+        )  # fmt: skip
+        self.epochs, self.total_steps = epoch + more, (total if total < (epoch + more) * spe else None)
         last = run.plan.stages[-1]
         whole = dataclasses.replace(last, epochs=self.epochs - last.start, steps=None)
         run.plan.stages, run.epochs = self.shorten([*run.plan.stages[:-1], whole]), self.epochs
-        cut = f", the last cut to {steps - (more - 1) * spe} of its {spe} steps" if self.total_steps else ""
+        cut = f", the last cut to {total - (self.epochs - 1) * spe} of its {spe} steps" if self.total_steps else ""
         log.info(
-            "time budget: planned again after epoch %d at the pace measured, %.3f s a step (timed: %.3f): %d "
-            "epoch(s)%s; to end after ~%s of the %s",
-            done, pace, self.all_step_s, self.epochs, cut, _duration(used + more * end_s + steps * pace),
-            _duration(self.budget_s),
+            "time budget: planned again %s at the pace measured, %.3f s a step (timed: %.3f): %d epoch(s)%s; "
+            "to end after ~%s of the %s",
+            when, pace, self.all_step_s, self.epochs, cut, _duration(end_s), _duration(self.budget_s),
         )  # fmt: skip
 
     def to_state(self) -> dict[str, Any]:

@@ -257,6 +257,7 @@ class Run(RunState):
         n, size = self.batches_in(epoch), self.loaders.batch_size
         meter = LossMeter(self.partial_loss, self.device)
         bar = progress(n * size, self.batch_in_epoch * size, f"epoch {epoch + 1}/{self.epochs}", self.main)
+        t0, first = time.perf_counter(), self.global_step
         for i, (x, y, *bad) in enumerate(self.inputs.train(epoch, self.batch_in_epoch), start=self.batch_in_epoch):
             if bad and bad[0]:
                 self.bad_images.note(bad[0])
@@ -280,6 +281,9 @@ class Run(RunState):
             self.batch_in_epoch = i + 1
             if self.global_step % self.settings.log_every == 0 or i + 1 == n:
                 self._log_train(meter.flush(), epoch, bar)
+            if self.budget is not None and self.global_step - first == max(5, self.steps_per_epoch // 5):
+                self.budget.replan_midway(self, epoch, self.global_step - first, time.perf_counter() - t0)
+                n = self.batches_in(epoch)
             self._save_mid_epoch(i + 1 < n, meter, epoch, bar)
             failpoint("step")
             if i + 1 >= n:  # a time budget's shortened last epoch

@@ -68,9 +68,11 @@ class Stretchable:
 
     def stretch(self, step: int, extra_steps: int) -> bool:
         """From ``step`` on, ``extra_steps`` more (or fewer, when negative) in all; False where it cannot."""
-        if step < self.at or self.total + extra_steps <= step:
+        if self.total + extra_steps <= max(step, self.at):
             return False
-        self.at, self.at_progress, self.total = step, self.progress(step), self.total + extra_steps
+        if step >= self.at:  # before the knot (inside a warm-up) the progress has not started: only the end moves
+            self.at, self.at_progress = step, self.progress(step)
+        self.total += extra_steps
         return True
 
 
@@ -301,7 +303,7 @@ class Schedule:
             return False
         rules = list({id(r): r for r in rules}.values())  # one rule given for every param group is one object
         step = self.scheduler.last_epoch
-        if not all(r.total + extra_steps > step and r.at <= step for r in rules):
+        if not all(r.total + extra_steps > max(step, r.at) for r in rules):
             return False
         return all(r.stretch(step, extra_steps) for r in rules)
 

@@ -38,7 +38,10 @@ def test_a_stretched_cosine_goes_on_from_its_lr_and_ends_at_its_floor():
     assert rule.stretch(100, -30)  # shrunk later: ends at 130 instead
     assert rule(130) == pytest.approx(0.01) and rule(100) == pytest.approx(lrs[60])
     assert not rule.stretch(120, -20)  # would end before the step it is at
-    assert not WarmupCosine(100, 10, 0.0).stretch(5, 10)  # inside its warm-up
+    inside = WarmupCosine(100, 10, 0.0)  # inside its warm-up: the warm-up stays, the cosine's end moves
+    assert inside.stretch(5, 10) and inside(5) == pytest.approx(6 / 11) and inside(110) == pytest.approx(0.0)
+    assert inside(60) == pytest.approx(_cosine(60, 110, 10, 0.0))
+    assert not WarmupCosine(100, 10, 0.0).stretch(5, -95)  # would end inside the warm-up
 
 
 def test_a_linear_rule_stretches_and_the_others_do_not_depend_on_the_length():
@@ -118,6 +121,7 @@ def test_a_faster_run_is_given_more_steps_and_a_slower_one_fewer():
     assert run.epochs == fast.epochs and run.plan.stages[-1].epochs == fast.epochs
     assert fast.replanned[-1] == {
         "after_epoch": 1,
+        "into_epoch": 0,
         "step_s": 0.6,
         "epochs": [4, fast.epochs],
         "steps": [40, fast.steps],
@@ -167,3 +171,23 @@ def test_an_older_checkpoints_plan_without_the_replan_record_still_loads():
     plan = BudgetPlan.from_state(state)
     assert plan is not None and plan.replanned == [] and plan.epochs == 4
     assert BudgetPlan.from_state({**state, "replanned": "x"}) is None
+
+
+def test_a_fifth_into_the_first_epoch_the_plan_follows_that_pace(monkeypatch):
+    """A run planned at 1 epoch cut to 65 of 75 steps (timed 0.678 s a step) that trains at 0.44 s:
+    replan after an epoch would come too late, so 15 steps in, the rest is planned at that pace."""
+    plan = _plan(budget_s=70, epochs=1, all_step_s=0.678, eval_s=2.2, save_s=0.5, steps_per_epoch=75, total_steps=65)
+    sched = build_schedule(functools.partial(warmup_cosine), _optimizer(), 75, 1, total_steps=65)
+    for _ in range(15):
+        sched.after_step()
+    run = _run(plan, 0, plan.shorten([Stage(0, 1, "all")]), sched)
+    monkeypatch.setattr(budget.time, "monotonic", lambda: budget.STARTED + 27.6)  # 21 s start-up + 6.6 s of steps
+    plan.replan_midway(run, 0, 15, 6.6)
+    remaining = 70 * (1 - MARGIN) - 27.6 + 15 * 0.44
+    more, _, steps = choose_steps(remaining, 75, (0.44, 0.44), 2.7, lambda e: 0, None)
+    assert (plan.epochs, plan.steps) == (more, steps) and plan.steps > 75  # by hand: a second epoch now fits in part
+    assert plan.replanned[0]["into_epoch"] == 15 and run.plan.stages[-1].epochs == plan.epochs
+    assert sched.scheduler.lr_lambdas[0].total == plan.steps
+    before = list(plan.replanned)
+    plan.replan_midway(run, 0, 15, 1.0)  # once a session
+    assert plan.replanned == before
