@@ -15,11 +15,11 @@ Variants: defaults (`train`); head (the head-only stage the other way round from
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from transfer_table import run_train  # scripts/ is on the path when a script runs
 
 from trainer.loop.stages import head_epochs_for
 
@@ -58,13 +58,7 @@ def main() -> None:
                 run_dir = root / f"{data}-{epochs}-{name}"
                 cmd = [sys.executable, "-m", "trainer", f"data={data}", f"trainer.epochs={epochs}"]
                 cmd += [*variant(name, epochs), f"hydra.run.dir={run_dir}"]
-                t0 = time.perf_counter()
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                wall = time.perf_counter() - t0
-                if proc.returncode != 0:
-                    print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
-                    sys.exit(f"{data} {epochs} {name} failed")
-                m = json.loads((run_dir / "metrics.json").read_text())
+                m, wall = run_train(cmd, run_dir, f"{data} {epochs} {name}")
                 lines.append(f"| {data} | {epochs} | {name} | {m['best']:.4f} | {m['best_epoch']} | {wall:.0f} |")
                 print(lines[-1], flush=True)
                 if args.out:

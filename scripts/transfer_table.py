@@ -50,6 +50,17 @@ SIZES = [
 SETS = {"methods": METHODS, "recipes": RECIPES, "sizes": SIZES}
 
 
+def run_train(cmd: list[str], run_dir: Path, what: str) -> tuple[dict, float]:
+    """(metrics.json, wall seconds) of one `train` command writing to ``run_dir``; its output tail on failure."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
+        sys.exit(f"{what} failed")
+    return json.loads((run_dir / "metrics.json").read_text()), wall
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", choices=sorted(SETS), default="methods")
@@ -75,13 +86,7 @@ def main() -> None:
         run_dir = root / str(i)
         overrides = [f"data={args.data}", *(o.replace("{row0}", str((root / "0").resolve())) for o in overrides)]
         cmd = [sys.executable, "-m", "trainer", *overrides, f"trainer.epochs={args.epochs}", f"hydra.run.dir={run_dir}"]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
-            sys.exit(f"row {label!r} failed")
-        m = json.loads((run_dir / "metrics.json").read_text())
+        m, wall = run_train(cmd, run_dir, f"row {label!r}")
         low = min(h["val/loss"] for h in m["history"])
         lines.append(f"| {label} | {m['best']:.4f} | {m['best_epoch']} | {low:.4f} | {wall:.0f} |")
         print(lines[-1], flush=True)
