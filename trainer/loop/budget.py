@@ -7,8 +7,8 @@ are then put back exactly as they were, so the run trains as if nothing had been
 what is left of the budget (the time since the command started is already spent) and the cost of an
 epoch, the number of epochs, the head stage's share (``finetune.head_epochs: auto``) and so the
 schedule's length are chosen. The rest is planned again from the pace the run trains at, a fifth into
-the first epoch of the last stage and after each of its epochs, with the schedule stretched from where
-it is (:meth:`BudgetPlan.replan`). With ``trainer.epochs`` also given on the command line, the budget is a
+the first epoch of the last stage and after each of its epochs (unless the plan as it stands already ends
+within 1.5% of the target), with the schedule stretched from where it is (:meth:`BudgetPlan.replan`). With ``trainer.epochs`` also given on the command line, the budget is a
 cap: never more epochs than that. The chosen plan is kept in every checkpoint, so a resumed run
 continues the same plan instead of measuring again.
 """
@@ -28,6 +28,7 @@ log = logging.getLogger("trainer")
 STARTED = time.monotonic()  # as the command started (mark_start): the budget counts the start-up too
 SLACK = 0.05  # an epoch may end this far past the budget before the run stops early instead
 MARGIN = 0.03  # of the budget, kept for what is not timed (the run's summary, the exit)
+KEEP = 0.015  # of the budget: a plan whose end, at the pace measured, is this close to the target stays as it is
 
 
 def mark_start() -> None:
@@ -143,6 +144,9 @@ class BudgetPlan:
         remaining = self.budget_s * (1 - MARGIN) - used
         if remaining < end_s + pace * max(1, spe // 10):  # not even a short epoch: out_of_time decides
             return
+        as_planned = used + (self.steps - done * spe) * pace + (self.epochs - done) * end_s
+        if abs(as_planned - self.budget_s * (1 - MARGIN)) <= KEEP * self.budget_s:
+            return  # it lands close enough: no change for the noise in one epoch's pace
         cap = None if self.cap is None else self.cap - done
         more, _, steps = choose_steps(remaining, spe, (pace, pace), end_s, lambda e: 0, cap)
         self._change(

@@ -165,6 +165,24 @@ def test_what_replan_leaves_alone():
     assert resumed.replanned == []
 
 
+def test_a_plan_that_lands_close_enough_is_kept():
+    """Planned 4 epochs of 10 steps (2 s evaluation each) in 200 s. At 4.42 s a step the plan as it stands
+    ends 0.8 s past the target of 194 s (the budget less its margin), within 1.5% of the budget: kept,
+    although choose_steps would cut a step. At 4 s a step it ends 16 s early: planned again."""
+    t0 = budget.STARTED
+    for pace, kept in ((4.42, True), (4.0, False)):
+        plan = _plan()
+        plan.start_session(0)
+        plan._session_t0 = t0 + 10
+        now = t0 + 10 + 10 * pace + 2
+        plan.replan(_run(plan, 1, [Stage(0, 4, "all")], _stepped(1)), now=now)
+        as_planned = (now - t0) + 30 * pace + 3 * 2
+        assert abs(as_planned - 200 * (1 - MARGIN)) <= budget.KEEP * 200 if kept else as_planned < 190
+        more, _, steps = choose_steps(200 * (1 - MARGIN) - (now - t0), 10, (pace, pace), 2.0, lambda e: 0, None)
+        assert (10 + steps != 40) and (plan.steps == 40 if kept else plan.steps == 10 + steps)
+        assert (plan.replanned == []) is kept
+
+
 def test_an_older_checkpoints_plan_without_the_replan_record_still_loads():
     state = _plan().to_state()
     del state["replanned"]
