@@ -69,6 +69,7 @@ class Tracker:
         self.mean, self.std = mean, std
         self.images_logged = False
         self.sinks = [TensorBoardSink(self.run_dir)] if sinks is None else sinks
+        self.curves_drawn: tuple[Any, ...] | None = None  # what curves.png shows now: drawn again only on a change
 
     def resumed_at(self, step: int, images_logged: bool, ids: Any = None) -> None:
         """Resumed at ``step``: what a killed session logged after it is dropped where a logger can, and each
@@ -129,10 +130,13 @@ class Tracker:
             writer.writeheader()
             writer.writerows(history)
             atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode())
-            from trainer.runs.plots import curves_png  # matplotlib: at an epoch's end, never in the step loop
+            monitor = str(summary.get("monitor") or "val/loss")
+            shown = (len(history), json.dumps(history[-1], sort_keys=True), monitor, summary.get("best_epoch"))
+            if shown != self.curves_drawn:  # the run's end writes the summary again: the same curves, not redrawn
+                from trainer.runs.plots import curves_png  # matplotlib: at an epoch's end, never in the step loop
 
-            curves = curves_png(history, str(summary.get("monitor") or "val/loss"), summary.get("best_epoch"))
-            atomic_write_bytes(self.run_dir / "curves.png", curves)
+                atomic_write_bytes(self.run_dir / "curves.png", curves_png(history, monitor, summary.get("best_epoch")))
+                self.curves_drawn = shown
 
     def write_hparams(self, last: dict[str, float], best: float | None, epoch: int) -> None:
         metrics = {"hparam/best": float(best) if best is not None else float("nan")}

@@ -34,4 +34,10 @@ def test_the_tracker_writes_curves_png_with_each_metrics_json(tmp_path):
     for n in (1, 3):
         tracker.write_metrics({"monitor": "val/acc", "best_epoch": n, "history": HISTORY[:n]})
         assert (tmp_path / "curves.png").stat().st_size > 0 and _image((tmp_path / "curves.png").read_bytes()).std() > 0
+    (tmp_path / "curves.png").write_bytes(b"as drawn")  # the same history again (the run's end): not drawn again
+    tracker.write_metrics({"monitor": "val/acc", "best_epoch": 3, "history": HISTORY[:3], "finished": True})
+    assert (tmp_path / "curves.png").read_bytes() == b"as drawn"
+    assert '"finished": true' in (tmp_path / "metrics.json").read_text()  # the summary itself is written
+    tracker.write_metrics({"monitor": "val/acc", "best_epoch": 2, "history": HISTORY[:3]})  # a change: drawn
+    assert (tmp_path / "curves.png").read_bytes() != b"as drawn"
     tracker.close()
