@@ -7,7 +7,7 @@ are then put back exactly as they were, so the run trains as if nothing had been
 what is left of the budget (the time since the command started is already spent) and the cost of an
 epoch, the number of epochs, the head stage's share (``finetune.head_epochs: auto``) and so the
 schedule's length are chosen. The rest is planned again from the pace the run trains at, a fifth into
-the first epoch of the last stage and after each of its epochs (unless the plan as it stands already ends
+the first epoch of the last stage, after each of its epochs and a fifth into the last epoch (unless the plan as it stands already ends
 within 1.5% of the target), with the schedule stretched from where it is (:meth:`BudgetPlan.replan`). With ``trainer.epochs`` also given on the command line, the budget is a
 cap: never more epochs than that. The chosen plan is kept in every checkpoint, so a resumed run
 continues the same plan instead of measuring again.
@@ -154,15 +154,22 @@ class BudgetPlan:
         )
 
     def replan_midway(self, run: Any, epoch: int, done: int, epoch_s: float) -> None:
-        """Once a session, a fifth into its first epoch of the last stage (``done`` optimizer steps of it
-        in ``epoch_s`` seconds): the rest planned again at that pace, so a run of one or two epochs, which
-        :meth:`replan` sees too late, still fills its budget."""
-        if getattr(self, "_midway", False) or run.stage_idx != len(run.plan.stages) - 1:
+        """A fifth into the session's first epoch of the last stage, and again into the run's last planned
+        epoch (``done`` optimizer steps of it in ``epoch_s`` seconds): the rest planned again at that pace,
+        so a run of one or two epochs, which :meth:`replan` sees too late, still fills its budget, and a
+        pace that changes in the last epoch still moves its end."""
+        seen = getattr(self, "_midway_at", None)
+        if seen is None:
+            seen = self._midway_at = set()
+        if run.stage_idx != len(run.plan.stages) - 1 or epoch in seen or (seen and epoch != self.epochs - 1):
             return
-        self._midway = True
+        seen.add(epoch)
         spe, end_s = self.steps_per_epoch, self.eval_s + self.save_s
         pace = max(0.25 * self.all_step_s, epoch_s / max(1, done))
         used = self.resumed_from_s + (time.monotonic() - STARTED)
+        as_planned = used + (self.steps - epoch * spe - done) * pace + (self.epochs - epoch) * end_s
+        if abs(as_planned - self.budget_s * (1 - MARGIN)) <= KEEP * self.budget_s:
+            return  # it lands close enough as it is
         # as if this epoch were starting now with the time its steps so far took given back
         remaining = self.budget_s * (1 - MARGIN) - used + done * pace
         cap = None if self.cap is None else self.cap - epoch

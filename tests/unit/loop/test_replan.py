@@ -209,3 +209,24 @@ def test_a_fifth_into_the_first_epoch_the_plan_follows_that_pace(monkeypatch):
     before = list(plan.replanned)
     plan.replan_midway(run, 0, 15, 1.0)  # once a session
     assert plan.replanned == before
+
+
+def test_a_fifth_into_the_last_epoch_it_is_planned_again_but_not_in_the_epochs_between(monkeypatch):
+    """Planned 3 epochs of 10 steps, the last cut to 6 (26 in all), timed 1 s a step, 2 s evaluation, in
+    100 s. The session's first epoch was planned again already; epoch 2 (not the last) is left alone;
+    2 steps into epoch 3 at 0.5 s a step the last epoch is given more steps, as choose_steps says."""
+    plan = _plan(budget_s=100, epochs=3, total_steps=26)
+    run = _run(plan, 0, plan.shorten([Stage(0, 3, "all")]), _stepped(0))
+    plan._midway_at = {0}
+    monkeypatch.setattr(budget.time, "monotonic", lambda: budget.STARTED + 50)
+    plan.replan_midway(run, 1, 2, 1.0)
+    assert (plan.steps, plan.replanned) == (26, [])
+    monkeypatch.setattr(budget.time, "monotonic", lambda: budget.STARTED + 70)
+    plan.replan_midway(run, 2, 2, 1.0)
+    remaining = 100 * (1 - MARGIN) - 70 + 2 * 0.5
+    more, _, steps = choose_steps(remaining, 10, (0.5, 0.5), 2.0, lambda e: 0, None)
+    assert (plan.epochs, plan.steps) == (2 + more, 20 + steps) and plan.steps > 26  # by hand
+    assert plan.replanned[-1]["after_epoch"] == 2 and plan.replanned[-1]["into_epoch"] == 2
+    before = list(plan.replanned)
+    plan.replan_midway(run, 2, 2, 1.0)  # once in that epoch
+    assert plan.replanned == before
