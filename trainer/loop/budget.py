@@ -7,9 +7,10 @@ are then put back exactly as they were, so the run trains as if nothing had been
 what is left of the budget (the time since the command started is already spent) and the cost of an
 epoch, the number of epochs, the head stage's share (``finetune.head_epochs: auto``) and so the
 schedule's length are chosen. The rest is planned again from the pace the run trains at, a fifth into
-the first epoch of the last stage, after each of its epochs and a fifth into the last epoch (unless the plan as it stands already ends
-within 1.5% of the target), with the schedule stretched from where it is (:meth:`BudgetPlan.replan`). With ``trainer.epochs`` also given on the command line, the budget is a
-cap: never more epochs than that. The chosen plan is kept in every checkpoint, so a resumed run
+the first epoch of the last stage, after each of its epochs and a fifth into the last epoch (unless the
+plan as it stands already ends within 1.5% of the target), with the schedule stretched from where it
+is (:meth:`BudgetPlan.replan`). With ``trainer.epochs`` also given on the command line, the budget is
+a cap: never more epochs than that. The chosen plan is kept in every checkpoint, so a resumed run
 continues the same plan instead of measuring again.
 """
 
