@@ -145,9 +145,8 @@ class BudgetPlan:
         remaining = self.budget_s * (1 - MARGIN) - used
         if remaining < end_s + pace * max(1, spe // 10):  # not even a short epoch: out_of_time decides
             return
-        as_planned = used + (self.steps - done * spe) * pace + (self.epochs - done) * end_s
-        if abs(as_planned - self.budget_s * (1 - MARGIN)) <= KEEP * self.budget_s:
-            return  # it lands close enough: no change for the noise in one epoch's pace
+        if self._lands(used + (self.steps - done * spe) * pace + (self.epochs - done) * end_s):
+            return  # no change for the noise in one epoch's pace
         cap = None if self.cap is None else self.cap - done
         more, _, steps = choose_steps(remaining, spe, (pace, pace), end_s, lambda e: 0, cap)
         self._change(
@@ -159,18 +158,15 @@ class BudgetPlan:
         epoch (``done`` optimizer steps of it in ``epoch_s`` seconds): the rest planned again at that pace,
         so a run of one or two epochs, which :meth:`replan` sees too late, still fills its budget, and a
         pace that changes in the last epoch still moves its end."""
-        seen = getattr(self, "_midway_at", None)
-        if seen is None:
-            seen = self._midway_at = set()
+        seen = self.__dict__.setdefault("_midway_at", set())  # epochs planned again midway, this session
         if run.stage_idx != len(run.plan.stages) - 1 or epoch in seen or (seen and epoch != self.epochs - 1):
             return
         seen.add(epoch)
         spe, end_s = self.steps_per_epoch, self.eval_s + self.save_s
         pace = max(0.25 * self.all_step_s, epoch_s / max(1, done))
         used = self.resumed_from_s + (time.monotonic() - STARTED)
-        as_planned = used + (self.steps - epoch * spe - done) * pace + (self.epochs - epoch) * end_s
-        if abs(as_planned - self.budget_s * (1 - MARGIN)) <= KEEP * self.budget_s:
-            return  # it lands close enough as it is
+        if self._lands(used + (self.steps - epoch * spe - done) * pace + (self.epochs - epoch) * end_s):
+            return
         # as if this epoch were starting now with the time its steps so far took given back
         remaining = self.budget_s * (1 - MARGIN) - used + done * pace
         cap = None if self.cap is None else self.cap - epoch
@@ -178,6 +174,11 @@ class BudgetPlan:
         steps = max(steps, done + 1)
         end = used + (steps - done) * pace + more * end_s
         self._change(run, epoch, more, epoch * spe + steps, pace, f"{done} steps into epoch {epoch + 1}", end, done)
+
+    def _lands(self, end_s: float) -> bool:
+        """Does the plan as it stands, ending ``end_s`` after the start at the pace measured, end within
+        ``KEEP`` of the budget of its target? Then it is kept."""
+        return abs(end_s - self.budget_s * (1 - MARGIN)) <= KEEP * self.budget_s
 
     def _change(
         self, run: Any, epoch: int, more: int, total: int, pace: float, when: str, end_s: float, into: int = 0
