@@ -169,6 +169,7 @@ SETTINGS: dict[str, Setting] = {
     "data.cutmix": Setting(*_pos_float(strict=False)),
     "data.sampler": Setting(*_choice("shuffle", "balanced")),
     "data.decode": Setting(*_choice("workers", "device")),
+    "data.exif": Setting(*_choice("apply", "ignore")),
     "data.max_bad_fraction": Setting(*_FRACTION),
     "data.verify": Setting(*_BOOL),
     "data.task": Setting(*_choice(*TASKS)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,8 @@ import torch
 
 from trainer.config.settings import TASKS
 from trainer.config.targets import buildable
+from trainer.data.files import LeftOut, class_folders, list_images, readable_extensions
 from trainer.data.images import (
-    IMAGE_EXTENSIONS,
     BadImage,
     FileImages,
     ImageSet,
@@ -50,6 +51,12 @@ class Splits:
         for images in (self.train, self.val):
             images.task, images.num_classes = self.task, len(self.classes)
 
+    def orient(self, exif: bool) -> None:
+        """data.exif: files turned as their EXIF orientation says (True), or used as stored."""
+        for images in (self.train, self.val):
+            if hasattr(images, "exif"):
+                images.exif = exif
+
 
 def random_split(n: int, val_split: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices of a random train/val split with a fixed seed (multilabel, segmentation)."""
@@ -60,11 +67,30 @@ def random_split(n: int, val_split: float, seed: int) -> tuple[list[int], list[i
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def stratified_split(targets: Sequence[int], val_split: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices of a stratified train/val split with a fixed seed."""
+def stratified_split(
+    targets: Sequence[int], val_split: float, seed: int, classes: Sequence[str] = (), root: Path | None = None
+) -> tuple[list[int], list[int]]:
+    """Indices of a stratified train/val split with a fixed seed; ``classes`` and ``root`` name the
+    class folders in the message when a split cannot be made."""
     from sklearn.model_selection import train_test_split
 
     idx = list(range(len(targets)))
+    counts = Counter(targets)
+    names = list(classes) or [str(c) for c in range(max(counts) + 1)] if counts else []
+    where = f"data.root={str(root)!r}: " if root else ""
+    few = [names[c] for c in sorted(counts) if counts[c] < 2]
+    if few:
+        raise UserError(
+            f"{where}class folder(s) {', '.join(repr(c) for c in few)} hold one image; a split into train and val "
+            "needs at least two of each class. Add images to them, remove them, or give train/ and val/ folders."
+        )
+    n_val = math.ceil(len(idx) * float(val_split))
+    if n_val < len(counts) or len(idx) - n_val < len(counts):
+        raise UserError(
+            f"{where}data.val_split={val_split} of {len(idx)} images gives {n_val} val images for {len(counts)} "
+            "classes; a stratified split needs at least one of each class on both sides. Change data.val_split, "
+            "add images, or give train/ and val/ folders."
+        )
     try:
         train_idx, val_idx = train_test_split(
             idx, test_size=float(val_split), random_state=int(seed), stratify=list(targets)
@@ -178,15 +204,72 @@ def _digit_splits(images: torch.Tensor, targets: list[int], val_split: float, se
     )
 
 
-def scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int]]:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+def scan_class_folders(root: Path, left: LeftOut) -> tuple[list[str], list[str], list[int]]:
+    """(class folder names, image paths, class indices) under ``root``; what is not taken goes to ``left``."""
+    classes = class_folders(root, left)
     paths, targets = [], []
     for ci, c in enumerate(classes):
-        for f in sorted((root / c).rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                paths.append(str(f))
-                targets.append(ci)
+        for f in list_images(root / c, left):
+            paths.append(str(f))
+            targets.append(ci)
     return classes, paths, targets
+
+
+def without_empty(classes: list[str], targets: list[int], where: Path) -> tuple[list[str], list[int]]:
+    """The class folders that hold images, the targets renumbered; an empty class folder is named
+    once, never a silent head output."""
+    counts = Counter(targets)
+    empty = [c for i, c in enumerate(classes) if not counts[i]]
+    if not empty:
+        return classes, targets
+    log.warning(
+        "%s: class folder(s) %s hold no images: left out, so the model has no output for them. Put images in "
+        "them or remove them.",
+        where,
+        ", ".join(repr(c) for c in empty),
+    )
+    kept = [c for c in classes if c not in empty]
+    index = {c: i for i, c in enumerate(kept)}
+    return kept, [index[classes[t]] for t in targets]
+
+
+def _two_folders(base: Path, task: str) -> Splits:
+    """``base/train/<class>/*`` and ``base/val/<class>/*``."""
+    left = LeftOut()
+    classes, tr_paths, tr_targets = scan_class_folders(base / "train", left)
+    val_classes, va_paths, va_targets = scan_class_folders(base / "val", left)
+    left.say(f"data.root={base}")
+    if classes != val_classes:
+        only_train = sorted(set(classes) - set(val_classes))
+        only_val = sorted(set(val_classes) - set(classes))
+        raise UserError(
+            f"data.root={str(base)!r}: train/ and val/ have different class folders "
+            f"(only in train: {only_train or '-'}; only in val: {only_val or '-'}). "
+            "Make both hold the same class folders so labels mean the same thing."
+        )
+    if not tr_paths or not va_paths:
+        empty = "train/" if not tr_paths else "val/"
+        raise UserError(
+            f"data.root={str(base)!r}: {empty} holds no images ({', '.join(sorted(readable_extensions()))})."
+        )
+    in_train, in_val = Counter(tr_targets), Counter(va_targets)
+    no_train = [c for i, c in enumerate(classes) if in_val[i] and not in_train[i]]
+    if no_train:
+        raise UserError(
+            f"data.root={str(base)!r}: class folder(s) {', '.join(repr(c) for c in no_train)} have images in val/ "
+            "but none in train/, so the model could never learn them. Add training images to "
+            f"{base / 'train' / no_train[0]}, or remove the class from val/."
+        )
+    no_val = [c for i, c in enumerate(classes) if in_train[i] and not in_val[i]]
+    if no_val:
+        log.warning(
+            "data.root=%s: class folder(s) %s have no images in val/: their val scores are not measured.",
+            base,
+            ", ".join(repr(c) for c in no_val),
+        )
+    kept, both = without_empty(classes, tr_targets + va_targets, base)
+    tr_targets, va_targets = both[: len(tr_targets)], both[len(tr_targets) :]
+    return Splits(FileImages(tr_paths, tr_targets), FileImages(va_paths, va_targets), kept, task)
 
 
 @buildable
@@ -199,33 +282,21 @@ def load_imagefolder(root: str, val_split: float = 0.2, seed: int = 0, task: str
             "folders, or one set of class folders (e.g. data.root=~/data/pets)."
         )
     if (base / "train").is_dir() and (base / "val").is_dir():
-        classes, tr_paths, tr_targets = scan_class_folders(base / "train")
-        val_classes, va_paths, va_targets = scan_class_folders(base / "val")
-        if classes != val_classes:
-            only_train = sorted(set(classes) - set(val_classes))
-            only_val = sorted(set(val_classes) - set(classes))
-            raise UserError(
-                f"data.root={str(base)!r}: train/ and val/ have different class folders "
-                f"(only in train: {only_train or '-'}; only in val: {only_val or '-'}). "
-                "Make both hold the same class folders so labels mean the same thing."
-            )
-        if not tr_paths or not va_paths:
-            empty = "train/" if not tr_paths else "val/"
-            raise UserError(
-                f"data.root={str(base)!r}: {empty} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})."
-            )
-        return Splits(FileImages(tr_paths, tr_targets), FileImages(va_paths, va_targets), classes, task)
-    classes, paths, targets = scan_class_folders(base)
+        return _two_folders(base, task)
+    left = LeftOut()
+    classes, paths, targets = scan_class_folders(base, left)
+    left.say(f"data.root={base}")
     if not classes or not paths:
         raise UserError(
-            f"data.root={str(base)!r} holds no class folders with images. Expected "
-            "DIR/<class>/<image> (or DIR/train/<class>/... and DIR/val/<class>/...)."
+            f"data.root={str(base)!r} holds no class folders with images ({', '.join(sorted(readable_extensions()))}). "
+            "Expected DIR/<class>/<image> (or DIR/train/<class>/... and DIR/val/<class>/...)."
         )
+    classes, targets = without_empty(classes, targets, base)
     if len(classes) < 2:
         raise UserError(
-            f"data.root={str(base)!r}: found one class folder ({classes[0]}); a classifier needs two or more."
+            f"data.root={str(base)!r}: found one class folder with images ({classes[0]}); a classifier needs two or more."
         )
-    train_idx, val_idx = stratified_split(targets, val_split, seed)
+    train_idx, val_idx = stratified_split(targets, val_split, seed, classes, base)
     return Splits(
         FileImages([paths[i] for i in train_idx], [targets[i] for i in train_idx]),
         FileImages([paths[i] for i in val_idx], [targets[i] for i in val_idx]),
@@ -320,9 +391,9 @@ def load_multilabel_csv(
     )
 
 
-def _pairs(images_dir: Path, masks_dir: Path) -> tuple[list[str], list[str]]:
-    masks = {f.stem: f for f in masks_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS}
-    images = sorted(f for f in images_dir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+def _pairs(images_dir: Path, masks_dir: Path, left: LeftOut) -> tuple[list[str], list[str]]:
+    masks = {f.stem: f for f in list_images(masks_dir, left, recursive=False)}
+    images = list_images(images_dir, left, recursive=False)
     missing = [f.name for f in images if f.stem not in masks]
     if missing:
         raise UserError(
@@ -337,12 +408,12 @@ def load_segfolder(root: str, classes: Sequence[str] | None = None, val_split: f
     """``root/images/*`` with ``root/masks/<same stem>.png`` (class-index PNGs), split by val_split; or
     ``root/train/{images,masks}`` and ``root/val/{images,masks}``. ``classes``: names by index (null:
     ``class0..`` up to the largest index found in the masks, 255 aside)."""
-    base = Path(str(root)).expanduser()
+    base, left = Path(str(root)).expanduser(), LeftOut()
     if (base / "train" / "images").is_dir() and (base / "val" / "images").is_dir():
-        tr_i, tr_m = _pairs(base / "train" / "images", base / "train" / "masks")
-        va_i, va_m = _pairs(base / "val" / "images", base / "val" / "masks")
+        tr_i, tr_m = _pairs(base / "train" / "images", base / "train" / "masks", left)
+        va_i, va_m = _pairs(base / "val" / "images", base / "val" / "masks", left)
     elif (base / "images").is_dir() and (base / "masks").is_dir():
-        all_i, all_m = _pairs(base / "images", base / "masks")
+        all_i, all_m = _pairs(base / "images", base / "masks", left)
         tr, va = random_split(len(all_i), val_split, seed)
         tr_i, tr_m, va_i, va_m = (
             [all_i[i] for i in tr],
@@ -355,6 +426,7 @@ def load_segfolder(root: str, classes: Sequence[str] | None = None, val_split: f
             f"data.root={str(root)!r} must hold images/ and masks/ folders (masks: class-index PNGs "
             "with the images' names), or train/ and val/ folders that each hold them."
         )
+    left.say(f"data.root={base}")
     if not tr_i or not va_i:
         raise UserError(f"data.root={str(base)!r}: the train or val split holds no images.")
     if classes is None:

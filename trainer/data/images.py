@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
-import io
 import logging
+import os
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from trainer.data.files import JPEG_EXTENSIONS
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+ORIENTATION = 0x0112  # the EXIF tag a phone writes instead of turning the pixels
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """A warning said once per process (a data loader's worker says it once too)."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
 
 
 class ImageSet:
@@ -63,15 +71,17 @@ class BadImage(Exception):
     """An image file that cannot be decoded; the loader skips it and reports it by name."""
 
 
-def decode_rgb(path: str) -> torch.Tensor:
+def decode_rgb(path: str, exif: bool = True) -> torch.Tensor:
     """Any Pillow-readable image as a uint8 RGB tensor (3, H, W); BadImage if it cannot be read.
 
+    ``exif``: turned as its EXIF orientation says, as a viewer shows it (False: the stored pixels).
     Grayscale, palette, RGBA/LA (alpha dropped), CMYK and 16-bit images become RGB; 16-bit values
-    are scaled to 8 bits. A decompression bomb (more than Pillow's MAX_IMAGE_PIXELS) is refused.
+    are scaled to 8 bits. A decompression bomb (more than Pillow's MAX_IMAGE_PIXELS) is refused
+    from its header, before anything is decoded.
     """
 
-    if path.lower().endswith((".jpg", ".jpeg")):
-        fast = _decode_jpeg(path)
+    if path.lower().endswith(JPEG_EXTENSIONS):
+        fast = _decode_jpeg(path, exif)
         if fast is not None:
             return fast
     try:
@@ -79,44 +89,105 @@ def decode_rgb(path: str) -> torch.Tensor:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()  # decode now: a truncated file fails here, not later
-                if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-                    arr = np.asarray(img, dtype=np.float64)
-                    scale = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                    gray = np.clip(arr / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                    return torch.from_numpy(gray).unsqueeze(0).expand(3, -1, -1).contiguous()
-                if img.mode == "P" and "transparency" in img.info:
-                    img = img.convert("RGBA")
-                rgb = img.convert("RGB")
-                return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+                return _to_rgb(_upright(img, path) if exif else img)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise BadImage(f"{path}: too large to decode safely ({e})") from None
     except Exception as e:
         raise BadImage(f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot decode'}") from None
 
 
-def _jpeg_bytes(path: str) -> tuple[torch.Tensor, int, int] | None:
-    """A plain JPEG's bytes as a uint8 tensor with its height and width (from the header, no
-    decoding); None when it is not a JPEG of a safe size, for Pillow's path to decode it or name
-    the problem."""
+def _upright(img: Image.Image, path: str) -> Image.Image:
+    """The image as its EXIF orientation says a viewer shows it; malformed EXIF: as stored, said once."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as e:
+        warn_once(
+            "exif",
+            f"{path}: its EXIF data cannot be read ({type(e).__name__}), so it is used as stored, not turned "
+            "upright; other such files are used the same way without a further warning.",
+        )
+        return img
+
+
+def _to_rgb(img: Image.Image) -> torch.Tensor:
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return _sixteen_bit_gray(img)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    rgb = img.convert("RGB")
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def _sixteen_bit_gray(img: Image.Image) -> torch.Tensor:
+    """A 16-bit (or 32-bit integer) gray image as 8-bit RGB, rounded, in integer arithmetic: no copy
+    wider than the stored pixels (a float64 copy would cost four times a 16-bit image)."""
+    arr = np.asarray(img)
+    if arr.dtype != np.uint16:  # mode I: 32-bit integers, 8-bit values when none exceeds 255
+        arr = arr.clip(0, 255 if arr.max(initial=0) <= 255 else 65535).astype(np.uint16)
+        if img.mode == "I" and arr.max(initial=0) <= 255:
+            gray = arr.astype(np.uint8)
+            return torch.from_numpy(gray).unsqueeze(0).expand(3, -1, -1).contiguous()
+    q, r = np.divmod(arr, np.uint16(257))  # round(v * 255 / 65535) = round(v / 257)
+    gray = (q + (r >= 129)).astype(np.uint8)
+    del q, r
+    return torch.from_numpy(gray).unsqueeze(0).expand(3, -1, -1).contiguous()
+
+
+MAX_JPEG_OVERHEAD = 16 * 2**20  # metadata, thumbnails, a motion photo's clip: beyond this, not a photo
+
+
+def _jpeg_bytes(path: str, exif: bool = True) -> tuple[torch.Tensor, int, int, int] | None:
+    """A plain JPEG's bytes as a uint8 tensor, its stored height and width and its EXIF orientation
+    (1 when ``exif`` is False), from the header: no decoding, and the body read only once the header
+    says it is a JPEG of a safe size. None when it is not, for Pillow's path to decode it or name the problem."""
 
     try:
-        data = Path(path).read_bytes()  # read once: Pillow parses the header, libjpeg-turbo decodes
-        with Image.open(io.BytesIO(data)) as img:  # header only: format and size (the bomb check)
-            if img.format != "JPEG" or img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+        with open(path, "rb") as f:
+            with Image.open(f) as img:  # header only: format and size (the bomb check)
+                if img.format != "JPEG" or img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                    return None
+                height, width = img.height, img.width
+                orientation = _orientation(img, path) if exif else 1
+            size = os.fstat(f.fileno()).st_size
+            if size > 8 * width * height + MAX_JPEG_OVERHEAD:  # far more than a JPEG of its size can be
                 return None
-            return torch.frombuffer(bytearray(data), dtype=torch.uint8), img.height, img.width
+            f.seek(0)
+            data = f.read(size)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), height, width, orientation
     except Exception:
         return None
 
 
-def _decode_jpeg(path: str) -> torch.Tensor | None:
-    """A JPEG through torchvision.io.decode_jpeg (libjpeg-turbo, straight into a uint8 tensor);
-    None when it is not a plain JPEG of a safe size or cannot be decoded so."""
-    found = _jpeg_bytes(path)
+def _orientation(img: Image.Image, path: str) -> int:
+    try:
+        value = int(img.getexif().get(ORIENTATION, 1))
+        return value if 1 <= value <= 8 else 1
+    except Exception as e:
+        warn_once(
+            "exif",
+            f"{path}: its EXIF data cannot be read ({type(e).__name__}), so it is used as stored, not turned "
+            "upright; other such files are used the same way without a further warning.",
+        )
+        return 1
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A decoded ``(..., H, W)`` image turned as EXIF ``orientation`` (1-8) says (what Pillow's
+    ``ImageOps.exif_transpose`` does to the stored pixels)."""
+    if orientation in (5, 6, 7, 8):
+        image = image.transpose(-1, -2)  # the four that swap height and width
+    flips = {2: (-1,), 3: (-1, -2), 4: (-2,), 6: (-1,), 7: (-1, -2), 8: (-2,)}.get(orientation)
+    return image.flip(flips).contiguous() if flips else image
+
+
+def _decode_jpeg(path: str, exif: bool = True) -> torch.Tensor | None:
+    """A JPEG through torchvision.io.decode_jpeg (libjpeg-turbo, straight into a uint8 tensor), turned
+    upright; None when it is not a plain JPEG of a safe size or cannot be decoded so."""
+    found = _jpeg_bytes(path, exif)
     if found is None:
         return None
     try:
-        return decode_jpegs([found[0]], torch.device("cpu"))[0]
+        return orient(decode_jpegs([found[0]], torch.device("cpu"))[0], found[3])
     except Exception:
         return None
 
@@ -138,13 +209,17 @@ class FileImages(ImageSet):
         self.paths = [str(p) for p in paths]
         self.targets = [list(t) if isinstance(t, (list, tuple)) else int(t) for t in targets]  # multilabel: lists
 
+    exif = True  # turned as the EXIF orientation says (data.exif=apply), as a viewer shows it
+
     def load(self, index: int) -> torch.Tensor:
-        return decode_rgb(self.paths[index])
+        return decode_rgb(self.paths[index], self.exif)
 
     def jpeg(self, index: int) -> tuple[torch.Tensor, int, int] | None:
-        """The undecoded bytes, height and width of a plain JPEG; None for any other file."""
+        """The undecoded bytes, height and width of a plain upright JPEG (for decoding on the device);
+        None for any other file, and for a JPEG that must be turned (it is decoded by the workers)."""
         path = self.paths[index]
-        return _jpeg_bytes(path) if path.lower().endswith((".jpg", ".jpeg")) else None
+        found = _jpeg_bytes(path, self.exif) if path.lower().endswith(JPEG_EXTENSIONS) else None
+        return found[:3] if found is not None and found[3] == 1 else None
 
 
 def native_size(images: ImageSet, samples: int = 64) -> int | None:
@@ -187,10 +262,12 @@ class SegmentationImages(ImageSet):
         self.images, self.masks = images, masks
         self.targets = list(range(len(images)))
 
+    exif = True  # images turned as their EXIF orientation says; masks (PNGs, no tag) as stored
+
     def load(self, index: int) -> torch.Tensor:
         if isinstance(self.images, torch.Tensor):
             return self.images[index]
-        return decode_rgb(str(self.images[index]))
+        return decode_rgb(str(self.images[index]), self.exif)
 
     def target(self, index: int) -> torch.Tensor:
         if isinstance(self.masks, torch.Tensor):

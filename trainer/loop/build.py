@@ -248,6 +248,7 @@ def setup_device(cfg: DictConfig) -> torch.device:
 def setup_data(cfg: DictConfig) -> Splits:
     log.info("building data %s", cfg.data.name)
     splits = instantiate_node(cfg.data.dataset)
+    splits.orient(cfg.data.get("exif", "apply") == "apply")
     if cfg.data.get("folds"):
         splits = fold_splits(splits, int(cfg.data.folds), int(cfg.data.get("fold") or 0), int(cfg.seed))
     if cfg.data.verify:
@@ -282,7 +283,7 @@ def setup_loaders(
             log.info("data.image_size=auto: %d px (%s)", size, why)
     return build_loaders(
         splits,
-        resolve_input(built.data_config, size, d.get("crop_pct")),
+        {**resolve_input(built.data_config, size, d.get("crop_pct")), "exif": d.get("exif", "apply")},
         batch_size=int(d.batch_size) if batch_size is None else batch_size,
         num_workers=default_num_workers(on_gpu) if workers in (None, "auto") else int(workers),
         augment=str(d.augment),

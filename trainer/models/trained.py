@@ -71,3 +71,9 @@ def preprocess(trained: Trained) -> Any:
             ]
         )
     return build_transforms("none", trained.input_spec, train=False, task=trained.task)
+
+
+def upright(trained: Trained) -> bool:
+    """Whether images are turned as their EXIF orientation says before this model sees them (the
+    run's data.exif; checkpoints from before the key: yes)."""
+    return trained.input_spec.get("exif", "apply") != "ignore"

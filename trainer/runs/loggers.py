@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from trainer.runs.csvcells import SafeWriter
+
 log = logging.getLogger("trainer")
 
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # sink -> the package (and the transfer-trainer[...] extra)
@@ -135,14 +137,14 @@ class CsvSink(Sink):
         with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
             kept = [r for r in csv.reader(f) if len(r) == 3 and r[0].isdigit() and int(r[0]) <= step]
         with open(self.path, "w", newline="") as f:
-            csv.writer(f).writerows([["step", "key", "value"], *kept])
+            csv.writer(f).writerows([["step", "key", "value"], *kept])  # the rows as read: already written safe
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self._file is None:
             new = not self.path.is_file()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", newline="")
-            self._writer = csv.writer(self._file)
+            self._writer = SafeWriter(self._file)
             if new:
                 self._writer.writerow(["step", "key", "value"])
         assert self._writer is not None

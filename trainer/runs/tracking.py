@@ -121,12 +121,13 @@ class Tracker:
         atomic_write_bytes(self.run_dir / "metrics.json", json.dumps(summary, indent=2).encode())
         history = summary.get("history") or []
         if history:  # the same per-epoch values as a table: one row per epoch, every metric
-            import csv
             import io
+
+            from trainer.runs.csvcells import SafeDictWriter
 
             columns = list(dict.fromkeys(k for row in history for k in row))
             buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=columns)
+            writer = SafeDictWriter(buf, fieldnames=columns)
             writer.writeheader()
             writer.writerows(history)
             atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode())

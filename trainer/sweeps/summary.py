@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -13,6 +12,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from trainer.config.overrides import key_of, value_of
+from trainer.runs.csvcells import SafeDictWriter
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ COLUMNS = ["rank", "swept", "monitor", "best", "best_epoch", "status", "error", 
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = collect_rows(sweep_dir)
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = SafeDictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     (sweep_dir / "summary.md").write_text(to_markdown(rows))

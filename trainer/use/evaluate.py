@@ -16,7 +16,6 @@ image, true and predicted mask side by side).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import sys
@@ -28,6 +27,7 @@ import torch
 
 from trainer.errors import UserError
 from trainer.models.trained import Trained, load_trained
+from trainer.runs.csvcells import SafeWriter
 from trainer.use.command import parse_args, run_command, trusted
 from trainer.use.mistakes import SegmentationScores, lowest_iou_png, write_iou_csv
 from trainer.use.outputs import atomic_file, check_folder, csv_with_header, json_with_keys
@@ -56,35 +56,41 @@ def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
             batches = SegmentationScores(run.settings.ignore_index)
         scalars, per_class, confusion = run.evaluate(keep=batches)  # one pass: the scores and each image's
     dataset = run.loaders.val.dataset
-    images = len(dataset)  # type: ignore[arg-type]
-    result = {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": images}
+    split = getattr(dataset, "images", dataset)  # the image set under the loader's transform
+    paths = getattr(split, "paths", None)
+    names = [str(p) for p in paths] if paths else [f"val #{i}" for i in range(len(dataset))]  # type: ignore[arg-type]
+    unreadable = sorted(run.bad_images.seen)
+    masks = [str(m) for m in getattr(split, "masks", [])] if paths else []
+    kept = readable_indices([(n, *masks[i : i + 1]) for i, n in enumerate(names)], unreadable)
+    result = {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": len(kept)}
+    result["unreadable"] = unreadable
     if isinstance(batches, SegmentationScores):
-        return {**result, **lowest_iou(batches, dataset, images)}
+        return {**result, **lowest_iou(batches, dataset, [names[i] for i in kept], kept)}
     scored = _scored(batches) if batches else None
-    if scored is not None and len(scored[1]) != images:  # unreadable val images were skipped: no names to match
-        log.warning("errors.csv left out: %d of %d val images could not be read", images - len(scored[1]), images)
+    if scored is not None and len(scored[1]) != len(kept):  # cannot happen: each skipped image is named
+        log.warning("errors.csv left out: %d scored images for %d readable ones", len(scored[1]), len(kept))
         scored = None
     if scored is not None:
-        split = getattr(dataset, "images", dataset)  # the image set under the loader's transform
-        paths = getattr(split, "paths", None)
-        names = [str(p) for p in paths] if paths else [f"val #{i}" for i in range(images)]
-        result["scored"] = (*scored, names, split.load)
+        result["scored"] = (*scored, [names[i] for i in kept], lambda i: split.load(kept[i]))
     return result
+
+
+def readable_indices(files: list[tuple[str, ...]], unreadable: list[str]) -> list[int]:
+    """The indices of the images none of whose files (the image, a mask) ``unreadable`` names: each
+    problem starts with its file's path."""
+    return [i for i, names in enumerate(files) if not any(p.startswith(n + ": ") for n in names for p in unreadable)]
 
 
 MISTAKE_TASKS = ("multiclass", "binary")
 
 
-def lowest_iou(scores: SegmentationScores, dataset: Any, images: int) -> dict[str, Any]:
-    """The segmentation report's part: each val image's IoU, its name, and its image and true mask as
-    the model saw them (the val transform's output)."""
-    if len(scores) != images:
-        log.warning("lowest_iou.csv left out: %d of %d val images could not be read", images - len(scores), images)
+def lowest_iou(scores: SegmentationScores, dataset: Any, names: list[str], kept: list[int]) -> dict[str, Any]:
+    """The segmentation report's part: each readable val image's IoU, its name, and its image and true
+    mask as the model saw them (the val transform's output)."""
+    if len(scores) != len(kept):  # cannot happen: each skipped image is named
+        log.warning("lowest_iou.csv left out: %d scored images for %d readable ones", len(scores), len(kept))
         return {}
-    split = getattr(dataset, "images", dataset)
-    paths = getattr(split, "paths", None)
-    names = [str(p) for p in paths] if paths else [f"val #{i}" for i in range(images)]
-    return {"segmentation": (scores, names, lambda i: dataset[i])}
+    return {"segmentation": (scores, names, lambda i: dataset[kept[i]])}
 
 
 def _scored(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,9 +108,11 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
     from tqdm import tqdm
 
     from trainer.data.datasets import scan_class_folders
+    from trainer.data.files import LeftOut
     from trainer.data.images import BadImage, decode_rgb
     from trainer.loop.devices import resolve_device
     from trainer.metrics import Metrics
+    from trainer.models.trained import upright
     from trainer.use.mistakes import probabilities
     from trainer.use.predict import preprocess
 
@@ -113,7 +121,9 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
     folder = Path(root).expanduser()
     if not folder.is_dir():
         raise UserError(f"data.root={root!r}: no such folder.")
-    names, paths, targets = scan_class_folders(folder)
+    left = LeftOut()
+    names, paths, targets = scan_class_folders(folder, left)
+    left.say(f"data.root={folder}")
     missing, extra = sorted(set(trained.classes) - set(names)), sorted(set(names) - set(trained.classes))
     if missing or extra:
         raise UserError(
@@ -128,11 +138,12 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
     model = trained.model.to(device)
     metrics = Metrics(trained.task, len(trained.classes), device)
     transform, bad, probs, kept = preprocess(trained), [], [], []
+    exif = upright(trained)
     for start in tqdm(range(0, len(paths), batch_size), desc="evaluate", unit="batch"):
         xs, ys = [], []
         for path, target in zip(paths[start : start + batch_size], targets[start : start + batch_size]):
             try:
-                xs.append(transform(decode_rgb(path)))
+                xs.append(transform(decode_rgb(path, exif)))
                 ys.append(target)
                 kept.append((str(path), target))
             except BadImage as e:
@@ -144,9 +155,11 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
                 probs.append(probabilities(logits).cpu())
     scalars, per_class, confusion = metrics.compute()
     result = {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": len(paths) - len(bad)}
+    result["unreadable"] = bad
     if kept:
         names = [p for p, _ in kept]
-        result["scored"] = (torch.cat(probs), torch.tensor([t for _, t in kept]), names, lambda i: decode_rgb(names[i]))
+        image_of = lambda i: decode_rgb(names[i], exif)  # noqa: E731
+        result["scored"] = (torch.cat(probs), torch.tensor([t for _, t in kept]), names, image_of)
     return result
 
 
@@ -156,9 +169,10 @@ def write_report(result: dict[str, Any], trained: Trained, out: Path, data: str)
     out.mkdir(parents=True, exist_ok=True)
     classes = trained.classes if trained.task != "binary" else [trained.classes[1]]
     report = {"checkpoint": str(trained.checkpoint), "data": data, "images": result["images"], **result["scalars"]}
+    report["unreadable"] = result.get("unreadable", [])
     report["per_class"] = {m: dict(zip(classes, v)) for m, v in result["per_class"].items()}
     with atomic_file(out / "per_class.csv") as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
+        writer = SafeWriter(f)
         writer.writerow(["class", *result["per_class"]])
         for i, c in enumerate(classes):
             writer.writerow([c, *(round(v[i], 6) for v in result["per_class"].values())])
@@ -226,6 +240,8 @@ def main() -> None:
         result, trained, out = evaluate(args)
         scalars = "  ".join(f"{k} {v:.4f}" for k, v in result["scalars"].items())
         print(f"{trained.checkpoint} (epoch {trained.state['epoch']}, {result['images']} images): {scalars}")
+        for problem in result.get("unreadable", []):
+            print(f"  could not be read, left out of the scores: {problem}")
         metrics = list(result["per_class"])
         classes = trained.classes if trained.task != "binary" else [trained.classes[1]]
         print(f"  {'class':>12}  " + "  ".join(f"{m:>9}" for m in metrics))

@@ -5,7 +5,6 @@ pairs the model confuses most, for the printout."""
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -13,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from trainer.runs.csvcells import SafeWriter
 
 SHOWN = 16  # images in errors.png
 
@@ -63,7 +64,7 @@ def most_confused(mistakes: list[Mistake], n: int = 5) -> list[tuple[str, str, i
 
 def write_errors_csv(mistakes: list[Mistake], path: Path) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
+        writer = SafeWriter(f)
         writer.writerow(["path", "true", "predicted", "probability", "loss"])
         for m in mistakes:
             writer.writerow([m.name, m.true, m.predicted, f"{m.probability:.6f}", f"{m.loss:.6f}"])
@@ -120,7 +121,7 @@ class SegmentationScores:
 
 def write_iou_csv(scores: SegmentationScores, names: list[str], path: Path) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
+        writer = SafeWriter(f)
         writer.writerow(["path", "iou"])
         for i in scores.lowest():
             writer.writerow([names[i], f"{scores.ious[i]:.6f}"])

@@ -20,7 +20,6 @@ also writes a Grad-CAM heatmap over each image into ``<out without .csv>_gradcam
 
 from __future__ import annotations
 
-import csv
 import glob
 import logging
 import os
@@ -30,8 +29,10 @@ from typing import Any
 
 import torch
 
-from trainer.data.images import IMAGE_EXTENSIONS, BadImage, decode_rgb
-from trainer.models.trained import Trained, load_trained, preprocess
+from trainer.data.files import HIDDEN, LeftOut, is_hidden, list_images, readable_extensions
+from trainer.data.images import BadImage, decode_rgb
+from trainer.models.trained import Trained, load_trained, preprocess, upright
+from trainer.runs.csvcells import SafeDictWriter
 from trainer.use.command import parse_args, run_command, trusted
 from trainer.use.outputs import atomic_file, check_file, csv_with_header
 
@@ -54,20 +55,31 @@ log = logging.getLogger("trainer")
 
 
 def find_images(source: str) -> list[str]:
-    """A folder (searched recursively), one image, or a glob pattern: the image files, sorted."""
-    p = Path(source).expanduser()
+    """A folder (searched recursively), one image, or a glob pattern: the image files, sorted. Hidden
+    files and folders, OS and zip leftovers and files that are not images are left out, said once."""
+    p, left = Path(source).expanduser(), LeftOut()
     if p.is_dir():
-        found = [str(f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        found = [str(f) for f in list_images(p, left)]
     elif p.is_file():
         found = [str(p)]
     else:
-        found = sorted(f for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+        found = []
+        for f in sorted(glob.glob(str(p), recursive=True)):
+            if not Path(f).is_file():
+                continue
+            if any(is_hidden(part) for part in Path(f).parts[len(Path(p.anchor).parts) :]):
+                left.add(HIDDEN, f)
+            elif Path(f).suffix.lower() in readable_extensions():
+                found.append(f)
+            else:
+                left.note_file(Path(f))
+    left.say(f"source={source}")
     if not found:
         from trainer.errors import UserError
 
         raise UserError(
             f"source={source!r}: no images there. Give a folder of images, one image file, or a quoted "
-            f"glob such as 'source=photos/*.jpg' ({', '.join(sorted(IMAGE_EXTENSIONS))})."
+            f"glob such as 'source=photos/*.jpg' ({', '.join(sorted(readable_extensions()))})."
         )
     return found
 
@@ -269,8 +281,8 @@ class FolderImages(torch.utils.data.Dataset):
     """The images to predict, decoded and preprocessed in the loader's workers (while the model runs on the
     batch before): ``(path, tensor, (height, width))``, or ``(path, None, error)`` for a file that cannot be read."""
 
-    def __init__(self, paths: list[str], transform: Any) -> None:
-        self.paths, self.transform = paths, transform
+    def __init__(self, paths: list[str], transform: Any, exif: bool = True) -> None:
+        self.paths, self.transform, self.exif = paths, transform, exif
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -278,26 +290,26 @@ class FolderImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[str, Any, Any]:
         path = self.paths[index]
         try:
-            image = decode_rgb(path)
+            image = decode_rgb(path, self.exif)
         except BadImage as e:
             return path, None, str(e)
         return path, self.transform(image), tuple(image.shape[-2:])
 
 
-def batches_of(paths: list[str], transform: Any, batch_size: int, device: torch.device) -> Any:
+def batches_of(paths: list[str], transform: Any, batch_size: int, device: torch.device, exif: bool = True) -> Any:
     """Batches of ``FolderImages`` in file order, decoded by the loader's workers (data.num_workers=auto)."""
     from trainer.data.loaders import default_num_workers
 
     workers = min(default_num_workers(device.type == "cuda"), max(0, len(paths) // batch_size))
     return torch.utils.data.DataLoader(
-        FolderImages(paths, transform), batch_size=batch_size, num_workers=workers, collate_fn=list
+        FolderImages(paths, transform, exif), batch_size=batch_size, num_workers=workers, collate_fn=list
     )
 
 
 def write_predictions(out: Path, rows: list[dict[str, Any]], paths: list[str]) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row if k != "error")) + ["error"]
     with atomic_file(out) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = SafeDictWriter(f, fieldnames=columns)
         writer.writeheader()
         order = {path: i for i, path in enumerate(paths)}  # unreadable files were recorded first in their batch
         writer.writerows(sorted(rows, key=lambda r: order[r["path"]]))
@@ -322,7 +334,9 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
     explainer = make_explainer(trained, str(args["explain.layer"]), heatmaps) if explain == "gradcam" else None
     rows: list[dict[str, Any]] = []
     try:
-        for items in tqdm(batches_of(paths, transform, batch_size, device), desc="predict", unit="batch"):
+        for items in tqdm(
+            batches_of(paths, transform, batch_size, device, upright(trained)), desc="predict", unit="batch"
+        ):
             rows += [{"path": path, "error": why} for path, x, why in items if x is None]
             good = [(path, x, size) for path, x, size in items if x is not None]
             if not good:
