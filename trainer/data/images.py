@@ -99,14 +99,23 @@ def decode_rgb(path: str, exif: bool = True) -> torch.Tensor:
 def _upright(img: Image.Image, path: str) -> Image.Image:
     """The image as its EXIF orientation says a viewer shows it; malformed EXIF: as stored, said once."""
     try:
-        return ImageOps.exif_transpose(img)
+        with warnings.catch_warnings(record=True) as caught:  # Pillow warns of corrupt EXIF and goes on
+            warnings.simplefilter("always")
+            turned = ImageOps.exif_transpose(img)
     except Exception as e:
-        warn_once(
-            "exif",
-            f"{path}: its EXIF data cannot be read ({type(e).__name__}), so it is used as stored, not turned "
-            "upright; other such files are used the same way without a further warning.",
-        )
+        _bad_exif(path, type(e).__name__)
         return img
+    if any("EXIF" in str(w.message) for w in caught):
+        _bad_exif(path, str(caught[0].message).strip())
+    return turned
+
+
+def _bad_exif(path: str, why: str) -> None:
+    warn_once(
+        "exif",
+        f"{path}: its EXIF data is malformed ({why}); what could be read of its orientation is used. Other "
+        "such files are read the same way without a further warning.",
+    )
 
 
 def _to_rgb(img: Image.Image) -> torch.Tensor:
@@ -160,15 +169,15 @@ def _jpeg_bytes(path: str, exif: bool = True) -> tuple[torch.Tensor, int, int, i
 
 def _orientation(img: Image.Image, path: str) -> int:
     try:
-        value = int(img.getexif().get(ORIENTATION, 1))
-        return value if 1 <= value <= 8 else 1
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = int(img.getexif().get(ORIENTATION, 1))
     except Exception as e:
-        warn_once(
-            "exif",
-            f"{path}: its EXIF data cannot be read ({type(e).__name__}), so it is used as stored, not turned "
-            "upright; other such files are used the same way without a further warning.",
-        )
+        _bad_exif(path, type(e).__name__)
         return 1
+    if any("EXIF" in str(w.message) for w in caught):
+        _bad_exif(path, str(caught[0].message).strip())
+    return value if 1 <= value <= 8 else 1
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
