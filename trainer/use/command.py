@@ -35,7 +35,16 @@ def parse_args(argv: list[str], keys: dict[str, Any], required: tuple[str, ...],
 
 
 def run_command(body: Callable[[], None]) -> None:
-    """A command under the exit-code table (trainer.errors); Ctrl-C leaves no half-written file."""
+    """A command under the exit-code table (trainer.errors); Ctrl-C leaves no half-written file. Its
+    warnings (files left out, unreadable images) go to stderr, one line each."""
+    import logging
+
+    package = logging.getLogger("trainer")
+    if not package.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        package.addHandler(handler)
     run_console_command(body, "interrupted: no file was left half-written (each is written whole or not at all).")
 
 
