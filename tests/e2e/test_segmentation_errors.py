@@ -72,7 +72,7 @@ def test_evaluate_lists_every_val_image_by_its_iou_lowest_first(tmp_path):
     x = (image.float()[None] / 255 - torch.tensor(spec["mean"]).view(1, 3, 1, 1)) / torch.tensor(spec["std"]).view(
         1, 3, 1, 1
     )
-    with torch.no_grad():
+    with torch.no_grad(), rebuilt.autocast():  # the precision the run scores in (bf16 on a CPU that has it)
         pred = trained.model(x).argmax(1)[0]
     assert float(rows[0]["iou"]) == pytest.approx(sklearn_iou(pred.numpy(), mask.numpy()), abs=1e-6)
     picture = Image.open(run / "eval" / "lowest_iou.png")

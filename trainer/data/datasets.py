@@ -233,11 +233,26 @@ def without_empty(classes: list[str], targets: list[int], where: Path) -> tuple[
     return kept, [index[classes[t]] for t in targets]
 
 
-def _two_folders(base: Path, task: str) -> Splits:
-    """``base/train/<class>/*`` and ``base/val/<class>/*``."""
+TRAIN_NAMES = ("train", "training")
+VAL_NAMES = ("val", "valid", "validation")  # valid/: Roboflow's and many Kaggle sets' name
+SPLIT_NAMES = {*TRAIN_NAMES, *VAL_NAMES, "test", "testing"}
+
+
+def split_folders(base: Path) -> tuple[Path, Path] | None:
+    """The train and val folders under ``base`` (any case; val may be named valid/ or validation/)."""
+    found = {d.name.lower(): d for d in sorted(base.iterdir()) if d.is_dir()}
+    train = next((found[n] for n in TRAIN_NAMES if n in found), None)
+    val = next((found[n] for n in VAL_NAMES if n in found), None)
+    return (train, val) if train and val else None
+
+
+def _two_folders(base: Path, train: Path, val: Path, task: str) -> Splits:
+    """``train/<class>/*`` and ``val/<class>/*``."""
+    if (train.name, val.name) != ("train", "val"):
+        log.info("data.root=%s: %s/ trains, %s/ validates", base, train.name, val.name)
     left = LeftOut()
-    classes, tr_paths, tr_targets = scan_class_folders(base / "train", left)
-    val_classes, va_paths, va_targets = scan_class_folders(base / "val", left)
+    classes, tr_paths, tr_targets = scan_class_folders(train, left)
+    val_classes, va_paths, va_targets = scan_class_folders(val, left)
     left.say(f"data.root={base}")
     if classes != val_classes:
         only_train = sorted(set(classes) - set(val_classes))
@@ -248,7 +263,7 @@ def _two_folders(base: Path, task: str) -> Splits:
             "Make both hold the same class folders so labels mean the same thing."
         )
     if not tr_paths or not va_paths:
-        empty = "train/" if not tr_paths else "val/"
+        empty = f"{train.name}/" if not tr_paths else f"{val.name}/"
         raise UserError(
             f"data.root={str(base)!r}: {empty} holds no images ({', '.join(sorted(readable_extensions()))})."
         )
@@ -258,7 +273,7 @@ def _two_folders(base: Path, task: str) -> Splits:
         raise UserError(
             f"data.root={str(base)!r}: class folder(s) {', '.join(repr(c) for c in no_train)} have images in val/ "
             "but none in train/, so the model could never learn them. Add training images to "
-            f"{base / 'train' / no_train[0]}, or remove the class from val/."
+            f"{train / no_train[0]}, or remove the class from {val.name}/."
         )
     no_val = [c for i, c in enumerate(classes) if in_train[i] and not in_val[i]]
     if no_val:
@@ -281,11 +296,20 @@ def load_imagefolder(root: str, val_split: float = 0.2, seed: int = 0, task: str
             f"data.root={str(root)!r}: no such folder. It must hold train/ and val/ class "
             "folders, or one set of class folders (e.g. data.root=~/data/pets)."
         )
-    if (base / "train").is_dir() and (base / "val").is_dir():
-        return _two_folders(base, task)
+    splits = split_folders(base)
+    if splits is not None:
+        return _two_folders(base, *splits, task)
     left = LeftOut()
     classes, paths, targets = scan_class_folders(base, left)
     left.say(f"data.root={base}")
+    named_as_splits = [c for c in classes if c.lower() in SPLIT_NAMES]
+    if named_as_splits:
+        raise UserError(
+            f"data.root={str(base)!r}: its folder(s) {', '.join(named_as_splits)} look like splits, not classes, "
+            "and there is no train/ with a val/ (or valid/) beside it. Give train/ and val/ folders of class "
+            "folders (rename test/ to val/ to validate on it), or point data.root at one split's folder of "
+            "class folders to have it split."
+        )
     if not classes or not paths:
         raise UserError(
             f"data.root={str(base)!r} holds no class folders with images ({', '.join(sorted(readable_extensions()))}). "

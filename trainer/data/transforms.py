@@ -136,7 +136,16 @@ class JointTransform:
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
         if image.shape[-2:] != mask.shape[-2:]:
-            raise BadImage(f"mask of size {tuple(mask.shape[-2:])} does not match its image {tuple(image.shape[-2:])}")
+            turned = tuple(image.shape[-2:]) == tuple(mask.shape[-2:])[::-1]
+            hint = (
+                " (the image may be turned upright by its EXIF orientation: if the mask was drawn on the stored "
+                "pixels, set data.exif=ignore)"
+                if turned
+                else ""
+            )
+            raise BadImage(
+                f"mask of size {tuple(mask.shape[-2:])} does not match its image {tuple(image.shape[-2:])}{hint}"
+            )
         img, m = self.geometry(tv_tensors.Image(image), tv_tensors.Mask(mask))
         img = img.as_subclass(torch.Tensor)
         return (self.finish(img) if self.finish is not None else img), m.as_subclass(torch.Tensor).long()

@@ -106,3 +106,15 @@ def test_a_class_too_small_to_split_is_named_by_its_folder(tmp_path):
     _image(tmp_path / "rare_bird" / "1.png")
     with pytest.raises(UserError, match=r"data.val_split=0.05 of 26 images gives 2 val images for 3 classes"):
         load_imagefolder(str(tmp_path), val_split=0.05)
+
+
+def test_split_folders_named_as_downloads_name_them_are_splits_not_classes(tmp_path):
+    for split in ("train", "valid", "test"):  # Roboflow's and many Kaggle sets' layout
+        for c in ("cat", "dog"):
+            for i in range(2):
+                _image(tmp_path / "set" / split / c / f"{i}.png")
+    splits = load_imagefolder(str(tmp_path / "set"))
+    assert splits.classes == ["cat", "dog"] and len(splits.train) == 4 and len(splits.val) == 4
+    (tmp_path / "set" / "valid").rename(tmp_path / "set" / "holdout")
+    with pytest.raises(UserError, match=r"holdout, test, train look like splits|test, train look like splits"):
+        load_imagefolder(str(tmp_path / "set"))
