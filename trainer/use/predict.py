@@ -63,11 +63,11 @@ def find_images(source: str) -> list[str]:
     elif p.is_file():
         found = [str(p)]
     else:
-        found = []
+        found, fixed = [], next((i for i, part in enumerate(p.parts) if any(c in part for c in "*?[")), 0)
         for f in sorted(glob.glob(str(p), recursive=True)):
             if not Path(f).is_file():
                 continue
-            if any(is_hidden(part) for part in Path(f).parts[len(Path(p.anchor).parts) :]):
+            if any(is_hidden(part) for part in Path(f).parts[fixed:]):  # below the pattern's fixed folders
                 left.add(HIDDEN, f)
             elif Path(f).suffix.lower() in readable_extensions():
                 found.append(f)
