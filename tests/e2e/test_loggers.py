@@ -136,10 +136,10 @@ def test_csv_keeps_every_scalar_once_across_a_resume(tmp_path):
 
 
 def test_a_missing_extra_is_named(monkeypatch):
-    monkeypatch.setitem(loggers.EXTRAS, "mlflow", "no_such_package_here")
-    why = loggers.missing_extra("mlflow")
+    monkeypatch.setattr(loggers.MlflowSink, "requires", "no_such_package_here")
+    why = loggers.missing_extra(loggers.MlflowSink, "mlflow")
     assert "transfer-trainer[mlflow]" in why and "no_such_package_here" in why
-    assert loggers.missing_extra("tensorboard") is None
+    assert loggers.missing_extra(loggers.TensorBoardSink, "tensorboard") is None
 
 
 def test_no_logger_writes_no_events_but_the_run_folder_files(tmp_path):
@@ -157,3 +157,29 @@ def test_a_sweeps_jobs_are_one_mlflow_experiment(tmp_path, mlflow_client):
     runs = client.search_runs([experiments[0].experiment_id])
     assert sorted(r.data.params["optimizer.lr"] for r in runs) == ["0.001", "0.002"]
     assert {r.data.tags["sweep"] for r in runs} == {experiments[0].name.removeprefix("train ")}
+
+
+def test_a_new_logger_is_one_class_named_in_the_config(tmp_path):
+    """A user's own sink: a class in their package, named as logger.<name>._target_; the run gives it
+    what its constructor asks for and every scalar."""
+    (tmp_path / "my_sinks.py").write_text(
+        "import json\n"
+        "from trainer.runs.loggers import Sink\n\n"
+        "class JsonLines(Sink):\n"
+        "    def __init__(self, run_dir, run_name, path='lines.jsonl'):\n"
+        "        self.file = open(run_dir / path, 'a')\n"
+        "        self.file.write(json.dumps({'run_name': run_name}) + '\\n')\n\n"
+        "    def scalars(self, values, step):\n"
+        "        self.file.write(json.dumps({'step': step, **values}) + '\\n')\n\n"
+        "    def close(self):\n"
+        "        self.file.close()\n"
+    )
+    run_dir = tmp_path / "run"
+    args = [*QUICK, "trainer.epochs=1", f"hydra.run.dir={run_dir}", "allow_targets=[my_sinks.]"]
+    train([*args, "logger=[csv]", "+logger.lines._target_=my_sinks.JsonLines", "+logger.lines.path=s.jsonl"], tmp_path)
+    lines = [json.loads(line) for line in (run_dir / "s.jsonl").read_text().splitlines()]
+    assert lines[0] == {"run_name": "run"}
+    written = {(int(r["step"]), r["key"]) for r in csv.DictReader(open(run_dir / "scalars.csv"))}
+    assert {(r["step"], k) for r in lines[1:] for k in r if k != "step"} == written  # the same scalars as csv
+    refused = train([*QUICK, "+logger.lines._target_=my_sinks.JsonLines"], tmp_path, check=False)
+    assert refused.returncode == 2 and "allow_targets" in refused.stdout + refused.stderr

@@ -347,14 +347,14 @@ def test_a_run_with_jpegs_decoded_on_the_device_trains_and_evaluates(tmp_path):
     ],
 )
 def test_precision_auto_picks_bf16_only_on_cpus_with_native_bf16(tmp_path, monkeypatch, caplog, flags, expected):
-    from trainer.loop import build
+    from trainer.loop import devices
 
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\n{flags}\n\nprocessor\t: 1\n{flags}\n")
-    real = build.cpu_bf16_instructions
-    monkeypatch.setattr(build, "cpu_bf16_instructions", lambda: real(info))
+    real = devices.cpu_bf16_instructions
+    monkeypatch.setattr(devices, "cpu_bf16_instructions", lambda: real(info))
     with caplog.at_level("INFO", logger="trainer"):
-        assert build.resolve_precision("auto", torch.device("cpu")) == expected
+        assert devices.resolve_precision("auto", torch.device("cpu")) == expected
     assert ("native bf16 instructions" in caplog.text) == (expected == "bf16")
-    assert build.resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice always wins
+    assert devices.resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice always wins
     assert real(tmp_path / "missing") == []  # no cpuinfo (not Linux): fp32

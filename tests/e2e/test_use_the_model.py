@@ -218,3 +218,35 @@ def test_evaluate_lists_exactly_the_misclassified_images_worst_first(colour_run)
     assert grid.size[0] > 400  # four columns at a readable size
     val = command("evaluate", [f"checkpoint={run}", f"out={tmp / 'val-report'}"], tmp)
     assert val.returncode == 0 and (tmp / "val-report" / "errors.csv").read_text().startswith("path,true,predicted")
+
+
+def test_evaluate_builds_only_what_scoring_uses(finished_run, monkeypatch):
+    """A run saved with a time budget, lr=auto, batch_size=auto and a W&B logger is scored without timing
+    a step, a range test, a batch probe, a tracker or wandb: each of those fails this test if it runs."""
+    import json
+
+    import yaml
+
+    from trainer.loop import build
+    from trainer.runs.checkpoint import load_checkpoint, save_checkpoint
+
+    best = finished_run / "checkpoints" / "best.pt"
+    state = load_checkpoint(best)
+    config = yaml.safe_load(state["config"])
+    config["trainer"]["time_budget"] = "1h"
+    config["optimizer"]["lr"] = "auto"
+    config["data"]["batch_size"] = "auto"
+    config["logger"] = {"wandb": {"project": "never", "entity": None, "mode": "online", "group": None}}
+    state["config"] = yaml.safe_dump(config)
+    save_checkpoint(state, best)
+
+    def training_work(*_a, **_k):
+        raise AssertionError("evaluate did training work")
+
+    for name in ("plan_budget", "find_lr", "probe_batch", "setup_tracker", "setup_loggers", "setup_stage_plan"):
+        monkeypatch.setattr(build, name, training_work)
+    proc = in_process("evaluate", [f"checkpoint={finished_run}", f"out={finished_run / 'e'}"], finished_run)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((finished_run / "e" / "metrics.json").read_text())
+    stored = json.loads((finished_run / "metrics.json").read_text())
+    assert report["val/acc"] == pytest.approx(stored["history"][stored["best_epoch"] - 1]["val/acc"], abs=1e-6)

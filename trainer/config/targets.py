@@ -7,7 +7,8 @@ checkpoint's embedded config), so naming a package is not enough: ``torch.load``
 - a class under torch.nn / torch.optim / torchvision.models / torchvision.ops / torchvision.transforms
   / timm.models / timm.layers / timm.loss / trainer that is a module (layer, loss, model), an optimizer,
   a learning-rate schedule or a torchvision transform; or
-- one of this project's own factory functions, marked with :func:`buildable`; or
+- one of this project's own factory functions or classes (the loggers' sinks), marked with
+  :func:`buildable`; or
 - under a package the user listed in ``allow_targets`` (that code is trusted as it stands).
 
 Anything else is refused before anything is imported from outside those packages.
@@ -42,7 +43,7 @@ _MARK = "__trainer_buildable__"
 
 
 def buildable(fn: F) -> F:
-    """Mark one of our factory functions as something a config may name as ``_target_``."""
+    """Mark one of our factory functions (or classes) as something a config may name as ``_target_``."""
     setattr(fn, _MARK, True)
     return fn
 
@@ -102,6 +103,8 @@ def why_refused(target: Any, extra: tuple[str, ...] = ()) -> str | None:
         module = f"{obj.__module__}."
         if module.startswith(CLASS_MODULES) and (issubclass(obj, _allowed_bases()) or _v1_transform(obj)):
             return None
+        if module.startswith("trainer.") and obj.__dict__.get(_MARK, False):
+            return None  # one of our own marked classes (the loggers' sinks)
         return "it is not a model, layer, loss, optimizer, schedule or transform class"
     if getattr(obj, _MARK, False) and getattr(obj, "__module__", "").startswith("trainer."):
         return None

@@ -37,34 +37,30 @@ from trainer.distributed import collectives as dist
 from trainer.errors import UserError
 from trainer.loop.batch_size import ProbeStep, choose, first_sample, probe_largest
 from trainer.loop.budget import BudgetPlan, plan_budget
-from trainer.loop.devices import resolve_device
+from trainer.loop.devices import resolve_channels_last, resolve_compile, resolve_device, resolve_precision
 from trainer.loop.distill import build_teacher
 from trainer.loop.lr_find import find_lr
 from trainer.loop.optim import build_optimizer, runtime_kwargs
+from trainer.loop.parts import Parts
 from trainer.loop.run import Run, Settings
 from trainer.loop.schedules import Schedule, build_schedule
 from trainer.loop.stages import StagePlan, head_epochs_for, plan_stages, started_head_epochs
 from trainer.loop.steps import autocast_for
 from trainer.losses import loss_fits, options_for
 from trainer.models import BuiltModel
-from trainer.models.backbones import is_convnet
 from trainer.runs.checkpoint import checkpoint_of, load_checkpoint
-from trainer.runs.loggers import CsvSink, MlflowSink, Sink, TensorBoardSink, WandbSink, missing_extra
+from trainer.runs.loggers import Sink, missing_extra
 from trainer.runs.tracking import NullTracker, Tracker, chosen_hparams, flat_hparams
 
 log = logging.getLogger("trainer")
 
 
-def build_run(
-    cfg: DictConfig, run_dir: str | Path | None = None, changes: dict[str, Any] | None = None, share: Any = None
-) -> Run:
-    """The run a config describes, ready to ``fit()`` (resumed when ``resume`` names a checkpoint).
-
-    The one reader of a run's config. ``changes``: keys the caller sets before it is read (a sweep job
-    resuming its own last.pt, evaluate's device); ``share``: a parallel sweep job's part of the machine
-    (sweeps/job.py). Relative paths are made absolute here, so the checkpoint finds the data elsewhere."""
-    if run_dir is None:
-        run_dir = HydraConfig.get().runtime.output_dir
+def build_parts(
+    cfg: DictConfig, changes: dict[str, Any] | None = None, share: Any = None, size_batch: Callable | None = None
+) -> Parts:
+    """The data, model, loss and loaders a config describes, on its device and in its precision: what
+    scoring needs, and no optimizer, schedule, tracker, timing, probe or search. ``changes``, ``share``:
+    as for ``build_run``; ``size_batch``: training's data.batch_size=auto step, run before the loaders."""
     prepare_config(cfg, changes, share)
     device = setup_device(cfg)
     seed_everything(int(cfg.seed) + dist.rank())  # each rank its own streams; DDP copies rank 0's weights
@@ -73,21 +69,54 @@ def build_run(
     check_run(cfg, splits.task, len(splits.classes), device.type, dist.is_distributed())
     built = setup_model(cfg, splits)
     loss_fn = setup_loss(cfg, splits)
-    resumed = load_resumed(cfg)
-    setup_batch_size(cfg, splits, built, (device, precision), loss_fn, resumed)
+    if size_batch is not None:
+        size_batch(splits, built, (device, precision), loss_fn)
+    elif str(cfg.data.batch_size) == "auto":  # scoring measures nothing: a run's saved config has a number
+        cfg.data.batch_size = SCORING_BATCH
     loaders = setup_loaders(cfg, splits, built, device)
+    bad_images = BadImageLog(len(splits.train) + len(splits.val), float(cfg.data.max_bad_fraction))
+    channels_last = resolve_channels_last(cfg.trainer.channels_last, device, built.model)
+    return Parts(
+        splits, built, loss_fn, loaders, device, precision, cfg.data.get("ignore_index"), bad_images, channels_last
+    )
+
+
+SCORING_BATCH = 64
+
+
+def build_run(
+    cfg: DictConfig, run_dir: str | Path | None = None, changes: dict[str, Any] | None = None, share: Any = None
+) -> Run:
+    """The run a config describes, ready to ``fit()`` (resumed when ``resume`` names a checkpoint): its
+    parts (``build_parts``) and what training needs.
+
+    The one reader of a run's config. ``changes``: keys the caller sets before it is read (a sweep job
+    resuming its own last.pt); ``share``: a parallel sweep job's part of the machine (sweeps/job.py).
+    Relative paths are made absolute here, so the checkpoint finds the data elsewhere."""
+    if run_dir is None:
+        run_dir = HydraConfig.get().runtime.output_dir
+    resumed: list[dict[str, Any] | None] = [None]
+
+    def size_batch(splits: Splits, built: BuiltModel, device_precision: tuple, loss_fn: torch.nn.Module) -> None:
+        resumed[0] = load_resumed(cfg)
+        setup_batch_size(cfg, splits, built, device_precision, loss_fn, resumed[0])
+
+    parts = build_parts(cfg, changes, share, size_batch)
+    splits, loaders, device = parts.splits, parts.loaders, parts.device
     monitor, mode = resolve_monitor(cfg, splits.task)
     auto_lr = str(cfg.optimizer.get("lr")) == "auto"
     if auto_lr:
         cfg.optimizer.lr = 1e-3  # a stand-in: the range test sets it once the run is built
     plan = setup_stage_plan(cfg, device, mode)
-    log.info("task %s; loss %s; device %s, precision %s", splits.task, type(loss_fn).__name__, device, precision)
-    settings = setup_settings(cfg, splits.task, device, precision, built, (monitor, mode))
+    log.info(
+        "task %s; loss %s; device %s, precision %s", splits.task, type(parts.loss_fn).__name__, device, parts.precision
+    )
+    settings = setup_settings(cfg, splits.task, device, parts.precision, parts.built, (monitor, mode))
     run = Run(
-        built=built,
+        built=parts.built,
         loaders=loaders,
         classes=splits.classes,
-        loss_fn=loss_fn,
+        loss_fn=parts.loss_fn,
         plan=plan,
         settings=settings,
         tracker=setup_tracker(cfg, Path(run_dir), loaders),
@@ -96,16 +125,16 @@ def build_run(
             float(cfg.data.get("cutmix") or 0),
             len(splits.classes),
             int(cfg.seed),
-            loss_fn,
+            parts.loss_fn,
         ),
-        bad_images=BadImageLog(len(splits.train) + len(splits.val), float(cfg.data.max_bad_fraction)),
+        bad_images=parts.bad_images,
         run_dir=Path(run_dir),
     )
     run.teacher = setup_teacher(cfg, splits, device, loaders, run.autocast)
     if auto_lr:
         run.enter_stage(0)
         set_found_lr(run, cfg, find_lr(run))
-    resume_or_start(cfg, run, splits, resumed)
+    resume_or_start(cfg, run, splits, resumed[0])
     return run
 
 
@@ -245,12 +274,18 @@ def setup_device(cfg: DictConfig) -> torch.device:
     return device
 
 
-def setup_data(cfg: DictConfig) -> Splits:
-    log.info("building data %s", cfg.data.name)
+def build_splits(cfg: DictConfig) -> Splits:
+    """The train and val images a config's data describes (files read as data.exif says; a fold's split)."""
     splits = instantiate_node(cfg.data.dataset)
     splits.orient(cfg.data.get("exif", "apply") == "apply")
     if cfg.data.get("folds"):
         splits = fold_splits(splits, int(cfg.data.folds), int(cfg.data.get("fold") or 0), int(cfg.seed))
+    return splits
+
+
+def setup_data(cfg: DictConfig) -> Splits:
+    log.info("building data %s", cfg.data.name)
+    splits = build_splits(cfg)
     if cfg.data.verify:
         verify_splits(splits.train, splits.val, float(cfg.data.max_bad_fraction))
     return splits
@@ -483,72 +518,29 @@ def sweep_name() -> str | None:
 
 
 def setup_loggers(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> list[Sink]:
-    """logger.*: one sink per chosen logger, a sweep's jobs grouped (the sweep's folder names the MLflow
-    experiment and the W&B group); a missing extra is refused before any training."""
+    """logger.*: each chosen logger's sink (its ``_target_``) with the run's values, a sweep's jobs grouped
+    (the sweep's folder names the MLflow experiment and the W&B group); a missing extra is refused
+    before any training."""
     chosen = cfg.get("logger") or {}
     sweep = sweep_name()
     run_name = run_dir.name if sweep is None else f"{Path(sweep).name}/{run_dir.name}"
+    runtime = {"run_dir": run_dir, "hparams": hparams, "run_name": run_name, "sweep": sweep}
     sinks: list[Sink] = []
     for name in chosen:
-        why = missing_extra(name)
+        node = chosen[name]
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        sink_class = get_object(str(target)) if target else None
+        if not (isinstance(sink_class, type) and issubclass(sink_class, Sink)):
+            raise UserError(
+                f"logger.{name}: no such logger. Use tensorboard, csv, mlflow or wandb (several: "
+                "logger=[tensorboard,mlflow]), or a Sink subclass as logger.<name>._target_."
+            )
+        why = missing_extra(sink_class, name)
         if why:
             raise UserError(why)
-        options = chosen[name] or {}
-        if name == "tensorboard":
-            sinks.append(TensorBoardSink(run_dir))
-        elif name == "csv":
-            sinks.append(CsvSink(run_dir))
-        elif name == "mlflow":
-            experiment = options.get("experiment") or (f"train {sweep}" if sweep else "train")
-            tags = {"run_dir": str(run_dir), **({"sweep": sweep} if sweep else {})}
-            sinks.append(MlflowSink(options.get("tracking_uri"), str(experiment), run_name, hparams, tags))
-        elif name == "wandb":
-            settings = {**options, "group": options.get("group") or sweep}
-            sinks.append(WandbSink(run_dir, settings, hparams, run_name))
-        else:
-            raise UserError(
-                f"logger.{name}: no such logger. Use tensorboard, csv, mlflow or wandb (several: logger=[tensorboard,mlflow])."
-            )
+        make = instantiate_node(node, _partial_=True)  # the run's values passed as they are, not as config
+        sinks.append(make(**runtime_kwargs(sink_class, runtime)))
     return sinks
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """auto: bf16 on CUDA that has it, and on CPUs with native bf16 instructions; else fp32.
-
-    Without native bf16 (AVX2-only x86) autocast emulates it and is slower than fp32, so it is never
-    guessed from the architecture: the instructions are read from the CPU's flags."""
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        found = cpu_bf16_instructions()
-        if found:
-            log.info("precision auto: bf16 on this CPU (native bf16 instructions: %s)", ", ".join(found))
-            return "bf16"
-    return "fp32"
-
-
-CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # x86 AMX / AVX512-BF16; ARMv8.6 BF16 ("Features: ... bf16")
-
-
-def cpu_bf16_instructions(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
-    """The native bf16 instruction sets this CPU lists (Linux /proc/cpuinfo flags); [] when none or unknown."""
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return []
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            flags = set(value.split())
-            return [f for f in CPU_BF16_FLAGS if f in flags]
-    return []
-
-
-def resolve_channels_last(value: Any, device: torch.device, model: torch.nn.Module) -> bool:
-    """auto: channels_last on CUDA for convolutional nets (measured faster there, docs/BENCHMARKS.md)."""
-    return device.type == "cuda" and is_convnet(model) if value == "auto" else bool(value)
 
 
 def resolve_cache_features(value: Any, data: DictConfig, teacher: Any = None) -> bool:
@@ -563,13 +555,6 @@ def resolve_cache_features(value: Any, data: DictConfig, teacher: Any = None) ->
 
 def mixes(data: DictConfig) -> bool:
     return bool(data.get("mixup") or data.get("cutmix"))
-
-
-def resolve_compile(value: Any) -> str | None:
-    """trainer.compile: false | true (inductor) | a backend name."""
-    if value in (False, None, "false"):
-        return None
-    return value if isinstance(value, str) and value != "true" else "inductor"
 
 
 def seed_everything(seed: int) -> None:

@@ -24,6 +24,7 @@ from trainer.loop.distill import NoTeacher
 from trainer.loop.ema import build_average
 from trainer.loop.estimate import Estimate, log_plan
 from trainer.loop.interrupt import InterruptGuard, RunInterrupted
+from trainer.loop.parts import Scores, score_split
 from trainer.loop.progress import progress
 from trainer.loop.stages import StagePlan, log_stage
 from trainer.loop.state import RunState
@@ -293,31 +294,15 @@ class Run(RunState):
         total = dist.all_sum(meter.totals())
         return float(total[0].item()) / max(1.0, float(total[1].item()))
 
-    @torch.no_grad()
-    def evaluate(
-        self, keep: list[Any] | None = None
-    ) -> tuple[dict[str, float], dict[str, list[float]], torch.Tensor | None]:
+    def evaluate(self, keep: list[Any] | None = None) -> Scores:
         """Loss and the task's metrics over the val split; per-class values; the confusion matrix.
-        ``keep``: a list that receives each batch's ``(logits, targets)`` on the CPU (`evaluate`'s error
-        report; training passes none)."""
+        ``keep``: a list that receives each batch's ``(logits, targets)`` on the CPU."""
         self.model.eval()
         metrics = Metrics(self.settings.task, len(self.classes), self.device, self.settings.ignore_index)
-        loss_sum, total = torch.zeros((), device=self.device), 0
-        for x, y, *bad in self.inputs.val():
-            if bad and bad[0]:
-                self.bad_images.note(bad[0])
-            if x.shape[0] == 0:
-                continue
-            with self.autocast():
-                out = self.forward.evaluate(x)
-            loss_sum += self.loss_fn(out.float(), y) * y.shape[0]
-            metrics.update(out, y)
-            total += y.shape[0]
-            if keep is not None:
-                keep.append((out.detach().float().cpu(), y.cpu()))
-        scalars, per_class, confusion = metrics.compute()
-        sums = dist.all_sum(torch.stack([loss_sum.float(), torch.tensor(float(total), device=self.device)]))
-        return {"val/loss": float(sums[0].item()) / max(1.0, float(sums[1].item())), **scalars}, per_class, confusion
+        batches = self.inputs.val()
+        return score_split(
+            self.forward.evaluate, batches, self.loss_fn, metrics, self.autocast, self.bad_images, self.device, keep
+        )
 
     def _log_train(self, mean: float, epoch: int, bar: Any) -> None:
         self._check_finite(mean, epoch)

@@ -24,33 +24,41 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from trainer.config.targets import buildable
 from trainer.runs.csvcells import SafeWriter
 
 log = logging.getLogger("trainer")
 
-EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # sink -> the package (and the transfer-trainer[...] extra)
 MAX_CSV_BYTES = 256 * 2**20  # a scalars.csv read back on resume: ours, but bounded like any run-folder file
 
 
-def missing_extra(name: str) -> str | None:
-    """The one-paragraph reason ``logger=name`` cannot run here, or None."""
-    package = EXTRAS.get(name)
+def missing_extra(sink: type[Sink], name: str) -> str | None:
+    """The one-paragraph reason ``logger=name`` (built by ``sink``) cannot run here, or None."""
+    package = sink.requires
     if package is None:
         return None
     import importlib.util
 
     if importlib.util.find_spec(package) is None:
+        extra = f"'transfer-trainer[{sink.extra}]' (or pip install {package})" if sink.extra else package
         return (
-            f"logger={name} needs the {package} package, which is not installed: pip install "
-            f"'transfer-trainer[{name}]' (or pip install {package}), or leave {name} out of logger=."
+            f"logger={name} needs the {package} package, which is not installed: pip install {extra}, "
+            f"or leave {name} out of logger=."
         )
     return None
 
 
 class Sink:
-    """What a logger does with a run's records; each method is a no-op unless a sink needs it."""
+    """What a logger does with a run's records; each method is a no-op unless a sink needs it.
+
+    A logger option (conf/logger/<name>.yaml) names its sink class as ``_target_`` with its keys; the
+    run adds what its constructor takes of ``run_dir``, ``hparams``, ``run_name`` and ``sweep`` (the
+    sweep's folder, or None). ``requires``: the package it needs, refused before training when missing,
+    with the ``extra`` that installs it."""
 
     name = ""
+    requires: str | None = None
+    extra: str | None = None
 
     def resume(self, step: int, run_id: str | None) -> None:
         pass
@@ -77,6 +85,7 @@ class Sink:
         pass
 
 
+@buildable
 class TensorBoardSink(Sink):
     name = "tensorboard"
 
@@ -118,6 +127,7 @@ class TensorBoardSink(Sink):
             self._writer = None
 
 
+@buildable
 class CsvSink(Sink):
     """``<run>/scalars.csv``: ``step,key,value`` for every scalar, appended as they come."""
 
@@ -161,16 +171,27 @@ def default_mlflow_uri(where: Path) -> str:
     return f"sqlite:///{(where / 'mlflow.db').resolve()}"
 
 
+@buildable
 class MlflowSink(Sink):
     """An MLflow run in ``experiment``: params at its start, metrics on the step axis, artifacts at the end."""
 
     name = "mlflow"
 
+    requires = extra = "mlflow"
+
     def __init__(
-        self, tracking_uri: str | None, experiment: str, run_name: str, hparams: dict[str, Any], tags: dict[str, str]
+        self,
+        run_dir: Path,
+        hparams: dict[str, Any],
+        run_name: str,
+        sweep: str | None = None,
+        tracking_uri: str | None = None,
+        experiment: str | None = None,
     ) -> None:
         self.uri = tracking_uri or default_mlflow_uri(Path.cwd())
-        self.experiment, self.run_name, self.params, self.tags = experiment, run_name, hparams, tags
+        self.experiment = experiment or (f"train {sweep}" if sweep else "train")
+        self.run_name, self.params = run_name, hparams
+        self.tags = {"run_dir": str(run_dir), **({"sweep": sweep} if sweep else {})}
         self.resumed_id: str | None = None
         self._client: Any = None
         self._id: str | None = None
@@ -255,13 +276,27 @@ def wandb_has_key() -> bool:
         return False
 
 
+@buildable
 class WandbSink(Sink):
     """A W&B run (offline without an API key) in ``project``, grouped by sweep."""
 
     name = "wandb"
 
-    def __init__(self, run_dir: Path, settings: dict[str, Any], hparams: dict[str, Any], run_name: str) -> None:
-        self.run_dir, self.settings, self.params, self.run_name = Path(run_dir), settings, hparams, run_name
+    requires = extra = "wandb"
+
+    def __init__(
+        self,
+        run_dir: Path,
+        hparams: dict[str, Any],
+        run_name: str,
+        sweep: str | None = None,
+        project: str = "trainer",
+        entity: str | None = None,
+        mode: str = "auto",
+        group: str | None = None,
+    ) -> None:
+        self.run_dir, self.params, self.run_name = Path(run_dir), hparams, run_name
+        self.settings = {"project": project, "entity": entity, "mode": mode, "group": group or sweep}
         self.resumed_id: str | None = None
         self._run: Any = None
         self._id: str | None = None

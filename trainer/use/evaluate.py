@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,27 +38,27 @@ KEYS["allow_targets"] = ""
 
 
 def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
-    """The run rebuilt from its stored config; its val split scored by the run's own evaluation."""
-    from trainer.loop.build import build_run
+    """The run's data, model and loss rebuilt from its stored config (``build_parts``: no optimizer,
+    timing, probe or search); its val split scored as training scored it each epoch."""
+    from trainer.loop.build import build_parts
     from trainer.runs.checkpoint import inference_weights
 
     device = "cpu" if device == "auto" and not torch.cuda.is_available() else device
-    with tempfile.TemporaryDirectory() as tmp:
-        run = build_run(trained.config, run_dir=tmp, changes={"resume": None, "trainer.device": device})
-        if list(trained.classes) != run.classes:
-            raise UserError(
-                f"{trained.checkpoint} was trained on classes {trained.classes}, the data now has {run.classes}."
-            )
-        run.model.load_state_dict(inference_weights(trained.state))
-        batches: Any = [] if trained.task in MISTAKE_TASKS else None
-        if trained.task == "segmentation":
-            batches = SegmentationScores(run.settings.ignore_index)
-        scalars, per_class, confusion = run.evaluate(keep=batches)  # one pass: the scores and each image's
-    dataset = run.loaders.val.dataset
+    parts = build_parts(trained.config, changes={"resume": None, "trainer.device": device})
+    if list(trained.classes) != parts.classes:
+        raise UserError(
+            f"{trained.checkpoint} was trained on classes {trained.classes}, the data now has {parts.classes}."
+        )
+    parts.built.model.load_state_dict(inference_weights(trained.state))
+    batches: Any = [] if trained.task in MISTAKE_TASKS else None
+    if trained.task == "segmentation":
+        batches = SegmentationScores(parts.ignore_index)
+    scalars, per_class, confusion = parts.evaluate(keep=batches)  # one pass: the scores and each image's
+    dataset = parts.loaders.val.dataset
     split = getattr(dataset, "images", dataset)  # the image set under the loader's transform
     paths = getattr(split, "paths", None)
     names = [str(p) for p in paths] if paths else [f"val #{i}" for i in range(len(dataset))]  # type: ignore[arg-type]
-    unreadable = sorted(run.bad_images.seen)
+    unreadable = sorted(parts.bad_images.seen)
     masks = [str(m) for m in getattr(split, "masks", [])] if paths else []
     kept = readable_indices([(n, *masks[i : i + 1]) for i, n in enumerate(names)], unreadable)
     result = {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": len(kept)}

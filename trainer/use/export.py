@@ -103,11 +103,11 @@ def export_onnx(trained: Trained, path: Path) -> float:
 def run_batches(trained: Trained, split: str, images: int, batch: int = 50) -> list[torch.Tensor]:
     """Up to ``images`` of the run's own ``split`` images (its stored data config), preprocessed as
     predict does: calibration and agreement checks use real data, not noise."""
-    from trainer.config.targets import instantiate_node
+    from trainer.loop.build import build_splits
     from trainer.models.trained import preprocess
 
     try:
-        splits = instantiate_node(trained.config.data.dataset)
+        splits = build_splits(trained.config)
     except Exception as e:
         raise UserError(
             f"quantize=int8 calibrates and checks on the run's own images, and its data could not be read ({e}). "
