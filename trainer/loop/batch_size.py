@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import default_collate
 
 from trainer.errors import UserError
+from trainer.loop.trial import trial
 
 log = logging.getLogger("trainer")
 
@@ -141,22 +142,10 @@ class ProbeStep:
             self.model.zero_grad(set_to_none=True)
 
     def measure(self, probe: Callable[[], Any]) -> Any:
-        """``probe()`` in train mode with the model's buffers and the random streams put back afterwards."""
-        buffers = {k: v.detach().clone() for k, v in self.model.named_buffers()}
-        cpu_rng = torch.get_rng_state()
-        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
-        was_training = self.model.training
-        self.model.train()
-        try:
+        """``probe()`` in train mode, its passes tried and put back (``loop/trial.py``)."""
+        with trial(self.model, weights=False):
+            self.model.train()
             return probe()
-        finally:
-            with torch.no_grad():
-                for name, value in self.model.named_buffers():
-                    value.copy_(buffers[name])
-            torch.set_rng_state(cpu_rng)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state_all(cuda_rng)
-            self.model.train(was_training)
 
 
 def first_sample(dataset: Any, tries: int = 50) -> tuple[Any, Any]:

@@ -16,7 +16,6 @@ continues the same plan instead of measuring again.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -280,13 +279,10 @@ def choose_steps(
 def plan_budget(run: Any, budget_s: float, cap: int | None, head_rule: Any, head_fixed: bool) -> BudgetPlan:
     """Time the run's steps, evaluation and a save, put everything back, and choose the plan."""
     from trainer.loop.stages import plan_stages
-    from trainer.runs.checkpoint import rng_state, set_rng_state
+    from trainer.loop.trial import trial
 
-    saved_model = copy.deepcopy(run.model.state_dict())
-    saved_scaler = copy.deepcopy(run.scaler.state_dict())
-    saved_rng = rng_state()
     stages = run.plan.stages
-    try:
+    with trial(run.model, run.scaler):
         all_step = _time_stage(run, plan_stages(None, 0, 1))
         eval_s = _time_eval(run)
         save_s = _time_save(run)
@@ -295,12 +291,8 @@ def plan_budget(run: Any, budget_s: float, cap: int | None, head_rule: Any, head
         plain = choose_steps(remaining, run.steps_per_epoch, (all_step, all_step), eval_s + save_s, lambda e: 0, cap)
         if head_fixed or head_rule(plain[0]) > 0:
             head_step = _time_stage(run, plan_stages(None, 1, 2))  # the plan will hold a head stage: time it too
-    finally:
-        run.model.load_state_dict(saved_model)
-        run.scaler.load_state_dict(saved_scaler)
-        set_rng_state(saved_rng)
-        run.plan.stages = stages
-        run.global_step = 0
+    run.plan.stages = stages
+    run.global_step = 0
     spent = time.monotonic() - STARTED
     remaining = budget_s * (1 - MARGIN) - spent
     step_s = (all_step, head_step if head_step is not None else all_step)

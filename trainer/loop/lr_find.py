@@ -12,13 +12,14 @@ of the lr at that minimum (the two classic rules of the range test).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from trainer.loop.trial import trial
 
 log = logging.getLogger("trainer")
 
@@ -30,15 +31,13 @@ DIVERGED = 4.0  # stop when the smoothed loss exceeds this times its lowest valu
 def range_test(run: Any, steps: int | None = None) -> dict[str, Any]:
     """lrs, raw and smoothed losses, and the suggested base lr; the run's state is unchanged after it."""
     steps = steps or STEPS
-    saved = [copy.deepcopy(x.state_dict()) for x in (run.model, run.optimizer, run.schedule)]
-    rng = torch.get_rng_state()
     base = [float(g.get("initial_lr", g["lr"])) for g in run.optimizer.param_groups]  # before any warm-up
     mults = [b / (max(base) or 1.0) for b in base]
     lrs: list[float] = []
     raw: list[float] = []
     smooth: list[float] = []
     avg, batches = 0.0, _batches(run)
-    try:
+    with trial(run.model, run.optimizer, run.schedule, run.scaler):
         for i in range(steps):
             lr = START * (END / START) ** (i / max(1, steps - 1))
             for g, m in zip(run.optimizer.param_groups, mults, strict=True):
@@ -51,11 +50,6 @@ def range_test(run: Any, steps: int | None = None) -> dict[str, Any]:
             smooth.append(value)
             if not math.isfinite(value) or value > DIVERGED * min(smooth):
                 break
-    finally:
-        run.model.load_state_dict(saved[0])
-        run.optimizer.load_state_dict(saved[1])
-        run.schedule.load_state_dict(saved[2])
-        torch.set_rng_state(rng)
     return {"lr": lrs, "loss": raw, "smoothed": smooth, "suggestion": suggest(lrs, smooth)}
 
 
