@@ -150,7 +150,7 @@ def time_trainer(run: Any, epoch: int) -> tuple[float, float, int]:
             yield batch
 
     run.batches_per_epoch = len(run.loaders.train)
-    run.batch_in_epoch = 0
+    run.state.batch_in_epoch = 0
     DeviceBatches.__iter__ = timed_iter
     try:
         sync(run.device)

@@ -123,7 +123,7 @@ def trainer_data(run: Any) -> float:
 
 
 def trainer_epoch(run: Any) -> float:
-    run.batches_per_epoch, run.batch_in_epoch = len(run.loaders.train), 0
+    run.batches_per_epoch, run.state.batch_in_epoch = len(run.loaders.train), 0
     sync(run.device)
     t0 = time.perf_counter()
     run.train_one_epoch(0)

@@ -135,26 +135,23 @@ def test_a_resumed_budget_run_keeps_its_plan(tmp_path):
 
 
 def test_the_budget_stops_a_run_that_turns_out_slower_than_timed():
-    from trainer.loop import budget
-
     plan = BudgetPlan(
         budget_s=100, epochs=10, head_epochs=0, spent_s=10, all_step_s=1, head_step_s=None, eval_s=1, save_s=0,
         steps_per_epoch=8,
     )  # fmt: skip
-    t0 = budget.STARTED
-    assert not plan.out_of_time(1, now=t0 + 19)  # 9 s an epoch: on pace
-    assert not plan.out_of_time(9, now=t0 + 91)  # a 10th would end at 100 s
-    assert not plan.out_of_time(9, now=t0 + 95)  # 105.6 s: within the slack
-    assert plan.out_of_time(4, now=t0 + 90)  # 20 s an epoch: a 5th would end at 110 s
+    assert not plan.out_of_time(1, 19)  # 9 s an epoch: on pace
+    assert not plan.out_of_time(9, 91)  # a 10th would end at 100 s
+    assert not plan.out_of_time(9, 95)  # 105.6 s: within the slack
+    assert plan.out_of_time(4, 90)  # 20 s an epoch: a 5th would end at 110 s
     assert plan.used_s == pytest.approx(90) and "has no room for another epoch of ~20 s" in plan.stop_reason
     plan.resumed_from_s = 50  # a resumed session adds to what the earlier ones used
-    assert plan.out_of_time(2, now=t0 + 30) and plan.used_s == pytest.approx(80)
+    assert plan.out_of_time(2, 30) and plan.used_s == pytest.approx(80)
     short = BudgetPlan(
         budget_s=100, epochs=10, head_epochs=0, spent_s=10, all_step_s=1, head_step_s=None, eval_s=1, save_s=0,
         steps_per_epoch=8, total_steps=74,
     )  # fmt: skip
     # after 9 epochs of 9 s (91 s used, 100 s budget) the 10th is 2 of 8 steps: ~3 s, so it still runs
-    assert not short.out_of_time(9, now=t0 + 91)
+    assert not short.out_of_time(9, 91)
     assert short.batches_in(9, 8, 1) == 2 and short.batches_in(8, 8, 1) == 8 and short.batches_in(9, 16, 2) == 4
 
 
@@ -182,16 +179,18 @@ def test_a_shortened_last_epoch_trains_its_steps_and_the_schedule_ends_with_it(c
     evaluated after its one step, and the warm-up + cosine schedule at its floor on the last step."""
     from trainer.loop import build
 
-    def planned(run, budget_s, cap, head_rule, head_fixed):
+    def planned(run, budget_s, cap, head_rule, head_fixed, clock):
         return BudgetPlan(60, 2, 0, 1.0, 0.1, None, 0.1, 0.1, run.steps_per_epoch, None, run.steps_per_epoch + 1)
 
     monkeypatch.setattr(build, "plan_budget", planned)
-    monkeypatch.setattr(BudgetPlan, "replan", lambda plan, run: None)  # the plan as made (replan: test_replan.py)
+    monkeypatch.setattr(
+        BudgetPlan, "replan", lambda plan, state, length, elapsed: None
+    )  # the plan as made (replan: test_replan.py)
     cfg = compose_cfg(*TINY, "data.dataset.train_size=128", "data.dataset.val_size=32", "trainer.time_budget=60s")
     run = build.build_run(cfg, run_dir=tmp_path)
-    assert run.steps_per_epoch == 4 and run.epochs == 2 and run.plan.stages[-1].steps == 5
+    assert run.steps_per_epoch == 4 and run.state.epochs == 2 and run.plan.stages[-1].steps == 5
     run.fit()
-    assert run.global_step == 5 and run.epoch == 2 and len(run.history) == 2
+    assert run.state.global_step == 5 and run.state.epoch == 2 and len(run.state.history) == 2
     head_lr = next(g for g in run.optimizer.param_groups if g["label"] == "head")
     base = float(cfg.optimizer.lr) * 1.0  # the head group's lr multiplier is 1
     assert head_lr["lr"] == pytest.approx(base * float(cfg.scheduler.min_lr_ratio), rel=1e-6)

@@ -142,7 +142,7 @@ def test_stages_change_the_trainable_set_and_learning_rates_at_the_right_epoch(c
         original(i)
         trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
         lrs = {g["name"]: g["initial_lr"] for g in run.optimizer.param_groups}
-        seen.append((run.epoch, i, trainable == run.head_names, lrs))
+        seen.append((run.state.epoch, i, trainable == run.head_names, lrs))
 
     run.enter_stage = spy
     spy(0)

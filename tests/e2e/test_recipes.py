@@ -241,7 +241,7 @@ def test_lr_find_leaves_the_run_unchanged_and_suggests_an_lr_inside_its_ramp(
     rng = torch.get_rng_state()
     lr = find_lr(run)
     assert all(torch.equal(v, before[k]) for k, v in run.model.state_dict().items())
-    assert [g["lr"] for g in run.optimizer.param_groups] == lrs_before and run.stage_idx == 0
+    assert [g["lr"] for g in run.optimizer.param_groups] == lrs_before and run.state.stage_idx == 0
     assert run.schedule.state_dict() == schedule_before
     assert torch.equal(torch.get_rng_state(), rng)
     rows = (tmp_path / "lr_find.csv").read_text().splitlines()

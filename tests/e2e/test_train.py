@@ -81,7 +81,7 @@ def test_head_only_stage_freezes_backbone_and_its_batchnorm(compose_cfg, tmp_pat
     backbone_before = {n: p.detach().clone() for n, p in run.model.named_parameters() if n not in run.head_names}
     bn = [m for m in run.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     stats_before = bn[0].running_mean.clone()
-    assert run.stage_idx == 0 and run.probe
+    assert run.state.stage_idx == 0 and run.probe
     run.model.train()
     assert all(not m.training for m in bn), "frozen BatchNorm must stay in eval mode through train()"
     run.train_one_epoch(0)
@@ -103,7 +103,7 @@ def test_checkpoint_round_trip_restores_every_tensor(compose_cfg, tmp_path):
     cfg = compose_cfg(*TINY, "trainer.epochs=1", "finetune.head_epochs=0")
     run = build_run(cfg, run_dir=tmp_path / "a")
     run.train_one_epoch(0)
-    run.epoch = 1
+    run.state.epoch = 1
     path = run.save()
     other = build_run(cfg, run_dir=tmp_path / "b")
     other.resume_from(path)
@@ -111,7 +111,7 @@ def test_checkpoint_round_trip_restores_every_tensor(compose_cfg, tmp_path):
         assert torch.equal(a, b), k
     sa, sb = run.optimizer.state_dict()["state"], other.optimizer.state_dict()["state"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
-    assert other.epoch == 1 and other.global_step == run.global_step
+    assert other.state.epoch == 1 and other.state.global_step == run.state.global_step
     assert other.schedule.state_dict() == run.schedule.state_dict()
 
 
@@ -553,7 +553,7 @@ def test_nonfinite_skip_skips_the_batch_and_trains_on(compose_cfg, tmp_path):
     run.loss_fn = _NaNOn(run.loss_fn, {3, 5})
     summary = run.fit()
     assert run.skipped_steps == 2 and summary["finished"]
-    assert run.global_step == 2 * run.batches_per_epoch - 2
+    assert run.state.global_step == 2 * run.batches_per_epoch - 2
     assert all(math.isfinite(h["train/loss"]) for h in summary["history"])
 
 
@@ -708,8 +708,8 @@ def test_fp16_steps_the_scaler_skips_do_not_advance_the_schedule(compose_cfg, tm
     head_weight.register_hook(overflow_third_step)
     run.fit()
     # one optimizer step was skipped by the scaler: the schedule moved one step less than the counter
-    assert run.global_step == run.batches_per_epoch
-    assert run.schedule.scheduler.last_epoch == run.global_step - 1
+    assert run.state.global_step == run.batches_per_epoch
+    assert run.schedule.scheduler.last_epoch == run.state.global_step - 1
 
 
 @pytest.mark.slow

@@ -22,10 +22,21 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+def _type_only(tree: ast.AST) -> set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:``: names for annotations, never run."""
+    blocks = [n for n in ast.walk(tree) if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING"]
+    return {id(node) for block in blocks for stmt in block.body for node in ast.walk(stmt)}
+
+
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """trainer modules that ``name`` imports anywhere in its file (top level or inside functions)."""
+    """trainer modules that ``name`` imports anywhere in its file (top level or inside functions); an
+    import for annotations only (under ``if TYPE_CHECKING:``) is not one."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    type_only = _type_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("trainer"):
             found.add(node.module)
             found.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known)

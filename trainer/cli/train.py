@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,10 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -
         failpoints.job = int(HydraConfig.get().job.num)
         share = sweep_job.share_the_machine()
     try:
-        run = build_run(cfg, changes=changes, share=share)
+        from trainer.loop.budget import Clock
+
+        clock = Clock() if multirun else Clock(STARTED[0])  # a sweep's job counts from its own start
+        run = build_run(cfg, changes=changes, share=share, clock=clock)
         if folder is not None:
             folder.accept()  # resumed from its checkpoint, or a new run: .hydra/ and the log go in now
         if cfg.get("plan"):
@@ -210,11 +214,12 @@ def check_writable(argv: list[str]) -> None:
         )
 
 
+STARTED = [time.monotonic()]  # when this command started: a time budget counts from here (set again by main)
+
+
 def main() -> None:
     """The `train` command."""
-    from trainer.loop import budget
-
-    budget.mark_start()  # trainer.time_budget counts from here (a process's start-up is a second before)
+    STARTED[0] = time.monotonic()  # a process's start-up is a second before
     run_console_command(_main, "interrupted.")  # inside a run, the job's own handler says where its state is
 
 

@@ -21,19 +21,31 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from trainer.loop.policies import Length, Policy
+from trainer.loop.state import TrainState
+
+if TYPE_CHECKING:
+    from trainer.loop.run import Run
 
 log = logging.getLogger("trainer")
 
-STARTED = time.monotonic()  # as the command started (mark_start): the budget counts the start-up too
 SLACK = 0.05  # an epoch may end this far past the budget before the run stops early instead
 MARGIN = 0.03  # of the budget, kept for what is not timed (the run's summary, the exit)
 KEEP = 0.015  # of the budget: a plan whose end, at the pace measured, is this close to the target stays as it is
 
 
-def mark_start() -> None:
-    global STARTED
-    STARTED = time.monotonic()
+class Clock:
+    """Seconds since the command (or a sweep's job) started: what a time budget counts, start-up included.
+    Made where the command starts and passed in; ``source`` gives the time (tests pass their own)."""
+
+    def __init__(self, started: float | None = None, source: Callable[[], float] = time.monotonic) -> None:
+        self.source = source
+        self.started = source() if started is None else started
+
+    def __call__(self) -> float:
+        return self.source() - self.started
 
 
 def _duration(seconds: float) -> str:
@@ -106,11 +118,11 @@ class BudgetPlan:
             f"after ~{_duration(self.planned_s)} of the {_duration(self.budget_s)}",
         ]
 
-    def out_of_time(self, epochs_done: int, now: float | None = None) -> bool:
-        """After an epoch: would one more, at the wall-clock pace of the epochs so far (their saves and
-        logging included), end past the budget by more than the slack? A machine slower than when it was
-        timed then stops early instead of overrunning."""
-        self.used_s = self.resumed_from_s + ((time.monotonic() if now is None else now) - STARTED)
+    def out_of_time(self, epochs_done: int, elapsed: float) -> bool:
+        """After an epoch (``elapsed`` seconds since the start): would one more, at the wall-clock pace of
+        the epochs so far (their saves and logging included), end past the budget by more than the slack?
+        A machine slower than when it was timed then stops early instead of overrunning."""
+        self.used_s = self.resumed_from_s + elapsed
         if epochs_done < 1:
             return False
         per_epoch = max(0.0, self.used_s - self.spent_s) / epochs_done
@@ -126,21 +138,20 @@ class BudgetPlan:
         )
         return True
 
-    def replan(self, run: Any, now: float | None = None) -> None:
+    def replan(self, state: TrainState, length: Length, elapsed: float) -> None:
         """After an epoch of the last stage, while its schedule still has steps to go: the rest of the run
         planned again at the wall-clock pace of this session's epochs (their evaluation and saves included),
         so a machine faster or slower than when it was timed still ends near the budget. The schedule is
         stretched (or shrunk) from where it is (:meth:`Schedule.stretch`); one whose length is fixed once
         built keeps the plan, and the run can only stop early (:meth:`out_of_time`)."""
-        done, spe = run.epoch, self.steps_per_epoch
+        done, spe = state.epoch, self.steps_per_epoch
         epochs_now = done - getattr(self, "_session_epoch", done)  # start_session not called: no pace yet
-        if epochs_now < 1 or done >= self.epochs or run.stage_idx != len(run.plan.stages) - 1:
+        if epochs_now < 1 or done >= self.epochs or not length.in_last_stage():
             return
-        now = time.monotonic() if now is None else now
         end_s = self.eval_s + self.save_s
-        per_epoch = (now - self._session_t0) / epochs_now
+        per_epoch = (elapsed - self._session_t0) / epochs_now
         pace = max(0.25 * self.all_step_s, (per_epoch - end_s) / spe)
-        used = self.resumed_from_s + (now - STARTED)
+        used = self.resumed_from_s + elapsed
         remaining = self.budget_s * (1 - MARGIN) - used
         if remaining < end_s + pace * max(1, spe // 10):  # not even a short epoch: out_of_time decides
             return
@@ -149,21 +160,21 @@ class BudgetPlan:
         cap = None if self.cap is None else self.cap - done
         more, _, steps = choose_steps(remaining, spe, (pace, pace), end_s, lambda e: 0, cap)
         self._change(
-            run, done, more, done * spe + steps, pace, f"after epoch {done}", used + steps * pace + more * end_s
+            length, done, more, done * spe + steps, pace, f"after epoch {done}", used + steps * pace + more * end_s
         )
 
-    def replan_midway(self, run: Any, epoch: int, done: int, epoch_s: float) -> None:
+    def replan_midway(self, length: Length, epoch: int, done: int, epoch_s: float, elapsed: float) -> None:
         """A fifth into the session's first epoch of the last stage, and again into the run's last planned
         epoch (``done`` optimizer steps of it in ``epoch_s`` seconds): the rest planned again at that pace,
         so a run of one or two epochs, which :meth:`replan` sees too late, still fills its budget, and a
         pace that changes in the last epoch still moves its end."""
         seen = self.__dict__.setdefault("_midway_at", set())  # epochs planned again midway, this session
-        if run.stage_idx != len(run.plan.stages) - 1 or epoch in seen or (seen and epoch != self.epochs - 1):
+        if not length.in_last_stage() or epoch in seen or (seen and epoch != self.epochs - 1):
             return
         seen.add(epoch)
         spe, end_s = self.steps_per_epoch, self.eval_s + self.save_s
         pace = max(0.25 * self.all_step_s, epoch_s / max(1, done))
-        used = self.resumed_from_s + (time.monotonic() - STARTED)
+        used = self.resumed_from_s + elapsed
         if self._lands(used + (self.steps - epoch * spe - done) * pace + (self.epochs - epoch) * end_s):
             return
         # as if this epoch were starting now with the time its steps so far took given back
@@ -172,7 +183,7 @@ class BudgetPlan:
         more, _, steps = choose_steps(remaining, spe, (pace, pace), end_s, lambda e: 0, cap)
         steps = max(steps, done + 1)
         end = used + (steps - done) * pace + more * end_s
-        self._change(run, epoch, more, epoch * spe + steps, pace, f"{done} steps into epoch {epoch + 1}", end, done)
+        self._change(length, epoch, more, epoch * spe + steps, pace, f"{done} steps into epoch {epoch + 1}", end, done)
 
     def _lands(self, end_s: float) -> bool:
         """Does the plan as it stands, ending ``end_s`` after the start at the pace measured, end within
@@ -180,13 +191,12 @@ class BudgetPlan:
         return abs(end_s - self.budget_s * (1 - MARGIN)) <= KEEP * self.budget_s
 
     def _change(
-        self, run: Any, epoch: int, more: int, total: int, pace: float, when: str, end_s: float, into: int = 0
+        self, length: Length, epoch: int, more: int, total: int, pace: float, when: str, end_s: float, into: int = 0
     ) -> None:
-        """The plan becomes ``epoch + more`` epochs and ``total`` optimizer steps, the schedule stretched to it."""
-        import dataclasses
-
+        """The run becomes ``epoch + more`` epochs and ``total`` optimizer steps (its schedule stretched to
+        it, through :meth:`Length.resize`), and this plan says so."""
         spe = self.steps_per_epoch
-        if total == self.steps or not run.schedule.stretch(total - self.steps):
+        if total == self.steps or not length.resize(epoch + more, total):
             return
         self.replanned.append(
             {
@@ -195,9 +205,6 @@ class BudgetPlan:
             }
         )  # fmt: skip
         self.epochs, self.total_steps = epoch + more, (total if total < (epoch + more) * spe else None)
-        last = run.plan.stages[-1]
-        whole = dataclasses.replace(last, epochs=self.epochs - last.start, steps=None)
-        run.plan.stages, run.epochs = self.shorten([*run.plan.stages[:-1], whole]), self.epochs
         cut = f", the last cut to {total - (self.epochs - 1) * spe} of its {spe} steps" if self.total_steps else ""
         log.info(
             "time budget: planned again %s at the pace measured, %.3f s a step (timed: %.3f): %d epoch(s)%s; "
@@ -219,16 +226,10 @@ class BudgetPlan:
             )
         return plan
 
-    def apply(self, run: Any, stages: list[Any]) -> None:
-        """The run trains this plan: its stages (the last one shortened), its length, and the plan kept."""
-        run.plan.stages = self.shorten(stages)
-        run.epochs, run.budget = self.epochs, self
-        for line in self.lines():
-            log.info(line)
-
-    def start_session(self, epoch: int) -> None:
-        """Training starts (or resumes) at ``epoch``: :meth:`replan` measures the pace from here."""
-        self._session_t0, self._session_epoch = time.monotonic(), epoch
+    def start_session(self, epoch: int, elapsed: float) -> None:
+        """Training starts (or resumes) at ``epoch``, ``elapsed`` seconds after the start: :meth:`replan`
+        measures the pace from here."""
+        self._session_t0, self._session_epoch = elapsed, epoch
 
     @classmethod
     def from_state(cls, state: Any) -> BudgetPlan | None:
@@ -276,7 +277,9 @@ def choose_steps(
     return best
 
 
-def plan_budget(run: Any, budget_s: float, cap: int | None, head_rule: Any, head_fixed: bool) -> BudgetPlan:
+def plan_budget(
+    run: Run, budget_s: float, cap: int | None, head_rule: Any, head_fixed: bool, clock: Clock
+) -> BudgetPlan:
     """Time the run's steps, evaluation and a save, put everything back, and choose the plan."""
     from trainer.loop.stages import plan_stages
     from trainer.loop.trial import trial
@@ -287,13 +290,13 @@ def plan_budget(run: Any, budget_s: float, cap: int | None, head_rule: Any, head
         eval_s = _time_eval(run)
         save_s = _time_save(run)
         head_step = None
-        remaining = budget_s * (1 - MARGIN) - (time.monotonic() - STARTED)
+        remaining = budget_s * (1 - MARGIN) - clock()
         plain = choose_steps(remaining, run.steps_per_epoch, (all_step, all_step), eval_s + save_s, lambda e: 0, cap)
         if head_fixed or head_rule(plain[0]) > 0:
             head_step = _time_stage(run, plan_stages(None, 1, 2))  # the plan will hold a head stage: time it too
-    run.plan.stages = stages
-    run.global_step = 0
-    spent = time.monotonic() - STARTED
+    run.plan.stages = stages  # the measurement's own stages and steps taken back
+    run.state.global_step = 0
+    spent = clock()
     remaining = budget_s * (1 - MARGIN) - spent
     step_s = (all_step, head_step if head_step is not None else all_step)
     epochs, head, steps = choose_steps(remaining, run.steps_per_epoch, step_s, eval_s + save_s, head_rule, cap)
@@ -303,7 +306,7 @@ def plan_budget(run: Any, budget_s: float, cap: int | None, head_rule: Any, head
     )
 
 
-def _time_stage(run: Any, stages: list[Any]) -> float:
+def _time_stage(run: Run, stages: list[Any]) -> float:
     """Seconds an optimizer step of ``stages[0]`` takes (the estimate's timed steps)."""
     from trainer.loop.estimate import MEASURED_STEPS, WARMUP_STEPS, time_steps
 
@@ -325,7 +328,7 @@ def _time_stage(run: Any, stages: list[Any]) -> float:
     return per
 
 
-def _time_save(run: Any) -> float:
+def _time_save(run: Run) -> float:
     """Seconds one epoch-end checkpoint takes (its digest, write, fsync), written to a temporary folder."""
     import tempfile
     from pathlib import Path
@@ -339,7 +342,7 @@ def _time_save(run: Any) -> float:
     return time.perf_counter() - t0
 
 
-def _time_eval(run: Any, batches: int = 4) -> float:
+def _time_eval(run: Run, batches: int = 4) -> float:
     """Seconds a whole evaluation takes, from its first ``batches`` batches (after one untimed batch)."""
     import torch
 
@@ -357,3 +360,24 @@ def _time_eval(run: Any, batches: int = 4) -> float:
                 break
     per_batch = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else sum(times)  # the first one warms up
     return per_batch * n + 0.05 * math.log2(n + 1)  # the metrics' compute and the host syncs of an epoch's end
+
+
+class TimeBudget(Policy):
+    """trainer.time_budget as a policy: the plan followed and planned again from the pace (a fifth into
+    an epoch, after each epoch), and the run stopped when another epoch would overrun."""
+
+    def __init__(self, plan: BudgetPlan, clock: Clock) -> None:
+        self.plan, self.clock = plan, clock
+
+    def fit_start(self, state: TrainState) -> None:
+        self.plan.start_session(state.epoch, self.clock())
+
+    def step_end(self, state: TrainState, length: Length, epoch: int, steps: int, seconds: float) -> None:
+        if steps == max(5, length.steps_per_epoch // 5):
+            self.plan.replan_midway(length, epoch, steps, seconds, self.clock())
+
+    def epoch_end(self, state: TrainState, length: Length) -> None:
+        self.plan.replan(state, length, self.clock())
+
+    def stop_reason(self, state: TrainState) -> str | None:
+        return self.plan.stop_reason if self.plan.out_of_time(state.epoch, self.clock()) else None

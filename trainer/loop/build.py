@@ -36,12 +36,13 @@ from trainer.data.transforms import auto_image_size, resolve_input
 from trainer.distributed import collectives as dist
 from trainer.errors import UserError
 from trainer.loop.batch_size import ProbeStep, choose, first_sample, probe_largest
-from trainer.loop.budget import BudgetPlan, plan_budget
+from trainer.loop.budget import BudgetPlan, Clock, TimeBudget, plan_budget
 from trainer.loop.devices import resolve_channels_last, resolve_compile, resolve_device, resolve_precision
 from trainer.loop.distill import build_teacher
 from trainer.loop.lr_find import find_lr
 from trainer.loop.optim import build_optimizer, runtime_kwargs
 from trainer.loop.parts import Parts
+from trainer.loop.policies import EarlyStop, Policy
 from trainer.loop.run import Run, Settings
 from trainer.loop.schedules import Schedule, build_schedule
 from trainer.loop.stages import StagePlan, head_epochs_for, plan_stages, started_head_epochs
@@ -85,14 +86,19 @@ SCORING_BATCH = 64
 
 
 def build_run(
-    cfg: DictConfig, run_dir: str | Path | None = None, changes: dict[str, Any] | None = None, share: Any = None
+    cfg: DictConfig,
+    run_dir: str | Path | None = None,
+    changes: dict[str, Any] | None = None,
+    share: Any = None,
+    clock: Clock | None = None,
 ) -> Run:
     """The run a config describes, ready to ``fit()`` (resumed when ``resume`` names a checkpoint): its
     parts (``build_parts``) and what training needs.
 
     The one reader of a run's config. ``changes``: keys the caller sets before it is read (a sweep job
     resuming its own last.pt); ``share``: a parallel sweep job's part of the machine (sweeps/job.py).
-    Relative paths are made absolute here, so the checkpoint finds the data elsewhere."""
+    Relative paths are made absolute here, so the checkpoint finds the data elsewhere. ``clock``: what a
+    time budget counts from (default: now)."""
     if run_dir is None:
         run_dir = HydraConfig.get().runtime.output_dir
     resumed: list[dict[str, Any] | None] = [None]
@@ -129,12 +135,13 @@ def build_run(
         ),
         bad_images=parts.bad_images,
         run_dir=Path(run_dir),
+        policies=setup_policies(cfg, monitor),
     )
     run.teacher = setup_teacher(cfg, splits, device, loaders, run.autocast)
     if auto_lr:
         run.enter_stage(0)
         set_found_lr(run, cfg, find_lr(run))
-    resume_or_start(cfg, run, splits, resumed[0])
+    resume_or_start(cfg, run, splits, resumed[0], clock or Clock())
     return run
 
 
@@ -157,14 +164,14 @@ def load_resumed(cfg: DictConfig) -> dict[str, Any] | None:
     return load_checkpoint(checkpoint_of(str(cfg.resume))) if cfg.get("resume") else None
 
 
-def resume_or_start(cfg: DictConfig, run: Run, splits: Splits, resumed: dict[str, Any] | None) -> None:
+def resume_or_start(cfg: DictConfig, run: Run, splits: Splits, resumed: dict[str, Any] | None, clock: Clock) -> None:
     """``resume``: the checkpoint's state (on the same data, its head stage and budget plan kept); else
     the first stage. A time budget is planned here either way."""
     run.data_fingerprint = fingerprint(splits)
     if resumed is not None:
         check_same_data(resumed.get("data"), run.data_fingerprint, bool(cfg.get("resume_on_changed_data")))
         keep_head_stage(cfg, run, resumed)
-    setup_budget(cfg, run, resumed)
+    setup_budget(cfg, run, resumed, clock)
     if resumed is not None:
         run.resume_from(cfg.resume, resumed)
     else:
@@ -196,9 +203,14 @@ def setup_settings(
         ),
         sync_bn=bool(cfg.trainer.sync_bn),
         ema_decay=cfg.trainer.get("ema_decay"),
-        early_stop_patience=cfg.trainer.get("early_stop_patience"),
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
     )
+
+
+def setup_policies(cfg: DictConfig, monitor: str) -> list[Policy]:
+    """What varies the run on the loop's hooks (the time budget joins them in setup_budget)."""
+    patience = cfg.trainer.get("early_stop_patience")
+    return [EarlyStop(int(patience), monitor)] if patience else []
 
 
 def set_found_lr(run: Run, cfg: DictConfig, lr: float) -> None:
@@ -435,12 +447,13 @@ def keep_head_stage(cfg: DictConfig, run: Run, resumed: dict[str, Any]) -> None:
     head stage it started with, as its checkpoint records it."""
     head = started_head_epochs(resumed)
     if str(cfg.finetune.head_epochs) == "auto" and not cfg.finetune.stages and head is not None:
-        run.plan.stages = plan_stages(None, head, run.epochs)
+        run.plan.stages = plan_stages(None, head, run.state.epochs)
 
 
-def setup_budget(cfg: DictConfig, run: Run, resumed: dict[str, Any] | None) -> None:
+def setup_budget(cfg: DictConfig, run: Run, resumed: dict[str, Any] | None, clock: Clock) -> None:
     """trainer.time_budget: the epochs and the head stage chosen to fit it (timed now, or the plan a
-    resumed checkpoint was trained with), the stages and the run's length set from them."""
+    resumed checkpoint was trained with), the stages and the run's length set from them, and the
+    policy that follows the plan (first: its reason to stop is the one the log gives)."""
     budget_s = parse_duration(cfg.trainer.get("time_budget"))
     if budget_s is None:
         return
@@ -449,8 +462,12 @@ def setup_budget(cfg: DictConfig, run: Run, resumed: dict[str, Any] | None) -> N
     if plan is None:
         cap = int(cfg.trainer.epochs) if _given("trainer.epochs") else None
         head_fixed = ft.head_epochs != "auto" and int(ft.head_epochs) > 0
-        plan = plan_budget(run, budget_s, cap, lambda e: head_epochs_for(ft.head_epochs, e), head_fixed)
-    plan.apply(run, plan_stages(ft.stages, plan.head_epochs, plan.epochs))
+        plan = plan_budget(run, budget_s, cap, lambda e: head_epochs_for(ft.head_epochs, e), head_fixed, clock)
+    run.plan.stages = plan.shorten(plan_stages(ft.stages, plan.head_epochs, plan.epochs))
+    run.state.epochs, run.state.budget = plan.epochs, plan
+    run.policies.insert(0, TimeBudget(plan, clock))
+    for line in plan.lines():
+        log.info(line)
 
 
 def _given(key: str) -> bool:

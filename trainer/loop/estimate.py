@@ -10,9 +10,12 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from trainer.loop.run import Run
 
 log = logging.getLogger("trainer")
 
@@ -20,14 +23,14 @@ WARMUP_STEPS = 2  # the first steps pay for allocation, autotuning, compilation:
 MEASURED_STEPS = 5
 
 
-def plan_lines(run: Any) -> list[str]:
+def plan_lines(run: Run) -> list[str]:
     """The plan: data, input, stages with their trainable parameters and lrs, steps."""
     s, loaders, plan = run.settings, run.loaders, run.plan
     spec = loaders.input_spec
     train_n, val_n = len(loaders.train.dataset), len(loaders.val.dataset)
     total = sum(st.steps or st.epochs * run.steps_per_epoch for st in plan.stages)  # steps: a shortened last epoch
     lines = [
-        f"plan: {run.epochs} epoch(s) in {len(plan.stages)} stage(s); {train_n} train / {val_n} val images at "
+        f"plan: {run.state.epochs} epoch(s) in {len(plan.stages)} stage(s); {train_n} train / {val_n} val images at "
         f"{spec['size']} px, batch {loaders.batch_size} x accumulate {run.accumulate}: {run.steps_per_epoch} "
         f"optimizer steps an epoch, {total} in all; {s.device}, {s.precision}",
     ]
@@ -39,7 +42,7 @@ def plan_lines(run: Any) -> list[str]:
     return lines
 
 
-def log_plan(run: Any) -> None:
+def log_plan(run: Run) -> None:
     for line in plan_lines(run) if run.main else ():
         log.info(line)
 
@@ -70,7 +73,7 @@ class Estimate:
     """Times optimizer steps WARMUP_STEPS+1 .. +MEASURED_STEPS of each stage (reset when one starts) and
     logs, once a stage, what an epoch and the rest of the stage take at that pace (evaluation not included)."""
 
-    def __init__(self, run: Any) -> None:
+    def __init__(self, run: Run) -> None:
         self.run = run
         self.warmup = WARMUP_STEPS  # steps not counted (a time budget also skips the loaders' first burst)
         self.reset()
@@ -85,8 +88,8 @@ class Estimate:
         if self.seconds_per_step is not None:
             return
         if self.first_step is None:
-            self.first_step = self.run.global_step - 1  # this stage's (or resumed session's) first step
-        done = self.run.global_step - self.first_step
+            self.first_step = self.run.state.global_step - 1  # this stage's (or resumed session's) first step
+        done = self.run.state.global_step - self.first_step
         if done == self.warmup:
             self.t0 = self.now()
         elif done == self.warmup + MEASURED_STEPS:
@@ -102,7 +105,7 @@ class Estimate:
 
     def line(self) -> str:
         run, per = self.run, self.seconds_per_step
-        index = run.stage_idx or 0
+        index = run.state.stage_idx or 0
         if per is None:
             return f"estimate, stage {index + 1}: too few steps to time ({run.steps_per_epoch} an epoch)"
         epochs = run.plan.stages[index].epochs
@@ -113,13 +116,13 @@ class Estimate:
         )
 
 
-def measure_and_stop(run: Any) -> list[str]:
+def measure_and_stop(run: Run) -> list[str]:
     """``plan=true``: time a few steps of each stage (nothing is saved), draw lr.png; what it found."""
     from trainer.runs.plots import lr_png, write_png
 
     total, timed = 0.0, True
     for index, stage in enumerate(run.plan.stages):
-        if index != run.stage_idx:
+        if index != run.state.stage_idx:
             run.enter_stage(index)
         run.estimate.reset()
         time_steps(run)
@@ -134,7 +137,7 @@ def measure_and_stop(run: Any) -> list[str]:
     return [*lines, f"lr curve: {path}"]
 
 
-def time_steps(run: Any, passes: int = 1, quiet: bool = False) -> float | None:
+def time_steps(run: Run, passes: int = 1, quiet: bool = False) -> float | None:
     """Train optimizer steps of the current stage until the estimate has timed them (over up to ``passes``
     passes of the data, for an epoch shorter than that); the seconds per step, or None."""
     micro = 0
@@ -147,7 +150,7 @@ def time_steps(run: Any, passes: int = 1, quiet: bool = False) -> float | None:
             if micro % run.accumulate:
                 continue
             run.step.update()
-            run.global_step += 1
+            run.state.global_step += 1
             run.estimate.tick(quiet)
             if run.estimate.seconds_per_step is not None:
                 return run.estimate.seconds_per_step

@@ -15,11 +15,14 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from trainer.loop.trial import trial
+
+if TYPE_CHECKING:
+    from trainer.loop.run import Run
 
 log = logging.getLogger("trainer")
 
@@ -28,7 +31,7 @@ SMOOTHING = 0.9  # exponential smoothing of the loss (bias-corrected)
 DIVERGED = 4.0  # stop when the smoothed loss exceeds this times its lowest value
 
 
-def range_test(run: Any, steps: int | None = None) -> dict[str, Any]:
+def range_test(run: Run, steps: int | None = None) -> dict[str, Any]:
     """lrs, raw and smoothed losses, and the suggested base lr; the run's state is unchanged after it."""
     steps = steps or STEPS
     base = [float(g.get("initial_lr", g["lr"])) for g in run.optimizer.param_groups]  # before any warm-up
@@ -67,7 +70,7 @@ def suggest(lrs: list[float], smooth: list[float]) -> float:
     return float(min(lrs[span[steepest]], lrs[lowest] / 10))
 
 
-def _batches(run: Any) -> Any:
+def _batches(run: Run) -> Any:
     epoch = 0
     while True:
         for x, y, *_ in run.inputs.train(epoch, 0):
@@ -76,7 +79,7 @@ def _batches(run: Any) -> Any:
         epoch += 1
 
 
-def _one_step(run: Any, batches: Any) -> float:
+def _one_step(run: Run, batches: Any) -> float:
     """One optimizer step as training takes it (the stage's step: accumulation, clipping, scaler);
     its mean loss, inf when a batch's loss was not finite."""
     run.model.train(not run.head_only)
@@ -88,7 +91,7 @@ def _one_step(run: Any, batches: Any) -> float:
     return float(torch.stack([loss.detach().float() for loss in losses]).mean().item())
 
 
-def find_lr(run: Any) -> float:
+def find_lr(run: Run) -> float:
     """Run the range test on the run's first stage, write its report into the run folder, log it; the lr."""
     from trainer.errors import UserError
 
@@ -98,7 +101,7 @@ def find_lr(run: Any) -> float:
         )
     stages = run.plan.stages
     widest = max([i for i, st in enumerate(stages) if st.train != "head"] or [0])
-    first = run.stage_idx
+    first = run.state.stage_idx
     if widest != first:
         run.enter_stage(widest)
     result = range_test(run)

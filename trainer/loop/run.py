@@ -25,9 +25,10 @@ from trainer.loop.ema import build_average
 from trainer.loop.estimate import Estimate, log_plan
 from trainer.loop.interrupt import InterruptGuard, RunInterrupted
 from trainer.loop.parts import Scores, score_split
+from trainer.loop.policies import Policy
 from trainer.loop.progress import progress
-from trainer.loop.stages import StagePlan, log_stage
-from trainer.loop.state import RunState
+from trainer.loop.stages import StagePlan, log_stage, resized
+from trainer.loop.state import RunState, TrainState
 from trainer.loop.steps import (
     CachedInputs,
     CachedProbeForward,
@@ -44,7 +45,7 @@ from trainer.loop.steps import (
 from trainer.metrics import Metrics
 from trainer.models import BuiltModel
 from trainer.runs.failpoints import failpoint
-from trainer.runs.tracking import Tracker, print_summary, run_summary
+from trainer.runs.tracking import Tracker, print_summary
 
 log = logging.getLogger("trainer")
 
@@ -70,7 +71,6 @@ class Settings:
     compile_backend: str | None = None
     cache_features: bool = False
     ema_decay: float | None = None  # weight EMA used for evaluation and best.pt (None: off)
-    early_stop_patience: int | None = None  # epochs without improvement of monitor before stopping
     sync_bn: bool = False
     config_yaml: str = ""  # the resolved config, stored in every checkpoint
 
@@ -91,6 +91,7 @@ class Run(RunState):
         bad_images: BadImageLog,
         run_dir: Path,
         mixing: NoMixing | None = None,
+        policies: list[Policy] | None = None,
     ) -> None:
         s = self.settings = settings
         self.model, self.head_names, self.head = built.model, built.head_names, built.head
@@ -100,7 +101,10 @@ class Run(RunState):
         self.teacher = NoTeacher()  # distill.teacher: set by build_run
         self._loss_fn = loss_fn
         self.tracker, self.bad_images, self.run_dir = tracker, bad_images, Path(run_dir)
-        self.device, self.epochs, self.accumulate = s.device, s.epochs, s.accumulate
+        self.device, self.accumulate = s.device, s.accumulate
+        self.state = TrainState(epochs=s.epochs)  # counters, best, history, the budget's plan
+        self.policies = list(policies or [])  # on the loop's hooks: early stopping, the time budget (policies.py)
+        self.stop_reason = ""  # why a policy ended the run early
         self.distributed, self.main = dist.is_distributed(), dist.is_main()
         self.guard = InterruptGuard(self.distributed, s.device)
         # Switched-off features are no-op objects, not branches in the loop.
@@ -114,26 +118,12 @@ class Run(RunState):
         # fixed now: len(loader) shrinks while the sampler starts part-way into a resumed epoch
         self.batches_per_epoch = len(loaders.train)
         # set per stage by enter_stage
-        self.stage_idx: int | None = None
         self.optimizer: torch.optim.Optimizer
         self.schedule: Any
         self.step: Step
         self.forward: Forward
         self.inputs: ImageInputs
         self.head_only = self.probe = False
-        # counters: the whole of the run's progress
-        self.epoch = 0  # epochs completed
-        self.batch_in_epoch = 0  # batches of the current epoch already trained
-        self.global_step = 0  # optimizer steps
-        self.best: float | None = None
-        self.best_epoch: int | None = None
-        self.history: list[dict[str, float]] = []
-        self.per_class_last: dict[str, Any] | None = None
-        self.per_class_best: dict[str, Any] | None = None
-        self.partial_loss = (0.0, 0)  # (sum, count) of train loss in the current epoch
-        self.elapsed = 0.0  # training seconds over all sessions of this run
-        self.finished = False
-        self.budget: Any = None  # trainer.time_budget: the BudgetPlan chosen (build.setup_budget)
         self.data_fingerprint: dict[str, Any] | None = None  # what it trains on (data.datasets.fingerprint)
 
     @property
@@ -154,30 +144,50 @@ class Run(RunState):
 
     @property
     def stalled(self) -> bool:
-        """trainer.early_stop_patience epochs without an improvement, or the time budget has no room for another epoch."""
-        patience = self.settings.early_stop_patience
-        if self.budget is not None and self.budget.out_of_time(self.epoch):
-            return True
-        return bool(patience) and self.best_epoch is not None and self.epoch - self.best_epoch >= patience
+        """A policy wants the run to end now: trainer.early_stop_patience epochs without an improvement, or
+        the time budget has no room for another epoch (its reason kept for the log)."""
+        self.stop_reason = next((r for p in self.policies if (r := p.stop_reason(self.state))), "")
+        return bool(self.stop_reason)
 
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.batches_per_epoch / self.accumulate)
 
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps the run takes in all: every epoch whole, or the last stage told fewer."""
+        last = self.plan.stages[-1]
+        if last.steps is None:
+            return self.state.epochs * self.steps_per_epoch
+        return last.start * self.steps_per_epoch + last.steps
+
     def batches_in(self, epoch: int) -> int:
-        """Batches this epoch trains: all of them, or fewer in a time budget's shortened last epoch."""
-        return (
-            self.budget.batches_in(epoch, self.batches_per_epoch, self.accumulate)
-            if self.budget
-            else self.batches_per_epoch
-        )
+        """Batches this epoch trains: all of them, or fewer in a shortened last epoch (a time budget's)."""
+        left = self.total_steps - epoch * self.steps_per_epoch
+        if left >= self.steps_per_epoch:
+            return self.batches_per_epoch
+        return max(1, min(self.batches_per_epoch, left * self.accumulate))
+
+    def in_last_stage(self) -> bool:
+        return self.state.stage_idx == len(self.plan.stages) - 1
+
+    def resize(self, epochs: int, total_steps: int) -> bool:
+        """The one way a policy changes the run's length: it ends after ``epochs`` epochs and ``total_steps``
+        optimizer steps, the last stage and its schedule stretched (or shrunk) from where they are. False,
+        and nothing changed, when the schedule cannot be (a length fixed once built)."""
+        more = total_steps - self.total_steps
+        if more == 0 or not self.schedule.stretch(more):
+            return False
+        self.plan.stages = resized(self.plan.stages, epochs, total_steps, self.steps_per_epoch)
+        self.state.epochs = epochs
+        return True
 
     # ------------------------------------------------------------------ stages
     def enter_stage(self, index: int) -> None:
         """Freeze per the stage, a fresh optimizer and schedule, and the forward, step and inputs it trains with."""
         s = self.settings
         setup = self.plan.setup(index, self.model, self.head_names, self.steps_per_epoch)
-        self.stage_idx, self.optimizer, self.schedule = index, setup.optimizer, setup.schedule
+        self.state.stage_idx, self.optimizer, self.schedule = index, setup.optimizer, setup.schedule
         self.head_only = setup.head_only
         # one process: the probe shortcut (features under no_grad); DDP needs its own forward
         self.probe = self.head_only and s.task != "segmentation" and not self.distributed
@@ -215,31 +225,33 @@ class Run(RunState):
         """Train up to ``trainer.epochs``, evaluating and checkpointing every epoch."""
         wall_start = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.epoch >= self.epochs or self.finished:
+        if self.state.epoch >= self.state.epochs or self.state.finished:
             return self._nothing_to_do()
         log_plan(self)
-        if self.budget is not None:
-            self.budget.start_session(self.epoch)
+        for policy in self.policies:
+            policy.fit_start(self.state)
         restore = self.guard.install()
         try:
-            epoch = self.epoch
-            while epoch < self.epochs:  # a re-planned time budget may change self.epochs as the run goes
+            epoch = self.state.epoch
+            while epoch < self.state.epochs:  # a re-planned time budget may change self.state.epochs as the run goes
                 if self.guard.should_stop(True):  # arrived during evaluation: last.pt is this boundary
                     raise self._interrupted()
-                if self.plan.index(epoch) != self.stage_idx:
+                if self.plan.index(epoch) != self.state.stage_idx:
                     self.enter_stage(self.plan.index(epoch))
                 t0 = time.perf_counter()
                 train_loss = self.train_one_epoch(epoch)
                 with self.ema.applied(self.model):  # EMA on: the averaged weights are what is scored
                     val, per_class, confusion = self.evaluate()
-                self.elapsed += time.perf_counter() - t0
+                self.state.elapsed += time.perf_counter() - t0
                 self._end_epoch(epoch, train_loss, val, per_class, confusion, time.perf_counter() - t0, wall_start)
                 failpoint("epoch")
-                if self.finished:  # stopped early
+                if self.state.finished:  # stopped early
                     break
                 epoch += 1
-            self.finished = True  # the last _end_epoch saved this state already
-            self.tracker.write_hparams(self.history[-1] if self.history else {}, self.best, self.epoch)
+            self.state.finished = True  # the last _end_epoch saved this state already
+            self.tracker.write_hparams(
+                self.state.history[-1] if self.state.history else {}, self.state.best, self.state.epoch
+            )
             summary = self._write_metrics(time.perf_counter() - wall_start)
             self.tracker.finish(summary)
         except torch.OutOfMemoryError:
@@ -256,10 +268,12 @@ class Run(RunState):
         self.model.train(not self.head_only)  # frozen BatchNorm layers ignore this
         self.head.train()
         n, size = self.batches_in(epoch), self.loaders.batch_size
-        meter = LossMeter(self.partial_loss, self.device)
-        bar = progress(n * size, self.batch_in_epoch * size, f"epoch {epoch + 1}/{self.epochs}", self.main)
-        t0, first = time.perf_counter(), self.global_step
-        for i, (x, y, *bad) in enumerate(self.inputs.train(epoch, self.batch_in_epoch), start=self.batch_in_epoch):
+        meter = LossMeter(self.state.partial_loss, self.device)
+        bar = progress(n * size, self.state.batch_in_epoch * size, f"epoch {epoch + 1}/{self.state.epochs}", self.main)
+        t0, first = time.perf_counter(), self.state.global_step
+        for i, (x, y, *bad) in enumerate(
+            self.inputs.train(epoch, self.state.batch_in_epoch), start=self.state.batch_in_epoch
+        ):
             if bad and bad[0]:
                 self.bad_images.note(bad[0])
             if x.shape[0] == 0:  # every image of the batch unreadable
@@ -267,7 +281,7 @@ class Run(RunState):
                 continue
             x, y = self.mixing(x, y, epoch, i)
             self.teacher.see(x)
-            self.tracker.log_images(x, self.global_step)
+            self.tracker.log_images(x, self.state.global_step)
             loss = self.step.backward(x, y)
             bar.update(x.shape[0])
             if loss is None:  # skipped: non-finite
@@ -276,21 +290,21 @@ class Run(RunState):
             if (i + 1) % self.accumulate and i + 1 < n:
                 continue
             self.step.update()
-            self.global_step += 1
-            self.ema.update(self.model, self.global_step)
+            self.state.global_step += 1
+            self.ema.update(self.model, self.state.global_step)
             self.estimate.tick()
-            self.batch_in_epoch = i + 1
-            if self.global_step % self.settings.log_every == 0 or i + 1 == n:
+            self.state.batch_in_epoch = i + 1
+            if self.state.global_step % self.settings.log_every == 0 or i + 1 == n:
                 self._log_train(meter.flush(), epoch, bar)
-            if self.budget is not None and self.global_step - first == max(5, self.steps_per_epoch // 5):
-                self.budget.replan_midway(self, epoch, self.global_step - first, time.perf_counter() - t0)
-                n = self.batches_in(epoch)
+            for policy in self.policies:  # e.g. the time budget planned again from this epoch's pace
+                policy.step_end(self.state, self, epoch, self.state.global_step - first, time.perf_counter() - t0)
+            n = self.batches_in(epoch)
             self._save_mid_epoch(i + 1 < n, meter, epoch, bar)
             failpoint("step")
             if i + 1 >= n:  # a time budget's shortened last epoch
                 break
         bar.close()
-        self.batch_in_epoch, self.partial_loss = 0, (0.0, 0)
+        self.state.batch_in_epoch, self.state.partial_loss = 0, (0.0, 0)
         total = dist.all_sum(meter.totals())
         return float(total[0].item()) / max(1.0, float(total[1].item()))
 
@@ -307,17 +321,17 @@ class Run(RunState):
     def _log_train(self, mean: float, epoch: int, bar: Any) -> None:
         self._check_finite(mean, epoch)
         lrs = self._lrs()
-        self.tracker.log_scalars({"train/loss": mean, **{f"lr/{k}": v for k, v in lrs.items()}}, self.global_step)
+        self.tracker.log_scalars({"train/loss": mean, **{f"lr/{k}": v for k, v in lrs.items()}}, self.state.global_step)
         bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lrs.get('head', 0.0):.2e}", refresh=False)
 
     def _save_mid_epoch(self, more: bool, meter: LossMeter, epoch: int, bar: Any) -> None:
         """last.pt inside an epoch: when asked to stop, and every checkpoint.every_n_steps steps."""
         every = self.settings.every_n_steps
-        stop = more and self.guard.should_stop(self.global_step % self.settings.log_every == 0)
-        if not (stop or (more and every and self.global_step % every == 0)):
+        stop = more and self.guard.should_stop(self.state.global_step % self.settings.log_every == 0)
+        if not (stop or (more and every and self.state.global_step % every == 0)):
             return
-        self.partial_loss = meter.total()
-        self._check_finite(self.partial_loss[0], epoch)  # never save a broken state
+        self.state.partial_loss = meter.total()
+        self._check_finite(self.state.partial_loss[0], epoch)  # never save a broken state
         self.save()
         if stop:
             bar.close()
@@ -340,59 +354,55 @@ class Run(RunState):
         self._check_finite(val["val/loss"], epoch)
         self.schedule.after_epoch(val[monitor])
         row = {"epoch": epoch + 1, "train/loss": train_loss, **val, "lr": self._lrs().get("head", 0.0)}
-        self.history.append({**row, "seconds": round(seconds, 2)})
+        self.state.history.append({**row, "seconds": round(seconds, 2)})
         # one x-axis for the run: the epoch's values at the optimizer step where it ended
-        self.tracker.log_scalars({**val, "train/epoch_loss": train_loss, "epoch": epoch + 1}, self.global_step)
-        self.epoch = epoch + 1
-        improved = self.best is None or (
-            val[monitor] > self.best if self.settings.mode == "max" else val[monitor] < self.best
-        )
+        self.tracker.log_scalars({**val, "train/epoch_loss": train_loss, "epoch": epoch + 1}, self.state.global_step)
+        self.state.epoch = epoch + 1
+        improved = self.state.improves(val[monitor], self.settings.mode)
         names = self.classes if self.settings.task != "binary" else [self.classes[1]]
-        self.per_class_last = {m: dict(zip(names, vals)) for m, vals in per_class.items()}
-        self.tracker.log_per_class(self.per_class_last, self.global_step)
+        self.state.per_class_last = {m: dict(zip(names, vals)) for m, vals in per_class.items()}
+        self.tracker.log_per_class(self.state.per_class_last, self.state.global_step)
         if confusion is not None:
-            self.tracker.log_confusion(confusion, self.classes, self.global_step, save_png=improved)
+            self.tracker.log_confusion(confusion, self.classes, self.state.global_step, save_png=improved)
         if improved:
-            self.best, self.best_epoch, self.per_class_best = val[monitor], self.epoch, self.per_class_last
-        if self.budget is not None:
-            self.budget.replan(self)
-        self.finished = self.epoch >= self.epochs or self.stalled
+            self.state.best, self.state.best_epoch, self.state.per_class_best = (
+                val[monitor],
+                self.state.epoch,
+                self.state.per_class_last,
+            )
+        for policy in self.policies:
+            policy.epoch_end(self.state, self)
+        self.state.finished = self.state.epoch >= self.state.epochs or self.stalled
         self.save(best=improved)
         self._write_metrics(time.perf_counter() - wall_start)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items())
         log.info(
             "epoch %d/%d  train/loss %.4f  %s  lr %.2e  %.1fs%s",
             epoch + 1,
-            self.epochs,
+            self.state.epochs,
             train_loss,
             shown,
             row["lr"],
             seconds,
             "  *best*" if improved else "",
         )
-        if self.finished and self.epoch < self.epochs:
-            log.info("early stop after epoch %d of %d: %s", self.epoch, self.epochs, self._stall_reason())
+        if self.state.finished and self.state.epoch < self.state.epochs:
+            log.info("early stop after epoch %d of %d: %s", self.state.epoch, self.state.epochs, self._stall_reason())
 
     def _stall_reason(self) -> str:
-        if self.budget is not None and self.budget.stop_reason:
-            return self.budget.stop_reason
-        p = self.settings.early_stop_patience
-        return (
-            f"{self.settings.monitor} has not improved for {p} epoch(s) (trainer.early_stop_patience={p}); best "
-            f"{self.best:.4f} at epoch {self.best_epoch}. The run counts as finished"
-        )
+        return self.stop_reason or "a policy ended it"
 
     def _check_finite(self, value: float, epoch: int) -> None:
         if not math.isfinite(value):
             raise UserError(
-                f"the training loss became {value} at step {self.global_step} (epoch {epoch + 1}); "
+                f"the training loss became {value} at step {self.state.global_step} (epoch {epoch + 1}); "
                 "stopped without saving, so the last checkpoint is the last good state. Lower "
                 "optimizer.lr, set trainer.clip_grad_norm=1.0, use trainer.precision=fp32, or "
                 "trainer.nonfinite=skip to skip such batches."
             )
 
     def _interrupted(self) -> RunInterrupted:
-        return RunInterrupted(self.guard.signum or 15, self.epoch, self.global_step, self.run_dir)
+        return RunInterrupted(self.guard.signum or 15, self.state.epoch, self.state.global_step, self.run_dir)
 
     def _lrs(self) -> dict[str, float]:
         lrs: dict[str, float] = {}
@@ -403,10 +413,11 @@ class Run(RunState):
     # ------------------------------------------------------------------ summary
     def _write_metrics(self, wall: float) -> dict[str, Any]:
         """metrics.json (rank 0 writes it); returns the summary on every rank."""
-        summary = run_summary(self, wall)
+        about = {"weights": self.weights_info, "classes": self.classes, "task": self.settings.task}
+        summary = self.state.summary(self.settings, self.run_dir, about, wall)
         self.tracker.write_metrics(summary)
         return summary
 
     def _print_summary(self, summary: dict[str, Any]) -> None:
         if self.main:
-            print_summary(self, summary)
+            print_summary(summary)

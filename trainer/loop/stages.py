@@ -194,3 +194,13 @@ def log_stage(index: int, plan: StagePlan, setup: StageSetup, probe: bool) -> No
         setup.schedule.name,
         setup.schedule.interval,
     )
+
+
+def resized(stages: list[Stage], epochs: int, total_steps: int, steps_per_epoch: int) -> list[Stage]:
+    """The stages with the last one ending after ``epochs`` epochs and ``total_steps`` optimizer steps in
+    all (its last epoch cut short when that is fewer than whole epochs)."""
+    import dataclasses
+
+    last = stages[-1]
+    steps = total_steps - last.start * steps_per_epoch if total_steps < epochs * steps_per_epoch else None
+    return [*stages[:-1], dataclasses.replace(last, epochs=epochs - last.start, steps=steps)]

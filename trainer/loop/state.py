@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,86 @@ from trainer.runs.checkpoint import (
 log = logging.getLogger("trainer")
 
 
+@dataclass
+class TrainState:
+    """A run's progress: what the loop counts, what it found best, its history and the time budget's
+    plan. The policies read it; the loop writes it; a checkpoint holds it (:meth:`to_dict`)."""
+
+    epochs: int  # planned length (a time budget may change it, through Run.resize)
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of the current epoch already trained
+    global_step: int = 0  # optimizer steps
+    stage_idx: int | None = None  # the stage being trained (set by Run.enter_stage)
+    best: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    per_class_last: dict[str, Any] | None = None
+    per_class_best: dict[str, Any] | None = None
+    partial_loss: tuple[float, int] = (0.0, 0)  # (sum, count) of train loss in the current epoch
+    elapsed: float = 0.0  # training seconds over all sessions of this run
+    finished: bool = False
+    budget: Any = None  # trainer.time_budget: the BudgetPlan chosen (None: no budget)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counters as a checkpoint stores them (the budget's plan as its own dict)."""
+        return {
+            "epoch": self.epoch,
+            "planned_epochs": self.epochs,
+            "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step,
+            "stage": self.stage_idx,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "per_class_best": self.per_class_best,
+            "partial_loss": list(self.partial_loss),
+            "elapsed": self.elapsed,
+            "finished": self.finished,
+            "budget": self.budget.to_state() if self.budget is not None else None,
+        }
+
+    def load_counters(self, state: dict[str, Any]) -> None:
+        """The counters of a checkpoint's state (its stage, length and budget are the caller's to apply)."""
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.history = list(state["history"])
+        self.per_class_best = state.get("per_class_best")
+        self.partial_loss = (float(state["partial_loss"][0]), int(state["partial_loss"][1]))
+        self.elapsed = float(state["elapsed"])
+
+    def summary(self, settings: Any, run_dir: Path, about: dict[str, Any], wall: float) -> dict[str, Any]:
+        """What metrics.json says of a run: its state, best value, the history, where things are.
+        ``about``: the run's weights, classes and task."""
+        return {
+            "finished": self.finished,
+            "monitor": settings.monitor,
+            "mode": settings.mode,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "epochs_done": self.epoch,
+            "epochs": self.epochs,
+            "global_step": self.global_step,
+            "last": self.history[-1] if self.history else {},
+            "history": self.history,
+            "train_time_s": round(self.elapsed, 2),
+            "wall_time_s": round(wall, 2),
+            "run_dir": str(run_dir),
+            "best_checkpoint": str(run_dir / "checkpoints" / "best.pt") if self.best is not None else None,
+            "weights": about["weights"],
+            "classes": about["classes"],
+            "task": about["task"],
+            "pid": os.getpid(),
+            "per_class": {"last": self.per_class_last, "best": self.per_class_best},
+        }
+
+    def improves(self, value: float, mode: str) -> bool:
+        """Is ``value`` of the monitored metric better than the best so far (``mode``: max or min)?"""
+        return self.best is None or (value > self.best if mode == "max" else value < self.best)
+
+
 class RunState:
-    """The state half of :class:`trainer.loop.run.Run`."""
+    """The checkpoint half of :class:`trainer.loop.run.Run`: what it saves and restores."""
 
     def state_dict(self) -> dict[str, Any]:
         spec = {k: list(v) if isinstance(v, tuple) else v for k, v in self.loaders.input_spec.items()}
@@ -39,25 +119,13 @@ class RunState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "stage": self.stage_idx,
-            "epoch": self.epoch,
-            "planned_epochs": self.epochs,
-            "budget": self.budget.to_state() if self.budget is not None else None,
+            **self.state.to_dict(),  # counters, best, history, the budget's plan
             "data": self.data_fingerprint,  # what it trained on: a resume on other data is refused
             "head_epochs": self.plan.stages[0].epochs if self.plan.stages[0].train == "head" else 0,
-            "batch_in_epoch": self.batch_in_epoch,
-            "global_step": self.global_step,
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "history": self.history,
-            "per_class_best": self.per_class_best,
-            "partial_loss": list(self.partial_loss),
-            "partial_loss_ranks": dist.gather(list(self.partial_loss)) if self.distributed else None,
-            "elapsed": self.elapsed,
+            "partial_loss_ranks": dist.gather(list(self.state.partial_loss)) if self.distributed else None,
             "images_logged": self.tracker.images_logged,
             "tracking": self.tracker.ids(),  # the MLflow / W&B run a resume continues
-            "finished": self.finished,
-            "sampler": {"epoch": self.epoch, "start": self.batch_in_epoch * self.loaders.batch_size},
+            "sampler": {"epoch": self.state.epoch, "start": self.state.batch_in_epoch * self.loaders.batch_size},
             "rng": rng_state(),
             "rng_ranks": dist.gather(rng_state()) if self.distributed else None,
             "world_size": dist.world_size(),
@@ -95,29 +163,25 @@ class RunState:
             ) from None
         self.scaler.load_state_dict(state["scaler"])
         self._extend_if_finished(state)
-        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        self.state.load_counters(state)
         saved_world = int(state.get("world_size") or 1)
-        if saved_world != dist.world_size() and self.batch_in_epoch:
+        if saved_world != dist.world_size() and self.state.batch_in_epoch:
             # the same share of the epoch, in this run's batches per process (not an exact continuation)
-            self.batch_in_epoch = self.batch_in_epoch * saved_world // dist.world_size()
+            self.state.batch_in_epoch = self.state.batch_in_epoch * saved_world // dist.world_size()
             log.warning(
                 "checkpoint written by %d process(es), resumed by %d: continuing the epoch at batch %d",
                 saved_world,
                 dist.world_size(),
-                self.batch_in_epoch,
+                self.state.batch_in_epoch,
             )
-        self.global_step = int(state["global_step"])
-        self.best, self.best_epoch = state["best"], state["best_epoch"]
-        self.history = list(state["history"])
-        self.per_class_best = state.get("per_class_best")
-        partial = state["partial_loss"]
         if state.get("partial_loss_ranks") and len(state["partial_loss_ranks"]) == dist.world_size():
             partial = state["partial_loss_ranks"][dist.rank()]  # each rank's own running sum
-        self.partial_loss = (float(partial[0]), int(partial[1]))
-        self.elapsed = float(state["elapsed"])
-        self.tracker.resumed_at(self.global_step, bool(state.get("images_logged", False)), state.get("tracking"))
+            self.state.partial_loss = (float(partial[0]), int(partial[1]))
+        self.tracker.resumed_at(self.state.global_step, bool(state.get("images_logged", False)), state.get("tracking"))
         self.ema.load_state_dict(state.get("ema") or self.model.state_dict())  # EMA newly on: from these weights
-        self.finished = bool(state.get("finished", False)) and (self.epoch >= self.epochs or self.stalled)
+        self.state.finished = bool(state.get("finished", False)) and (
+            self.state.epoch >= self.state.epochs or self.stalled
+        )
         ranks = state.get("rng_ranks")
         if ranks and len(ranks) == dist.world_size():
             set_rng_state(ranks[dist.rank()])  # each rank continues its own random streams
@@ -137,15 +201,15 @@ class RunState:
         if planned is None and state.get("config"):
             stored = load_yaml(state["config"], "the config stored in the checkpoint")
             planned = stored.get("trainer", {}).get("epochs") if isinstance(stored, dict) else None
-        if planned is None or int(state["epoch"]) < int(planned) or self.epochs <= int(planned):
+        if planned is None or int(state["epoch"]) < int(planned) or self.state.epochs <= int(planned):
             return
-        remaining = self.epochs - int(state["epoch"])
+        remaining = self.state.epochs - int(state["epoch"])
         self.schedule = self.plan.make_schedule(self.optimizer, self.steps_per_epoch, remaining)
         self.step.schedule = self.schedule
         log.info(
             "extending a finished run from %d to %d epochs: a fresh %s schedule over the %d new epochs",
             int(planned),
-            self.epochs,
+            self.state.epochs,
             self.schedule.name,
             remaining,
         )
@@ -153,8 +217,16 @@ class RunState:
     def resume_from(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
         """Continue from the checkpoint at ``path`` (``state``: its contents, when already loaded)."""
         self.load_state_dict(state if state is not None else load_checkpoint(path), source=f"checkpoint {path}")
-        at = f"epoch {self.epoch + 1}" + (f", batch {self.batch_in_epoch}" if self.batch_in_epoch else "")
-        log.info("resumed from %s: continuing at %s (step %d) up to epoch %d", path, at, self.global_step, self.epochs)
+        at = f"epoch {self.state.epoch + 1}" + (
+            f", batch {self.state.batch_in_epoch}" if self.state.batch_in_epoch else ""
+        )
+        log.info(
+            "resumed from %s: continuing at %s (step %d) up to epoch %d",
+            path,
+            at,
+            self.state.global_step,
+            self.state.epochs,
+        )
 
     def save(self, best: bool = False) -> Path:
         """A numbered checkpoint (the newest ``checkpoint.keep_last`` are kept), linked as last.pt (and best.pt).
@@ -162,7 +234,7 @@ class RunState:
         Distributed: every rank takes part (their random states are gathered); rank 0 writes.
         """
         folder = self.run_dir / "checkpoints"
-        path = folder / f"epoch{self.epoch:03d}-step{self.global_step:07d}.pt"
+        path = folder / f"epoch{self.state.epoch:03d}-step{self.state.global_step:07d}.pt"
         state = self.state_dict()
         if not self.main:
             return path
@@ -174,14 +246,14 @@ class RunState:
         return path
 
     def _nothing_to_do(self) -> dict[str, Any]:
-        if self.epoch < self.epochs:
-            log.info("nothing to do: this run stopped early at epoch %d (%s)", self.epoch, self._stall_reason())
+        if self.state.epoch < self.state.epochs:
+            log.info("nothing to do: this run stopped early at epoch %d (%s)", self.state.epoch, self._stall_reason())
         else:
             log.info(
                 "nothing to do: this run already has %d of trainer.epochs=%d epochs (raise trainer.epochs to "
                 "train longer)",
-                self.epoch,
-                self.epochs,
+                self.state.epoch,
+                self.state.epochs,
             )
         saved = self.run_dir / "metrics.json"
         summary = json.loads(saved.read_text()) if saved.is_file() else self._write_metrics(0.0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -181,43 +180,19 @@ class NullTracker(Tracker):
         pass
 
 
-def run_summary(run: Any, wall: float) -> dict[str, Any]:
-    """What metrics.json says of a run: state, best value, the history, where things are."""
-    return {
-        "finished": run.finished,
-        "monitor": run.settings.monitor,
-        "mode": run.settings.mode,
-        "best": run.best,
-        "best_epoch": run.best_epoch,
-        "epochs_done": run.epoch,
-        "epochs": run.epochs,
-        "global_step": run.global_step,
-        "last": run.history[-1] if run.history else {},
-        "history": run.history,
-        "train_time_s": round(run.elapsed, 2),
-        "wall_time_s": round(wall, 2),
-        "run_dir": str(run.run_dir),
-        "best_checkpoint": str(run.run_dir / "checkpoints" / "best.pt") if run.best is not None else None,
-        "weights": run.weights_info,
-        "classes": run.classes,
-        "task": run.settings.task,
-        "pid": os.getpid(),
-        "per_class": {"last": run.per_class_last, "best": run.per_class_best},
-    }
-
-
-def print_summary(run: Any, summary: dict[str, Any]) -> None:
-    """The last lines of a run's log: best value, time, where the run and its best checkpoint are."""
-    best = "n/a" if run.best is None else f"{run.best:.4f}"
+def print_summary(summary: dict[str, Any]) -> None:
+    """The last lines of a run's log (from its metrics.json summary): best value, time, where the run and
+    its best checkpoint are."""
+    best = "n/a" if summary["best"] is None else f"{summary['best']:.4f}"
     log.info(
         "done: best %s %s at epoch %s | training time %s (this session %s)",
-        run.settings.monitor,
+        summary["monitor"],
         best,
-        run.best_epoch,
-        _fmt_time(run.elapsed),
+        summary["best_epoch"],
+        _fmt_time(summary["train_time_s"]),
         _fmt_time(summary["wall_time_s"]),
     )
-    log.info("run folder: %s", run.run_dir)
+    log.info("run folder: %s", summary["run_dir"])
     log.info("best checkpoint: %s", summary["best_checkpoint"])
 
 

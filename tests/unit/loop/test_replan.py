@@ -12,8 +12,10 @@ import torch
 
 from trainer.loop import budget
 from trainer.loop.budget import MARGIN, BudgetPlan, choose_steps
+from trainer.loop.run import Run
 from trainer.loop.schedules import LambdaRule, WarmupCosine, build_schedule, onecycle, warmup_cosine
 from trainer.loop.stages import Stage
+from trainer.loop.state import TrainState
 
 
 def _cosine(step, total, warmup, low):  # the rule written out by hand, before any stretch
@@ -84,11 +86,19 @@ def test_the_schedule_stretches_only_a_per_step_stretchable_rule_past_its_warm_u
     assert not warming.stretch(20)  # inside the schedule's own warm-up
 
 
-def _run(plan: BudgetPlan, epoch: int, stages: list[Stage], schedule) -> SimpleNamespace:
-    return SimpleNamespace(
-        epoch=epoch, epochs=plan.epochs, stage_idx=len(stages) - 1, plan=SimpleNamespace(stages=stages),
-        schedule=schedule,
-    )  # fmt: skip
+class _Length:
+    """What a run shows a policy (policies.Length), by Run's own methods over the parts they read: its
+    state, its stages and its schedule."""
+
+    in_last_stage, resize, total_steps = Run.in_last_stage, Run.resize, Run.total_steps
+
+    def __init__(self, plan: BudgetPlan, epoch: int, stages: list[Stage], schedule) -> None:
+        self.state = TrainState(epochs=plan.epochs, epoch=epoch, stage_idx=len(stages) - 1)
+        self.plan, self.schedule, self.steps_per_epoch = SimpleNamespace(stages=stages), schedule, plan.steps_per_epoch
+
+
+def _run(plan: BudgetPlan, epoch: int, stages: list[Stage], schedule) -> _Length:
+    return _Length(plan, epoch, stages, schedule)
 
 
 def _plan(**kw) -> BudgetPlan:
@@ -108,17 +118,15 @@ def _stepped(epochs_done: int, steps_per_epoch: int = 10):
 
 
 def test_a_faster_run_is_given_more_steps_and_a_slower_one_fewer():
-    t0 = budget.STARTED
     # timed 1 s a step, planned 4 epochs of 12 s; the first epoch took 8 s (0.6 s a step + 2 s evaluation)
     fast = _plan()
-    fast.start_session(0)
-    fast._session_t0 = t0 + 10
+    fast.start_session(0, 10)
     run = _run(fast, 1, [Stage(0, 4, "all")], _stepped(1))
-    fast.replan(run, now=t0 + 18)
+    fast.replan(run.state, run, 18)
     left = 200 * (1 - MARGIN) - 18
     more, _, steps = choose_steps(left, 10, (0.6, 0.6), 2.0, lambda e: 0, None)
     assert (fast.epochs, fast.steps) == (1 + more, 10 + steps) and fast.epochs > 4  # by hand: the pace allows more
-    assert run.epochs == fast.epochs and run.plan.stages[-1].epochs == fast.epochs
+    assert run.state.epochs == fast.epochs and run.plan.stages[-1].epochs == fast.epochs
     assert fast.replanned[-1] == {
         "after_epoch": 1,
         "into_epoch": 0,
@@ -129,10 +137,9 @@ def test_a_faster_run_is_given_more_steps_and_a_slower_one_fewer():
     assert run.schedule.scheduler.lr_lambdas[0].total == fast.steps  # the schedule now ends with the run
     # the same plan on a machine slower than timed: the first epoch took 40 s (3.8 s a step)
     slow = _plan(budget_s=100)
-    slow.start_session(0)
-    slow._session_t0 = t0 + 10
+    slow.start_session(0, 10)
     run = _run(slow, 1, [Stage(0, 4, "all")], _stepped(1))
-    slow.replan(run, now=t0 + 50)
+    slow.replan(run.state, run, 50)
     more, _, steps = choose_steps(100 * (1 - MARGIN) - 50, 10, (3.8, 3.8), 2.0, lambda e: 0, None)
     assert (slow.epochs, slow.steps) == (1 + more, 10 + steps) == (3, 21)  # the third epoch cut to 1 step
     assert (
@@ -141,27 +148,27 @@ def test_a_faster_run_is_given_more_steps_and_a_slower_one_fewer():
 
 
 def test_what_replan_leaves_alone():
-    t0 = budget.STARTED
     capped = _plan(cap=4)  # trainer.epochs=4 caps it: a fast machine does not add epochs
-    capped.start_session(0)
-    capped._session_t0 = t0 + 10
-    capped.replan(_run(capped, 1, [Stage(0, 4, "all")], _stepped(1)), now=t0 + 18)
+    capped.start_session(0, 10)
+    run = _run(capped, 1, [Stage(0, 4, "all")], _stepped(1))
+    capped.replan(run.state, run, 18)
     assert (capped.epochs, capped.steps, capped.replanned) == (4, 40, [])
     head = _plan(head_epochs=1)  # still in the head stage: its pace says nothing of the all-layers steps
-    head.start_session(0)
+    head.start_session(0, 0)
     run = _run(head, 1, [Stage(0, 1, "head"), Stage(1, 3, "all")], _stepped(1))
-    run.stage_idx = 0
-    head.replan(run, now=t0 + 18)
+    run.state.stage_idx = 0
+    head.replan(run.state, run, 18)
     assert head.replanned == []
     fixed = _plan()  # a scheduler whose length is fixed once built
-    fixed.start_session(0)
-    fixed._session_t0 = t0 + 10
+    fixed.start_session(0, 10)
     cycle = build_schedule(functools.partial(onecycle), _optimizer(), 10, 4)
-    fixed.replan(_run(fixed, 1, [Stage(0, 4, "all")], cycle), now=t0 + 18)
+    run = _run(fixed, 1, [Stage(0, 4, "all")], cycle)
+    fixed.replan(run.state, run, 18)
     assert (fixed.epochs, fixed.replanned) == (4, [])
     resumed = _plan()  # a resumed session with no epoch of its own yet: no pace to go by
-    resumed.start_session(2)
-    resumed.replan(_run(resumed, 2, [Stage(0, 4, "all")], _stepped(2)), now=t0 + 40)
+    resumed.start_session(2, 0)
+    run = _run(resumed, 2, [Stage(0, 4, "all")], _stepped(2))
+    resumed.replan(run.state, run, 40)
     assert resumed.replanned == []
 
 
@@ -169,16 +176,15 @@ def test_a_plan_that_lands_close_enough_is_kept():
     """Planned 4 epochs of 10 steps (2 s evaluation each) in 200 s. At 4.42 s a step the plan as it stands
     ends 0.8 s past the target of 194 s (the budget less its margin), within 1.5% of the budget: kept,
     although choose_steps would cut a step. At 4 s a step it ends 16 s early: planned again."""
-    t0 = budget.STARTED
     for pace, kept in ((4.42, True), (4.0, False)):
         plan = _plan()
-        plan.start_session(0)
-        plan._session_t0 = t0 + 10
-        now = t0 + 10 + 10 * pace + 2
-        plan.replan(_run(plan, 1, [Stage(0, 4, "all")], _stepped(1)), now=now)
-        as_planned = (now - t0) + 30 * pace + 3 * 2
+        plan.start_session(0, 10)
+        now = 10 + 10 * pace + 2
+        run = _run(plan, 1, [Stage(0, 4, "all")], _stepped(1))
+        plan.replan(run.state, run, now)
+        as_planned = now + 30 * pace + 3 * 2
         assert abs(as_planned - 200 * (1 - MARGIN)) <= budget.KEEP * 200 if kept else as_planned < 190
-        more, _, steps = choose_steps(200 * (1 - MARGIN) - (now - t0), 10, (pace, pace), 2.0, lambda e: 0, None)
+        more, _, steps = choose_steps(200 * (1 - MARGIN) - now, 10, (pace, pace), 2.0, lambda e: 0, None)
         assert (10 + steps != 40) and (plan.steps == 40 if kept else plan.steps == 10 + steps)
         assert (plan.replanned == []) is kept
 
@@ -191,7 +197,7 @@ def test_an_older_checkpoints_plan_without_the_replan_record_still_loads():
     assert BudgetPlan.from_state({**state, "replanned": "x"}) is None
 
 
-def test_a_fifth_into_the_first_epoch_the_plan_follows_that_pace(monkeypatch):
+def test_a_fifth_into_the_first_epoch_the_plan_follows_that_pace():
     """A run planned at 1 epoch cut to 65 of 75 steps (timed 0.678 s a step) that trains at 0.44 s:
     replan after an epoch would come too late, so 15 steps in, the rest is planned at that pace."""
     plan = _plan(budget_s=70, epochs=1, all_step_s=0.678, eval_s=2.2, save_s=0.5, steps_per_epoch=75, total_steps=65)
@@ -199,34 +205,31 @@ def test_a_fifth_into_the_first_epoch_the_plan_follows_that_pace(monkeypatch):
     for _ in range(15):
         sched.after_step()
     run = _run(plan, 0, plan.shorten([Stage(0, 1, "all")]), sched)
-    monkeypatch.setattr(budget.time, "monotonic", lambda: budget.STARTED + 27.6)  # 21 s start-up + 6.6 s of steps
-    plan.replan_midway(run, 0, 15, 6.6)
+    plan.replan_midway(run, 0, 15, 6.6, 27.6)  # 21 s start-up + 6.6 s of steps
     remaining = 70 * (1 - MARGIN) - 27.6 + 15 * 0.44
     more, _, steps = choose_steps(remaining, 75, (0.44, 0.44), 2.7, lambda e: 0, None)
     assert (plan.epochs, plan.steps) == (more, steps) and plan.steps > 75  # by hand: a second epoch now fits in part
     assert plan.replanned[0]["into_epoch"] == 15 and run.plan.stages[-1].epochs == plan.epochs
     assert sched.scheduler.lr_lambdas[0].total == plan.steps
     before = list(plan.replanned)
-    plan.replan_midway(run, 0, 15, 1.0)  # once a session
+    plan.replan_midway(run, 0, 15, 1.0, 30.0)  # once a session
     assert plan.replanned == before
 
 
-def test_a_fifth_into_the_last_epoch_it_is_planned_again_but_not_in_the_epochs_between(monkeypatch):
+def test_a_fifth_into_the_last_epoch_it_is_planned_again_but_not_in_the_epochs_between():
     """Planned 3 epochs of 10 steps, the last cut to 6 (26 in all), timed 1 s a step, 2 s evaluation, in
     100 s. The session's first epoch was planned again already; epoch 2 (not the last) is left alone;
     2 steps into epoch 3 at 0.5 s a step the last epoch is given more steps, as choose_steps says."""
     plan = _plan(budget_s=100, epochs=3, total_steps=26)
     run = _run(plan, 0, plan.shorten([Stage(0, 3, "all")]), _stepped(0))
     plan._midway_at = {0}
-    monkeypatch.setattr(budget.time, "monotonic", lambda: budget.STARTED + 50)
-    plan.replan_midway(run, 1, 2, 1.0)
+    plan.replan_midway(run, 1, 2, 1.0, 50)
     assert (plan.steps, plan.replanned) == (26, [])
-    monkeypatch.setattr(budget.time, "monotonic", lambda: budget.STARTED + 70)
-    plan.replan_midway(run, 2, 2, 1.0)
+    plan.replan_midway(run, 2, 2, 1.0, 70)
     remaining = 100 * (1 - MARGIN) - 70 + 2 * 0.5
     more, _, steps = choose_steps(remaining, 10, (0.5, 0.5), 2.0, lambda e: 0, None)
     assert (plan.epochs, plan.steps) == (2 + more, 20 + steps) and plan.steps > 26  # by hand
     assert plan.replanned[-1]["after_epoch"] == 2 and plan.replanned[-1]["into_epoch"] == 2
     before = list(plan.replanned)
-    plan.replan_midway(run, 2, 2, 1.0)  # once in that epoch
+    plan.replan_midway(run, 2, 2, 1.0, 71)  # once in that epoch
     assert plan.replanned == before
