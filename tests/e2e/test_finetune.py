@@ -177,12 +177,12 @@ def test_resume_exactly_at_a_stage_boundary_equals_an_unbroken_run(compose_cfg, 
     unbroken.fit()
 
     first = build_run(cfg, run_dir=tmp_path / "b")
-    first.epochs = 1  # stop after stage 1's last epoch: its checkpoint holds the head-only optimizer
+    first.state.epochs = 1  # stop after stage 1's last epoch: its checkpoint holds the head-only optimizer
     first.fit()
     resumed = build_run(
         OmegaConf.merge(cfg, {"resume": str(tmp_path / "b" / "checkpoints" / "last.pt")}), run_dir=tmp_path / "b"
     )
-    assert resumed.epoch == 1 and resumed.stage_idx == 0
+    assert resumed.state.epoch == 1 and resumed.state.stage_idx == 0
     resumed.fit()
     a, b = _tensors(unbroken), _tensors(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -173,3 +173,49 @@ def test_build_run_is_the_only_reader_of_a_runs_config():
                 continue
             readers.append(f"{name}:{node.lineno}")
     assert not readers, readers
+
+
+def _config_readers(monkeypatch, work) -> set[str]:
+    """The package modules that read a key of a config object (DictConfig) while ``work()`` runs: for each
+    read, the innermost frame of this package on the stack (a config object passed anywhere and read
+    there is found, whatever it is called)."""
+    import sys
+
+    from omegaconf import DictConfig
+
+    readers: set[str] = set()
+    package = str(PACKAGE) + "/"
+
+    def record(original):
+        def read(self, key, *args, **kwargs):
+            frame = sys._getframe(1)
+            while frame is not None and not frame.f_code.co_filename.startswith(package):
+                frame = frame.f_back
+            if frame is not None and not str(key).startswith("_"):
+                readers.add(str(Path(frame.f_code.co_filename).relative_to(PACKAGE)))
+            return original(self, key, *args, **kwargs)
+
+        return read
+
+    for name in ("__getattr__", "__getitem__", "get"):
+        monkeypatch.setattr(DictConfig, name, record(getattr(DictConfig, name)))
+    work()
+    return readers
+
+
+def test_only_the_builders_read_a_config_while_a_run_is_built_trained_and_scored(compose_cfg, tmp_path, monkeypatch):
+    """The one-reader rule by where config objects flow: while a run is built, trained and its checkpoint
+    scored (evaluate's own build), only config/ and loop/build.py read a key."""
+    from support import TINY
+
+    from trainer.loop.build import build_parts, build_run
+
+    cfg = compose_cfg(*TINY, "trainer.epochs=1", "data.dataset.train_size=32", "data.dataset.val_size=16")
+    scoring = compose_cfg(*TINY, "data.dataset.train_size=32", "data.dataset.val_size=16")
+
+    def work() -> None:
+        build_run(cfg, run_dir=tmp_path / "run").fit()
+        build_parts(scoring, changes={"resume": None, "trainer.device": "cpu"}).evaluate()
+
+    readers = _config_readers(monkeypatch, work)
+    assert readers and all(r.startswith("config/") or r == "loop/build.py" for r in readers), sorted(readers)
