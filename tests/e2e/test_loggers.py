@@ -183,3 +183,7 @@ def test_a_new_logger_is_one_class_named_in_the_config(tmp_path):
     assert {(r["step"], k) for r in lines[1:] for k in r if k != "step"} == written  # the same scalars as csv
     refused = train([*QUICK, "+logger.lines._target_=my_sinks.JsonLines"], tmp_path, check=False)
     assert refused.returncode == 2 and "allow_targets" in refused.stdout + refused.stderr
+    missing = train([*QUICK, "+logger.x._target_=not_here.Sink", "allow_targets=[not_here.]"], tmp_path, check=False)
+    said = missing.stdout + missing.stderr
+    assert missing.returncode == 2 and "logger.x._target_=not_here.Sink: cannot be imported" in said
+    assert "Traceback" not in said

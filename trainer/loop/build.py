@@ -546,7 +546,14 @@ def setup_loggers(cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> li
     for name in chosen:
         node = chosen[name]
         target = node.get("_target_") if isinstance(node, DictConfig) else None
-        sink_class = get_object(str(target)) if target else None
+        try:
+            sink_class = get_object(str(target)) if target else None
+        except Exception as e:  # not importable: the user's module is not installed or not on PYTHONPATH
+            cause = e.__cause__ or e
+            raise UserError(
+                f"logger.{name}._target_={target}: cannot be imported ({type(cause).__name__}: {cause}). Install the "
+                "package that holds it, or run where Python finds it (e.g. PYTHONPATH=. train ...)."
+            ) from None
         if not (isinstance(sink_class, type) and issubclass(sink_class, Sink)):
             raise UserError(
                 f"logger.{name}: no such logger. Use tensorboard, csv, mlflow or wandb (several: "
