@@ -143,4 +143,14 @@ def class_folders(root: Path, left: LeftOut) -> list[str]:
             names.append(entry.name)
         else:
             left.add("files outside the class folders", entry)
+    same: dict[str, list[str]] = {}
+    for name in names:
+        same.setdefault(" ".join(name.lower().replace("_", " ").replace("-", " ").split()), []).append(name)
+    for group in (g for g in same.values() if len(g) > 1):
+        log.warning(
+            "%s: class folders %s differ only in case, spaces or - and _: they are different classes. Merge "
+            "them into one folder if they mean the same thing.",
+            root,
+            ", ".join(repr(n) for n in group),
+        )
     return names

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from trainer.data.datasets import load_imagefolder, scan_class_folders
-from trainer.data.files import LeftOut, list_images
+from trainer.data.files import LeftOut, class_folders, list_images
 from trainer.errors import UserError
 
 APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\x00" * 60  # a ._name file's header
@@ -118,3 +118,13 @@ def test_split_folders_named_as_downloads_name_them_are_splits_not_classes(tmp_p
     (tmp_path / "set" / "valid").rename(tmp_path / "set" / "holdout")
     with pytest.raises(UserError, match=r"holdout, test, train look like splits|test, train look like splits"):
         load_imagefolder(str(tmp_path / "set"))
+
+
+def test_class_folders_that_differ_only_in_case_are_named(tmp_path, caplog):
+    for c in ("Golden Retriever", "golden_retriever", "cat"):
+        _image(tmp_path / c / "0.png")
+    with caplog.at_level(logging.WARNING):
+        names = class_folders(tmp_path, LeftOut())
+    assert names == ["Golden Retriever", "cat", "golden_retriever"]
+    said = [r.getMessage() for r in caplog.records if "differ only in case" in r.getMessage()]
+    assert len(said) == 1 and "'Golden Retriever', 'golden_retriever'" in said[0]
