@@ -101,7 +101,8 @@ def _upright(img: Image.Image, path: str) -> Image.Image:
     try:
         with warnings.catch_warnings(record=True) as caught:  # Pillow warns of corrupt EXIF and goes on
             warnings.simplefilter("always")
-            turned = ImageOps.exif_transpose(img)
+            upright = img.getexif().get(ORIENTATION, 1) in (1, None)
+            turned = img if upright else ImageOps.exif_transpose(img)  # (which copies even an upright image)
     except Exception as e:
         _bad_exif(path, type(e).__name__)
         return img
