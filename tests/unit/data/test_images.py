@@ -85,6 +85,7 @@ def _peak_mib(path) -> int:
     return int(out.stdout.strip())
 
 
+@pytest.mark.slow  # two interpreters with torch: seconds each on a 2-core CPU
 def test_a_sixteen_bit_image_costs_what_its_eight_bit_twin_costs(tmp_path):
     side = 3000
     ramp = (np.arange(side * side, dtype=np.uint32) % 65536).astype(np.uint16).reshape(side, side)
@@ -94,6 +95,7 @@ def test_a_sixteen_bit_image_costs_what_its_eight_bit_twin_costs(tmp_path):
     assert deep <= twin + side * side * 2 / 2**20 + 8, (deep, twin)  # at most its own 16-bit pixels more
 
 
+@pytest.mark.slow  # two interpreters with torch: seconds each on a 2-core CPU
 def test_a_huge_file_is_judged_by_its_header_not_read_whole(tmp_path):
     video = tmp_path / "holiday.jpg"  # a 1 GiB video named .jpg (sparse: no disk used)
     with open(video, "wb") as f:
