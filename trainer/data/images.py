@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from trainer.data.files import JPEG_EXTENSIONS
+from trainer.data.files import JPEG_EXTENSIONS, PLUGIN_EXTENSIONS, plugin_extensions
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ def decode_rgb(path: str, exif: bool = True) -> torch.Tensor:
     from its header, before anything is decoded.
     """
 
+    if path.lower().endswith(tuple(PLUGIN_EXTENSIONS)):
+        plugin_extensions()  # registered once per process: a spawned loader worker too
     if path.lower().endswith(JPEG_EXTENSIONS):
         fast = _decode_jpeg(path, exif)
         if fast is not None:
@@ -98,17 +100,15 @@ def decode_rgb(path: str, exif: bool = True) -> torch.Tensor:
 
 def _upright(img: Image.Image, path: str) -> Image.Image:
     """The image as its EXIF orientation says a viewer shows it; malformed EXIF: as stored, said once."""
+    if _orientation(img, path) == 1:
+        return img  # (exif_transpose would copy even an upright image)
     try:
-        with warnings.catch_warnings(record=True) as caught:  # Pillow warns of corrupt EXIF and goes on
-            warnings.simplefilter("always")
-            upright = img.getexif().get(ORIENTATION, 1) in (1, None)
-            turned = img if upright else ImageOps.exif_transpose(img)  # (which copies even an upright image)
+        with warnings.catch_warnings():  # already said by _orientation
+            warnings.simplefilter("ignore")
+            return ImageOps.exif_transpose(img)
     except Exception as e:
         _bad_exif(path, type(e).__name__)
         return img
-    if any("EXIF" in str(w.message) for w in caught):
-        _bad_exif(path, str(caught[0].message).strip())
-    return turned
 
 
 def _bad_exif(path: str, why: str) -> None:

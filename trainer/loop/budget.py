@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from trainer.loop.policies import Length, Policy
+from trainer.loop.stages import batches_in, resized
 from trainer.loop.state import TrainState
 
 if TYPE_CHECKING:
@@ -90,17 +91,11 @@ class BudgetPlan:
 
     def batches_in(self, epoch: int, batches_per_epoch: int, accumulate: int) -> int:
         """Batches epoch ``epoch`` (0-based) trains: all, or in the shortened last epoch what its steps take."""
-        left = self.steps - epoch * self.steps_per_epoch
-        return batches_per_epoch if left >= self.steps_per_epoch else max(1, min(batches_per_epoch, left * accumulate))
+        return batches_in(epoch, self.steps, self.steps_per_epoch, batches_per_epoch, accumulate)
 
     def shorten(self, stages: list[Any]) -> list[Any]:
         """The stages, the last one told its steps when the last epoch is cut short (its schedule ends there)."""
-        import dataclasses
-
-        if self.steps >= self.epochs * self.steps_per_epoch or not stages:
-            return stages
-        last = stages[-1]
-        return [*stages[:-1], dataclasses.replace(last, steps=self.steps - last.start * self.steps_per_epoch)]
+        return resized(stages, self.epochs, self.steps, self.steps_per_epoch) if stages else stages
 
     def lines(self) -> list[str]:
 

@@ -27,7 +27,7 @@ from trainer.loop.interrupt import InterruptGuard, RunInterrupted
 from trainer.loop.parts import Scores, score_split
 from trainer.loop.policies import Policy
 from trainer.loop.progress import progress
-from trainer.loop.stages import StagePlan, log_stage, resized
+from trainer.loop.stages import StagePlan, batches_in, log_stage, resized
 from trainer.loop.state import RunState, TrainState
 from trainer.loop.steps import (
     CachedInputs,
@@ -163,10 +163,7 @@ class Run(RunState):
 
     def batches_in(self, epoch: int) -> int:
         """Batches this epoch trains: all of them, or fewer in a shortened last epoch (a time budget's)."""
-        left = self.total_steps - epoch * self.steps_per_epoch
-        if left >= self.steps_per_epoch:
-            return self.batches_per_epoch
-        return max(1, min(self.batches_per_epoch, left * self.accumulate))
+        return batches_in(epoch, self.total_steps, self.steps_per_epoch, self.batches_per_epoch, self.accumulate)
 
     def in_last_stage(self) -> bool:
         return self.state.stage_idx == len(self.plan.stages) - 1
@@ -296,9 +293,9 @@ class Run(RunState):
             self.state.batch_in_epoch = i + 1
             if self.state.global_step % self.settings.log_every == 0 or i + 1 == n:
                 self._log_train(meter.flush(), epoch, bar)
-            for policy in self.policies:  # e.g. the time budget planned again from this epoch's pace
-                policy.step_end(self.state, self, epoch, self.state.global_step - first, time.perf_counter() - t0)
-            n = self.batches_in(epoch)
+            if self.policies:  # e.g. the time budget planned again from this epoch's pace
+                self._step_end(epoch, first, t0)
+                n = self.batches_in(epoch)
             self._save_mid_epoch(i + 1 < n, meter, epoch, bar)
             failpoint("step")
             if i + 1 >= n:  # a time budget's shortened last epoch
@@ -317,6 +314,11 @@ class Run(RunState):
         return score_split(
             self.forward.evaluate, batches, self.loss_fn, metrics, self.autocast, self.bad_images, self.device, keep
         )
+
+    def _step_end(self, epoch: int, first_step: int, t0: float) -> None:
+        """The policies' ``step_end``: the epoch's steps and seconds so far in this session (no host sync)."""
+        for policy in self.policies:
+            policy.step_end(self.state, self, epoch, self.state.global_step - first_step, time.perf_counter() - t0)
 
     def _log_train(self, mean: float, epoch: int, bar: Any) -> None:
         self._check_finite(mean, epoch)

@@ -196,6 +196,13 @@ def log_stage(index: int, plan: StagePlan, setup: StageSetup, probe: bool) -> No
     )
 
 
+def batches_in(epoch: int, total_steps: int, steps_per_epoch: int, batches_per_epoch: int, accumulate: int) -> int:
+    """Batches epoch ``epoch`` (0-based) trains when the run takes ``total_steps`` optimizer steps in all:
+    every batch, or in a shortened last epoch what its steps take."""
+    left = total_steps - epoch * steps_per_epoch
+    return batches_per_epoch if left >= steps_per_epoch else max(1, min(batches_per_epoch, left * accumulate))
+
+
 def resized(stages: list[Stage], epochs: int, total_steps: int, steps_per_epoch: int) -> list[Stage]:
     """The stages with the last one ending after ``epochs`` epochs and ``total_steps`` optimizer steps in
     all (its last epoch cut short when that is fewer than whole epochs)."""
