@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.config.settings import TASKS
+from trainer.config.tasks import TASKS as TASK_KINDS
 
-SOFTMAX_TASKS = ("multiclass", "segmentation")
+SOFTMAX_TASKS = tuple(name for name, task in TASK_KINDS.items() if not task.sigmoid)
 
 
 def _optional_tensor(values: Sequence[float] | float | None) -> torch.Tensor | None:

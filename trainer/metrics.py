@@ -19,62 +19,76 @@ import torch
 from torchmetrics import MetricCollection
 from torchmetrics import classification as tmc
 
+from trainer.config.tasks import task_named
+
+Built = tuple[dict[str, Any], dict[str, Any], Any]  # scalars, per-class metrics, confusion matrix (or None)
+
+
+def _multiclass(c: int, common: dict[str, Any]) -> Built:
+    scalars = {
+        "acc": tmc.MulticlassAccuracy(c, average="micro", **common),
+        "f1_macro": tmc.MulticlassF1Score(c, average="macro", **common),
+    }
+    if c > 5:
+        scalars["top5"] = tmc.MulticlassAccuracy(c, top_k=5, average="micro", **common)
+    per = {
+        "precision": tmc.MulticlassPrecision(c, average="none", **common),
+        "recall": tmc.MulticlassRecall(c, average="none", **common),
+    }
+    return scalars, per, tmc.MulticlassConfusionMatrix(c, **common)
+
+
+def _binary(c: int, common: dict[str, Any]) -> Built:
+    scalars = {
+        "acc": tmc.BinaryAccuracy(**common),
+        "f1": tmc.BinaryF1Score(**common),
+        "auroc": tmc.BinaryAUROC(**common),
+    }
+    per = {"precision": tmc.BinaryPrecision(**common), "recall": tmc.BinaryRecall(**common)}
+    return scalars, per, tmc.BinaryConfusionMatrix(**common)
+
+
+def _multilabel(c: int, common: dict[str, Any]) -> Built:
+    scalars = {
+        "mAP": tmc.MultilabelAveragePrecision(c, average="macro", **common),
+        "f1_macro": tmc.MultilabelF1Score(c, average="macro", **common),
+        "acc": tmc.MultilabelAccuracy(c, average="macro", **common),
+    }
+    per = {
+        "precision": tmc.MultilabelPrecision(c, average="none", **common),
+        "recall": tmc.MultilabelRecall(c, average="none", **common),
+        "ap": tmc.MultilabelAveragePrecision(c, average="none", **common),
+    }
+    return scalars, per, None
+
+
+def _segmentation(c: int, common: dict[str, Any]) -> Built:
+    pixels = {"multidim_average": "global", **common}
+    scalars = {
+        "mIoU": tmc.MulticlassJaccardIndex(c, average="macro", **common),
+        "dice": tmc.MulticlassF1Score(c, average="macro", **pixels),
+        "acc": tmc.MulticlassAccuracy(c, average="micro", **pixels),
+    }
+    per = {
+        "iou": tmc.MulticlassJaccardIndex(c, average="none", **common),
+        "precision": tmc.MulticlassPrecision(c, average="none", **pixels),
+        "recall": tmc.MulticlassRecall(c, average="none", **pixels),
+    }
+    return scalars, per, tmc.MulticlassConfusionMatrix(c, **common)
+
+
+BUILDERS = {"multiclass": _multiclass, "binary": _binary, "multilabel": _multilabel, "segmentation": _segmentation}
+
 
 class Metrics:
     """``update(logits, target)`` per batch; ``compute()`` -> (scalars, per-class values, confusion matrix)."""
 
     def __init__(self, task: str, num_classes: int, device: torch.device, ignore_index: int | None = None) -> None:
-
-        self.task, self.num_classes = task, num_classes
+        self.task, self.num_classes = task_named(task), num_classes
         common: dict[str, Any] = {"validate_args": False}
-        c, per = num_classes, None
-        if task == "multiclass":
-            scalars = {
-                "acc": tmc.MulticlassAccuracy(c, average="micro", **common),
-                "f1_macro": tmc.MulticlassF1Score(c, average="macro", **common),
-            }
-            if c > 5:
-                scalars["top5"] = tmc.MulticlassAccuracy(c, top_k=5, average="micro", **common)
-            per = {
-                "precision": tmc.MulticlassPrecision(c, average="none", **common),
-                "recall": tmc.MulticlassRecall(c, average="none", **common),
-            }
-            self.confusion: Any = tmc.MulticlassConfusionMatrix(c, **common)
-        elif task == "binary":
-            scalars = {
-                "acc": tmc.BinaryAccuracy(**common),
-                "f1": tmc.BinaryF1Score(**common),
-                "auroc": tmc.BinaryAUROC(**common),
-            }
-            per = {"precision": tmc.BinaryPrecision(**common), "recall": tmc.BinaryRecall(**common)}
-            self.confusion = tmc.BinaryConfusionMatrix(**common)
-        elif task == "multilabel":
-            scalars = {
-                "mAP": tmc.MultilabelAveragePrecision(c, average="macro", **common),
-                "f1_macro": tmc.MultilabelF1Score(c, average="macro", **common),
-                "acc": tmc.MultilabelAccuracy(c, average="macro", **common),
-            }
-            per = {
-                "precision": tmc.MultilabelPrecision(c, average="none", **common),
-                "recall": tmc.MultilabelRecall(c, average="none", **common),
-                "ap": tmc.MultilabelAveragePrecision(c, average="none", **common),
-            }
-            self.confusion = None
-        elif task == "segmentation":
-            seg = {"ignore_index": ignore_index, **common}
-            scalars = {
-                "mIoU": tmc.MulticlassJaccardIndex(c, average="macro", **seg),
-                "dice": tmc.MulticlassF1Score(c, average="macro", multidim_average="global", **seg),
-                "acc": tmc.MulticlassAccuracy(c, average="micro", multidim_average="global", **seg),
-            }
-            per = {
-                "iou": tmc.MulticlassJaccardIndex(c, average="none", **seg),
-                "precision": tmc.MulticlassPrecision(c, average="none", multidim_average="global", **seg),
-                "recall": tmc.MulticlassRecall(c, average="none", multidim_average="global", **seg),
-            }
-            self.confusion = tmc.MulticlassConfusionMatrix(c, **seg)
-        else:
-            raise ValueError(task)
+        if self.task.per_pixel:
+            common["ignore_index"] = ignore_index
+        scalars, per, self.confusion = BUILDERS[self.task.name](num_classes, common)
         # compute_groups=False: torchmetrics would otherwise merge metrics whose states happen to be equal
         # after the first batch (top-1 and top-5 when batch 1 is all correct) and compute one from the other's.
         self.scalars = MetricCollection(scalars, compute_groups=False).to(device)
@@ -84,12 +98,12 @@ class Metrics:
 
     def _inputs(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits.float()
-        if self.task == "binary":
-            return logits.reshape(-1).sigmoid(), target.reshape(-1).long()
-        if self.task == "multilabel":
-            return logits.sigmoid(), target.long()
-        if self.task == "segmentation":
+        if self.task.per_pixel:
             return logits.argmax(1), target.long()
+        if self.task.one_output:
+            return logits.reshape(-1).sigmoid(), target.reshape(-1).long()
+        if self.task.sigmoid:
+            return logits.sigmoid(), target.long()
         return logits, target.long()
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.config.overrides import first_value, is_interval, key_of
 from trainer.config.settings import SETTINGS, type_ok
+from trainer.config.tasks import task_named
 from trainer.errors import UserError
 
 
@@ -24,14 +25,6 @@ def _conf_dir() -> str:
 
 
 CONF_DIR = _conf_dir()
-
-TASK_METRICS = {
-    "multiclass": ("val/loss", "val/acc", "val/top5", "val/f1_macro"),
-    "binary": ("val/loss", "val/acc", "val/f1", "val/auroc"),
-    "multilabel": ("val/loss", "val/mAP", "val/f1_macro", "val/acc"),
-    "segmentation": ("val/loss", "val/mIoU", "val/dice", "val/acc"),
-}
-DEFAULT_MONITOR = {"multiclass": "val/acc", "binary": "val/acc", "multilabel": "val/mAP", "segmentation": "val/mIoU"}
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -54,17 +47,10 @@ def _example(key: str) -> str:
     return f" (e.g. {key}={default})" if default is not None else ""
 
 
-def metric_names(task: str, num_classes: int) -> list[str]:
-    names = list(TASK_METRICS[task])
-    if task == "multiclass" and num_classes <= 5:
-        names.remove("val/top5")
-    return names
-
-
 def resolve_monitor(cfg: DictConfig, task: str) -> tuple[str, str]:
     """checkpoint.monitor / mode; ``auto`` picks the task's main metric (val/acc, val/mAP, val/mIoU)."""
     monitor = str(cfg.checkpoint.get("monitor", "auto"))
-    monitor = DEFAULT_MONITOR[task] if monitor == "auto" else monitor
+    monitor = task_named(task).monitor if monitor == "auto" else monitor
     mode = str(cfg.checkpoint.get("mode", "auto"))
     if mode == "auto":
         mode = "min" if monitor.endswith("loss") else "max"
@@ -79,13 +65,13 @@ def check_run(cfg: DictConfig, task: str, num_classes: int, device_type: str, di
             f"as the data option sets it, or pick a data option for {cfg.data.task}."
         )
     _check_recipes(cfg, task)
-    if task == "segmentation" and cfg.finetune.get("cache_features") is True:
+    if task_named(task).per_pixel and cfg.finetune.get("cache_features") is True:
         raise UserError(
             "finetune.cache_features=true is for classifiers (a linear probe); a segmentation decoder "
             "trains on feature maps of augmented images: set finetune.cache_features=false."
         )
     monitor, _ = resolve_monitor(cfg, task)
-    names = metric_names(task, num_classes)
+    names = task_named(task).metric_names(num_classes)
     if monitor not in names:
         extra = " (val/top5 needs more than 5 classes)" if monitor == "val/top5" else ""
         raise UserError(
@@ -114,7 +100,7 @@ def check_run(cfg: DictConfig, task: str, num_classes: int, device_type: str, di
 def _check_recipes(cfg: DictConfig, task: str) -> None:
     """Augmentation that only classification data can take, and mixing that needs soft targets."""
     d = cfg.data
-    if task == "segmentation":
+    if task_named(task).per_pixel:
         bad = (
             [f"data.augment={d.augment}"] if str(d.augment) in ("randaugment", "trivialaugment", "autoaugment") else []
         )
@@ -125,7 +111,7 @@ def _check_recipes(cfg: DictConfig, task: str) -> None:
                 "Segmentation takes data.augment=none, affine or flip_crop."
             )
     mixing = [f"data.{k}={d.get(k)}" for k in ("mixup", "cutmix") if d.get(k)]
-    if mixing and task != "multiclass":
+    if mixing and not task_named(task).soft_labels:
         raise UserError(f"{', '.join(mixing)} mixes single-label classes: for multiclass tasks only (this is {task}).")
     if cfg.get("distill", {}).get("teacher") and cfg.finetune.get("cache_features") is True:
         raise UserError(

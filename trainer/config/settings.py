@@ -15,7 +15,9 @@ from typing import Any, NamedTuple
 
 from omegaconf import OmegaConf
 
-TASKS = ("multiclass", "binary", "multilabel", "segmentation")
+from trainer.config.tasks import TASKS as ALL_TASKS
+
+TASKS = tuple(ALL_TASKS)
 
 Check = Callable[[Any], bool]
 

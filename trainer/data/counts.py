@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from trainer.config.tasks import task_named
 from trainer.errors import UserError
 
 log = logging.getLogger("trainer")
@@ -26,7 +27,7 @@ WEIGHT_KEYS = ("weight", "pos_weight", "alpha")
 
 def class_counts(targets: list[Any], num_classes: int, task: str) -> list[int]:
     """Images per class (multiclass, binary) or positives per class (multilabel) of a split's targets."""
-    if task == "segmentation":
+    if task_named(task).per_pixel:
         raise UserError(
             "loss weights =balanced count images per class; for segmentation that would mean decoding "
             "every mask to count pixels. Give the weights by hand (loss.weight=[...]), one per class."
@@ -48,9 +49,10 @@ def balanced(key: str, loss_class: type, counts: list[int], total: int, classes:
             "loss=cross_entropy or nll as weight, bce as pos_weight, focal as alpha). Drop it, or use "
             "data.sampler=balanced, which balances the classes for every loss."
         )
-    sigmoid = key == "pos_weight" or (key == "alpha" and task in ("binary", "multilabel"))
+    kind = task_named(task)
+    sigmoid = key == "pos_weight" or (key == "alpha" and kind.sigmoid)
     missing = [c for c, n in zip(classes, counts) if n == 0]
-    everywhere = [c for c, n in zip(classes, counts) if sigmoid and task == "multilabel" and n >= total]
+    everywhere = [c for c, n in zip(classes, counts) if sigmoid and not kind.one_label and n >= total]
     if missing or everywhere:
         raise UserError(
             f"loss.{key}=balanced: class {', '.join((missing or everywhere)[:5])} has "
@@ -61,7 +63,7 @@ def balanced(key: str, loss_class: type, counts: list[int], total: int, classes:
         inverse = [1.0 / n for n in counts]
         mean = sum(inverse) / len(inverse)
         return [round(w / mean, 6) for w in inverse]
-    positives = counts[1:] if task == "binary" else counts  # binary: one output, the second class
+    positives = kind.scored(counts)  # binary: one output, the second class
     if key == "pos_weight":
         return [round((total - n) / n, 6) for n in positives]
     return [round((total - n) / total, 6) for n in positives]
@@ -77,7 +79,7 @@ def balanced_values(
     out = {}
     for key in keys:
         values = balanced(key, loss_class, counts, len(targets), classes, task)
-        out[key] = values[0] if task == "binary" and key != "weight" else values
+        out[key] = values[0] if task_named(task).one_output and key != "weight" else values
         shown = list(zip(classes, counts))[-len(values) :]  # binary: the positive class only
         log.info(
             "loss.%s=balanced from the training split's counts (class images -> weight): %s",

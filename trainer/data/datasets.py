@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.config.settings import TASKS
 from trainer.config.targets import buildable
+from trainer.config.tasks import task_named
 from trainer.data.files import LeftOut, class_folders, list_images, readable_extensions
 from trainer.data.images import (
     BadImage,
@@ -41,9 +41,7 @@ class Splits:
     task: str = "multiclass"
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise UserError(f"data.task={self.task!r} is not known: use one of {', '.join(TASKS)}.")
-        if self.task == "binary" and len(self.classes) != 2:
+        if task_named(self.task).one_output and len(self.classes) != 2:
             raise UserError(
                 f"data.task=binary needs exactly two classes, found {len(self.classes)} "
                 f"({', '.join(self.classes[:6])}): use data.task=multiclass."

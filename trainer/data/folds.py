@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from trainer.config.tasks import task_named
 from trainer.data.datasets import Splits
 from trainer.data.images import ImageSet
 from trainer.errors import UserError
@@ -67,7 +68,7 @@ def fold_splits(splits: Splits, folds: int, fold: int, seed: int) -> Splits:
     """Fold ``fold`` of ``folds`` as the validation split, the rest as training (see the module's docstring)."""
     if not 0 <= fold < folds:
         raise UserError(f"data.fold={fold}: use 0 to {folds - 1} with data.folds={folds}.")
-    held = fold_indices(splits.train.targets, folds, seed, splits.task in ("multiclass", "binary"))[fold]
+    held = fold_indices(splits.train.targets, folds, seed, task_named(splits.task).one_label)[fold]
     keep = sorted(set(range(len(splits.train))) - set(held))
     out = Splits(FoldImages(splits.train, keep), FoldImages(splits.train, held), splits.classes, splits.task)
     log.info(

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from trainer.config.tasks import task_named
 from trainer.data.files import JPEG_EXTENSIONS, PLUGIN_EXTENSIONS, plugin_extensions
 from trainer.errors import UserError
 
@@ -46,10 +47,10 @@ class ImageSet:
 
     def target(self, index: int) -> Any:
         """multiclass: the class index; binary: a float tensor ``[0.]`` or ``[1.]``; multilabel: multi-hot floats."""
-        t = self.targets[index]
-        if self.task == "binary":
+        t, task = self.targets[index], task_named(self.task)
+        if task.one_output:
             return torch.tensor([float(t)])
-        if self.task == "multilabel":
+        if task.sigmoid:  # multilabel
             hot = torch.zeros(self.num_classes)
             hot[list(t)] = 1.0
             return hot

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler, default_collate
 
+from trainer.config.tasks import task_named
 from trainer.data.datasets import Splits
 from trainer.data.images import BadImage, FileImages, ImageSet
 from trainer.data.resample import DeviceGeometry, RawJpeg, collate_raw, plan_resample
@@ -266,7 +267,7 @@ def build_loaders(
     ``spec``: the input size, crop, interpolation, mean and std (``resolve_input``).
     """
     workers, task, on_device = num_workers, splits.task, decode_on_device
-    if on_device and (task == "segmentation" or not isinstance(splits.train, FileImages)):
+    if on_device and (task_named(task).per_pixel or not isinstance(splits.train, FileImages)):
         raise UserError(
             "data.decode=device decodes JPEG files of a classification dataset (data=imagefolder or "
             "data=multilabel_csv); this data is not. Use data.decode=workers."
@@ -308,7 +309,7 @@ def _train_sampler(splits: Splits, kind: str, seed: int, rank: int, world_size: 
     """data.sampler: shuffle (each image once per epoch) | balanced (each class equally often)."""
     if kind != "balanced":
         return EpochSampler(len(splits.train), seed, shuffle=True, rank=rank, world_size=world_size)
-    if splits.task not in ("multiclass", "binary"):
+    if not task_named(splits.task).one_label:
         raise UserError(
             f"data.sampler=balanced draws each class equally often, so it needs one class per image "
             f"(multiclass or binary data); this data is {splits.task}. Use data.sampler=shuffle."

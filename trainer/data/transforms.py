@@ -14,6 +14,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 
+from trainer.config.tasks import task_named
 from trainer.data.images import BadImage
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def build_transforms(
         else InterpolationMode.BILINEAR
     )
     finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec["mean"], spec["std"])] if normalize else []
-    if task == "segmentation":
+    if task_named(task).per_pixel:
         if not train or augment == "none":
             geometry = [v2.Resize((size, size), interpolation=interp, antialias=True)]
         elif augment == "affine":

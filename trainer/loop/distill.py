@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from trainer.config.tasks import task_named
 from trainer.errors import UserError
 
 log = logging.getLogger("trainer")
@@ -97,7 +98,7 @@ def build_teacher(
     """``distill.teacher`` (a checkpoint, a run folder or a timm name) for the student's data; NoTeacher without one."""
     if not source:
         return NoTeacher()
-    if splits.task != "multiclass":
+    if not task_named(splits.task).soft_labels:
         raise UserError(
             f"distill.teacher: distillation matches softmax outputs, for multiclass tasks only (this is {splits.task})."
         )

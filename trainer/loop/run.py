@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from trainer.config.tasks import task_named
 from trainer.data.images import BadImageLog
 from trainer.data.loaders import Loaders
 from trainer.data.mixing import NoMixing
@@ -187,7 +188,7 @@ class Run(RunState):
         self.state.stage_idx, self.optimizer, self.schedule = index, setup.optimizer, setup.schedule
         self.head_only = setup.head_only
         # one process: the probe shortcut (features under no_grad); DDP needs its own forward
-        self.probe = self.head_only and s.task != "segmentation" and not self.distributed
+        self.probe = self.head_only and not task_named(s.task).per_pixel and not self.distributed
         module = dist.wrap_ddp(self.model, self.device, s.sync_bn) if self.distributed else self.model
         self.inputs = ImageInputs(self.loaders, self.device, self.memory_format)
         if self.probe and s.cache_features:
@@ -361,7 +362,7 @@ class Run(RunState):
         self.tracker.log_scalars({**val, "train/epoch_loss": train_loss, "epoch": epoch + 1}, self.state.global_step)
         self.state.epoch = epoch + 1
         improved = self.state.improves(val[monitor], self.settings.mode)
-        names = self.classes if self.settings.task != "binary" else [self.classes[1]]
+        names = task_named(self.settings.task).scored(self.classes)
         self.state.per_class_last = {m: dict(zip(names, vals)) for m, vals in per_class.items()}
         self.tracker.log_per_class(self.state.per_class_last, self.state.global_step)
         if confusion is not None:

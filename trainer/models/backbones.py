@@ -15,6 +15,7 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from trainer.config.targets import buildable
+from trainer.config.tasks import task_named
 from trainer.errors import UserError
 from trainer.models.decoders import FPNDecoder, SegmentationModel, UNetDecoder
 from trainer.models.weights import (
@@ -88,8 +89,8 @@ def build_model(spec: ModelSpec, num_classes: int, task: str = "multiclass") -> 
     multiclass / multilabel: ``num_classes`` outputs; binary: one; segmentation: an encoder
     (timm ``features_only``) with a U-Net or FPN decoder giving ``num_classes`` maps.
     """
-    decoder = spec.decoder
-    if task == "segmentation":
+    decoder, kind = spec.decoder, task_named(task)
+    if kind.per_pixel:
         if not decoder:
             raise UserError(
                 f"data.task=segmentation needs an encoder-decoder model, and model={spec.name} is a "
@@ -102,8 +103,7 @@ def build_model(spec: ModelSpec, num_classes: int, task: str = "multiclass") -> 
             f"model.decoder={decoder} makes per-pixel masks, but data.task={task}: use a classifier "
             "(e.g. model=resnet34), or segmentation data (data=segfolder)."
         )
-    if task == "binary":
-        num_classes = 1
+    num_classes = kind.outputs(num_classes)
     built = _build_timm(spec, num_classes) if spec.source == "timm" else _build_torchvision(spec, num_classes)
     if not built.head_names:
         raise UserError(f"model {spec.name}: could not find its classifier head to replace.")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.config.tasks import task_named
 from trainer.errors import UserError
 
 
@@ -61,7 +62,7 @@ def preprocess(trained: Trained) -> Any:
 
     from trainer.data.transforms import build_transforms
 
-    if trained.task == "segmentation":
+    if task_named(trained.task).per_pixel:
         spec = trained.input_spec
         return v2.Compose(
             [

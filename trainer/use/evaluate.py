@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from trainer.config.tasks import task_named
 from trainer.errors import UserError
 from trainer.models.trained import Trained, load_trained
 from trainer.runs.csvcells import SafeWriter
@@ -50,8 +51,9 @@ def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
             f"{trained.checkpoint} was trained on classes {trained.classes}, the data now has {parts.classes}."
         )
     parts.built.model.load_state_dict(inference_weights(trained.state))
-    batches: Any = [] if trained.task in MISTAKE_TASKS else None
-    if trained.task == "segmentation":
+    task = task_named(trained.task)
+    batches: Any = [] if task.one_label else None
+    if task.per_pixel:
         batches = SegmentationScores(parts.ignore_index)
     scalars, per_class, confusion = parts.evaluate(keep=batches)  # one pass: the scores and each image's
     dataset = parts.loaders.val.dataset
@@ -78,9 +80,6 @@ def readable_indices(files: list[tuple[str, ...]], unreadable: list[str]) -> lis
     """The indices of the images none of whose files (the image, a mask) ``unreadable`` names: each
     problem starts with its file's path."""
     return [i for i, names in enumerate(files) if not any(p.startswith(n + ": ") for n in names for p in unreadable)]
-
-
-MISTAKE_TASKS = ("multiclass", "binary")
 
 
 def lowest_iou(scores: SegmentationScores, dataset: Any, names: list[str], kept: list[int]) -> dict[str, Any]:
@@ -115,7 +114,7 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
     from trainer.use.mistakes import probabilities
     from trainer.use.predict import preprocess
 
-    if trained.task not in ("multiclass", "binary"):
+    if not task_named(trained.task).one_label:
         raise UserError(f"data.root= scores folders of class folders; this model's task is {trained.task}.")
     folder = Path(root).expanduser()
     if not folder.is_dir():
@@ -166,7 +165,7 @@ def write_report(result: dict[str, Any], trained: Trained, out: Path, data: str)
     from trainer.runs.plots import confusion_png
 
     out.mkdir(parents=True, exist_ok=True)
-    classes = trained.classes if trained.task != "binary" else [trained.classes[1]]
+    classes = task_named(trained.task).scored(trained.classes)
     report = {"checkpoint": str(trained.checkpoint), "data": data, "images": result["images"], **result["scalars"]}
     report["unreadable"] = result.get("unreadable", [])
     report["per_class"] = {m: dict(zip(classes, v)) for m, v in result["per_class"].items()}
@@ -242,7 +241,7 @@ def main() -> None:
         for problem in result.get("unreadable", []):
             print(f"  could not be read, left out of the scores: {problem}")
         metrics = list(result["per_class"])
-        classes = trained.classes if trained.task != "binary" else [trained.classes[1]]
+        classes = task_named(trained.task).scored(trained.classes)
         print(f"  {'class':>12}  " + "  ".join(f"{m:>9}" for m in metrics))
         for i, c in enumerate(classes):
             print(f"  {c:>12}  " + "  ".join(f"{result['per_class'][m][i]:9.4f}" for m in metrics))

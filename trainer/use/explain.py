@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from trainer.config.tasks import task_named
 from trainer.errors import UserError
 
 EXTRA = "pip install 'transfer-trainer[explain]' (or pip install grad-cam)"
@@ -100,7 +101,7 @@ class Explainer:
     """Grad-CAM heatmaps of the predicted class for batches of preprocessed images."""
 
     def __init__(self, model: torch.nn.Module, task: str, size: int, layer: str | None = None) -> None:
-        if task == "segmentation":
+        if task_named(task).per_pixel:
             raise UserError(
                 "explain=gradcam explains a classifier's label; a segmentation model's output already is its "
                 "per-pixel answer (the masks predict writes). Leave explain out for segmentation."
@@ -114,7 +115,7 @@ class Explainer:
         """(batch, height, width) in [0, 1]: where the evidence for each image's predicted class lies."""
         from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
 
-        if self.task == "binary":
+        if task_named(self.task).one_output:
             targets = [BinaryClassifierOutputTarget(int(float(p.reshape(-1)[0]) >= 0.5)) for p in probs]
         else:
             targets = [ClassifierOutputTarget(int(p.argmax())) for p in probs]

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from trainer.config.tasks import task_named
 from trainer.errors import UserError
 from trainer.models.trained import Trained, load_trained
 from trainer.use.command import parse_args, run_command, trusted
@@ -46,7 +47,7 @@ _EXPORT_OF = lambda p: (p.parent / "config.json").is_file() and _EXPORT_CONFIG(p
 def timm_config(trained: Trained) -> dict[str, Any]:
     """timm's pretrained-config form, for the loaders that read it (timm, Hugging Face)."""
     spec, stored = trained.input_spec, trained.config  # the config the checkpoint was trained with
-    num_outputs = 1 if trained.task == "binary" else len(trained.classes)
+    num_outputs = task_named(trained.task).outputs(len(trained.classes))
     pretrained_cfg = {
         "input_size": [3, int(spec["size"]), int(spec["size"])],
         "interpolation": spec.get("interpolation", "bilinear"),

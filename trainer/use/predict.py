@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from trainer.config.tasks import task_named
 from trainer.data.files import HIDDEN, LeftOut, is_hidden, list_images, readable_extensions
 from trainer.data.images import BadImage, decode_rgb
 from trainer.models.trained import Trained, load_trained, preprocess, upright
@@ -90,24 +91,22 @@ def forward(trained: Trained, x: torch.Tensor, device: torch.device, tta: str, r
     tta=flip. ``runner``: the runtime that computes the logits (trainer/use/runtimes.py; default torch)."""
     from trainer.use.runtimes import TorchRunner
 
-    runner = runner or TorchRunner(trained.model, device)
+    runner, task = runner or TorchRunner(trained.model, device), task_named(trained.task)
     logits = runner(x).float()
     if tta == "flip":
         mirrored = runner(torch.flip(x, dims=[-1])).float()
-        logits = (logits + (torch.flip(mirrored, dims=[-1]) if trained.task == "segmentation" else mirrored)) / 2
-    if trained.task in ("binary", "multilabel") or (trained.task == "segmentation" and logits.shape[1] == 1):
-        return torch.sigmoid(logits)
-    return torch.softmax(logits, dim=1)
+        logits = (logits + (torch.flip(mirrored, dims=[-1]) if task.per_pixel else mirrored)) / 2
+    return task.probabilities(logits)
 
 
 def rows_for(trained: Trained, probs: torch.Tensor, topk: int, threshold: float) -> list[dict[str, Any]]:
-    classes = trained.classes
+    classes, task = trained.classes, task_named(trained.task)
     rows: list[dict[str, Any]] = []
     for p in probs:
-        if trained.task == "binary":
+        if task.one_output:
             positive = float(p.reshape(-1)[0])
             rows.append({"label": classes[1] if positive >= threshold else classes[0], "probability": positive})
-        elif trained.task == "multilabel":
+        elif task.sigmoid:  # multilabel
             on = [c for c, v in zip(classes, p.tolist()) if v >= threshold]
             rows.append({"labels": ";".join(on), **{f"p({c})": round(float(v), 6) for c, v in zip(classes, p)}})
         else:
@@ -344,11 +343,12 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
             batch, sizes = [path for path, _, _ in good], [size for _, _, size in good]
             x = torch.stack([x for _, x, _ in good])
             probs = forward(trained, x, device, tta, runners.first(x)).cpu()
-            labels = rows_for(trained, probs, topk, threshold) if trained.task != "segmentation" else []
+            per_pixel = task_named(trained.task).per_pixel
+            labels = rows_for(trained, probs, topk, threshold) if not per_pixel else []
             if explainer is not None:
                 written = explain_batch(explainer, x.to(device), probs, batch, heatmaps, trained.input_spec)
                 rows += [{"path": p, **row, "gradcam": str(h)} for p, row, h in zip(batch, labels, written)]
-            elif trained.task == "segmentation":
+            elif per_pixel:
                 for path, p, size in zip(batch, probs, sizes):
                     mask = masks / (Path(path).stem + ".png")
                     save_mask(p, size, mask)
