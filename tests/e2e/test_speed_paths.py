@@ -353,8 +353,41 @@ def test_precision_auto_picks_bf16_only_on_cpus_with_native_bf16(tmp_path, monke
     info.write_text(f"processor\t: 0\n{flags}\n\nprocessor\t: 1\n{flags}\n")
     real = devices.cpu_bf16_instructions
     monkeypatch.setattr(devices, "cpu_bf16_instructions", lambda: real(info))
-    with caplog.at_level("INFO", logger="trainer"):
+    with caplog.at_level("DEBUG", logger="trainer"):
         assert devices.resolve_precision("auto", torch.device("cpu")) == expected
     assert ("native bf16 instructions" in caplog.text) == (expected == "bf16")
     assert devices.resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice always wins
     assert real(tmp_path / "missing") == []  # no cpuinfo (not Linux): fp32
+
+
+def test_a_cpu_run_trains_in_the_variant_measured_before_and_a_resume_keeps_its_own(tmp_path, monkeypatch):
+    """precision/channels_last=auto on a CPU: an answer remembered for this model and machine (imposed
+    here) is what the run trains in; the checkpoint's config records it, so a resume keeps it even when
+    the remembered answer has changed since."""
+    import json
+
+    import yaml
+
+    from trainer.loop import variant as variants
+    from trainer.runs.checkpoint import load_checkpoint
+
+    monkeypatch.setattr(variants, "cache_key", lambda *_: "this model here")
+    monkeypatch.setattr(variants, "cpu_bf16_instructions", lambda: ["avx512_bf16"])
+    cache = tmp_path / "trainer-cache" / "variants.json"  # $TRAINER_CACHE of the runs (support.offline_env)
+    cache.parent.mkdir()
+    remember = {"variant": "bf16 NCHW", "seconds": {"bf16 NCHW": 0.1, "fp32 channels_last": 0.2}}
+    cache.write_text(json.dumps({"this model here": remember}))
+    run = tmp_path / "run"
+    out = train([*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"], tmp_path)
+    assert "on this CPU: bf16 NCHW" in out.stdout + out.stderr
+    stored = yaml.safe_load(load_checkpoint(run / "checkpoints" / "last.pt")["config"])["trainer"]
+    assert (stored["precision"], stored["channels_last"]) == ("bf16", False)
+
+    cache.write_text(json.dumps({"this model here": {"variant": "fp32 channels_last"}}))
+    out = train([f"resume={run}", "trainer.epochs=2"], tmp_path)
+    assert (
+        "bf16 NCHW (trainer.precision, trainer.channels_last = auto): the variant the resumed"
+        in out.stdout + out.stderr
+    )
+    stored = yaml.safe_load(load_checkpoint(run / "checkpoints" / "last.pt")["config"])["trainer"]
+    assert (stored["precision"], stored["channels_last"]) == ("bf16", False) and metrics(run)["epochs_done"] == 2

@@ -86,6 +86,7 @@ def check_run(cfg: DictConfig, task: str, num_classes: int, device_type: str, di
             "trainer.precision=fp16": str(cfg.trainer.precision) == "fp16",
             "trainer.clip_grad_norm": cfg.trainer.get("clip_grad_norm") is not None,
             "trainer.nonfinite=skip": skip,
+            "trainer.channels_last=true": cfg.trainer.get("channels_last") is True,
         }
         bad = [k for k, on in clashes.items() if on]
         if bad:

@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import default_collate
 
 from trainer.config.overrides import key_of
 from trainer.config.schema import check_run, resolve_monitor, validate_config
@@ -35,6 +36,7 @@ from trainer.data.mixing import build_mixing
 from trainer.data.transforms import auto_image_size, resolve_input
 from trainer.distributed import collectives as dist
 from trainer.errors import UserError
+from trainer.loop import variant as variants
 from trainer.loop.batch_size import ProbeStep, choose, first_sample, probe_largest
 from trainer.loop.budget import BudgetPlan, Clock, TimeBudget, plan_budget
 from trainer.loop.devices import resolve_channels_last, resolve_compile, resolve_device, resolve_precision
@@ -69,6 +71,12 @@ def build_parts(
     splits = setup_data(cfg)
     check_run(cfg, splits.task, len(splits.classes), device.type, dist.is_distributed())
     built = setup_model(cfg, splits)
+    channels_last = resolve_channels_last(cfg.trainer.channels_last, device, built.model)
+    if device.type == "cpu" and "auto" in (str(cfg.trainer.precision), str(cfg.trainer.channels_last)):
+        quick = variants.rule(
+            variants.candidates(str(cfg.trainer.precision), cfg.trainer.channels_last, built.model), built.model
+        )
+        precision, channels_last = quick.precision, quick.channels_last  # training may measure (setup_variant)
     loss_fn = setup_loss(cfg, splits)
     if size_batch is not None:
         size_batch(splits, built, (device, precision), loss_fn)
@@ -76,7 +84,6 @@ def build_parts(
         cfg.data.batch_size = SCORING_BATCH
     loaders = setup_loaders(cfg, splits, built, device)
     bad_images = BadImageLog(len(splits.train) + len(splits.val), float(cfg.data.max_bad_fraction))
-    channels_last = resolve_channels_last(cfg.trainer.channels_last, device, built.model)
     return Parts(
         splits, built, loss_fn, loaders, device, precision, cfg.data.get("ignore_index"), bad_images, channels_last
     )
@@ -108,6 +115,7 @@ def build_run(
         setup_batch_size(cfg, splits, built, device_precision, loss_fn, resumed[0])
 
     parts = build_parts(cfg, changes, share, size_batch)
+    setup_variant(cfg, parts, resumed[0])
     splits, loaders, device = parts.splits, parts.loaders, parts.device
     monitor, mode = resolve_monitor(cfg, splits.task)
     auto_lr = str(cfg.optimizer.get("lr")) == "auto"
@@ -117,7 +125,7 @@ def build_run(
     log.info(
         "task %s; loss %s; device %s, precision %s", splits.task, type(parts.loss_fn).__name__, device, parts.precision
     )
-    settings = setup_settings(cfg, splits.task, device, parts.precision, parts.built, (monitor, mode))
+    settings = setup_settings(cfg, splits.task, (device, parts.precision, parts.channels_last), (monitor, mode))
     run = Run(
         built=parts.built,
         loaders=loaders,
@@ -145,12 +153,59 @@ def build_run(
     return run
 
 
+def setup_variant(cfg: DictConfig, parts: Parts, resumed: dict[str, Any] | None) -> None:
+    """trainer.precision / trainer.channels_last = auto on a CPU: the variant that trains this model
+    fastest here (loop/variant.py), or the one a resumed checkpoint trained in. The choice is written into
+    the config, so the checkpoint, a resume and ``evaluate`` use it too."""
+    precision, layout = str(cfg.trainer.precision), cfg.trainer.channels_last
+    if parts.device.type != "cpu" or (precision != "auto" and layout != "auto"):
+        return
+    model = parts.built.model
+    options = variants.candidates(precision, layout, model)
+    stored = stored_variant(resumed)
+    if stored in options:
+        chosen, why = stored, "the variant the resumed checkpoint trained in"
+    elif dist.is_distributed() or cfg.data.get("decode", "workers") == "device":
+        chosen, why = variants.rule(options, model), "the rule (every process the same; no batch to time)"
+    else:
+        # at most this many steps (trainer.epochs caps a time budget too)
+        steps = int(cfg.trainer.epochs) * -(-len(parts.loaders.train) // int(cfg.trainer.accumulate))
+        batch = int(cfg.data.batch_size)
+        key = variants.cache_key(str(cfg.model.name), int(parts.loaders.input_spec["size"]), batch, parts.task)
+
+        def one_batch() -> tuple[torch.Tensor, Any]:
+            x, y = default_collate([first_sample(parts.loaders.train.dataset)] * batch)
+            return x.float(), y
+
+        def measure(option: variants.Variant) -> float:
+            return variants.time_step(model, parts.loss_fn, one_batch, option)
+
+        chosen, why = variants.choose(options, model, key, steps, measure)
+    parts.precision, parts.channels_last = chosen.precision, chosen.channels_last
+    cfg.trainer.precision, cfg.trainer.channels_last = chosen.precision, chosen.channels_last
+    log.info("on this CPU: %s (trainer.precision, trainer.channels_last = auto): %s", chosen, why)
+
+
+def stored_variant(resumed: dict[str, Any] | None) -> variants.Variant | None:
+    """The precision and layout the config stored in a checkpoint says it trained in (None: not stored)."""
+    if resumed is None or not resumed.get("config"):
+        return None
+    stored = load_yaml(resumed["config"], "the config stored in the checkpoint")
+    trainer = stored.get("trainer", {}) if isinstance(stored, dict) else {}
+    precision, layout = trainer.get("precision"), trainer.get("channels_last")
+    if precision not in ("fp32", "bf16") or not isinstance(layout, bool):
+        return None
+    return variants.Variant(precision, layout)
+
+
 def prepare_config(cfg: DictConfig, changes: dict[str, Any] | None, share: Any) -> None:
     """The caller's changes, absolute paths, a sweep job's share of the machine; then the checks every
     caller gets: what ``_target_`` may build (resume brings configs from files), types and ranges."""
     for key, value in (changes or {}).items():
         OmegaConf.update(cfg, key, value, merge=False)
     anchor_paths(cfg)
+    if str(cfg.optimizer.get("_target_", "")).endswith("LBFGS") and cfg.trainer.channels_last == "auto":
+        cfg.trainer.channels_last = False  # LBFGS views each gradient flat: it needs them contiguous
     if share is not None:
         apply_share(cfg, share)
     check_targets(cfg, extra=tuple(cfg.get("allow_targets") or ()))
@@ -179,9 +234,11 @@ def resume_or_start(cfg: DictConfig, run: Run, splits: Splits, resumed: dict[str
 
 
 def setup_settings(
-    cfg: DictConfig, task: str, device: torch.device, precision: str, built: BuiltModel, monitor: tuple[str, str]
+    cfg: DictConfig, task: str, variant: tuple[torch.device, str, bool], monitor: tuple[str, str]
 ) -> Settings:
-    """What the loop needs of trainer.*, checkpoint.*, data.* and finetune.*, resolved."""
+    """What the loop needs of trainer.*, checkpoint.*, data.* and finetune.*, resolved (``variant``: the
+    device, precision and memory layout chosen)."""
+    device, precision, channels_last = variant
     return Settings(
         epochs=int(cfg.trainer.epochs),
         device=device,
@@ -196,7 +253,7 @@ def setup_settings(
         monitor=monitor[0],
         mode=monitor[1],
         ignore_index=cfg.data.get("ignore_index"),
-        channels_last=resolve_channels_last(cfg.trainer.channels_last, device, built.model),
+        channels_last=channels_last,
         compile_backend=resolve_compile(cfg.trainer.compile),
         cache_features=resolve_cache_features(
             cfg.finetune.cache_features, cfg.data, cfg.get("distill", {}).get("teacher")

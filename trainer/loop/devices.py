@@ -42,7 +42,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if device.type == "cpu":
         found = cpu_bf16_instructions()
         if found:
-            log.info("precision auto: bf16 on this CPU (native bf16 instructions: %s)", ", ".join(found))
+            log.debug("precision auto: bf16 on this CPU (native bf16 instructions: %s)", ", ".join(found))
             return "bf16"
     return "fp32"
 
