@@ -35,7 +35,8 @@ def steps(args: argparse.Namespace) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        model = timm.create_model(name, pretrained=False, num_classes=10)
+        size = {"img_size": args.image} if "vit" in name else {}
+        model = timm.create_model(name, pretrained=False, num_classes=10, **size)
         options = variants.candidates("auto", "auto", model)
         x = torch.randn(args.batch, 3, args.image, args.image)
         y = torch.randint(0, 10, (args.batch,))
@@ -43,7 +44,7 @@ def steps(args: argparse.Namespace) -> None:
         times: dict[str, list[float]] = {str(v): [] for v in options}
         for _ in range(args.rounds):
             for v in options:
-                times[str(v)].append(variants.time_step(model, loss_fn, (x, y), v))
+                times[str(v)].append(variants.time_step(model, loss_fn, lambda: (x, y), v))
         median = {k: statistics.median(t) for k, t in times.items()}
         fastest = min(median, key=median.__getitem__)
         rule = str(variants.rule(options, model))

@@ -1,11 +1,13 @@
 """The trainer's defaults against a bare expert loop on the same folder of images, side by side.
 
     python scripts/bench_recipe.py [--data digits|mnist5k|patches] [--epochs 2] [--out FILE]
-    python scripts/bench_recipe.py --budgets 2m,5m [--data digits|mnist5k|patches]
+    python scripts/bench_recipe.py --budgets 2m,5m [--data digits|mnist5k|patches] [--slow none,early,late]
     python scripts/bench_recipe.py --timm-train PATH/TO/pytorch-image-models/train.py [--data ...]
 
 ``--budgets``: instead, ``train data=<data> trainer.time_budget=B`` for each budget, and how close each
-run's wall time (the whole command) lands to it.
+run's wall time (the whole command) lands to it. ``--slow``: each budget also with a pace that changes
+on purpose: every optimizer step takes half as long again from 5% to 30% of the budget (``early``) or
+from 55% to 80% (``late``), through the ``slow`` fault point (trainer/runs/failpoints.py).
 
 The data set is written once as a folder of PNGs (DIR/train/<class>/, DIR/val/<class>/, the same
 stratified split the trainer's own data options use). Then, one after the other on this machine:
@@ -119,13 +121,19 @@ def bare_loop(folder: Path, epochs: int) -> float:
     return best
 
 
-def trainer_run(folder: Path | None, name: str, extra: list[str], data: str = "") -> tuple[float, float, dict]:
-    """(best val accuracy, wall seconds, metrics.json) of one `train` command."""
+def trainer_run(
+    folder: Path | None, name: str, extra: list[str], data: str = "", env: dict[str, str] | None = None
+) -> tuple[float, float, dict]:
+    """(best val accuracy, wall seconds, metrics.json) of one `train` command (``env``: variables added)."""
+    import os
+
     run_dir = ROOT / (folder.parent.name if folder else data) / name
     on = ["data=imagefolder", f"data.root={folder}"] if folder else [f"data={data}"]
     args = [sys.executable, "-m", "trainer", *on, *extra]
     start = time.perf_counter()
-    proc = subprocess.run([*args, f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [*args, f"hydra.run.dir={run_dir}"], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"{' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -179,13 +187,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--out", default=None, help="also write the table to this file")
     ap.add_argument("--budgets", default=None, help="e.g. 2m,5m: how close runs with these budgets land")
+    ap.add_argument("--slow", default="none", help="with --budgets: none,early,late (a window of slower steps)")
     ap.add_argument("--timm-train", default=None, help="timm's train.py (in a checkout of its repository): add its row")
     ap.add_argument("--bare", default=None, help=argparse.SUPPRESS)  # the bare loop's own process, on this folder
     args = ap.parse_args()
     if args.bare:
         return print(json.dumps({"best": bare_loop(Path(args.bare), args.epochs)}))
     if args.budgets:
-        return landing(args.data, args.budgets.split(","), args.out)
+        return landing(args.data, args.budgets.split(","), args.out, args.slow.split(","))
     folder = write_folder(args.data)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     acc, wall = bare_command(folder, args.epochs)
@@ -215,7 +224,10 @@ def main() -> None:
         Path(args.out).write_text(table + "\n")
 
 
-def landing(data: str, budgets: list[str], out: str | None) -> None:
+SLOW = {"none": None, "early": (0.05, 0.30), "late": (0.55, 0.80)}  # shares of the budget with slower steps
+
+
+def landing(data: str, budgets: list[str], out: str | None, slow: list[str]) -> None:
     import torch
 
     from trainer.config.values import parse_duration
@@ -224,20 +236,23 @@ def landing(data: str, budgets: list[str], out: str | None) -> None:
     lines = [
         f"`train data={data} trainer.time_budget=B`, {time.strftime('%Y-%m-%d')}, one run each:",
         "",
-        "| budget | epochs planned | planned again (after epoch: epochs) | epochs run | best val acc | wall (s) "
-        "| wall / budget |",
-        "|---|---|---|---|---|---|---|",
+        "| budget | slower steps | epochs planned | planned again (after epoch: epochs) | epochs run | best val acc "
+        "| wall (s) | wall / budget |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for budget in budgets:
+    for budget, mode in [(b, m) for b in budgets for m in slow]:
         seconds = parse_duration(budget)
         assert seconds is not None
-        acc, wall, m = trainer_run(None, f"budget-{budget}-{stamp}", [f"trainer.time_budget={budget}"], data)
-        plan = torch.load(ROOT / data / f"budget-{budget}-{stamp}" / "checkpoints" / "last.pt", weights_only=True)
+        window = SLOW[mode]
+        env = {"TRAINER_FAILPOINT": f"slow:{window[0] * seconds:.0f}-{window[1] * seconds:.0f}"} if window else {}
+        name = f"budget-{budget}-{mode}-{stamp}"
+        acc, wall, m = trainer_run(None, name, [f"trainer.time_budget={budget}"], data, env)
+        plan = torch.load(ROOT / data / name / "checkpoints" / "last.pt", weights_only=True)
         again = plan["budget"]["replanned"]
         first = again[0]["epochs"][0] if again else plan["budget"]["epochs"]
         changes = ", ".join(f"{c['after_epoch']}: {c['epochs'][1]} ({c['steps'][1]} steps)" for c in again) or "-"
         lines.append(
-            f"| {budget} | {first} | {changes} | {m['epochs_done']} | {acc:.4f} | {wall:.0f} | {wall / seconds:.3f} |"
+            f"| {budget} | {mode} | {first} | {changes} | {m['epochs_done']} | {acc:.4f} | {wall:.0f} | {wall / seconds:.3f} |"
         )
         print(lines[-1], flush=True)
     table = "\n".join(lines)

@@ -6,10 +6,11 @@ scaled to the whole split, and one checkpoint is serialized; the model, optimize
 are then put back exactly as they were, so the run trains as if nothing had been measured. From
 what is left of the budget (the time since the command started is already spent) and the cost of an
 epoch, the number of epochs, the head stage's share (``finetune.head_epochs: auto``) and so the
-schedule's length are chosen. The rest is planned again from the pace the run trains at, a fifth into
-the first epoch of the last stage, after each of its epochs and a fifth into the last epoch (unless the
-plan as it stands already ends within 1.5% of the target), with the schedule stretched from where it
-is (:meth:`BudgetPlan.replan`). With ``trainer.epochs`` also given on the command line, the budget is
+schedule's length are chosen. The rest is planned again from the pace the run trains at, a fifth, two
+and three fifths into the first epoch of the last stage and into the last epoch (the epoch's pace
+weighed with the timed one, so one noisy window cannot cut the run), and after each epoch (unless the
+plan as it stands already ends within 1.5% of the target), longer or shorter, with the schedule
+stretched from where it is (:meth:`BudgetPlan.replan`). With ``trainer.epochs`` also given on the command line, the budget is
 a cap: never more epochs than that. The chosen plan is kept in every checkpoint, so a resumed run
 continues the same plan instead of measuring again.
 """
@@ -159,16 +160,17 @@ class BudgetPlan:
         )
 
     def replan_midway(self, length: Length, epoch: int, done: int, epoch_s: float, elapsed: float) -> None:
-        """A fifth into the session's first epoch of the last stage, and again into the run's last planned
-        epoch (``done`` optimizer steps of it in ``epoch_s`` seconds): the rest planned again at that pace,
-        so a run of one or two epochs, which :meth:`replan` sees too late, still fills its budget, and a
-        pace that changes in the last epoch still moves its end."""
-        seen = self.__dict__.setdefault("_midway_at", set())  # epochs planned again midway, this session
-        if not length.in_last_stage() or epoch in seen or (seen and epoch != self.epochs - 1):
+        """A fifth, two fifths and three fifths into the session's first epoch of the last stage, and into the
+        run's last planned epoch (``done`` optimizer steps of it in ``epoch_s`` seconds): the rest planned
+        again, so a run of one or two epochs, which :meth:`replan` sees too late, still fills its budget, and
+        a pace that changes in the last epoch still moves its end, longer as well as shorter. The pace is
+        this epoch's so far weighed with the timed one as if that were a fifth of an epoch's steps
+        (:func:`blended_pace`): one noisy window cannot cut the run, and the later points trust the epoch more."""
+        first = self.__dict__.setdefault("_midway_first", epoch)  # the session's first epoch planned midway
+        if not length.in_last_stage() or epoch not in (first, self.epochs - 1):
             return
-        seen.add(epoch)
         spe, end_s = self.steps_per_epoch, self.eval_s + self.save_s
-        pace = max(0.25 * self.all_step_s, epoch_s / max(1, done))
+        pace = blended_pace(self.all_step_s, midway_steps(spe), done, epoch_s)
         used = self.resumed_from_s + elapsed
         if self._lands(used + (self.steps - epoch * spe - done) * pace + (self.epochs - epoch) * end_s):
             return
@@ -238,6 +240,20 @@ class BudgetPlan:
 
 
 OPTIONAL = {"replanned"}
+
+
+def midway_steps(steps_per_epoch: int) -> int:
+    """Steps between the points inside an epoch where a budget is planned again (a fifth of an epoch, at least 5)."""
+    return max(5, steps_per_epoch // 5)
+
+
+MIDWAY_POINTS = 3  # a fifth, two and three fifths into an epoch: later, too little of the schedule is left to move
+
+
+def blended_pace(timed_s: float, prior_steps: int, done: int, seconds: float) -> float:
+    """Seconds a step: ``done`` steps in ``seconds``, weighed with ``prior_steps`` steps at the timed pace.
+    Never below a quarter of the timed pace (a clock that jumped)."""
+    return max(0.25 * timed_s, (timed_s * prior_steps + seconds) / (prior_steps + max(1, done)))
 
 
 def choose_steps(
@@ -358,8 +374,8 @@ def _time_eval(run: Run, batches: int = 4) -> float:
 
 
 class TimeBudget(Policy):
-    """trainer.time_budget as a policy: the plan followed and planned again from the pace (a fifth into
-    an epoch, after each epoch), and the run stopped when another epoch would overrun."""
+    """trainer.time_budget as a policy: the plan followed and planned again from the pace (a fifth, two
+    and three fifths into an epoch, after each epoch), and the run stopped when another epoch would overrun."""
 
     def __init__(self, plan: BudgetPlan, clock: Clock) -> None:
         self.plan, self.clock = plan, clock
@@ -368,7 +384,8 @@ class TimeBudget(Policy):
         self.plan.start_session(state.epoch, self.clock())
 
     def step_end(self, state: TrainState, length: Length, epoch: int, steps: int, seconds: float) -> None:
-        if steps == max(5, length.steps_per_epoch // 5):
+        every = midway_steps(length.steps_per_epoch)
+        if steps % every == 0 and steps // every <= MIDWAY_POINTS and steps < length.steps_per_epoch:
             self.plan.replan_midway(length, epoch, steps, seconds, self.clock())
 
     def epoch_end(self, state: TrainState, length: Length) -> None:

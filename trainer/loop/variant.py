@@ -11,8 +11,8 @@ model, input, batch, CPU, thread count and torch version (``variants.json`` in `
 else ``~/.cache/transfer-trainer``), so the next run on this machine starts at once.
 
 A run too short for the measurement to pay for itself (under ``PROBE_MIN_STEPS`` optimizer steps, and
-nothing remembered) takes the rule those measurements give instead: channels_last for conv nets, bf16
-(where native) for models of ``BF16_MIN_PARAMS`` parameters and more.
+nothing remembered) takes the rule those measurements give instead: channels_last for conv nets, and bf16 (where
+native) except for small nets of depthwise convolutions (under ``BF16_MIN_PARAMS`` parameters).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from trainer.models.backbones import is_convnet
 log = logging.getLogger("trainer")
 
 PROBE_MIN_STEPS = 400  # the probe takes about 16 steps: at most 4% of a run this long
-BF16_MIN_PARAMS = 10_000_000  # measured: below it the casts cost more than bf16's faster math saves
+BF16_MIN_PARAMS = 10_000_000  # measured: a depthwise net below it loses more to bf16's casts than it gains
 TIMED_STEPS = 3  # per variant, after one warm-up step; the median is kept
 CACHE_LIMIT = 1 << 20  # variants.json is read only up to 1 MiB (a file anyone could have written)
 
@@ -63,9 +63,13 @@ def candidates(precision: str, channels_last: Any, model: torch.nn.Module, bf16:
 
 def rule(options: list[Variant], model: torch.nn.Module) -> Variant:
     """The choice without a measurement: channels_last where offered (never slower on a CPU in our
-    measurements), bf16 only for large models."""
-    large = sum(p.numel() for p in model.parameters()) >= BF16_MIN_PARAMS
-    return max(options, key=lambda v: (v.channels_last, (v.precision == "bf16") == large))
+    measurements), and bf16 except for small nets built on depthwise convolutions (EfficientNet,
+    MobileNet under ``BF16_MIN_PARAMS`` parameters), whose cheap convolutions lose more to the casts than
+    bf16's math saves."""
+    depthwise = any(isinstance(m, torch.nn.Conv2d) and 1 < m.groups == m.in_channels for m in model.modules())
+    small = sum(p.numel() for p in model.parameters()) < BF16_MIN_PARAMS
+    bf16 = not (depthwise and small)
+    return max(options, key=lambda v: (v.channels_last, (v.precision == "bf16") == bf16))
 
 
 def time_step(

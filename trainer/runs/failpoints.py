@@ -4,6 +4,8 @@ checkpoint's bytes written, before its rename), ``epoch`` (after an epoch's chec
 ``oom:<n>`` raises torch.OutOfMemoryError and ``crash:<n>`` a RuntimeError at the n-th ``step`` instead of killing;
 ``enospc:<n>`` / ``erofs:<n>`` raise the OSError of a full disk / read-only file system at the n-th ``save``;
 ``sigint:<n>`` sends this process SIGINT (Ctrl-C) at the n-th ``output`` (a command's output file written, before its rename);
+``slow:<from>-<to>`` makes every ``step`` from ``from`` to ``to`` seconds after this process started take half
+as long again (a machine that gets busy for a while; the time-budget benchmark's changing pace);
 ``TRAINER_FAILPOINT_JOB=j`` limits any point to job j of a sweep.
 Under torchrun, ``TRAINER_FAILPOINT_RANK=r`` limits it to rank r, and it fires in the first attempt
 only (not after torchrun restarted the workers). Unset (always, outside tests) it does nothing."""
@@ -12,9 +14,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 _SPEC = os.environ.get("TRAINER_FAILPOINT", "")
 _counts: dict[str, int] = {}
+_STARTED = time.monotonic()
+_last_step: list[float] = []
 job: int | None = None  # this process's job number in a sweep (set by the CLI)
 
 
@@ -22,6 +27,8 @@ def failpoint(point: str, filename: str | None = None) -> None:
     if not _SPEC:
         return
     name, _, nth = _SPEC.partition(":")
+    if name == "slow" and point == "step":
+        return _slow(nth)
     raises = {"oom": "step", "crash": "step", "enospc": "save", "erofs": "save", "sigint": "output"}
     if name != point and raises.get(name) != point:
         return
@@ -47,3 +54,13 @@ def failpoint(point: str, filename: str | None = None) -> None:
             code = errno.ENOSPC if name == "enospc" else errno.EROFS
             raise OSError(code, os.strerror(code), filename)
         os.kill(os.getpid(), signal.SIGINT if name == "sigint" else signal.SIGKILL)
+
+
+def _slow(window: str) -> None:
+    """Inside the window (seconds since start), sleep half of the time since the previous step."""
+    now = time.monotonic()
+    start, _, end = window.partition("-")
+    if _last_step and float(start) <= now - _STARTED < float(end):
+        time.sleep(0.5 * (now - _last_step[0]))
+        now = time.monotonic()
+    _last_step[:] = [now]

@@ -197,39 +197,69 @@ def test_an_older_checkpoints_plan_without_the_replan_record_still_loads():
     assert BudgetPlan.from_state({**state, "replanned": "x"}) is None
 
 
-def test_a_fifth_into_the_first_epoch_the_plan_follows_that_pace():
+def test_a_fifth_into_the_first_epoch_the_plan_follows_that_pace_weighed_with_the_timed_one():
     """A run planned at 1 epoch cut to 65 of 75 steps (timed 0.678 s a step) that trains at 0.44 s:
-    replan after an epoch would come too late, so 15 steps in, the rest is planned at that pace."""
+    replan after an epoch would come too late, so 15 steps in (a fifth), the rest is planned at the
+    epoch's pace weighed with the timed one as if that were 15 steps: (0.678 * 15 + 6.6) / 30 = 0.559 s."""
     plan = _plan(budget_s=70, epochs=1, all_step_s=0.678, eval_s=2.2, save_s=0.5, steps_per_epoch=75, total_steps=65)
     sched = build_schedule(functools.partial(warmup_cosine), _optimizer(), 75, 1, total_steps=65)
     for _ in range(15):
         sched.after_step()
     run = _run(plan, 0, plan.shorten([Stage(0, 1, "all")]), sched)
     plan.replan_midway(run, 0, 15, 6.6, 27.6)  # 21 s start-up + 6.6 s of steps
-    remaining = 70 * (1 - MARGIN) - 27.6 + 15 * 0.44
-    more, _, steps = choose_steps(remaining, 75, (0.44, 0.44), 2.7, lambda e: 0, None)
-    assert (plan.epochs, plan.steps) == (more, steps) and plan.steps > 75  # by hand: a second epoch now fits in part
+    pace = (0.678 * 15 + 6.6) / 30
+    assert budget.blended_pace(0.678, 15, 15, 6.6) == pytest.approx(pace)
+    remaining = 70 * (1 - MARGIN) - 27.6 + 15 * pace
+    more, _, steps = choose_steps(remaining, 75, (pace, pace), 2.7, lambda e: 0, None)
+    assert (plan.epochs, plan.steps) == (more, steps) and plan.steps > 65  # by hand: more steps now fit
     assert plan.replanned[0]["into_epoch"] == 15 and run.plan.stages[-1].epochs == plan.epochs
+    assert plan.replanned[0]["step_s"] == pytest.approx(pace, abs=1e-4)
     assert sched.scheduler.lr_lambdas[0].total == plan.steps
-    before = list(plan.replanned)
-    plan.replan_midway(run, 0, 15, 1.0, 30.0)  # once a session
-    assert plan.replanned == before
+
+
+def test_one_slow_window_does_not_cut_the_run_and_later_points_in_the_epoch_lengthen_it_again():
+    """Timed 0.423 s a step; the first fifth of epoch 1 runs at 0.782 s (a busy minute), then at 0.40 s.
+    Trusting that window alone would plan for a run ~1.85x slower; weighed with the timed pace it is cut
+    less, and two fifths in, at the epoch's pace so far (the timed one weighed less), it is lengthened."""
+    plan = _plan(budget_s=200, epochs=2, all_step_s=0.423, eval_s=5.0, save_s=0.5, steps_per_epoch=150)
+    sched = build_schedule(functools.partial(warmup_cosine), _optimizer(), 150, 2)
+    run = _run(plan, 0, plan.shorten([Stage(0, 2, "all")]), sched)
+    plan.replan_midway(run, 0, 30, 30 * 0.782, 20 + 30 * 0.782)
+    first = plan.steps
+    alone = choose_steps(200 * (1 - MARGIN) - 20, 150, (0.782, 0.782), 5.5, lambda e: 0, None)[2]
+    assert alone < first < 300  # cut, but less than the window alone would have cut it
+    seconds = 30 * 0.782 + 30 * 0.40
+    plan.replan_midway(run, 0, 60, seconds, 20 + seconds)
+    pace = budget.blended_pace(0.423, 30, 60, seconds)
+    remaining = 200 * (1 - MARGIN) - (20 + seconds) + 60 * pace
+    more, _, steps = choose_steps(remaining, 150, (pace, pace), 5.5, lambda e: 0, None)
+    assert plan.steps == steps > first and len(plan.replanned) == 2  # longer again
 
 
 def test_a_fifth_into_the_last_epoch_it_is_planned_again_but_not_in_the_epochs_between():
     """Planned 3 epochs of 10 steps, the last cut to 6 (26 in all), timed 1 s a step, 2 s evaluation, in
     100 s. The session's first epoch was planned again already; epoch 2 (not the last) is left alone;
-    2 steps into epoch 3 at 0.5 s a step the last epoch is given more steps, as choose_steps says."""
+    5 steps into epoch 3 at 0.5 s a step the last epoch is given more steps, as choose_steps says at
+    that pace weighed with the timed one."""
     plan = _plan(budget_s=100, epochs=3, total_steps=26)
     run = _run(plan, 0, plan.shorten([Stage(0, 3, "all")]), _stepped(0))
-    plan._midway_at = {0}
-    plan.replan_midway(run, 1, 2, 1.0, 50)
+    plan._midway_first = 0
+    plan.replan_midway(run, 1, 5, 2.5, 50)
     assert (plan.steps, plan.replanned) == (26, [])
-    plan.replan_midway(run, 2, 2, 1.0, 70)
-    remaining = 100 * (1 - MARGIN) - 70 + 2 * 0.5
-    more, _, steps = choose_steps(remaining, 10, (0.5, 0.5), 2.0, lambda e: 0, None)
+    plan.replan_midway(run, 2, 5, 2.5, 70)
+    pace = budget.blended_pace(1.0, 5, 5, 2.5)  # 0.75 s
+    remaining = 100 * (1 - MARGIN) - 70 + 5 * pace
+    more, _, steps = choose_steps(remaining, 10, (pace, pace), 2.0, lambda e: 0, None)
     assert (plan.epochs, plan.steps) == (2 + more, 20 + steps) and plan.steps > 26  # by hand
-    assert plan.replanned[-1]["after_epoch"] == 2 and plan.replanned[-1]["into_epoch"] == 2
-    before = list(plan.replanned)
-    plan.replan_midway(run, 2, 2, 1.0, 71)  # once in that epoch
-    assert plan.replanned == before
+    assert plan.replanned[-1]["after_epoch"] == 2 and plan.replanned[-1]["into_epoch"] == 5
+
+
+def test_the_policy_plans_again_at_a_fifth_two_and_three_fifths_of_an_epoch_only():
+    calls = []
+    plan = _plan(steps_per_epoch=50)
+    plan.replan_midway = lambda length, epoch, steps, seconds, now: calls.append(steps)
+    policy = budget.TimeBudget(plan, budget.Clock(0.0, source=lambda: 1.0))
+    length = SimpleNamespace(steps_per_epoch=50)
+    for step in range(1, 51):
+        policy.step_end(TrainState(epochs=4), length, 0, step, step * 0.1)
+    assert calls == [10, 20, 30]

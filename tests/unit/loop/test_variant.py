@@ -41,15 +41,20 @@ def test_the_variants_tried_are_those_the_settings_cpu_and_model_leave():
     assert list(map(str, variants.candidates("auto", False, net, bf16=True))) == ["fp32 NCHW", "bf16 NCHW"]
 
 
-def test_the_rule_takes_channels_last_and_bf16_only_for_large_models(monkeypatch):
-    net = _convnet()
-    options = variants.candidates("auto", "auto", net, bf16=True)
-    assert variants.rule(options, net) == Variant("fp32", True)
-    monkeypatch.setattr(variants, "BF16_MIN_PARAMS", 1)
-    assert variants.rule(options, net) == Variant("bf16", True)
-    assert variants.rule(variants.candidates("auto", "auto", _not_convnet(), bf16=True), _not_convnet()) == Variant(
-        "bf16", False
-    )
+def test_the_rule_takes_channels_last_and_bf16_except_for_small_depthwise_nets(monkeypatch):
+    """What scripts/bench_cpu_variant.py measured fastest (docs/BENCHMARKS.md)."""
+    for name, expected in [
+        ("test_efficientnet", Variant("fp32", True)),  # depthwise, small
+        ("test_resnet", Variant("bf16", True)),  # plain convolutions
+        ("test_convnext", Variant("bf16", True)),  # depthwise but counted large below
+    ]:
+        net = timm.create_model(name, pretrained=False, num_classes=3)
+        if name == "test_convnext":
+            monkeypatch.setattr(variants, "BF16_MIN_PARAMS", 1)
+        assert variants.rule(variants.candidates("auto", "auto", net, bf16=True), net) == expected, name
+    flat = _not_convnet()  # a transformer's matmuls gain from bf16 at any size
+    assert variants.rule(variants.candidates("auto", "auto", flat, bf16=True), flat) == Variant("bf16", False)
+    assert variants.rule(variants.candidates("auto", "auto", flat, bf16=False), flat) == Variant("fp32", False)
 
 
 def test_a_long_run_trains_in_the_fastest_measured_variant_and_the_next_run_remembers_it(cache):
