@@ -79,6 +79,7 @@ SETTINGS: dict[str, Setting] = {
     "trainer.log_every": Setting(*_int(1)),
     "trainer.clip_grad_norm": Setting(*_pos_float(), nullable=True),
     "trainer.precision": Setting(*_choice("auto", "fp32", "bf16", "fp16")),
+    "trainer.eval_precision": Setting(*_choice("fp32", "same")),
     "trainer.nonfinite": Setting(*_choice("stop", "skip")),
     "trainer.devices": Setting(*_int(1)),
     "trainer.sync_bn": Setting(*_BOOL),

@@ -363,7 +363,7 @@ def _time_eval(run: Run, batches: int = 4) -> float:
     with torch.no_grad():
         t0 = run.estimate.now()
         for x, _y, *_ in run.inputs.val():
-            with run.autocast():
+            with run.eval_autocast():
                 run.forward.evaluate(x)
             times.append(run.estimate.now() - t0)
             t0 = run.estimate.now()

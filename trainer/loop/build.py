@@ -85,7 +85,17 @@ def build_parts(
     loaders = setup_loaders(cfg, splits, built, device)
     bad_images = BadImageLog(len(splits.train) + len(splits.val), float(cfg.data.max_bad_fraction))
     return Parts(
-        splits, built, loss_fn, loaders, device, precision, cfg.data.get("ignore_index"), bad_images, channels_last
+        splits,
+        built,
+        loss_fn,
+        loaders,
+        device,
+        precision,
+        cfg.data.get("ignore_index"),
+        bad_images,
+        channels_last,
+        # a run saved before the setting was scored in its training precision: so it is scored again
+        str(cfg.trainer.get("eval_precision", "same")),
     )
 
 
@@ -243,6 +253,7 @@ def setup_settings(
         epochs=int(cfg.trainer.epochs),
         device=device,
         precision=precision,
+        eval_precision=str(cfg.trainer.eval_precision),
         task=task,
         accumulate=int(cfg.trainer.accumulate),
         clip_grad_norm=cfg.trainer.clip_grad_norm,

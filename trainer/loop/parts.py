@@ -33,6 +33,7 @@ class Parts:
     ignore_index: int | None
     bad_images: BadImageLog
     channels_last: bool = False
+    eval_precision: str = "fp32"  # fp32 | same (as ``precision``)
 
     @property
     def classes(self) -> list[str]:
@@ -43,14 +44,14 @@ class Parts:
         return self.splits.task
 
     def evaluate(self, keep: list[Any] | None = None) -> Scores:
-        """The model's loss and metrics over the val split, as the run scores it each epoch (its
+        """The model's loss and metrics over the val split, as the run scores it each epoch (its val
         precision and memory layout); ``keep`` receives each batch's ``(logits, targets)``."""
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         model = self.built.model.to(device=self.device, memory_format=memory_format).eval()
         self.loss_fn.to(self.device)
         metrics = Metrics(self.task, len(self.classes), self.device, self.ignore_index)
         batches = ImageInputs(self.loaders, self.device, memory_format).val()
-        autocast = autocast_for(self.device.type, self.precision)
+        autocast = autocast_for(self.device.type, self.precision if self.eval_precision == "same" else "fp32")
         return score_split(model, batches, self.loss_fn, metrics, autocast, self.bad_images, self.device, keep)
 
 

@@ -58,6 +58,7 @@ class Settings:
     epochs: int
     device: torch.device
     precision: str = "fp32"  # fp32 | bf16 | fp16
+    eval_precision: str = "fp32"  # of the val pass: fp32 | same (as training)
     task: str = "multiclass"
     accumulate: int = 1
     clip_grad_norm: float | None = None
@@ -110,6 +111,7 @@ class Run(RunState):
         self.guard = InterruptGuard(self.distributed, s.device)
         # Switched-off features are no-op objects, not branches in the loop.
         self.autocast = autocast_for(s.device.type, s.precision)
+        self.eval_autocast = autocast_for(s.device.type, s.precision if s.eval_precision == "same" else "fp32")
         self.scaler = torch.amp.GradScaler(s.device.type, enabled=s.precision == "fp16")
         self.memory_format = torch.channels_last if s.channels_last else torch.preserve_format
         self.model.to(device=s.device, memory_format=self.memory_format)
@@ -193,7 +195,7 @@ class Run(RunState):
         self.inputs = ImageInputs(self.loaders, self.device, self.memory_format)
         if self.probe and s.cache_features:
             self.forward = CachedProbeForward(self.model, self.head, self.autocast)
-            self.inputs = CachedInputs(self.loaders, self.device, self.forward)
+            self.inputs = CachedInputs(self.loaders, self.device, self.forward, self.eval_autocast)
         elif self.probe:
             self.forward = ProbeForward(self.model, self.head, self.autocast)
         elif s.compile_backend:
@@ -313,7 +315,14 @@ class Run(RunState):
         metrics = Metrics(self.settings.task, len(self.classes), self.device, self.settings.ignore_index)
         batches = self.inputs.val()
         return score_split(
-            self.forward.evaluate, batches, self.loss_fn, metrics, self.autocast, self.bad_images, self.device, keep
+            self.forward.evaluate,
+            batches,
+            self.loss_fn,
+            metrics,
+            self.eval_autocast,
+            self.bad_images,
+            self.device,
+            keep,
         )
 
     def _step_end(self, epoch: int, first_step: int, t0: float) -> None:

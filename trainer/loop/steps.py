@@ -71,11 +71,12 @@ class ProbeForward(Forward):
         self.head, self.autocast = head, autocast
 
     @torch.no_grad()
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, autocast: Callable[[], Any] | None = None) -> torch.Tensor:
+        """What the backbone hands the head, in the training precision (or under ``autocast``)."""
         captured: list[torch.Tensor] = []
         hook = self.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
         try:
-            with self.autocast():
+            with (autocast or self.autocast)():
                 self.model(x)
         finally:
             hook.remove()
@@ -117,11 +118,14 @@ class ImageInputs:
 
 
 class CachedInputs(ImageInputs):
-    """Backbone features of every image, computed once with augmentation off (a cached linear probe)."""
+    """Backbone features of every image, computed once with augmentation off (a cached linear probe); the
+    val images' in the val pass's precision (``val_autocast``)."""
 
-    def __init__(self, loaders: Loaders, device: torch.device, probe: ProbeForward) -> None:
+    def __init__(
+        self, loaders: Loaders, device: torch.device, probe: ProbeForward, val_autocast: Callable[[], Any]
+    ) -> None:
         super().__init__(loaders, device, torch.preserve_format)
-        self.probe = probe
+        self.probe, self.val_autocast = probe, val_autocast
         self.cache: dict[str, torch.Tensor] = {}
 
     def _fill(self) -> None:
@@ -136,7 +140,7 @@ class CachedInputs(ImageInputs):
                         "(and maybe more: data.verify=true lists them). Remove them or set "
                         "finetune.cache_features=false."
                     )
-                feats.append(self.probe.features(x))
+                feats.append(self.probe.features(x, self.val_autocast if split == "val" else None))
             self.cache[split] = torch.cat(feats)
         log.info(
             "cached backbone features (augmentation off): train %s, val %s in %.1fs",
