@@ -16,8 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchmetrics import MetricCollection
-from torchmetrics import classification as tmc
 
 from trainer.config.tasks import task_named
 
@@ -25,6 +23,8 @@ Built = tuple[dict[str, Any], dict[str, Any], Any]  # scalars, per-class metrics
 
 
 def _multiclass(c: int, common: dict[str, Any]) -> Built:
+    from torchmetrics import classification as tmc
+
     scalars = {
         "acc": tmc.MulticlassAccuracy(c, average="micro", **common),
         "f1_macro": tmc.MulticlassF1Score(c, average="macro", **common),
@@ -39,6 +39,8 @@ def _multiclass(c: int, common: dict[str, Any]) -> Built:
 
 
 def _binary(c: int, common: dict[str, Any]) -> Built:
+    from torchmetrics import classification as tmc
+
     scalars = {
         "acc": tmc.BinaryAccuracy(**common),
         "f1": tmc.BinaryF1Score(**common),
@@ -49,6 +51,8 @@ def _binary(c: int, common: dict[str, Any]) -> Built:
 
 
 def _multilabel(c: int, common: dict[str, Any]) -> Built:
+    from torchmetrics import classification as tmc
+
     scalars = {
         "mAP": tmc.MultilabelAveragePrecision(c, average="macro", **common),
         "f1_macro": tmc.MultilabelF1Score(c, average="macro", **common),
@@ -63,6 +67,8 @@ def _multilabel(c: int, common: dict[str, Any]) -> Built:
 
 
 def _segmentation(c: int, common: dict[str, Any]) -> Built:
+    from torchmetrics import classification as tmc
+
     pixels = {"multidim_average": "global", **common}
     scalars = {
         "mIoU": tmc.MulticlassJaccardIndex(c, average="macro", **common),
@@ -88,6 +94,10 @@ class Metrics:
         common: dict[str, Any] = {"validate_args": False}
         if self.task.per_pixel:
             common["ignore_index"] = ignore_index
+        # torchmetrics is imported here, not at the top: at import it loads scipy.signal and matplotlib
+        # (its audio metrics and plots), a second of a run's start before its first step
+        from torchmetrics import MetricCollection
+
         scalars, per, self.confusion = BUILDERS[self.task.name](num_classes, common)
         # compute_groups=False: torchmetrics would otherwise merge metrics whose states happen to be equal
         # after the first batch (top-1 and top-5 when batch 1 is all correct) and compute one from the other's.
