@@ -206,7 +206,8 @@ def test_resuming_a_doctored_run_folder_runs_nothing(tmp_path, finished_run):
 def _flip_a_tensor_byte(path, tensor) -> None:
     """Change one byte inside ``tensor``'s data in the file (same size: only a digest can tell)."""
     data = path.read_bytes()
-    raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    # the bytes as stored: a channels_last weight is saved in its memory order
+    raw = torch.tensor([], dtype=torch.uint8).set_(tensor.untyped_storage()).numpy().tobytes()
     at = data.find(raw)
     assert at > 0, "tensor bytes not found in the file"
     i = at + len(raw) // 2

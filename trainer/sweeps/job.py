@@ -57,6 +57,16 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+# settings a run resolves when it is built and stores resolved ("auto" -> what it chose), with the keys
+# chosen together with them
+CHOSEN_AT_BUILD = {
+    "trainer.precision": (),
+    "trainer.channels_last": (),
+    "data.batch_size": ("trainer.accumulate",),
+    "optimizer.lr": (),
+}
+
+
 def previous_sweep_job(job_dir: Path, cfg: DictConfig) -> dict | Path | None:
     """For a re-run sweep: this job's metrics if it finished with the same config, its last.pt if
     it stopped part-way, else None (a new job)."""
@@ -73,7 +83,12 @@ def previous_sweep_job(job_dir: Path, cfg: DictConfig) -> dict | Path | None:
     except UserError as e:
         log.warning("ignoring %s: %s", last, e)
         return None
-    now = OmegaConf.to_container(cfg, resolve=True)
+    now_cfg = cfg.copy()
+    for key, with_it in CHOSEN_AT_BUILD.items():  # "auto" here is what the stored run chose
+        if OmegaConf.select(now_cfg, key) == "auto":
+            for k in (key, *with_it):
+                OmegaConf.update(now_cfg, k, OmegaConf.select(saved, k), merge=False)
+    now = OmegaConf.to_container(now_cfg, resolve=True)
     before = OmegaConf.to_container(saved, resolve=True)
     assert isinstance(now, dict) and isinstance(before, dict)
     now.pop("resume", None)
