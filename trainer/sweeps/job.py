@@ -83,14 +83,13 @@ def previous_sweep_job(job_dir: Path, cfg: DictConfig) -> dict | Path | None:
     except UserError as e:
         log.warning("ignoring %s: %s", last, e)
         return None
-    now_cfg = cfg.copy()
-    for key, with_it in CHOSEN_AT_BUILD.items():  # "auto" here is what the stored run chose
-        if OmegaConf.select(now_cfg, key) == "auto":
-            for k in (key, *with_it):
-                OmegaConf.update(now_cfg, k, OmegaConf.select(saved, k), merge=False)
-    now = OmegaConf.to_container(now_cfg, resolve=True)
+    now = OmegaConf.to_container(cfg, resolve=True)
     before = OmegaConf.to_container(saved, resolve=True)
     assert isinstance(now, dict) and isinstance(before, dict)
+    for key, with_it in CHOSEN_AT_BUILD.items():  # "auto" here is what the stored run chose
+        if _at(now, key) == "auto":
+            for k in (key, *with_it):
+                _put(now, k, _at(before, k))
     now.pop("resume", None)
     before.pop("resume", None)
     if now != before:
@@ -100,6 +99,20 @@ def previous_sweep_job(job_dir: Path, cfg: DictConfig) -> dict | Path | None:
     except (OSError, ValueError):
         metrics = {}
     return metrics if metrics.get("finished") else last
+
+
+def _at(tree: dict, key: str) -> Any:
+    """The value at a dotted ``key`` of a plain nested dict (None where a part is missing)."""
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _put(tree: dict, key: str, value: Any) -> None:
+    *path, last = key.split(".")
+    for part in path:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
 
 
 def mark_failed(job_dir: Path, error: str, log_file: Path | None = None) -> None:
