@@ -175,8 +175,8 @@ def setup_variant(cfg: DictConfig, parts: Parts, resumed: dict[str, Any] | None)
     stored = stored_variant(resumed)
     if stored in options:
         chosen, why = stored, "the variant the resumed checkpoint trained in"
-    elif dist.is_distributed() or cfg.data.get("decode", "workers") == "device":
-        chosen, why = variants.rule(options, model), "the rule (every process the same; no batch to time)"
+    elif dist.is_distributed() or cfg.data.get("decode", "workers") == "device":  # build_parts chose by the rule
+        chosen, why = variants.Variant(parts.precision, parts.channels_last), "the rule (every process the same)"
     else:
         # at most this many steps (trainer.epochs caps a time budget too)
         steps = int(cfg.trainer.epochs) * -(-len(parts.loaders.train) // int(cfg.trainer.accumulate))

@@ -52,16 +52,21 @@ CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # x86 AMX / AVX512-BF16; A
 
 def cpu_bf16_instructions(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
     """The native bf16 instruction sets this CPU lists (Linux /proc/cpuinfo flags); [] when none or unknown."""
+    flags = set((cpuinfo_value(("flags", "features"), cpuinfo) or "").split())
+    return [f for f in CPU_BF16_FLAGS if f in flags]
+
+
+def cpuinfo_value(keys: tuple[str, ...], cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """The first value /proc/cpuinfo gives for one of ``keys`` (e.g. ``model name``); None when none or unknown."""
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
-        return []
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            flags = set(value.split())
-            return [f for f in CPU_BF16_FLAGS if f in flags]
-    return []
+        if key.strip().lower() in keys:
+            return value.strip()
+    return None
 
 
 def resolve_channels_last(value: Any, device: torch.device, model: torch.nn.Module) -> bool:

@@ -15,7 +15,7 @@ from trainer.data.datasets import Splits
 from trainer.data.images import BadImageLog
 from trainer.data.loaders import Loaders
 from trainer.distributed import collectives as dist
-from trainer.loop.steps import ImageInputs, autocast_for
+from trainer.loop.steps import ImageInputs, autocast_for, val_precision
 from trainer.metrics import Metrics
 from trainer.models import BuiltModel
 
@@ -51,7 +51,7 @@ class Parts:
         self.loss_fn.to(self.device)
         metrics = Metrics(self.task, len(self.classes), self.device, self.ignore_index)
         batches = ImageInputs(self.loaders, self.device, memory_format).val()
-        autocast = autocast_for(self.device.type, self.precision if self.eval_precision == "same" else "fp32")
+        autocast = autocast_for(self.device.type, val_precision(self.precision, self.eval_precision))
         return score_split(model, batches, self.loss_fn, metrics, autocast, self.bad_images, self.device, keep)
 
 

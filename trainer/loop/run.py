@@ -42,6 +42,7 @@ from trainer.loop.steps import (
     SkipNonfiniteStep,
     Step,
     autocast_for,
+    val_precision,
 )
 from trainer.metrics import Metrics
 from trainer.models import BuiltModel
@@ -111,7 +112,7 @@ class Run(RunState):
         self.guard = InterruptGuard(self.distributed, s.device)
         # Switched-off features are no-op objects, not branches in the loop.
         self.autocast = autocast_for(s.device.type, s.precision)
-        self.eval_autocast = autocast_for(s.device.type, s.precision if s.eval_precision == "same" else "fp32")
+        self.eval_autocast = autocast_for(s.device.type, val_precision(s.precision, s.eval_precision))
         self.scaler = torch.amp.GradScaler(s.device.type, enabled=s.precision == "fp16")
         self.memory_format = torch.channels_last if s.channels_last else torch.preserve_format
         self.model.to(device=s.device, memory_format=self.memory_format)

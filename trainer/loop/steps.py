@@ -168,6 +168,11 @@ class CachedInputs(ImageInputs):
         return self.on_device(batches)
 
 
+def val_precision(precision: str, eval_precision: str) -> str:
+    """The val pass's precision: fp32 (trainer.eval_precision=fp32), or the training one (``same``)."""
+    return precision if eval_precision == "same" else "fp32"
+
+
 def autocast_for(device_type: str, precision: str) -> Callable[[], Any]:
     """The autocast context of ``precision`` (bf16, fp16; fp32: none) on ``device_type``, as a factory."""
     import contextlib

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from trainer.loop.devices import cpu_bf16_instructions
+from trainer.loop.devices import cpu_bf16_instructions, cpuinfo_value
 from trainer.loop.steps import autocast_for
 from trainer.loop.trial import trial
 from trainer.models.backbones import is_convnet
@@ -133,21 +133,10 @@ def _shown(seconds: dict[str, float]) -> str:
 
 def cache_key(model_name: str, size: int, batch: int, task: str) -> str:
     """What a measurement holds for: the model and its input, and this machine as it runs it."""
-    cpu = _cpu_name()
+    cpu = cpuinfo_value(("model name",)) or platform.processor() or platform.machine()
     return (
         f"{model_name}|{size}px|batch {batch}|{task}|{cpu}|{torch.get_num_threads()} threads|torch {torch.__version__}"
     )
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cache_path() -> Path:
