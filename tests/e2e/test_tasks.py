@@ -322,6 +322,7 @@ def test_segmentation_on_generated_shapes_reaches_miou_0_8(tmp_path):
     assert set(m["per_class"]["best"]["iou"]) == {"background", "square", "disc"}
     assert {"val/mIoU", "val/dice", "val/acc", "val/loss"} <= set(m["history"][-1])
     assert Image.open(run_dir / "confusion_matrix.png").size[0] > 100
+    assert m["calibration"] is None and not (run_dir / "reliability.png").exists()  # not calibrated per pixel
 
 
 @pytest.mark.slow
@@ -400,6 +401,15 @@ def test_multilabel_from_a_csv_beats_chance_by_a_wide_margin(tmp_path):
     assert m["best"] >= 0.8, m["history"]
     assert m["history"][-1]["val/f1_macro"] >= 0.8
     assert set(m["per_class"]["best"]["ap"]) == {"blue", "green", "red", "yellow"}
+    # a temperature per class, kept in best.pt; before it, the NLL is the best epoch's BCE val loss
+    from trainer.runs.checkpoint import load_checkpoint
+
+    calibration = m["calibration"]
+    assert len(calibration["temperature"]) == 4 and calibration["images"] == 64
+    assert load_checkpoint(run_dir / "checkpoints" / "best.pt")["calibration"] == calibration
+    best_loss = m["history"][m["best_epoch"] - 1]["val/loss"]
+    assert calibration["before"]["nll"] == pytest.approx(best_loss, abs=1e-5)
+    assert (run_dir / "reliability.png").is_file()
 
 
 @pytest.mark.slow
@@ -424,6 +434,7 @@ def test_binary_task_has_one_output_and_its_metrics(tmp_path):
     assert {"val/acc", "val/f1", "val/auroc"} <= set(m["history"][-1])
     state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert state["model"]["fc.weight"].shape[0] == 1
+    assert len(state["calibration"]["temperature"]) == 1 and m["calibration"] == state["calibration"]
     assert (run_dir / "confusion_matrix.png").is_file()
 
 

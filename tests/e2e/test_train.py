@@ -769,3 +769,20 @@ def test_hparams_show_the_essentials_then_what_the_command_line_set():
         "loss._target_",
     ]
     assert "trainer.precision" not in chosen  # a default nobody changed stays off the table
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_temperature_was_fit_fits_it_when_resumed(tmp_path):
+    from trainer.runs.checkpoint import load_checkpoint
+
+    run_dir = tmp_path / "run"
+    args = [*TINY, "trainer.epochs=1", f"hydra.run.dir={run_dir}"]
+    proc = train(args, tmp_path, check=False, env={"TRAINER_FAILPOINT": "calibrate:1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    best = run_dir / "checkpoints" / "best.pt"
+    assert "calibration" not in load_checkpoint(best) and metrics(run_dir)["calibration"] is None
+    out = train([*args, f"resume={run_dir}"], tmp_path)
+    assert "fitting it now" in out.stdout + out.stderr
+    stored = load_checkpoint(best)["calibration"]
+    assert stored["temperature"][0] > 0 and metrics(run_dir)["calibration"] == stored
+    assert (run_dir / "reliability.png").is_file()

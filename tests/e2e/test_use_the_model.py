@@ -293,14 +293,18 @@ def test_one_checkpoint_has_one_score_in_its_log_evaluate_a_folder_and_its_onnx_
     assert proc.returncode == 0, proc.stderr
 
     trained = load_trained(str(run))
+    temperature = trained.state["calibration"]["temperature"][0]  # in the exported graph: logits / temperature
+    in_graph = json.loads((tmp_path / "x" / "config.json").read_text())["calibration"]
+    assert in_graph["in_graph"] and in_graph["temperature"] == pytest.approx([temperature])
     session = ort.InferenceSession(str(tmp_path / "x" / "model.onnx"), providers=["CPUExecutionProvider"])
-    correct, losses = 0, []
+    correct, losses, raw, targets, paths = 0, [], [], [], []
     for target, name in enumerate(trained.classes):
         for path in sorted((val / name).glob("*.png")):
             x = preprocess(trained)(decode_rgb(str(path))).unsqueeze(0)
-            logits = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+            logits = torch.from_numpy(session.run(None, {"input": x.numpy()})[0]) * temperature
             correct += int(logits.argmax(1).item() == target)
             losses.append(float(torch.nn.functional.cross_entropy(logits, torch.tensor([target]))))
+            raw.append(logits), targets.append(target), paths.append(str(path))
     n = len(losses)
     onnx_acc, onnx_loss = correct / n, sum(losses) / n
     assert n == 60 and 0.5 < onnx_acc < 1.0  # a model that gets some wrong: the numbers can differ
@@ -309,3 +313,25 @@ def test_one_checkpoint_has_one_score_in_its_log_evaluate_a_folder_and_its_onnx_
     assert on_run["val/loss"] == pytest.approx(logged["val/loss"], abs=1e-5)
     # fp32 both: 2e-8 apart here; the same run's val pass in bf16 (trainer.eval_precision=same): 3e-6
     assert onnx_loss == pytest.approx(logged["val/loss"], abs=1e-6)
+
+    # the calibration figures before the temperature, held to torchmetrics and sums by hand on the
+    # export's own logits; the temperature is the one best.pt keeps; predict applies it
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    raw, truth = torch.cat(raw), torch.tensor(targets)
+    calibration = stored["calibration"]
+    assert calibration["temperature"] == [temperature] and calibration["images"] == n
+    before = calibration["before"]
+    assert before["nll"] == pytest.approx(logged["val/loss"], abs=1e-5)
+    ece = multiclass_calibration_error(raw.softmax(1), truth, num_classes=2, n_bins=15, norm="l1")
+    assert before["ece"] == pytest.approx(float(ece), abs=1e-5)
+    hot = torch.nn.functional.one_hot(truth, 2).float()
+    assert before["brier"] == pytest.approx(float(((raw.softmax(1) - hot) ** 2).sum(1).mean()), abs=1e-5)
+    assert (run / "reliability.png").is_file()
+    out = tmp_path / "p.csv"
+    proc = command("predict", [f"checkpoint={run}", f"source={val}", f"out={out}", "topk=1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "probabilities calibrated: logits / temperature" in proc.stderr
+    rows = {r["path"]: float(r["prob_1"]) for r in csv.DictReader(open(out))}
+    calibrated = (raw / temperature).softmax(1).max(1).values
+    assert [rows[p] for p in paths] == pytest.approx(calibrated.tolist(), abs=1e-5)

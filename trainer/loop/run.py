@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ from trainer.data.loaders import Loaders
 from trainer.data.mixing import NoMixing
 from trainer.distributed import collectives as dist
 from trainer.errors import UserError, oom_message
+from trainer.loop.calibration import calibrate_best
 from trainer.loop.distill import NoTeacher
 from trainer.loop.ema import build_average
 from trainer.loop.estimate import Estimate, log_plan
@@ -46,6 +48,7 @@ from trainer.loop.steps import (
 )
 from trainer.metrics import Metrics
 from trainer.models import BuiltModel
+from trainer.runs.checkpoint import inference_weights, load_checkpoint
 from trainer.runs.failpoints import failpoint
 from trainer.runs.tracking import Tracker, print_summary
 
@@ -250,6 +253,8 @@ class Run(RunState):
                     break
                 epoch += 1
             self.state.finished = True  # the last _end_epoch saved this state already
+            failpoint("calibrate")
+            self.calibrate()
             self.tracker.write_hparams(
                 self.state.history[-1] if self.state.history else {}, self.state.best, self.state.epoch
             )
@@ -325,6 +330,33 @@ class Run(RunState):
             self.device,
             keep,
         )
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether the run fits a temperature at its end (every task but segmentation)."""
+        return not task_named(self.settings.task).per_pixel
+
+    def calibrate(self) -> None:
+        """Temperature scaling of best.pt on the val split (loop/calibration.py): best.pt's weights scored
+        again (every rank its shard), the temperature into best.pt, the figures into metrics.json and
+        reliability.png. A self-check too: best.pt's monitored value now must be the one the run logged."""
+        best = self.run_dir / "checkpoints" / "best.pt"
+        if not self.calibrates or not best.is_file():
+            return
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(inference_weights(load_checkpoint(best)))
+        metrics = Metrics(self.settings.task, len(self.classes), self.device, self.settings.ignore_index)
+        batches, keep = ImageInputs(self.loaders, self.device, self.memory_format).val(), []
+        args = (self.loss_fn, metrics, self.eval_autocast, self.bad_images, self.device, keep)
+        val = score_split(model.eval(), batches, *args)[0]
+        kept = [b for shard in dist.gather(keep) for b in shard] if self.distributed else keep
+        del model
+        if not self.main:
+            return
+        logged, now = self.state.best, val.get(self.settings.monitor)
+        if logged is not None and now is not None and abs(now - logged) > 1e-6:
+            log.warning("best.pt scores %s %.6f on val now; the run logged %.6f", self.settings.monitor, now, logged)
+        self.state.calibration = calibrate_best(best, kept, task_named(self.settings.task))
 
     def _step_end(self, epoch: int, first_step: int, t0: float) -> None:
         """The policies' ``step_end``: the epoch's steps and seconds so far in this session (no host sync)."""

@@ -48,6 +48,7 @@ class TrainState:
     elapsed: float = 0.0  # training seconds over all sessions of this run
     finished: bool = False
     budget: Any = None  # trainer.time_budget: the BudgetPlan chosen (None: no budget)
+    calibration: dict[str, Any] | None = None  # the temperature fit at the end and its figures (loop/calibration.py)
 
     def to_dict(self) -> dict[str, Any]:
         """The counters as a checkpoint stores them (the budget's plan as its own dict)."""
@@ -100,6 +101,7 @@ class TrainState:
             "task": about["task"],
             "pid": os.getpid(),
             "per_class": {"last": self.per_class_last, "best": self.per_class_best},
+            "calibration": self.calibration,
         }
 
     def improves(self, value: float, mode: str) -> bool:
@@ -257,5 +259,11 @@ class RunState:
             )
         saved = self.run_dir / "metrics.json"
         summary = json.loads(saved.read_text()) if saved.is_file() else self._write_metrics(0.0)
+        best = self.run_dir / "checkpoints" / "best.pt"
+        if self.calibrates and best.is_file() and "calibration" not in load_checkpoint(best):
+            log.info("best.pt has no temperature yet (the run ended before it was fit): fitting it now")
+            self.calibrate()
+            summary["calibration"] = self.state.calibration
+            self.tracker.write_metrics(summary)
         self._print_summary(summary)
         return summary

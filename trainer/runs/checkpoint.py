@@ -121,6 +121,16 @@ def link_checkpoint(src: Path, dst: Path) -> None:
     _fsync_dir(dst.parent)
 
 
+def amend_checkpoint(path: Path, entries: dict[str, Any]) -> None:
+    """``path`` rewritten with ``entries`` added to its state (atomically, with its digest and sidecar
+    anew); every checkpoint of its folder that was the same file (last.pt, the numbered one) follows it."""
+    state = load_checkpoint(path)
+    same = [p for p in path.parent.glob("*.pt") if p != path and p.samefile(path)]
+    save_checkpoint({**{k: v for k, v in state.items() if k != DIGEST_KEY}, **entries}, path)
+    for other in same:
+        link_checkpoint(path, other)
+
+
 def prune_checkpoints(folder: Path, keep_last: int, pattern: str = "epoch*-step*.pt") -> list[Path]:
     """Remove all but the newest ``keep_last`` numbered checkpoints (last.pt and best.pt are separate files)."""
     numbered = sorted(folder.glob(pattern))

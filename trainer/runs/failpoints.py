@@ -1,6 +1,7 @@
 """Fault injection for crash tests: ``TRAINER_FAILPOINT=<point>:<n>`` kills this process with SIGKILL
 the n-th time it reaches that point. Points: ``step`` (after an optimizer step), ``save`` (a
-checkpoint's bytes written, before its rename), ``epoch`` (after an epoch's checkpoint).
+checkpoint's bytes written, before its rename), ``epoch`` (after an epoch's checkpoint), ``calibrate``
+(a finished run, before its temperature is fit).
 ``oom:<n>`` raises torch.OutOfMemoryError and ``crash:<n>`` a RuntimeError at the n-th ``step`` instead of killing;
 ``enospc:<n>`` / ``erofs:<n>`` raise the OSError of a full disk / read-only file system at the n-th ``save``;
 ``sigint:<n>`` sends this process SIGINT (Ctrl-C) at the n-th ``output`` (a command's output file written, before its rename);

@@ -1,5 +1,6 @@
 """Plots people read, drawn with matplotlib (Agg, imported only when a plot is drawn): a run's curves,
-a sweep's metric against each swept value, a confusion matrix, learning-rate curves."""
+a sweep's metric against each swept value, a confusion matrix, learning-rate curves, reliability
+diagrams."""
 
 from __future__ import annotations
 
@@ -219,4 +220,38 @@ def segmentation_rows_png(rows: list[tuple[Any, Any, Any, str]], names: list[str
         bbox_to_anchor=(0.5, 1.12),
         frameon=False,
     )
+    return _png(fig)
+
+
+def reliability_png(panels: dict[str, tuple[list[tuple[float, float, int]], float]], what: str) -> bytes:
+    """Reliability diagrams side by side: per confidence bin, how often it was right (bars) against the
+    diagonal a calibrated model would sit on, with the share of images in each bin beneath.
+    ``panels``: title -> (bins as (mean confidence, accuracy, count), ECE)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        2, len(panels), figsize=(4.6 * len(panels), 5.6), squeeze=False, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    for col, (title, (rows, ece)) in enumerate(panels.items()):
+        top, bottom = axes[0][col], axes[1][col]
+        width = 1.0 / len(rows)
+        lefts = [i * width for i in range(len(rows))]
+        total = max(1, sum(n for _, _, n in rows))
+        accs = [acc if n else 0.0 for _, acc, n in rows]
+        top.bar(lefts, accs, width=width, align="edge", color="#1f4fc8", edgecolor="white", label="accuracy")
+        gaps = [abs(conf - acc) if n else 0.0 for conf, acc, n in rows]
+        lows = [min(conf, acc) for conf, acc, _ in rows]
+        top.bar(
+            lefts, gaps, bottom=lows, width=width, align="edge", color="#e8a09d", alpha=0.7, label="gap to confidence"
+        )
+        top.plot([0, 1], [0, 1], "--", color="#555555", linewidth=1)
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_title(f"{title}: ECE {ece:.3f}")
+        top.set_ylabel(what)
+        top.legend(loc="upper left", fontsize=8)
+        bottom.bar(lefts, [n / total for _, _, n in rows], width=width, align="edge", color="#9db4e8")
+        bottom.set_xlim(0, 1)
+        bottom.set_xlabel("confidence")
+        bottom.set_ylabel("share of images")
+    fig.tight_layout()
     return _png(fig)

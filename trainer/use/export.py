@@ -18,11 +18,18 @@ label_names, input_size, interpolation, mean, std, crop_pct) beside the weights:
   int8 quantization calibrated on 300 of the run's training images; kept only when its top-1 agrees
   with the fp32 torch model's on at least 99% of 500 validation images (the agreement is printed).
 
+A checkpoint with a temperature (fit at the end of training, trainer/loop/calibration.py) has it in the
+graph of onnx, torchscript and openvino exports: their logits are already divided by it, so a softmax
+or sigmoid of them gives the calibrated probabilities. config.json says so under ``calibration``
+(``in_graph: true``); a safetensors export holds the network's own weights, and its config.json gives
+the temperature to divide the logits by (``in_graph: false``). Labels and accuracy are the same either way.
+
 Files are written mode 644. Default DIR: the run folder's export/.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -32,6 +39,7 @@ import torch
 
 from trainer.config.tasks import task_named
 from trainer.errors import UserError
+from trainer.loop.calibration import Scaled, stored_temperature
 from trainer.models.trained import Trained, load_trained
 from trainer.use.command import parse_args, run_command, trusted
 from trainer.use.outputs import atomic_file, check_folder, json_with_keys
@@ -228,6 +236,9 @@ def export(
     if out is not None:
         check_folder(out, files, "a model export")
     trained = load_trained(checkpoint, allow)
+    temperature = stored_temperature(trained.state)
+    if temperature is not None and fmt != "safetensors":  # in the graph: logits / temperature
+        trained = dataclasses.replace(trained, model=Scaled(trained.model, temperature).eval())
     run_dir = trained.checkpoint.parent.parent if trained.checkpoint.parent.name == "checkpoints" else None
     out = out or (run_dir or trained.checkpoint.parent) / "export"
     check_folder(out, files, "a model export")
@@ -253,8 +264,11 @@ def export(
             checked = {"agreement": value} if int8 else {"max_diff": value}
         else:
             checked = {"max_diff": export_torchscript(trained, tmp)}
+    described = timm_config(trained)
+    if temperature is not None:
+        described["calibration"] = {"temperature": temperature.tolist(), "in_graph": fmt != "safetensors"}
     with atomic_file(config) as tmp:
-        tmp.write_text(json.dumps(timm_config(trained), indent=2))
+        tmp.write_text(json.dumps(described, indent=2))
     return [out / n for n in names] + [config], checked
 
 

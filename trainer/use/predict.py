@@ -3,7 +3,7 @@
     predict checkpoint=<run folder | .pt> source=<folder | image | glob> [out=predictions.csv]
             [topk=5] [tta=none|flip] [threshold=0.5] [data.batch_size=64] [trainer.device=auto]
             [runtime=auto|torch|onnx|openvino] [quantize=none|int8]
-            [explain=none|gradcam] [explain.layer=<module name>]
+            [explain=none|gradcam] [explain.layer=<module name>] [calibration=temperature|none]
 
 One CSV row per image: multiclass, the top-k labels with their probabilities; binary, the label and
 the positive class's probability; multilabel, the labels over the threshold (and every class's
@@ -15,7 +15,10 @@ the CPU; ``auto`` times the installed ones on the first batch and keeps the fast
 than AUTO_FROM images, where an export costs more than it saves). ``quantize=int8``: the int8 model
 (onnx or openvino), refused below 99% top-1 agreement with fp32 torch. ``explain=gradcam`` (classifiers)
 also writes a Grad-CAM heatmap over each image into ``<out without .csv>_gradcam/`` and names it in a
-``gradcam`` column (trainer/use/explain.py).
+``gradcam`` column (trainer/use/explain.py). ``calibration=temperature`` (the default) divides the logits
+by the temperature the run fit on its val split at the end of training (kept in best.pt;
+trainer/loop/calibration.py), so that a probability of 0.9 is right about 90% of the time; the labels
+chosen do not change. ``none``: the probabilities as the network gives them.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ KEYS = {
     "quantize": "none",
     "explain": "none",
     "explain.layer": "",
+    "calibration": "temperature",
     "allow_targets": "",
 }
 log = logging.getLogger("trainer")
@@ -86,9 +90,18 @@ def find_images(source: str) -> list[str]:
 
 
 @torch.no_grad()
-def forward(trained: Trained, x: torch.Tensor, device: torch.device, tta: str, runner: Any = None) -> torch.Tensor:
+def forward(
+    trained: Trained,
+    x: torch.Tensor,
+    device: torch.device,
+    tta: str,
+    runner: Any = None,
+    temperature: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Probabilities for a batch (softmax or sigmoid by task), averaged with the mirrored batch under
-    tta=flip. ``runner``: the runtime that computes the logits (trainer/use/runtimes.py; default torch)."""
+    tta=flip, of the logits divided by ``temperature`` when given. ``runner``: the runtime that computes
+    the logits (trainer/use/runtimes.py; default torch)."""
+    from trainer.loop.calibration import probabilities
     from trainer.use.runtimes import TorchRunner
 
     runner, task = runner or TorchRunner(trained.model, device), task_named(trained.task)
@@ -96,7 +109,32 @@ def forward(trained: Trained, x: torch.Tensor, device: torch.device, tta: str, r
     if tta == "flip":
         mirrored = runner(torch.flip(x, dims=[-1])).float()
         logits = (logits + (torch.flip(mirrored, dims=[-1]) if task.per_pixel else mirrored)) / 2
-    return task.probabilities(logits)
+    return probabilities(logits, task, temperature)
+
+
+def temperature_of(trained: Trained, calibration: str) -> torch.Tensor | None:
+    """The temperature ``predict`` divides the logits by (``calibration=temperature``: the checkpoint's,
+    if it has one), said once."""
+    from trainer.errors import UserError
+    from trainer.loop.calibration import stored_temperature
+
+    if calibration not in ("temperature", "none"):
+        raise UserError(
+            f"calibration={calibration!r} is not valid: use temperature (the run's, kept in best.pt) or none."
+        )
+    temperature = stored_temperature(trained.state) if calibration == "temperature" else None
+    if calibration == "temperature" and temperature is None and not task_named(trained.task).per_pixel:
+        say(
+            f"{trained.checkpoint.name} has no temperature (fit at the end of a finished run): probabilities as the network gives them"
+        )
+    elif temperature is not None:
+        fit = trained.state["calibration"]
+        values = ", ".join(f"{v:.3g}" for v in temperature.tolist()[:4]) + (" ..." if len(temperature) > 4 else "")
+        say(
+            f"probabilities calibrated: logits / temperature {values} (fit on the run's {fit.get('images', '?')} val "
+            "images; calibration=none for the network's own)"
+        )
+    return temperature
 
 
 def rows_for(trained: Trained, probs: torch.Tensor, topk: int, threshold: float) -> list[dict[str, Any]]:
@@ -324,6 +362,7 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
     out = Path(str(args["out"])).expanduser()
     check_file(out, csv_with_header("path"), "a predictions CSV")
     trained = load_trained(str(args["checkpoint"]), trusted(args["allow_targets"]))
+    temperature = temperature_of(trained, str(args["calibration"]))
     device = resolve_device(str(args["trainer.device"]))
     trained.model.to(device)
     paths = find_images(str(args["source"]))
@@ -342,7 +381,7 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
                 continue
             batch, sizes = [path for path, _, _ in good], [size for _, _, size in good]
             x = torch.stack([x for _, x, _ in good])
-            probs = forward(trained, x, device, tta, runners.first(x)).cpu()
+            probs = forward(trained, x, device, tta, runners.first(x), temperature).cpu()
             per_pixel = task_named(trained.task).per_pixel
             labels = rows_for(trained, probs, topk, threshold) if not per_pixel else []
             if explainer is not None:
