@@ -3,14 +3,18 @@
 
     python scripts/bench_cpu_variant.py steps  [--models efficientnet_lite0,resnet18] [--image 64] [--batch 32]
     python scripts/bench_cpu_variant.py runs   [--data digits,mnist5k,patches] [--epochs 2] [--rounds 2]
+    python scripts/bench_cpu_variant.py scoring [--models efficientnet_lite0,resnet18] [--image 64] [--batch 128]
 
 `steps`: one training step of each model (random weights) in each variant, timed the way the run's
 probe times it (median of 3 after a warm-up), in interleaved rounds; the fastest, what the probe picks
 and what the rule for short runs picks. `runs`: `train data=SET trainer.epochs=N` with the choice
 before this change (bf16 NCHW on a CPU with native bf16: `trainer.precision=bf16
 trainer.channels_last=false`) and with today's `auto`, side by side in alternating order, repeated;
-wall time (whole command), training time, best val accuracy, and the ratio. Nothing is asserted: the
-numbers are for docs/BENCHMARKS.md.
+wall time (whole command), training time, best val accuracy, and the ratio. `scoring`: the forward
+pass alone (eval mode, no gradients: what the val pass, `evaluate` and `predict` run) of each model in
+each variant, median of 5 after a warm-up, in interleaved rounds, with the largest logit difference
+from fp32 NCHW and the share of top-1 labels that stay the same. Nothing is asserted: the numbers are
+for docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -83,6 +87,52 @@ def runs(args: argparse.Namespace) -> None:
         sys.stdout.flush()
 
 
+def scoring(args: argparse.Namespace) -> None:
+    import timm
+    import torch
+
+    from trainer.loop.steps import autocast_for
+    from trainer.loop.variant import Variant
+
+    names = ("fp32 NCHW", "fp32 channels_last", "bf16 NCHW", "bf16 channels_last")
+    print(f"| model | {' | '.join(names)} | fastest of the same numbers |")
+    print("|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        size = {"img_size": args.image} if "vit" in name else {}
+        model = timm.create_model(name, pretrained=False, num_classes=10, **size).eval()
+        x = torch.randn(args.batch, 3, args.image, args.image)
+        variants = [Variant(p, c) for p in ("fp32", "bf16") for c in (False, True)]
+        times: dict[str, list[float]] = {str(v): [] for v in variants}
+        outputs: dict[str, torch.Tensor] = {}
+        for _ in range(args.rounds):
+            for v in variants:
+                fmt = torch.channels_last if v.channels_last else torch.contiguous_format
+                model.to(memory_format=fmt)
+                xv = x.contiguous(memory_format=fmt)
+                with torch.no_grad(), autocast_for("cpu", v.precision)():
+                    model(xv)  # warm-up
+                    taken = []
+                    for _ in range(5):
+                        t0 = time.perf_counter()
+                        out = model(xv)
+                        taken.append(time.perf_counter() - t0)
+                outputs[str(v)] = out.float()
+                times[str(v)].append(statistics.median(taken))
+        base = outputs["fp32 NCHW"]
+        cells, same = [], {}
+        for v in names:
+            diff = float((outputs[v] - base).abs().max())
+            agree = float((outputs[v].argmax(1) == base.argmax(1)).float().mean())
+            median = statistics.median(times[v])
+            same[v] = (median, diff < 1e-3)
+            cells.append(f"{median:.3f} s (max diff {diff:.1e}, top-1 same {agree:.0%})")
+        fastest = min((v for v in names if same[v][1]), key=lambda v: same[v][0])
+        print(
+            f"| {name} | {' | '.join(cells)} | {fastest} ({same['fp32 NCHW'][0] / same[fastest][0]:.2f}x fp32 NCHW) |"
+        )
+        sys.stdout.flush()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -97,8 +147,15 @@ def main() -> None:
     r.add_argument("--data", default="digits,mnist5k,patches")
     r.add_argument("--epochs", type=int, default=2)
     r.add_argument("--rounds", type=int, default=2)
+    c = sub.add_parser("scoring")
+    c.add_argument(
+        "--models", default="efficientnet_lite0,mobilenetv3_large_100,resnet18,convnext_tiny,vit_tiny_patch16_224"
+    )
+    c.add_argument("--image", type=int, default=64)
+    c.add_argument("--batch", type=int, default=128)
+    c.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    steps(args) if args.what == "steps" else runs(args)
+    {"steps": steps, "runs": runs, "scoring": scoring}[args.what](args)
 
 
 if __name__ == "__main__":

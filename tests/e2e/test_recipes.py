@@ -185,7 +185,9 @@ def test_image_size_auto_reads_the_folder_and_says_what_it_chose(compose_cfg, tm
     for c, colour in enumerate(("red", "blue")):
         (tmp_path / "data" / f"c{c}").mkdir(parents=True)
         for i in range(6):
-            Image.new("RGB", (28, 30), colour).save(tmp_path / "data" / f"c{c}" / f"{i}.png")
+            image = Image.new("RGB", (28, 30), colour)
+            image.putpixel((0, 0), (i, i, i))  # six images, not six copies of one
+            image.save(tmp_path / "data" / f"c{c}" / f"{i}.png")
     args = [a for a in TINY if a != "data=fake"]
     with caplog.at_level("INFO", logger="trainer"):
         run = build_run(

@@ -103,6 +103,42 @@ def test_predict_labels_new_images_and_lists_the_unreadable_one(colour_run):
 
 
 @pytest.mark.slow
+def test_evaluate_tta_flip_scores_the_mean_of_the_logits_on_each_image_and_its_mirror(colour_run):
+    import json
+
+    import torch
+
+    from trainer.data.images import decode_rgb
+    from trainer.models.trained import load_trained, preprocess
+
+    tmp, run = colour_run
+    folder = tmp / "tta"
+    _colour_folder(folder, 10, seed=5)
+    out = tmp / "e-tta"
+    proc = command("evaluate", [f"checkpoint={run}", f"data.root={folder}", "tta=flip", f"out={out}"], tmp)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "metrics.json").read_text())
+    trained = load_trained(str(run))
+    correct, scored = 0, 0
+    with torch.no_grad():
+        for target, name in enumerate(trained.classes):
+            for path in sorted((folder / name).glob("*.png")):
+                x = preprocess(trained)(decode_rgb(str(path))).unsqueeze(0)
+                logits = (trained.model(x) + trained.model(torch.flip(x, dims=[-1]))) / 2
+                correct, scored = correct + int(logits.argmax(1).item() == target), scored + 1
+    assert report["tta"] == "flip" and report["images"] == scored == 20
+    assert report["val/acc"] == pytest.approx(correct / 20, abs=1e-9)
+    # the run's own val split, with and without the mirror images: two different passes
+    on_val = [tmp / f"e-val-{t}" for t in ("none", "flip")]
+    for t, where in zip(("none", "flip"), on_val):
+        assert command("evaluate", [f"checkpoint={run}", f"tta={t}", f"out={where}"], tmp).returncode == 0
+    plain, flipped = (json.loads((w / "metrics.json").read_text()) for w in on_val)
+    assert plain["tta"] == "none" and flipped["tta"] == "flip" and plain["val/loss"] != flipped["val/loss"]
+    bad = command("evaluate", [f"checkpoint={run}", "tta=rotate"], tmp)
+    assert bad.returncode == 2 and "tta='rotate' is not valid: use none or flip" in bad.stderr
+
+
+@pytest.mark.slow
 def test_export_formats_equal_torch_and_timm_loads_the_exported_config(colour_run):
     import json
     import os

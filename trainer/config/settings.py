@@ -173,6 +173,7 @@ SETTINGS: dict[str, Setting] = {
     "data.sampler": Setting(*_choice("shuffle", "balanced")),
     "data.decode": Setting(*_choice("workers", "device")),
     "data.exif": Setting(*_choice("apply", "ignore")),
+    "data.duplicates": Setting(*_choice("drop_from_val", "warn", "error")),
     "data.max_bad_fraction": Setting(*_FRACTION),
     "data.verify": Setting(*_BOOL),
     "data.task": Setting(*_choice(*TASKS)),

@@ -28,6 +28,7 @@ from trainer.config.untrusted import load_yaml
 from trainer.config.values import parse_duration
 from trainer.data.counts import WEIGHT_KEYS, balanced_values
 from trainer.data.datasets import Splits
+from trainer.data.duplicates import check_duplicates
 from trainer.data.fingerprint import check_same_data, fingerprint
 from trainer.data.folds import fold_splits
 from trainer.data.images import BadImageLog, native_size, verify_splits
@@ -366,6 +367,7 @@ def build_splits(cfg: DictConfig) -> Splits:
 def setup_data(cfg: DictConfig) -> Splits:
     log.info("building data %s", cfg.data.name)
     splits = build_splits(cfg)
+    splits = check_duplicates(splits, str(cfg.data.get("duplicates", "drop_from_val")), f"data={cfg.data.name}")
     if cfg.data.verify:
         verify_splits(splits.train, splits.val, float(cfg.data.max_bad_fraction))
     return splits

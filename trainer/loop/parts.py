@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from trainer.config.tasks import task_named
 from trainer.data.datasets import Splits
 from trainer.data.images import BadImageLog
 from trainer.data.loaders import Loaders
@@ -43,16 +44,38 @@ class Parts:
     def task(self) -> str:
         return self.splits.task
 
-    def evaluate(self, keep: list[Any] | None = None) -> Scores:
+    def evaluate(self, keep: list[Any] | None = None, tta: str = "none") -> Scores:
         """The model's loss and metrics over the val split, as the run scores it each epoch (its val
-        precision and memory layout); ``keep`` receives each batch's ``(logits, targets)``."""
+        precision and memory layout); ``keep`` receives each batch's ``(logits, targets)``; ``tta=flip``:
+        the logits averaged with the mirrored images' (``with_tta``)."""
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         model = self.built.model.to(device=self.device, memory_format=memory_format).eval()
         self.loss_fn.to(self.device)
         metrics = Metrics(self.task, len(self.classes), self.device, self.ignore_index)
         batches = ImageInputs(self.loaders, self.device, memory_format).val()
         autocast = autocast_for(self.device.type, val_precision(self.precision, self.eval_precision))
-        return score_split(model, batches, self.loss_fn, metrics, autocast, self.bad_images, self.device, keep)
+        forward = with_tta(model, tta, task_named(self.task).per_pixel)
+        return score_split(forward, batches, self.loss_fn, metrics, autocast, self.bad_images, self.device, keep)
+
+
+TTA = ("none", "flip")
+NOT_FLIPPED = (
+    "tta=flip: this model was trained without mirrored images (data.augment={augment}), so a mirror image is "
+    "new to it: on the digits, trained so, tta=flip cost 3.6 points of accuracy (docs/use-the-model.md)"
+)
+
+
+def with_tta(forward: Callable[[torch.Tensor], torch.Tensor], tta: str, per_pixel: bool) -> Callable:
+    """``forward``, or (``tta=flip``) the mean of its logits on the images and on their mirror images (a
+    mask's logits mirrored back first): test-time augmentation for ``evaluate`` and ``predict``."""
+    if tta == "none":
+        return forward
+
+    def averaged(x: torch.Tensor) -> torch.Tensor:
+        mirrored = forward(torch.flip(x, dims=[-1])).float()
+        return (forward(x).float() + (torch.flip(mirrored, dims=[-1]) if per_pixel else mirrored)) / 2
+
+    return averaged
 
 
 @torch.no_grad()

@@ -78,3 +78,20 @@ def upright(trained: Trained) -> bool:
     """Whether images are turned as their EXIF orientation says before this model sees them (the
     run's data.exif; checkpoints from before the key: yes)."""
     return trained.input_spec.get("exif", "apply") != "ignore"
+
+
+def channels_last(trained: Trained) -> bool:
+    """Whether the run trained and scored in channels_last (its ``trainer.channels_last`` as the run
+    resolved it; checkpoints from before the key: no). Scoring keeps the layout: fp32 either way, the
+    logits agree to float rounding and a conv net runs faster in it on a CPU (docs/BENCHMARKS.md)."""
+    trainer = trained.config.get("trainer") or {}
+    return trainer.get("channels_last") is True
+
+
+FLIPPING = ("flip_crop", "randaugment", "trivialaugment", "autoaugment")  # data.augment with a random mirror
+
+
+def trained_with_flips(trained: Trained) -> bool:
+    """Whether the run's training augmentation mirrored images (``tta=flip`` is then no surprise to it)."""
+    data = trained.config.get("data") or {}
+    return str(data.get("augment", "flip_crop")) in FLIPPING

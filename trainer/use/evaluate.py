@@ -1,7 +1,7 @@
 """`evaluate`: score a trained model, on its run's validation split or on another labelled folder.
 
     evaluate checkpoint=<run folder | .pt> [data.root=<folder of class folders>] [out=DIR]
-             [data.batch_size=64] [trainer.device=auto]
+             [tta=none|flip] [data.batch_size=64] [trainer.device=auto]
 
 Without data.root the run is rebuilt from the config stored in the checkpoint and its val split
 scored as training did. With data.root, every image under the folder's class folders is scored;
@@ -11,7 +11,8 @@ confusion_matrix.png into DIR (default: the run folder's eval/ or eval-<folder n
 the scores and the per-class table; for multiclass and binary models also errors.csv (every
 misclassified image, worst first), errors.png (the worst 16) and the most-confused class pairs; for
 segmentation lowest_iou.csv (every image by its IoU, lowest first) and lowest_iou.png (the 8 lowest:
-image, true and predicted mask side by side).
+image, true and predicted mask side by side). ``tta=flip`` scores the mean of the logits on each image
+and on its mirror image (as ``predict tta=flip`` does); metrics.json says which.
 """
 
 from __future__ import annotations
@@ -34,11 +35,18 @@ from trainer.use.outputs import atomic_file, check_folder, csv_with_header, json
 
 log = logging.getLogger("trainer")
 
-KEYS = {"checkpoint": None, "data.root": "", "out": "", "data.batch_size": "64", "trainer.device": "auto"}
+KEYS = {
+    "checkpoint": None,
+    "data.root": "",
+    "out": "",
+    "data.batch_size": "64",
+    "trainer.device": "auto",
+    "tta": "none",
+}
 KEYS["allow_targets"] = ""
 
 
-def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
+def on_val_split(trained: Trained, device: str, tta: str = "none") -> dict[str, Any]:
     """The run's data, model and loss rebuilt from its stored config (``build_parts``: no optimizer,
     timing, probe or search); its val split scored as training scored it each epoch."""
     from trainer.loop.build import build_parts
@@ -55,7 +63,7 @@ def on_val_split(trained: Trained, device: str) -> dict[str, Any]:
     batches: Any = [] if task.one_label else None
     if task.per_pixel:
         batches = SegmentationScores(parts.ignore_index)
-    scalars, per_class, confusion = parts.evaluate(keep=batches)  # one pass: the scores and each image's
+    scalars, per_class, confusion = parts.evaluate(keep=batches, tta=tta)  # one pass: the scores and each image's
     dataset = parts.loaders.val.dataset
     split = getattr(dataset, "images", dataset)  # the image set under the loader's transform
     paths = getattr(split, "paths", None)
@@ -101,7 +109,7 @@ def _scored(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Ten
     return probs, targets
 
 
-def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) -> dict[str, Any]:
+def on_folder(trained: Trained, root: str, batch_size: int, device_name: str, tta: str = "none") -> dict[str, Any]:
     """Every image under ``root``'s class folders, classes matched to the model's by name."""
     from tqdm import tqdm
 
@@ -109,8 +117,9 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
     from trainer.data.files import LeftOut
     from trainer.data.images import BadImage, decode_rgb
     from trainer.loop.devices import resolve_device
+    from trainer.loop.parts import with_tta
     from trainer.metrics import Metrics
-    from trainer.models.trained import upright
+    from trainer.models.trained import channels_last, upright
     from trainer.use.mistakes import probabilities
     from trainer.use.predict import preprocess
 
@@ -133,7 +142,8 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
     index = {c: i for i, c in enumerate(trained.classes)}
     targets = [index[names[t]] for t in targets]  # the folder's order -> the model's order
     device = resolve_device(device_name)
-    model = trained.model.to(device)
+    layout = torch.channels_last if channels_last(trained) else torch.contiguous_format  # as the run scored
+    model = with_tta(trained.model.to(device, memory_format=layout), tta, per_pixel=False)
     metrics = Metrics(trained.task, len(trained.classes), device)
     transform, bad, probs, kept = preprocess(trained), [], [], []
     exif = upright(trained)
@@ -148,7 +158,7 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str) ->
                 bad.append(str(e))
         if xs:
             with torch.no_grad():
-                logits = model(torch.stack(xs).to(device))
+                logits = model(torch.stack(xs).to(device, memory_format=layout))
                 metrics.update(logits, torch.tensor(ys, device=device))
                 probs.append(probabilities(logits).cpu())
     scalars, per_class, confusion = metrics.compute()
@@ -167,6 +177,7 @@ def write_report(result: dict[str, Any], trained: Trained, out: Path, data: str)
     out.mkdir(parents=True, exist_ok=True)
     classes = task_named(trained.task).scored(trained.classes)
     report = {"checkpoint": str(trained.checkpoint), "data": data, "images": result["images"], **result["scalars"]}
+    report["tta"] = result.get("tta", "none")
     report["unreadable"] = result.get("unreadable", [])
     report["per_class"] = {m: dict(zip(classes, v)) for m, v in result["per_class"].items()}
     with atomic_file(out / "per_class.csv") as tmp, open(tmp, "w", newline="") as f:
@@ -218,12 +229,21 @@ REPORT_FILES = {
 def evaluate(args: dict[str, Any]) -> tuple[dict[str, Any], Trained, Path]:
     if args["out"]:
         check_folder(Path(str(args["out"])).expanduser(), REPORT_FILES, "an evaluate report")
+    from trainer.loop.parts import NOT_FLIPPED, TTA
+    from trainer.models.trained import trained_with_flips
+
+    tta = str(args.get("tta", "none"))
+    if tta not in TTA:
+        raise UserError(f"tta={tta!r} is not valid: use {' or '.join(TTA)}.")
     trained = load_trained(str(args["checkpoint"]), trusted(args["allow_targets"]))
+    if tta == "flip" and not trained_with_flips(trained):
+        log.warning(NOT_FLIPPED.format(augment=trained.config.data.get("augment")))
     root = str(args["data.root"])
     if root:
-        result = on_folder(trained, root, int(args["data.batch_size"]), str(args["trainer.device"]))
+        result = on_folder(trained, root, int(args["data.batch_size"]), str(args["trainer.device"]), tta)
     else:
-        result = on_val_split(trained, str(args["trainer.device"]))
+        result = on_val_split(trained, str(args["trainer.device"]), tta)
+    result["tta"] = tta
     run_dir = trained.checkpoint.parent.parent if trained.checkpoint.parent.name == "checkpoints" else None
     default = (run_dir or trained.checkpoint.parent) / ("eval-" + Path(root).name if root else "eval")
     out = Path(str(args["out"])).expanduser() if args["out"] else default

@@ -35,7 +35,8 @@ import torch
 from trainer.config.tasks import task_named
 from trainer.data.files import HIDDEN, LeftOut, is_hidden, list_images, readable_extensions
 from trainer.data.images import BadImage, decode_rgb
-from trainer.models.trained import Trained, load_trained, preprocess, upright
+from trainer.loop.parts import NOT_FLIPPED
+from trainer.models.trained import Trained, channels_last, load_trained, preprocess, trained_with_flips, upright
 from trainer.runs.csvcells import SafeDictWriter
 from trainer.use.command import parse_args, run_command, trusted
 from trainer.use.outputs import atomic_file, check_file, csv_with_header
@@ -102,13 +103,12 @@ def forward(
     tta=flip, of the logits divided by ``temperature`` when given. ``runner``: the runtime that computes
     the logits (trainer/use/runtimes.py; default torch)."""
     from trainer.loop.calibration import probabilities
+    from trainer.loop.parts import with_tta
     from trainer.use.runtimes import TorchRunner
 
-    runner, task = runner or TorchRunner(trained.model, device), task_named(trained.task)
-    logits = runner(x).float()
-    if tta == "flip":
-        mirrored = runner(torch.flip(x, dims=[-1])).float()
-        logits = (logits + (torch.flip(mirrored, dims=[-1]) if task.per_pixel else mirrored)) / 2
+    runner = runner or TorchRunner(trained.model, device, channels_last(trained))
+    task = task_named(trained.task)
+    logits = with_tta(runner, tta, task.per_pixel)(x).float()
     return probabilities(logits, task, temperature)
 
 
@@ -184,10 +184,11 @@ def explain_batch(
 def checked_args(args: dict[str, Any]) -> tuple[str, str, int, float, int]:
     """tta, explain, topk, threshold and data.batch_size, checked."""
     from trainer.errors import UserError
+    from trainer.loop.parts import TTA
 
     tta, explain = str(args["tta"]), str(args["explain"])
-    if tta not in ("none", "flip"):
-        raise UserError(f"tta={tta!r} is not valid: use none or flip.")
+    if tta not in TTA:
+        raise UserError(f"tta={tta!r} is not valid: use {' or '.join(TTA)}.")
     if explain not in ("none", "gradcam"):
         raise UserError(f"explain={explain!r} is not valid: use gradcam (a heatmap per image) or none.")
     try:
@@ -248,7 +249,7 @@ class Runtimes:
         from trainer.use.export import check_runner, export_runner
 
         if name == "torch":
-            return runtimes.TorchRunner(self.trained.model, self.device)
+            return runtimes.TorchRunner(self.trained.model, self.device, channels_last(self.trained))
         start, cache = time.perf_counter(), runtimes.cache_folder(self.trained.checkpoint)
         stem = "model.int8" if self.int8 else "model"
         files = [f"{stem}.onnx"] if name == "onnx" else [f"{stem}.xml", f"{stem}.bin"]
@@ -363,6 +364,8 @@ def predict(args: dict[str, Any]) -> tuple[Path, int, int]:
     check_file(out, csv_with_header("path"), "a predictions CSV")
     trained = load_trained(str(args["checkpoint"]), trusted(args["allow_targets"]))
     temperature = temperature_of(trained, str(args["calibration"]))
+    if tta == "flip" and not trained_with_flips(trained):
+        say("warning: " + NOT_FLIPPED.format(augment=trained.config.data.get("augment")))
     device = resolve_device(str(args["trainer.device"]))
     trained.model.to(device)
     paths = find_images(str(args["source"]))

@@ -49,14 +49,15 @@ class TorchRunner:
 
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        self.model, self.device = model.to(device).eval(), device
+    def __init__(self, model: torch.nn.Module, device: torch.device, channels_last: bool = False) -> None:
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.model, self.device = model.to(device, memory_format=self.layout).eval(), device
         self.bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self.model(x.to(self.device)).float().cpu()
+            return self.model(x.to(self.device, memory_format=self.layout)).float().cpu()
 
 
 class OnnxRunner:
