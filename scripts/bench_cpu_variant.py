@@ -95,7 +95,7 @@ def scoring(args: argparse.Namespace) -> None:
     from trainer.loop.variant import Variant
 
     names = ("fp32 NCHW", "fp32 channels_last", "bf16 NCHW", "bf16 channels_last")
-    print(f"| model | {' | '.join(names)} | fastest of the same numbers |")
+    print(f"| model | {' | '.join(names)} | fastest in fp32 (the numbers of every export) |")
     print("|---|---|---|---|---|---|")
     for name in args.models.split(","):
         size = {"img_size": args.image} if "vit" in name else {}
@@ -119,17 +119,13 @@ def scoring(args: argparse.Namespace) -> None:
                 outputs[str(v)] = out.float()
                 times[str(v)].append(statistics.median(taken))
         base = outputs["fp32 NCHW"]
-        cells, same = [], {}
+        cells, median = [], {v: statistics.median(times[v]) for v in names}
         for v in names:
             diff = float((outputs[v] - base).abs().max())
             agree = float((outputs[v].argmax(1) == base.argmax(1)).float().mean())
-            median = statistics.median(times[v])
-            same[v] = (median, diff < 1e-3)
-            cells.append(f"{median:.3f} s (max diff {diff:.1e}, top-1 same {agree:.0%})")
-        fastest = min((v for v in names if same[v][1]), key=lambda v: same[v][0])
-        print(
-            f"| {name} | {' | '.join(cells)} | {fastest} ({same['fp32 NCHW'][0] / same[fastest][0]:.2f}x fp32 NCHW) |"
-        )
+            cells.append(f"{median[v]:.3f} s (max diff {diff:.1e}, top-1 same {agree:.0%})")
+        fp32 = min(("fp32 NCHW", "fp32 channels_last"), key=median.__getitem__)  # fp32: the exports' numbers
+        print(f"| {name} | {' | '.join(cells)} | {fp32} ({median['fp32 NCHW'] / median[fp32]:.2f}x fp32 NCHW) |")
         sys.stdout.flush()
 
 

@@ -1,4 +1,4 @@
-"""Console entry points (`train`, `predict`, `evaluate`, `export-model`, `python -m trainer`).
+"""Console entry points (`train`, `predict`, `evaluate`, `export-model`, `check-data`, `python -m trainer`).
 
 Each runs its command's ``main()`` and then exits the way Python's own shutdown does, minus its last
 step: tearing down every imported module one by one, which for torch, torchvision and torchmetrics
@@ -75,3 +75,7 @@ def evaluate() -> NoReturn:
 
 def export() -> NoReturn:
     exit_after(_command("trainer.use.export"))
+
+
+def check_data() -> NoReturn:
+    exit_after(_command("trainer.use.check_data"))

@@ -1,0 +1,367 @@
+"""`check-data`: what is wrong with a data set, before a number from it is trusted.
+
+    check-data data=<option> [data.root=DIR] [any data.* key as for train] [out=data_report]
+               [near=6] [labels=<run folder | sweep folder>]
+
+The data are read exactly as `train` reads them (the same option, split and seed). The report:
+class counts per split and the imbalance; image sizes, modes and EXIF-rotated files; unreadable files;
+what was left out and why; exact duplicates (file bytes, or pixels held in memory) within and across
+the splits; near-duplicates across train and val: the same photo resized, re-encoded, slightly cropped
+or brightened, found by perceptual hashes (``imagehash``'s pHash of each image as training decodes it,
+64 bits; a val image within ``near`` bits of a train image is named). Writes DIR/data_report.json and
+DIR/data_report.png (class counts; the closest train/val pairs side by side) and prints a summary.
+
+``labels=`` adds suspected label errors by confident learning (``cleanlab.filter.find_label_issues``)
+on held-out predictions: a run folder gives its val images' (scored as ``evaluate`` scores them); a
+folder of runs, such as a cross-validation sweep (``train -m data.folds=5 'data.fold=range(5)'``), gives
+every run's val images, which for a cross-validation sweep is every training image, each predicted by
+the model that did not train on it. Writes DIR/label_issues.csv (file, given label, suggested label,
+the model's probability of each, worst first) and DIR/label_issues.png (the 16 worst, both labels
+shown). Multiclass and binary runs. Needs ``pip install "transfer-trainer[check]"`` (cleanlab, imagehash).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.errors import UserError
+from trainer.use.command import parse_args, run_command, trusted
+from trainer.use.outputs import atomic_file, check_folder, csv_with_header, json_with_keys
+
+log = logging.getLogger("trainer")
+
+KEYS = {"out": "data_report", "near": "6", "labels": "", "allow_targets": ""}
+CONFIG_PREFIXES = ("data=", "data.", "seed=")
+CLOSEST = 8
+WORST = 16
+_REPORT = json_with_keys("data", "splits", "exact_duplicates")
+REPORT_FILES = {
+    "data_report.json": _REPORT,
+    "data_report.png": lambda p: (p.parent / "data_report.json").is_file() and _REPORT(p.parent / "data_report.json"),
+    "label_issues.csv": csv_with_header("path"),
+    "label_issues.png": lambda p: (p.parent / "label_issues.csv").is_file(),
+}
+
+
+def _needs(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(
+            f"check-data needs the {module} package: pip install 'transfer-trainer[check]' (cleanlab, imagehash)."
+        ) from None
+
+
+class Said(logging.Handler):
+    """What building the data said (files left out, duplicates, unreadable images), kept for the report."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            self.lines.append(record.getMessage())
+
+
+def build(overrides: list[str]) -> tuple[Any, list[str]]:
+    """The splits a `train` with these data overrides would read (before any copy is left out of val),
+    and what building them said."""
+    from trainer.config.schema import explain_overrides
+    from trainer.loop.build import build_splits
+
+    said = Said()
+    package = logging.getLogger("trainer")
+    package.addHandler(said)
+    try:
+        splits = build_splits(explain_overrides(overrides))
+    finally:
+        package.removeHandler(said)
+    return splits, said.lines
+
+
+def describe_images(images: Any) -> dict[str, Any]:
+    """Sizes, modes, EXIF-rotated and unreadable files of an image set, from each file's header only."""
+    from PIL import Image
+
+    from trainer.data.duplicates import _files
+
+    paths = _files(images)
+    sizes, modes, rotated, unreadable = [], Counter(), [], []
+    if paths is None:
+        held = getattr(images, "images", None)
+        if isinstance(held, torch.Tensor):
+            sizes = [(int(held.shape[-1]), int(held.shape[-2]))] * len(held)
+            modes["L" if held.shape[1] == 1 else "RGB"] += len(held)
+    for p in paths or []:
+        try:
+            with Image.open(p) as img:
+                sizes.append(img.size)
+                modes[img.mode] += 1
+                if img.getexif().get(0x0112, 1) not in (1, None):
+                    rotated.append(p)
+        except Exception as e:  # noqa: BLE001 - any reason a file cannot be opened is reported, not raised
+            unreadable.append(f"{p}: {type(e).__name__}")
+    w = [s[0] for s in sizes] or [0]
+    h = [s[1] for s in sizes] or [0]
+    return {
+        "images": len(images),
+        "width": {"min": min(w), "median": int(np.median(w)), "max": max(w)},
+        "height": {"min": min(h), "median": int(np.median(h)), "max": max(h)},
+        "modes": dict(modes),
+        "exif_rotated": len(rotated),
+        "exif_rotated_examples": rotated[:5],
+        "unreadable": unreadable,
+    }
+
+
+def perceptual_hashes(images: Any) -> np.ndarray:
+    """pHash (64 bits) of each image as training decodes it (EXIF applied); unreadable images get a hash
+    no other image is near (all bits of a random draw)."""
+    imagehash = _needs("imagehash")
+    from PIL import Image
+
+    out = np.zeros(len(images), dtype=np.uint64)
+    rng = np.random.default_rng(0)
+    for i in range(len(images)):
+        try:
+            pixels = images.load(i).permute(1, 2, 0).numpy()
+            bits = imagehash.phash(Image.fromarray(pixels)).hash.reshape(-1)
+            out[i] = np.packbits(bits.astype(np.uint8)).view(">u8")[0]
+        except Exception:  # noqa: BLE001 - an unreadable image is reported by describe_images
+            out[i] = rng.integers(0, 2**63, dtype=np.uint64)
+    return out
+
+
+def nearest(val: np.ndarray, train: np.ndarray, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """For each val hash, the closest train hash's index and its Hamming distance (bits)."""
+    best, where = np.full(len(val), 65, dtype=np.int64), np.zeros(len(val), dtype=np.int64)
+    for start in range(0, len(val), block):
+        d = np.bitwise_count(val[start : start + block, None] ^ train[None, :]).astype(np.int64)
+        where[start : start + block] = d.argmin(axis=1)
+        best[start : start + block] = d.min(axis=1)
+    return where, best
+
+
+def class_counts(splits: Any) -> dict[str, dict[str, int]]:
+    out = {}
+    for name in ("train", "val"):
+        images = getattr(splits, name)
+        counts = Counter()
+        for t in images.targets:
+            for c in t if isinstance(t, list) else [t]:
+                counts[splits.classes[int(c)] if isinstance(c, int) and c < len(splits.classes) else str(c)] += 1
+        out[name] = {c: counts.get(c, 0) for c in splits.classes}
+    return out
+
+
+def report(splits: Any, said: list[str], near: int, data: str) -> tuple[dict[str, Any], list[Any]]:
+    """data_report.json's content, and the closest cross-split pairs (images) for the picture."""
+    from trainer.config.tasks import task_named
+    from trainer.data.duplicates import find_duplicates
+
+    exact = find_duplicates(splits)
+    counts = class_counts(splits)
+    train_counts = [n for n in counts["train"].values()]
+    hashes = {name: perceptual_hashes(getattr(splits, name)) for name in ("train", "val")}
+    where, dist = nearest(hashes["val"], hashes["train"])
+    order = np.argsort(dist, kind="stable")
+    names = {s: exact.names.get(s) or [f"{s} #{i}" for i in range(len(getattr(splits, s)))] for s in ("train", "val")}
+    leaked = set(exact.val_copies_of_train())
+    close = [int(i) for i in order if dist[i] <= near and int(i) not in leaked]
+    content = {
+        "data": data,
+        "task": splits.task,
+        "classes": list(splits.classes),
+        "splits": {s: describe_images(getattr(splits, s)) for s in ("train", "val")},
+        "class_counts": counts,
+        "imbalance": round(max(train_counts) / max(1, min(train_counts)), 3) if train_counts else None,
+        "exact_duplicates": {
+            "val_copies_of_train": len(leaked),
+            "extra_within_train": exact.extra_within("train"),
+            "extra_within_val": exact.extra_within("val"),
+            "examples": [[exact.name(m) for m in g] for g in exact.groups[:10]],
+        },
+        "near_duplicates": {
+            "detector": f"pHash (imagehash, 64 bits), a val image within {near} bits of a train image",
+            "val_near_train": len(close),
+            "pairs": [[names["val"][i], names["train"][int(where[i])], int(dist[i])] for i in close[:50]],
+        },
+        "said_while_reading": said,
+    }
+    if task_named(splits.task).per_pixel:
+        content.pop("class_counts")
+        content["imbalance"] = None
+    pairs = [(splits.val.load(int(i)), splits.train.load(int(where[i])), int(dist[i])) for i in order[:CLOSEST]]
+    return content, pairs
+
+
+def report_png(content: dict[str, Any], pairs: list[Any]) -> bytes:
+    from trainer.runs.plots import _png, _pyplot
+
+    plt = _pyplot()
+    rows = 1 + max(1, -(-len(pairs) // 4))
+    fig = plt.figure(figsize=(12, 2.6 * rows + 1))
+    grid = fig.add_gridspec(rows, 8)
+    ax = fig.add_subplot(grid[0, :])
+    counts = content.get("class_counts")
+    if counts:
+        classes = list(counts["train"])
+        xs = np.arange(len(classes))
+        ax.bar(xs - 0.2, [counts["train"][c] for c in classes], width=0.4, label="train", color="#1f4fc8")
+        ax.bar(xs + 0.2, [counts["val"][c] for c in classes], width=0.4, label="val", color="#e8a09d")
+        ax.set_xticks(xs, classes, rotation=30 if len(classes) > 8 else 0, ha="right" if len(classes) > 8 else "center")
+        ax.legend()
+        ax.set_title(f"images per class (imbalance {content['imbalance']}x)")
+    else:
+        ax.axis("off")
+    for k, (val_img, train_img, d) in enumerate(pairs):
+        r, c = 1 + k // 4, (k % 4) * 2
+        for j, (img, title) in enumerate(((val_img, f"val, {d} bits from"), (train_img, "train"))):
+            a = fig.add_subplot(grid[r, c + j])
+            a.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+            a.set_title(title, fontsize=8)
+            a.axis("off")
+    fig.suptitle("closest train/val pairs by perceptual hash (0 bits: the same picture)", y=0.99)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def held_out_predictions(
+    target: str, allow: tuple[str, ...]
+) -> tuple[torch.Tensor, torch.Tensor, list[str], Any, list[str]]:
+    """Probabilities, given labels, names and an image loader of every val image of the run at
+    ``target``, or of each run under it (a sweep); and the classes."""
+    from trainer.config.tasks import task_named
+    from trainer.models.trained import load_trained
+    from trainer.use.evaluate import on_val_split
+
+    folder = Path(target).expanduser()
+    runs = [folder] if (folder / "checkpoints").is_dir() or folder.suffix == ".pt" else []
+    runs = runs or sorted(p.parent.parent for p in folder.glob("*/checkpoints/best.pt"))
+    if not runs:
+        raise UserError(f"labels={target!r}: no run there (a run folder with checkpoints/best.pt, or a sweep of them).")
+    probs, targets, names, loaders, classes = [], [], [], [], None
+    for run in runs:
+        trained = load_trained(str(run), allow)
+        if not task_named(trained.task).one_label:
+            raise UserError(
+                f"labels={target!r}: label issues are found for multiclass and binary runs; {run} is {trained.task}."
+            )
+        if classes is not None and trained.classes != classes:
+            raise UserError(f"labels={target!r}: the runs have different classes ({classes} and {trained.classes}).")
+        classes = trained.classes
+        scored = on_val_split(trained, "cpu").get("scored")
+        if scored is None:
+            continue
+        p, t, n, image_of = scored
+        probs.append(p), targets.append(t), loaders.extend((image_of, i) for i in range(len(n)))
+        names.extend(
+            n if len(runs) == 1 else [f"{name} ({run.name})" if name.startswith("val #") else name for name in n]
+        )
+    if not probs:
+        raise UserError(f"labels={target!r}: its runs scored no images.")
+    return torch.cat(probs), torch.cat(targets), names, loaders, classes or []
+
+
+def label_issues(target: str, allow: tuple[str, ...], out: Path) -> int:
+    """label_issues.csv and .png from held-out predictions (cleanlab); the number of suspected errors."""
+    filters = _needs("cleanlab.filter")
+    from trainer.runs.csvcells import SafeWriter
+    from trainer.runs.plots import image_grid_png
+
+    probs, given, names, loaders, classes = held_out_predictions(target, allow)
+    ranked = filters.find_label_issues(
+        labels=given.numpy(), pred_probs=probs.double().numpy(), return_indices_ranked_by="self_confidence"
+    )
+    with atomic_file(out / "label_issues.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = SafeWriter(f)
+        writer.writerow(["path", "given", "suggested", "p_given", "p_suggested"])
+        for i in ranked:
+            g, s = int(given[i]), int(probs[i].argmax())
+            writer.writerow(
+                [names[i], classes[g], classes[s], round(float(probs[i, g]), 6), round(float(probs[i, s]), 6)]
+            )
+    images, titles = [], []
+    for i in ranked[:WORST]:
+        image_of, k = loaders[int(i)]
+        g, s = int(given[i]), int(probs[i].argmax())
+        images.append(image_of(k))
+        titles.append(f"given {classes[g]} ({probs[i, g]:.2f})\nmodel: {classes[s]} ({probs[i, s]:.2f})")
+    with atomic_file(out / "label_issues.png") as tmp:
+        tmp.write_bytes(image_grid_png(images, titles, empty="no suspected label errors"))
+    return len(ranked)
+
+
+def check_data(argv: list[str]) -> tuple[dict[str, Any], Path]:
+    overrides = [a for a in argv if a.startswith(CONFIG_PREFIXES)]
+    args = parse_args([a for a in argv if a not in overrides], KEYS, (), __doc__ or "")
+    if not any(o.startswith("data=") for o in overrides):
+        raise UserError(
+            "check-data needs the data to check: data=imagefolder data.root=DIR (or any data option train takes)."
+        )
+    try:
+        near = int(args["near"])
+    except ValueError:
+        raise UserError(f"near={args['near']!r}: give a number of bits, 0 to 64 (e.g. near=6).") from None
+    if not 0 <= near <= 64:
+        raise UserError(f"near={near}: give a number of bits, 0 to 64 (e.g. near=6).")
+    out = Path(str(args["out"])).expanduser()
+    check_folder(out, REPORT_FILES, "a data report")
+    _needs("imagehash")
+    splits, said = build(overrides)
+    content, pairs = report(splits, said, near, " ".join(overrides))
+    out.mkdir(parents=True, exist_ok=True)
+    if args["labels"]:
+        content["label_issues"] = label_issues(str(args["labels"]), trusted(args["allow_targets"]), out)
+    with atomic_file(out / "data_report.png") as tmp:
+        tmp.write_bytes(report_png(content, pairs))
+    with atomic_file(out / "data_report.json") as tmp:  # last: a report with its json is whole
+        tmp.write_text(json.dumps(content, indent=2))
+    return content, out
+
+
+def summary(content: dict[str, Any], out: Path) -> list[str]:
+    splits, exact, near = content["splits"], content["exact_duplicates"], content["near_duplicates"]
+    lines = [
+        f"{content['data']}: {splits['train']['images']} train / {splits['val']['images']} val images, "
+        f"{len(content['classes'])} classes"
+        + (f", imbalance {content['imbalance']}x" if content.get("imbalance") else ""),
+        f"exact duplicates: {exact['val_copies_of_train']} val images are copies of train images; "
+        f"{exact['extra_within_train']} extra copies within train, {exact['extra_within_val']} within val",
+        f"near-duplicates: {near['val_near_train']} val images are within the pHash distance of a train image"
+        + (f" (e.g. {near['pairs'][0][0]} ~ {near['pairs'][0][1]})" if near["pairs"] else ""),
+    ]
+    for name in ("train", "val"):
+        s = splits[name]
+        lines.append(
+            f"{name}: {s['width']['min']}-{s['width']['max']} x {s['height']['min']}-{s['height']['max']} px, "
+            f"modes {s['modes']}, {s['exif_rotated']} EXIF-rotated, {len(s['unreadable'])} unreadable"
+        )
+    lines += [f"said while reading: {line}" for line in content["said_while_reading"]]
+    if "label_issues" in content:
+        lines.append(f"suspected label errors: {content['label_issues']} (label_issues.csv, label_issues.png)")
+    lines.append(f"report: {out}/data_report.json, data_report.png")
+    return lines
+
+
+def main() -> None:
+    def body() -> None:
+        content, out = check_data(sys.argv[1:])
+        print("\n".join(summary(content, out)))
+
+    run_command(body)
+
+
+if __name__ == "__main__":
+    main()
