@@ -36,6 +36,7 @@ def _messy(root, per_class=12):
     Image.open(red / "2.png").save(root / "val" / "red" / "2.jpg", quality=70)
     Image.open(red / "3.png").crop((1, 1, 31, 31)).save(root / "val" / "red" / "3_crop.png")
     ImageEnhance.Brightness(Image.open(red / "4.png")).enhance(1.1).save(root / "val" / "red" / "4_bright.png")
+    Image.open(red / "5.png").save(root / "val" / "red" / "5.bmp")  # the same pixels in another format
     (red / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (red / "._5.png").write_bytes(b"\0\5\26\7 AppleDouble")
     (root / "train" / "blue" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
@@ -50,7 +51,8 @@ def test_the_report_names_copies_near_copies_leftovers_unreadable_and_turned_fil
 
     _messy(tmp_path / "data")
     out = tmp_path / "report"
-    proc = in_process("check_data", ["data=imagefolder", f"data.root={tmp_path / 'data'}", f"out={out}"], tmp_path)
+    args = ["data=imagefolder", f"data.root={tmp_path / 'data'}", f"out={out}", "similar=0.99"]
+    proc = in_process("check_data", args, tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "data_report.json").read_text())
     assert report["exact_duplicates"]["val_copies_of_train"] == 1
@@ -68,13 +70,15 @@ def test_the_report_names_copies_near_copies_leftovers_unreadable_and_turned_fil
         )
         assert near[name][1] == imagehash.phash(val) - imagehash.phash(tr)
     assert not any(v.startswith("v") for v in near)  # different pictures of the same colour are not near
+    similar = {v.split("/")[-1]: (t.split("/")[-1], c) for v, t, c in report["similar_features"]["pairs"]}
+    assert similar["5.bmp"][0] == "5.png" and similar["5.bmp"][1] >= 0.999  # the pretrained features agree
     train = report["splits"]["train"]
     assert len(train["unreadable"]) == 1 and "broken.png" in train["unreadable"][0]
     assert train["exif_rotated"] == 1 and train["exif_rotated_examples"][0].endswith("phone.jpg")
-    assert report["class_counts"]["val"] == {"red": 17, "blue": 12}
+    assert report["class_counts"]["val"] == {"red": 18, "blue": 12}
     assert any("2 hidden or system files" in line for line in report["said_while_reading"])
     assert (out / "data_report.png").stat().st_size > 10_000
-    assert "1 val images are copies of train images" in proc.stdout and "near-duplicates: 4 val images" in proc.stdout
+    assert "1 val images are copies of train images" in proc.stdout and "near-duplicates: 5 val images" in proc.stdout
 
 
 @pytest.mark.slow
@@ -122,6 +126,7 @@ def test_label_issues_are_cleanlabs_on_the_runs_held_out_probabilities(tmp_path)
         ([], "check-data needs the data to check: data=imagefolder data.root=DIR"),
         (["data=imagefolder", "data.root={one}"], "found one class folder with images"),
         (["data=imagefolder", "data.root={one}/..", "near=99"], "near=99: give a number of bits, 0 to 64"),
+        (["data=imagefolder", "data.root={two}", "similar=high"], "similar='high': give a cosine similarity"),
         (["data=imagefolder", "data.root={two}", "labels={two}"], "no run there"),
     ],
 )
