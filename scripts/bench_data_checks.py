@@ -147,6 +147,27 @@ def best_acc(run_dir: Path) -> float:
     return float(json.loads((run_dir / "metrics.json").read_text())["best"])
 
 
+def every_filter(sweep: Path, changed: set[str]) -> None:
+    """Precision and recall of each of cleanlab's filters on the same held-out probabilities."""
+    import cleanlab.filter
+
+    from trainer.use.check_data import FILTERS, held_out_predictions
+
+    probs, given, names, _, _ = held_out_predictions(str(sweep), ())
+    accuracy = float((probs.argmax(1) == given).float().mean())
+    cells = []
+    for how in FILTERS:
+        found = cleanlab.filter.find_label_issues(
+            labels=given.numpy(), pred_probs=probs.double().numpy(), filter_by=how
+        )
+        picked = {names[i] for i in found.nonzero()[0]}
+        hit = len(picked & changed)
+        cells.append(
+            f"{how}: {len(picked)} flagged, precision {hit / max(1, len(picked)):.2f}, recall {hit / len(changed):.2f}"
+        )
+    print(f"<!-- held-out accuracy {accuracy:.4f}; " + "; ".join(cells) + " -->")
+
+
 def labels(args: argparse.Namespace) -> None:
     print("| data | changed labels | flagged | precision | recall | val acc: clean | noisy | noisy without flagged |")
     print("|---|---|---|---|---|---|---|---|")
@@ -173,6 +194,7 @@ def labels(args: argparse.Namespace) -> None:
              f"labels={sweep}", f"out={report}"], f"{data} check-data")  # fmt: skip
         flagged = {row["path"] for row in csv.DictReader(open(report / "label_issues.csv"))}
         hit = len(flagged & changed)
+        every_filter(sweep, changed)
         cleaned = work / "cleaned"
         shutil.copytree(noisy, cleaned)
         for path in flagged:

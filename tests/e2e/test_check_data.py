@@ -113,7 +113,10 @@ def test_label_issues_are_cleanlabs_on_the_runs_held_out_probabilities(tmp_path)
     # the same list, in the same order, as cleanlab called directly on the run's val probabilities
     probs, targets, names, _ = on_val_split(load_trained(str(run)), "cpu")["scored"]
     ranked = cleanlab.filter.find_label_issues(
-        labels=targets.numpy(), pred_probs=probs.double().numpy(), return_indices_ranked_by="self_confidence"
+        labels=targets.numpy(),
+        pred_probs=probs.double().numpy(),
+        filter_by="low_self_confidence",
+        return_indices_ranked_by="self_confidence",
     )
     assert [r["path"] for r in rows] == [names[i] for i in ranked]
     assert (out / "label_issues.png").stat().st_size > 5_000
@@ -128,6 +131,7 @@ def test_label_issues_are_cleanlabs_on_the_runs_held_out_probabilities(tmp_path)
         (["data=imagefolder", "data.root={one}/..", "near=99"], "near=99: give a number of bits, 0 to 64"),
         (["data=imagefolder", "data.root={two}", "similar=high"], "similar='high': give a cosine similarity"),
         (["data=imagefolder", "data.root={two}", "labels={two}"], "no run there"),
+        (["data=imagefolder", "data.root={two}", "filter_by=vibes"], "filter_by='vibes' is not valid"),
     ],
 )
 def test_bad_input_is_answered_in_one_paragraph(tmp_path, args, expected):

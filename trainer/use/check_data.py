@@ -1,7 +1,7 @@
 """`check-data`: what is wrong with a data set, before a number from it is trusted.
 
     check-data data=<option> [data.root=DIR] [any data.* key as for train] [out=data_report]
-               [near=4] [similar=0] [labels=<run folder | sweep folder>]
+               [near=4] [similar=0] [labels=<run folder | sweep folder>] [filter_by=low_self_confidence]
 
 The data are read exactly as `train` reads them (the same option, split and seed). The report:
 class counts per split and the imbalance; image sizes, modes and EXIF-rotated files; unreadable files;
@@ -15,8 +15,9 @@ at 5 times its time and many more false alarms). docs/data.md has what each catc
 DIR/data_report.json and DIR/data_report.png (class counts; the closest train/val pairs side by side)
 and prints a summary.
 
-``labels=`` adds suspected label errors by confident learning (``cleanlab.filter.find_label_issues``)
-on held-out predictions: a run folder gives its val images' (scored as ``evaluate`` scores them); a
+``labels=`` adds suspected label errors by confident learning (``cleanlab.filter.find_label_issues``,
+``filter_by``: how many and which: by default as many as confident learning estimates, the lowest
+probabilities of the given label; measured best of cleanlab's filters, docs/data.md) on held-out predictions: a run folder gives its val images' (scored as ``evaluate`` scores them); a
 folder of runs, such as a cross-validation sweep (``train -m data.folds=5 'data.fold=range(5)'``), gives
 every run's val images, which for a cross-validation sweep is every training image, each predicted by
 the model that did not train on it. Writes DIR/label_issues.csv (file, given label, suggested label,
@@ -42,7 +43,17 @@ from trainer.use.outputs import atomic_file, check_folder, csv_with_header, json
 
 log = logging.getLogger("trainer")
 
-KEYS = {"out": "data_report", "near": "4", "similar": "0", "labels": "", "allow_targets": ""}
+KEYS = {"out": "data_report", "near": "4", "similar": "0", "labels": "", "filter_by": "low_self_confidence"}
+KEYS["allow_targets"] = ""
+FILTERS = (
+    "low_self_confidence",
+    "prune_by_noise_rate",
+    "prune_by_class",
+    "both",
+    "confident_learning",
+    "low_normalized_margin",
+    "predicted_neq_given",
+)
 FEATURES_SIZE = 64  # px: the features detector's input (small images are upsampled to it)
 CONFIG_PREFIXES = ("data=", "data.", "seed=")
 CLOSEST = 8
@@ -332,7 +343,7 @@ def held_out_predictions(
     return torch.cat(probs), torch.cat(targets), names, loaders, classes or []
 
 
-def label_issues(target: str, allow: tuple[str, ...], out: Path) -> int:
+def label_issues(target: str, allow: tuple[str, ...], out: Path, filter_by: str = FILTERS[0]) -> int:
     """label_issues.csv and .png from held-out predictions (cleanlab); the number of suspected errors."""
     filters = _needs("cleanlab.filter")
     from trainer.runs.csvcells import SafeWriter
@@ -340,7 +351,10 @@ def label_issues(target: str, allow: tuple[str, ...], out: Path) -> int:
 
     probs, given, names, loaders, classes = held_out_predictions(target, allow)
     ranked = filters.find_label_issues(
-        labels=given.numpy(), pred_probs=probs.double().numpy(), return_indices_ranked_by="self_confidence"
+        labels=given.numpy(),
+        pred_probs=probs.double().numpy(),
+        filter_by=filter_by,
+        return_indices_ranked_by="self_confidence",
     )
     with atomic_file(out / "label_issues.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = SafeWriter(f)
@@ -380,6 +394,8 @@ def check_data(argv: list[str]) -> tuple[dict[str, Any], Path]:
         similar = -1.0
     if not 0 <= similar <= 1:
         raise UserError(f"similar={args['similar']!r}: give a cosine similarity, 0 to 1 (e.g. similar=0.97; 0: off).")
+    if str(args["filter_by"]) not in FILTERS:
+        raise UserError(f"filter_by={args['filter_by']!r} is not valid: use one of {', '.join(FILTERS)}.")
     out = Path(str(args["out"])).expanduser()
     check_folder(out, REPORT_FILES, "a data report")
     _needs("imagehash")
@@ -387,7 +403,8 @@ def check_data(argv: list[str]) -> tuple[dict[str, Any], Path]:
     content, pairs = report(splits, said, near, similar, " ".join(overrides))
     out.mkdir(parents=True, exist_ok=True)
     if args["labels"]:
-        content["label_issues"] = label_issues(str(args["labels"]), trusted(args["allow_targets"]), out)
+        allow = trusted(args["allow_targets"])
+        content["label_issues"] = label_issues(str(args["labels"]), allow, out, str(args["filter_by"]))
     with atomic_file(out / "data_report.png") as tmp:
         tmp.write_bytes(report_png(content, pairs))
     with atomic_file(out / "data_report.json") as tmp:  # last: a report with its json is whole
