@@ -341,7 +341,11 @@ class Run(RunState):
         again (every rank its shard), the temperature into best.pt, the figures into metrics.json and
         reliability.png. A self-check too: best.pt's monitored value now must be the one the run logged."""
         best = self.run_dir / "checkpoints" / "best.pt"
-        if not self.calibrates or not best.is_file():
+        if not self.calibrates:
+            return
+        if self.distributed:  # rank 0 wrote best.pt: every rank looks at it only once it is whole
+            dist.broadcast(None)
+        if not best.is_file():
             return
         model = copy.deepcopy(self.model)
         model.load_state_dict(inference_weights(load_checkpoint(best)))
