@@ -364,6 +364,14 @@ def test_one_checkpoint_has_one_score_in_its_log_evaluate_a_folder_and_its_onnx_
     hot = torch.nn.functional.one_hot(truth, 2).float()
     assert before["brier"] == pytest.approx(float(((raw.softmax(1) - hot) ** 2).sum(1).mean()), abs=1e-5)
     assert (run / "reliability.png").is_file()
+    # evaluate on the folder reports the same figures, and with the temperature those of predict's probabilities
+    folder = on_folder["calibration"]
+    assert folder["without_temperature"]["ece"] == pytest.approx(float(ece), abs=1e-5)
+    scaled = multiclass_calibration_error((raw / temperature).softmax(1), truth, num_classes=2, n_bins=15, norm="l1")
+    assert folder["with_temperature"]["ece"] == pytest.approx(float(scaled), abs=1e-5)
+    nll = torch.nn.functional.cross_entropy(raw / temperature, truth)
+    assert folder["with_temperature"]["nll"] == pytest.approx(float(nll), abs=1e-5)
+    assert "fit on these images" in on_run["calibration"]["note"]
     out = tmp_path / "p.csv"
     proc = command("predict", [f"checkpoint={run}", f"source={val}", f"out={out}", "topk=1"], tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -75,6 +75,8 @@ def on_val_split(trained: Trained, device: str, tta: str = "none") -> dict[str, 
     result["unreadable"] = unreadable
     if isinstance(batches, SegmentationScores):
         return {**result, **lowest_iou(batches, dataset, [names[i] for i in kept], kept)}
+    if batches:
+        result["logits"] = (torch.cat([out for out, _ in batches]), torch.cat([y for _, y in batches]))
     scored = _scored(batches) if batches else None
     if scored is not None and len(scored[1]) != len(kept):  # cannot happen: each skipped image is named
         log.warning("errors.csv left out: %d scored images for %d readable ones", len(scored[1]), len(kept))
@@ -109,19 +111,10 @@ def _scored(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Ten
     return probs, targets
 
 
-def on_folder(trained: Trained, root: str, batch_size: int, device_name: str, tta: str = "none") -> dict[str, Any]:
-    """Every image under ``root``'s class folders, classes matched to the model's by name."""
-    from tqdm import tqdm
-
+def matched_folder(trained: Trained, root: str) -> tuple[list[str], list[int]]:
+    """The images under ``root``'s class folders and their classes, in the model's order."""
     from trainer.data.datasets import scan_class_folders
     from trainer.data.files import LeftOut
-    from trainer.data.images import BadImage, decode_rgb
-    from trainer.loop.devices import resolve_device
-    from trainer.loop.parts import with_tta
-    from trainer.metrics import Metrics
-    from trainer.models.trained import channels_last, upright
-    from trainer.use.mistakes import probabilities
-    from trainer.use.predict import preprocess
 
     if not task_named(trained.task).one_label:
         raise UserError(f"data.root= scores folders of class folders; this model's task is {trained.task}.")
@@ -141,11 +134,27 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str, tt
         )
     index = {c: i for i, c in enumerate(trained.classes)}
     targets = [index[names[t]] for t in targets]  # the folder's order -> the model's order
+    return paths, targets
+
+
+def on_folder(trained: Trained, root: str, batch_size: int, device_name: str, tta: str = "none") -> dict[str, Any]:
+    """Every image under ``root``'s class folders, classes matched to the model's by name."""
+    from tqdm import tqdm
+
+    from trainer.data.images import BadImage, decode_rgb
+    from trainer.loop.devices import resolve_device
+    from trainer.loop.parts import with_tta
+    from trainer.metrics import Metrics
+    from trainer.models.trained import channels_last, upright
+    from trainer.use.mistakes import probabilities
+    from trainer.use.predict import preprocess
+
+    paths, targets = matched_folder(trained, root)
     device = resolve_device(device_name)
     layout = torch.channels_last if channels_last(trained) else torch.contiguous_format  # as the run scored
     model = with_tta(trained.model.to(device, memory_format=layout), tta, per_pixel=False)
     metrics = Metrics(trained.task, len(trained.classes), device)
-    transform, bad, probs, kept = preprocess(trained), [], [], []
+    transform, bad, probs, kept, raw = preprocess(trained), [], [], [], []
     exif = upright(trained)
     for start in tqdm(range(0, len(paths), batch_size), desc="evaluate", unit="batch"):
         xs, ys = [], []
@@ -161,6 +170,7 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str, tt
                 logits = model(torch.stack(xs).to(device, memory_format=layout))
                 metrics.update(logits, torch.tensor(ys, device=device))
                 probs.append(probabilities(logits).cpu())
+                raw.append(logits.float().cpu())
     scalars, per_class, confusion = metrics.compute()
     result = {"scalars": scalars, "per_class": per_class, "confusion": confusion, "images": len(paths) - len(bad)}
     result["unreadable"] = bad
@@ -168,7 +178,24 @@ def on_folder(trained: Trained, root: str, batch_size: int, device_name: str, tt
         names = [p for p, _ in kept]
         image_of = lambda i: decode_rgb(names[i], exif)  # noqa: E731
         result["scored"] = (torch.cat(probs), torch.tensor([t for _, t in kept]), names, image_of)
+        targets = torch.tensor([t for _, t in kept])
+        one_output = task_named(trained.task).one_output
+        result["logits"] = (torch.cat(raw), targets.float().view(-1, 1) if one_output else targets)
     return result
+
+
+def calibration_figures(trained: Trained, logits: torch.Tensor, targets: torch.Tensor, fit_here: bool) -> dict:
+    """ECE, NLL and Brier of the scored images without and with the run's temperature (loop/calibration.py)."""
+    from trainer.loop.calibration import figures, stored_temperature
+
+    task, temperature = task_named(trained.task), stored_temperature(trained.state)
+    out: dict[str, Any] = {"without_temperature": figures(logits, targets, task, None)}
+    if temperature is not None:
+        out["temperature"] = temperature.tolist()
+        out["with_temperature"] = figures(logits, targets, task, temperature)
+        if fit_here:
+            out["note"] = "the temperature was fit on these images; the run's metrics.json has held-out figures"
+    return out
 
 
 def write_report(result: dict[str, Any], trained: Trained, out: Path, data: str) -> None:
@@ -178,6 +205,8 @@ def write_report(result: dict[str, Any], trained: Trained, out: Path, data: str)
     classes = task_named(trained.task).scored(trained.classes)
     report = {"checkpoint": str(trained.checkpoint), "data": data, "images": result["images"], **result["scalars"]}
     report["tta"] = result.get("tta", "none")
+    if "calibration" in result:
+        report["calibration"] = result["calibration"]
     report["unreadable"] = result.get("unreadable", [])
     report["per_class"] = {m: dict(zip(classes, v)) for m, v in result["per_class"].items()}
     with atomic_file(out / "per_class.csv") as tmp, open(tmp, "w", newline="") as f:
@@ -244,6 +273,8 @@ def evaluate(args: dict[str, Any]) -> tuple[dict[str, Any], Trained, Path]:
     else:
         result = on_val_split(trained, str(args["trainer.device"]), tta)
     result["tta"] = tta
+    if "logits" in result:
+        result["calibration"] = calibration_figures(trained, *result.pop("logits"), fit_here=not root)
     run_dir = trained.checkpoint.parent.parent if trained.checkpoint.parent.name == "checkpoints" else None
     default = (run_dir or trained.checkpoint.parent) / ("eval-" + Path(root).name if root else "eval")
     out = Path(str(args["out"])).expanduser() if args["out"] else default
@@ -269,6 +300,13 @@ def main() -> None:
             pairs = ", ".join(f"{t} -> {p} ({n})" for t, p, n in result["confused"]) or "none"
             print(
                 f"misclassified: {result['mistakes']} of {result['images']}; most confused (true -> predicted): {pairs}"
+            )
+        calibration = result.get("calibration")
+        if calibration and "with_temperature" in calibration:
+            a, b = calibration["without_temperature"], calibration["with_temperature"]
+            print(
+                f"calibration (ECE / NLL / Brier): {a['ece']:.4f} / {a['nll']:.4f} / {a['brier']:.4f} as the network "
+                f"gives them; {b['ece']:.4f} / {b['nll']:.4f} / {b['brier']:.4f} with its temperature (what predict gives)"
             )
         if "lowest" in result:
             print("lowest IoU: " + ", ".join(f"{name} ({iou:.3f})" for name, iou in result["lowest"]))
