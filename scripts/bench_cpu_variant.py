@@ -132,24 +132,17 @@ def scoring(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
-    s = sub.add_parser("steps")
-    s.add_argument(
-        "--models", default="efficientnet_lite0,mobilenetv3_large_100,resnet18,convnext_tiny,vit_tiny_patch16_224"
-    )
-    s.add_argument("--image", type=int, default=64)
-    s.add_argument("--batch", type=int, default=32)
-    s.add_argument("--rounds", type=int, default=3)
+    models = "efficientnet_lite0,mobilenetv3_large_100,resnet18,convnext_tiny,vit_tiny_patch16_224"
+    for name, batch in (("steps", 32), ("scoring", 128)):
+        s = sub.add_parser(name)
+        s.add_argument("--models", default=models)
+        s.add_argument("--image", type=int, default=64)
+        s.add_argument("--batch", type=int, default=batch)
+        s.add_argument("--rounds", type=int, default=3)
     r = sub.add_parser("runs")
     r.add_argument("--data", default="digits,mnist5k,patches")
     r.add_argument("--epochs", type=int, default=2)
     r.add_argument("--rounds", type=int, default=2)
-    c = sub.add_parser("scoring")
-    c.add_argument(
-        "--models", default="efficientnet_lite0,mobilenetv3_large_100,resnet18,convnext_tiny,vit_tiny_patch16_224"
-    )
-    c.add_argument("--image", type=int, default=64)
-    c.add_argument("--batch", type=int, default=128)
-    c.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     {"steps": steps, "runs": runs, "scoring": scoring}[args.what](args)
 

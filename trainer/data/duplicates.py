@@ -17,9 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -48,7 +47,7 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def _files(images: ImageSet) -> list[str] | None:
+def image_files(images: ImageSet) -> list[str] | None:
     paths = getattr(images, "paths", None)
     if paths is None and isinstance(getattr(images, "images", None), (list, tuple)):
         paths = images.images  # type: ignore[attr-defined]  # segmentation from files
@@ -57,7 +56,7 @@ def _files(images: ImageSet) -> list[str] | None:
 
 def content_keys(splits: Splits) -> dict[str, list[str]]:
     """Per split, a key per image: equal keys, equal content (file bytes, or pixels held in memory)."""
-    files = {name: _files(images) for name, images in (("train", splits.train), ("val", splits.val))}
+    files = {name: image_files(images) for name, images in (("train", splits.train), ("val", splits.val))}
     sizes: dict[str, int] = {}
     for paths in files.values():
         for p in paths or []:
@@ -65,7 +64,7 @@ def content_keys(splits: Splits) -> dict[str, list[str]]:
                 sizes[p] = os.stat(p).st_size
             except OSError:
                 sizes[p] = -1
-    shared = {s for s, n in _counts(sizes.values()).items() if n > 1 and s >= 0}
+    shared = {s for s, n in Counter(sizes.values()).items() if n > 1 and s >= 0}
     keys: dict[str, list[str]] = {}
     for name, images in (("train", splits.train), ("val", splits.val)):
         paths = files[name]
@@ -80,13 +79,6 @@ def content_keys(splits: Splits) -> dict[str, list[str]]:
         else:  # an image set of another kind: nothing to compare
             keys[name] = [f"{name}#{i}" for i in range(len(images))]
     return keys
-
-
-def _counts(values: Any) -> dict[Any, int]:
-    out: dict[Any, int] = defaultdict(int)
-    for v in values:
-        out[v] += 1
-    return out
 
 
 @dataclass
@@ -119,7 +111,7 @@ def find_duplicates(splits: Splits) -> Duplicates:
     for split in ("train", "val"):
         for i, key in enumerate(keys[split]):
             members[key].append((split, i))
-    files = {s: _files(images) for s, images in (("train", splits.train), ("val", splits.val))}
+    files = {s: image_files(images) for s, images in (("train", splits.train), ("val", splits.val))}
     every = [p for paths in files.values() for p in paths or []]
     root = os.path.commonpath(every) if len(every) > 1 and all(os.path.isabs(p) for p in every) else ""
     names = {s: [os.path.relpath(p, root) if root else p for p in paths] for s, paths in files.items() if paths}
@@ -135,7 +127,7 @@ def check_duplicates(splits: Splits, policy: str, where: str) -> Splits:
     """The paragraph about exact duplicates (said once, when there are any) and ``policy`` applied."""
     if policy not in POLICIES:
         raise UserError(f"data.duplicates={policy!r} is not valid: use {', '.join(POLICIES)}.")
-    if task_named(splits.task).per_pixel and not _files(splits.train):
+    if task_named(splits.task).per_pixel and not image_files(splits.train):
         return splits  # generated shapes: nothing a user put there
     found = find_duplicates(splits)
     if not found.groups:

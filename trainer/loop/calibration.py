@@ -151,9 +151,12 @@ class Scaled(torch.nn.Module):
         return self.model(x) / self.temperature
 
 
-def calibrate_best(best: Path, batches: list[tuple[torch.Tensor, torch.Tensor]], task: Task) -> dict[str, Any]:
-    """Temperature scaling of the checkpoint ``best`` from its val ``batches`` of (logits, targets): the
-    temperature into the checkpoint, reliability.png into its run folder; returns metrics.json's entry."""
+def calibrate_best(
+    best: Path, state: dict[str, Any], batches: list[tuple[torch.Tensor, torch.Tensor]], task: Task
+) -> dict[str, Any]:
+    """Temperature scaling of the checkpoint ``best`` (its loaded ``state``) from its val ``batches`` of
+    (logits, targets): the temperature into the checkpoint, reliability.png into its run folder; returns
+    metrics.json's entry."""
     from trainer.runs.checkpoint import amend_checkpoint
     from trainer.runs.plots import reliability_png, write_png
 
@@ -163,7 +166,7 @@ def calibrate_best(best: Path, batches: list[tuple[torch.Tensor, torch.Tensor]],
         log.info("calibration: left out, the val split has %d readable images (needs %d)", len(targets), MIN_IMAGES)
         return {"skipped": f"{len(targets)} val images, fewer than {MIN_IMAGES}"}
     bins, result = calibrate(logits, targets, task)
-    amend_checkpoint(best, {"calibration": result})
+    amend_checkpoint(best, {"calibration": result}, state)
     what = "how often the label is on" if task.sigmoid else "how often the top label is right"
     panels = {
         "before": (bins["before"], result["before"]["ece"]),

@@ -59,10 +59,6 @@ class Parts:
 
 
 TTA = ("none", "flip")
-NOT_FLIPPED = (
-    "tta=flip: this model was trained without mirrored images (data.augment={augment}), so a mirror image is "
-    "new to it: on the digits, trained so, tta=flip cost 3.6 points of accuracy (docs/use-the-model.md)"
-)
 
 
 def with_tta(forward: Callable[[torch.Tensor], torch.Tensor], tta: str, per_pixel: bool) -> Callable:

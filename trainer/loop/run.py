@@ -347,8 +347,9 @@ class Run(RunState):
             dist.broadcast(None)
         if not best.is_file():
             return
+        state = load_checkpoint(best)
         model = copy.deepcopy(self.model)
-        model.load_state_dict(inference_weights(load_checkpoint(best)))
+        model.load_state_dict(inference_weights(state))
         metrics = Metrics(self.settings.task, len(self.classes), self.device, self.settings.ignore_index)
         batches, keep = ImageInputs(self.loaders, self.device, self.memory_format).val(), []
         args = (self.loss_fn, metrics, self.eval_autocast, self.bad_images, self.device, keep)
@@ -360,7 +361,7 @@ class Run(RunState):
         logged, now = self.state.best, val.get(self.settings.monitor)
         if logged is not None and now is not None and abs(now - logged) > 1e-6:
             log.warning("best.pt scores %s %.6f on val now; the run logged %.6f", self.settings.monitor, now, logged)
-        self.state.calibration = calibrate_best(best, kept, task_named(self.settings.task))
+        self.state.calibration = calibrate_best(best, state, kept, task_named(self.settings.task))
 
     def _step_end(self, epoch: int, first_step: int, t0: float) -> None:
         """The policies' ``step_end``: the epoch's steps and seconds so far in this session (no host sync)."""

@@ -88,6 +88,10 @@ def channels_last(trained: Trained) -> bool:
     return trainer.get("channels_last") is True
 
 
+NOT_FLIPPED = (
+    "tta=flip: this model was trained without mirrored images (data.augment={augment}), so a mirror image is "
+    "new to it: on the digits, trained so, tta=flip cost 3.6 points of accuracy (docs/use-the-model.md)"
+)
 FLIPPING = ("flip_crop", "randaugment", "trivialaugment", "autoaugment")  # data.augment with a random mirror
 
 

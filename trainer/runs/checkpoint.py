@@ -121,10 +121,11 @@ def link_checkpoint(src: Path, dst: Path) -> None:
     _fsync_dir(dst.parent)
 
 
-def amend_checkpoint(path: Path, entries: dict[str, Any]) -> None:
+def amend_checkpoint(path: Path, entries: dict[str, Any], state: dict[str, Any] | None = None) -> None:
     """``path`` rewritten with ``entries`` added to its state (atomically, with its digest and sidecar
-    anew); every checkpoint of its folder that was the same file (last.pt, the numbered one) follows it."""
-    state = load_checkpoint(path)
+    anew); every checkpoint of its folder that was the same file (last.pt, the numbered one) follows it.
+    ``state``: the file's state when the caller has just loaded it."""
+    state = state if state is not None else load_checkpoint(path)
     same = [p for p in path.parent.glob("*.pt") if p != path and p.samefile(path)]
     save_checkpoint({**{k: v for k, v in state.items() if k != DIGEST_KEY}, **entries}, path)
     for other in same:

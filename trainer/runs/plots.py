@@ -1,6 +1,6 @@
 """Plots people read, drawn with matplotlib (Agg, imported only when a plot is drawn): a run's curves,
 a sweep's metric against each swept value, a confusion matrix, learning-rate curves, reliability
-diagrams."""
+diagrams, a data report."""
 
 from __future__ import annotations
 
@@ -253,5 +253,36 @@ def reliability_png(panels: dict[str, tuple[list[tuple[float, float, int]], floa
         bottom.set_xlim(0, 1)
         bottom.set_xlabel("confidence")
         bottom.set_ylabel("share of images")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def data_report_png(counts: dict[str, dict[str, int]] | None, imbalance: float | None, pairs: list[Any]) -> bytes:
+    """check-data's picture: images per class in each split, then the closest train/val pairs side by
+    side. ``pairs``: (val image, train image, distance in bits), uint8 ``(3, H, W)`` images."""
+    plt = _pyplot()
+    rows = 1 + max(1, -(-len(pairs) // 4))
+    fig = plt.figure(figsize=(12, 2.6 * rows + 1))
+    grid = fig.add_gridspec(rows, 8)
+    ax = fig.add_subplot(grid[0, :])
+    if counts:
+        classes = list(counts["train"])
+        xs = list(range(len(classes)))
+        ax.bar([x - 0.2 for x in xs], [counts["train"][c] for c in classes], width=0.4, label="train", color="#1f4fc8")
+        ax.bar([x + 0.2 for x in xs], [counts["val"][c] for c in classes], width=0.4, label="val", color="#e8a09d")
+        many = len(classes) > 8
+        ax.set_xticks(xs, classes, rotation=30 if many else 0, ha="right" if many else "center")
+        ax.legend()
+        ax.set_title(f"images per class (imbalance {imbalance}x)")
+    else:
+        ax.axis("off")
+    for k, (val_img, train_img, d) in enumerate(pairs):
+        r, c = 1 + k // 4, (k % 4) * 2
+        for j, (img, title) in enumerate(((val_img, f"val, {d} bits from"), (train_img, "train"))):
+            a = fig.add_subplot(grid[r, c + j])
+            a.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+            a.set_title(title, fontsize=8)
+            a.axis("off")
+    fig.suptitle("closest train/val pairs by perceptual hash (0 bits: the same picture)", y=0.99)
     fig.tight_layout()
     return _png(fig)

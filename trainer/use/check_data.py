@@ -110,9 +110,9 @@ def describe_images(images: Any) -> dict[str, Any]:
     """Sizes, modes, EXIF-rotated and unreadable files of an image set, from each file's header only."""
     from PIL import Image
 
-    from trainer.data.duplicates import _files
+    from trainer.data.duplicates import image_files
 
-    paths = _files(images)
+    paths = image_files(images)
     sizes, modes, rotated, unreadable = [], Counter(), [], []
     if paths is None:
         held = getattr(images, "images", None)
@@ -212,26 +212,24 @@ def most_similar(val: torch.Tensor, train: torch.Tensor, block: int = 1024) -> t
     return where, best
 
 
-def class_counts(splits: Any) -> dict[str, dict[str, int]]:
-    out = {}
-    for name in ("train", "val"):
-        images = getattr(splits, name)
-        counts = Counter()
-        for t in images.targets:
-            for c in t if isinstance(t, list) else [t]:
-                counts[splits.classes[int(c)] if isinstance(c, int) and c < len(splits.classes) else str(c)] += 1
-        out[name] = {c: counts.get(c, 0) for c in splits.classes}
-    return out
+def class_counts(splits: Any) -> dict[str, dict[str, int]] | None:
+    """Images per class in each split (multilabel: positives); None for segmentation."""
+    from trainer.config.tasks import task_named
+    from trainer.data.counts import class_counts as counted
+
+    if task_named(splits.task).per_pixel:
+        return None
+    n = len(splits.classes)
+    return {s: dict(zip(splits.classes, counted(getattr(splits, s).targets, n, splits.task))) for s in ("train", "val")}
 
 
 def report(splits: Any, said: list[str], near: int, similar: float, data: str) -> tuple[dict[str, Any], list[Any]]:
     """data_report.json's content, and the closest cross-split pairs (images) for the picture."""
-    from trainer.config.tasks import task_named
     from trainer.data.duplicates import find_duplicates
 
     exact = find_duplicates(splits)
     counts = class_counts(splits)
-    train_counts = [n for n in counts["train"].values()]
+    train_counts = list(counts["train"].values()) if counts else []
     hashes = {name: perceptual_hashes(getattr(splits, name)) for name in ("train", "val")}
     where, dist = nearest(hashes["val"], hashes["train"])
     order = np.argsort(dist, kind="stable")
@@ -268,42 +266,8 @@ def report(splits: Any, said: list[str], near: int, similar: float, data: str) -
         "similar_features": features,
         "said_while_reading": said,
     }
-    if task_named(splits.task).per_pixel:
-        content.pop("class_counts")
-        content["imbalance"] = None
     pairs = [(splits.val.load(int(i)), splits.train.load(int(where[i])), int(dist[i])) for i in order[:CLOSEST]]
     return content, pairs
-
-
-def report_png(content: dict[str, Any], pairs: list[Any]) -> bytes:
-    from trainer.runs.plots import _png, _pyplot
-
-    plt = _pyplot()
-    rows = 1 + max(1, -(-len(pairs) // 4))
-    fig = plt.figure(figsize=(12, 2.6 * rows + 1))
-    grid = fig.add_gridspec(rows, 8)
-    ax = fig.add_subplot(grid[0, :])
-    counts = content.get("class_counts")
-    if counts:
-        classes = list(counts["train"])
-        xs = np.arange(len(classes))
-        ax.bar(xs - 0.2, [counts["train"][c] for c in classes], width=0.4, label="train", color="#1f4fc8")
-        ax.bar(xs + 0.2, [counts["val"][c] for c in classes], width=0.4, label="val", color="#e8a09d")
-        ax.set_xticks(xs, classes, rotation=30 if len(classes) > 8 else 0, ha="right" if len(classes) > 8 else "center")
-        ax.legend()
-        ax.set_title(f"images per class (imbalance {content['imbalance']}x)")
-    else:
-        ax.axis("off")
-    for k, (val_img, train_img, d) in enumerate(pairs):
-        r, c = 1 + k // 4, (k % 4) * 2
-        for j, (img, title) in enumerate(((val_img, f"val, {d} bits from"), (train_img, "train"))):
-            a = fig.add_subplot(grid[r, c + j])
-            a.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
-            a.set_title(title, fontsize=8)
-            a.axis("off")
-    fig.suptitle("closest train/val pairs by perceptual hash (0 bits: the same picture)", y=0.99)
-    fig.tight_layout()
-    return _png(fig)
 
 
 def held_out_predictions(
@@ -376,6 +340,8 @@ def label_issues(target: str, allow: tuple[str, ...], out: Path, filter_by: str 
 
 
 def check_data(argv: list[str]) -> tuple[dict[str, Any], Path]:
+    from trainer.runs.plots import data_report_png
+
     overrides = [a for a in argv if a.startswith(CONFIG_PREFIXES)]
     args = parse_args([a for a in argv if a not in overrides], KEYS, (), __doc__ or "")
     if not any(o.startswith("data=") for o in overrides):
@@ -406,7 +372,7 @@ def check_data(argv: list[str]) -> tuple[dict[str, Any], Path]:
         allow = trusted(args["allow_targets"])
         content["label_issues"] = label_issues(str(args["labels"]), allow, out, str(args["filter_by"]))
     with atomic_file(out / "data_report.png") as tmp:
-        tmp.write_bytes(report_png(content, pairs))
+        tmp.write_bytes(data_report_png(content.get("class_counts"), content["imbalance"], pairs))
     with atomic_file(out / "data_report.json") as tmp:  # last: a report with its json is whole
         tmp.write_text(json.dumps(content, indent=2))
     return content, out

@@ -258,8 +258,8 @@ REPORT_FILES = {
 def evaluate(args: dict[str, Any]) -> tuple[dict[str, Any], Trained, Path]:
     if args["out"]:
         check_folder(Path(str(args["out"])).expanduser(), REPORT_FILES, "an evaluate report")
-    from trainer.loop.parts import NOT_FLIPPED, TTA
-    from trainer.models.trained import trained_with_flips
+    from trainer.loop.parts import TTA
+    from trainer.models.trained import NOT_FLIPPED, trained_with_flips
 
     tta = str(args.get("tta", "none"))
     if tta not in TTA:

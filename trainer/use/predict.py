@@ -35,8 +35,15 @@ import torch
 from trainer.config.tasks import task_named
 from trainer.data.files import HIDDEN, LeftOut, is_hidden, list_images, readable_extensions
 from trainer.data.images import BadImage, decode_rgb
-from trainer.loop.parts import NOT_FLIPPED
-from trainer.models.trained import Trained, channels_last, load_trained, preprocess, trained_with_flips, upright
+from trainer.models.trained import (
+    NOT_FLIPPED,
+    Trained,
+    channels_last,
+    load_trained,
+    preprocess,
+    trained_with_flips,
+    upright,
+)
 from trainer.runs.csvcells import SafeDictWriter
 from trainer.use.command import parse_args, run_command, trusted
 from trainer.use.outputs import atomic_file, check_file, csv_with_header
@@ -182,13 +189,18 @@ def explain_batch(
 
 
 def checked_args(args: dict[str, Any]) -> tuple[str, str, int, float, int]:
-    """tta, explain, topk, threshold and data.batch_size, checked."""
+    """tta, explain, topk, threshold and data.batch_size, checked (and calibration)."""
     from trainer.errors import UserError
     from trainer.loop.parts import TTA
 
     tta, explain = str(args["tta"]), str(args["explain"])
     if tta not in TTA:
         raise UserError(f"tta={tta!r} is not valid: use {' or '.join(TTA)}.")
+    if str(args["calibration"]) not in ("temperature", "none"):
+        calibration = args["calibration"]
+        raise UserError(
+            f"calibration={calibration!r} is not valid: use temperature (the run's, kept in best.pt) or none."
+        )
     if explain not in ("none", "gradcam"):
         raise UserError(f"explain={explain!r} is not valid: use gradcam (a heatmap per image) or none.")
     try:
