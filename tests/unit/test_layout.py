@@ -147,7 +147,7 @@ def test_the_shell_rooms_import_no_torch():
 
 
 # what `train` reads itself: its command switches, which say what to do with the built run
-COMMAND_SWITCHES = {"resume", "plan", "lr_find"}
+COMMAND_SWITCHES = {"resume", "plan", "lr_find", "race"}
 
 
 def test_build_run_is_the_only_reader_of_a_runs_config():

@@ -113,7 +113,7 @@ def _job(cfg: DictConfig) -> float | None:
             folder.release()
 
 
-def _train_job(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any) -> float | None:
+def _train_job(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any) -> Any:
     """``_train``, with a full or read-only disk turned into one paragraph naming what survived."""
     try:
         return _train(cfg, multirun, out_dir, folder)
@@ -125,7 +125,7 @@ def _train_job(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any) -> f
         raise storage_error(e, out_dir) from None
 
 
-def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -> float | None:
+def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -> Any:
     from omegaconf.errors import MissingMandatoryValue
 
     from trainer.loop.build import build_run  # torch and timm load here, not before
@@ -145,7 +145,7 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -
 
         from trainer.runs import failpoints
 
-        failpoints.job = int(HydraConfig.get().job.num)
+        failpoints.job = int(out_dir.name) if out_dir.name.isdigit() else int(HydraConfig.get().job.num)
         share = sweep_job.share_the_machine()
     try:
         from trainer.loop.budget import Clock
@@ -158,6 +158,8 @@ def _train(cfg: DictConfig, multirun: bool, out_dir: Path, folder: Any = None) -
             return _plan_only(run)
         if cfg.get("lr_find"):
             return _lr_find_only(run)
+        if (cfg.get("race") or {}).get("pace"):
+            return _pace_only(run, clock)
         summary = run.fit()
     except MissingMandatoryValue as e:
         key = str(e.full_key)
@@ -183,6 +185,17 @@ def _plan_only(run: Any) -> None:
     for line in measure_and_stop(run):
         log.info(line)
     log.info("plan only (plan=true): nothing was trained; drop plan=true to train")
+
+
+def _pace_only(run: Any, clock: Any) -> dict[str, float]:
+    """race.pace=true: an epoch of this configuration timed (and its start-up, so far), for the race's plan."""
+    from trainer.loop.budget import time_epoch
+
+    start_s = clock()
+    pace = {**time_epoch(run), "start_s": start_s, "mode": run.settings.mode, "monitor": run.settings.monitor}
+    pace["measure_s"] = clock() - start_s
+    log.info("race pace: %.1f s an epoch (%.1f s to start)", pace["epoch_s"], start_s)
+    return pace
 
 
 def _lr_find_only(run: Any) -> None:
@@ -212,6 +225,16 @@ def check_writable(argv: list[str]) -> None:
             f"cannot write the run folder {str(target)!r}: {existing} is read-only or not yours. "
             f"Run from a folder you can write to, or give {key}=<a writable folder>."
         )
+
+
+def register_race_sweeper() -> None:
+    """hydra/sweeper=race: Hydra finds plugins by scanning the hydra_plugins package, which misses one
+    installed in editable mode (`pip install -e .`); registered by hand it is found either way."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.trainer_race.race_sweeper import RaceSweeper
+
+    Plugins.instance().register(RaceSweeper)
 
 
 STARTED = [time.monotonic()]  # when this command started: a time budget counts from here (set again by main)
@@ -267,6 +290,7 @@ def _main() -> None:
     if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in argv) and "--resolve" not in argv:
         argv.append("--resolve")  # users want the values a run would use, not ${...} references
     sys.argv = [sys.argv[0]] + argv
+    register_race_sweeper()
     try:
         hydra_main()
     finally:

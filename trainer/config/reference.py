@@ -20,6 +20,7 @@ SECTIONS = [  # heading, key prefix, the file whose comments document it
     ("schedule: when the scheduler steps", "schedule.", "train.yaml"),
     ("checkpoint: what is kept", "checkpoint.", "train.yaml"),
     ("the command", "", "train.yaml"),
+    ("race: set by hydra/sweeper=race for its jobs", "race.", "train.yaml"),
     ("model: every model option", "model.", "model/_base.yaml"),
     ("data: every data option", "data.", "data/_base.yaml"),
     ("optimizer: what every optimizer option shares", "optimizer.", "optimizer/adamw.yaml"),
@@ -84,7 +85,9 @@ def markdown() -> str:
     done: set[str] = set()
     for title, prefix, source in SECTIONS:
         _, docs = comments(conf / source)
-        strip = "" if prefix in ("trainer.", "finetune.", "distill.", "schedule.", "checkpoint.", "") else prefix
+        strip = (
+            "" if prefix in ("trainer.", "finetune.", "distill.", "schedule.", "checkpoint.", "race.", "") else prefix
+        )
         keys = [k for k in SETTINGS if k not in done and (k.startswith(prefix) if prefix else "." not in k)]
         out += ["", f"## {title}", "", "| key | default | valid | meaning |", "|---|---|---|---|"]
         for key in keys:

@@ -317,6 +317,26 @@ def plan_budget(
     )
 
 
+def time_epoch(run: Run) -> dict[str, float]:
+    """Seconds an epoch of all layers takes (its steps, evaluation and checkpoint), timed as a budget
+    times them and put back: what a race plans with (``race.pace``)."""
+    from trainer.loop.stages import plan_stages
+    from trainer.loop.trial import trial
+
+    stages = run.plan.stages
+    with trial(run.model, run.scaler):
+        step_s = _time_stage(run, plan_stages(None, 0, 1))
+        eval_s, save_s = _time_eval(run), _time_save(run)
+    run.plan.stages = stages
+    run.state.global_step = 0
+    return {
+        "step_s": step_s,
+        "eval_s": eval_s,
+        "save_s": save_s,
+        "epoch_s": step_s * run.steps_per_epoch + eval_s + save_s,
+    }
+
+
 def _time_stage(run: Run, stages: list[Any]) -> float:
     """Seconds an optimizer step of ``stages[0]`` takes (the estimate's timed steps)."""
     from trainer.loop.estimate import MEASURED_STEPS, WARMUP_STEPS, time_steps

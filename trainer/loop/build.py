@@ -279,7 +279,22 @@ def setup_settings(
 def setup_policies(cfg: DictConfig, monitor: str) -> list[Policy]:
     """What varies the run on the loop's hooks (the time budget joins them in setup_budget)."""
     patience = cfg.trainer.get("early_stop_patience")
-    return [EarlyStop(int(patience), monitor)] if patience else []
+    policies: list[Policy] = [EarlyStop(int(patience), monitor)] if patience else []
+    race = cfg.get("race") or {}
+    if race.get("storage") and race.get("trial") is not None:  # a job of hydra/sweeper=race
+        from trainer.loop.race import RaceTrial
+
+        until, deadline = race.get("until"), race.get("deadline")
+        policies.append(
+            RaceTrial(
+                str(race.storage),
+                int(race.trial),
+                int(until) if until is not None else None,
+                float(deadline) if deadline is not None else None,
+                monitor,
+            )
+        )
+    return policies
 
 
 def set_found_lr(run: Run, cfg: DictConfig, lr: float) -> None:

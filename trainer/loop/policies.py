@@ -5,7 +5,9 @@ pruning or calibration at the end of a fit go the same way.
 The loop calls, in order: ``fit_start`` when training starts or resumes; ``step_end`` after each
 optimizer step (with the steps and seconds of this epoch so far, in this session); ``epoch_end`` after
 an epoch is evaluated and recorded; ``stop_reason`` right after, where a policy that wants the run to
-end now says why. A policy changes the run's length only through :meth:`Length.resize`."""
+end now says why; then ``pause_reason``, where a policy that wants the run to stop here unfinished (to be
+resumed later, as a race pauses its trials between rounds) says why. A policy changes the run's length
+only through :meth:`Length.resize`."""
 
 from __future__ import annotations
 
@@ -43,6 +45,10 @@ class Policy:
 
     def stop_reason(self, state: TrainState) -> str | None:
         """Why the run should end after this epoch, or None to go on."""
+        return None
+
+    def pause_reason(self, state: TrainState) -> str | None:
+        """Why the run should stop after this epoch without finishing (last.pt resumes it), or None."""
         return None
 
 

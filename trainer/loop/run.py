@@ -111,6 +111,7 @@ class Run(RunState):
         self.state = TrainState(epochs=s.epochs)  # counters, best, history, the budget's plan
         self.policies = list(policies or [])  # on the loop's hooks: early stopping, the time budget (policies.py)
         self.stop_reason = ""  # why a policy ended the run early
+        self.pause_reason = ""  # why a policy stopped it unfinished (a race's round ended)
         self.distributed, self.main = dist.is_distributed(), dist.is_main()
         self.guard = InterruptGuard(self.distributed, s.device)
         # Switched-off features are no-op objects, not branches in the loop.
@@ -155,6 +156,16 @@ class Run(RunState):
         the time budget has no room for another epoch (its reason kept for the log)."""
         self.stop_reason = next((r for p in self.policies if (r := p.stop_reason(self.state))), "")
         return bool(self.stop_reason)
+
+    @property
+    def paused(self) -> bool:
+        """A policy wants the run to stop here unfinished (a race's round ends at this epoch)."""
+        self.pause_reason = next((r for p in self.policies if (r := p.pause_reason(self.state))), "")
+        return bool(self.pause_reason)
+
+    def _pause(self, wall_start: float) -> dict[str, Any]:
+        log.info("paused after epoch %d of %d: %s", self.state.epoch, self.state.epochs, self.pause_reason)
+        return self._write_metrics(time.perf_counter() - wall_start, status="paused", paused=self.pause_reason)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -251,6 +262,8 @@ class Run(RunState):
                 failpoint("epoch")
                 if self.state.finished:  # stopped early
                     break
+                if self.paused:  # unfinished, resumable from last.pt: not calibrated, not finished
+                    return self._pause(wall_start)
                 epoch += 1
             self.state.finished = True  # the last _end_epoch saved this state already
             failpoint("calibrate")
@@ -461,10 +474,10 @@ class Run(RunState):
         return lrs
 
     # ------------------------------------------------------------------ summary
-    def _write_metrics(self, wall: float) -> dict[str, Any]:
-        """metrics.json (rank 0 writes it); returns the summary on every rank."""
+    def _write_metrics(self, wall: float, **extra: Any) -> dict[str, Any]:
+        """metrics.json (rank 0 writes it, with ``extra`` entries); returns the summary on every rank."""
         about = {"weights": self.weights_info, "classes": self.classes, "task": self.settings.task}
-        summary = self.state.summary(self.settings, self.run_dir, about, wall)
+        summary = {**self.state.summary(self.settings, self.run_dir, about, wall), **extra}
         self.tracker.write_metrics(summary)
         return summary
 

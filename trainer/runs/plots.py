@@ -58,6 +58,30 @@ def sweep_png(points: dict[str, list[tuple[str, float]]], monitor: str) -> bytes
     return _png(fig)
 
 
+def race_png(curves: dict[str, list[tuple[int, float]]], pruned: set[str], winner: str | None, monitor: str) -> bytes:
+    """A race: each trial's monitored value per epoch; a pruned trial's curve ends in a cross where it
+    stopped, the winner's is drawn bold."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for job, points in sorted(curves.items(), key=lambda kv: kv[0] == winner):
+        xs, ys = [e for e, _ in points], [v for _, v in points]
+        if job == winner:
+            ax.plot(xs, ys, "-o", color="#1f4fc8", linewidth=2.5, zorder=3, label=f"{job} (winner)")
+            continue
+        ax.plot(xs, ys, "-", color="#b0b0b0" if job in pruned else "#7a9a6a", linewidth=1, zorder=1)
+        if job in pruned:
+            ax.scatter(xs[-1:], ys[-1:], marker="x", color="#c83232", zorder=2)
+        ax.annotate(job, (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 0), fontsize=7, color="#555555")
+    ax.scatter([], [], marker="x", color="#c83232", label="pruned")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(monitor)
+    ax.set_title("race: every configuration's curve (x: pruned there)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def confusion_png(cm: Any, classes: list[str]) -> bytes:
     """Rows: true class, columns: predicted; colour by row share, counts written in the cells."""
     plt = _pyplot()

@@ -90,8 +90,9 @@ def previous_sweep_job(job_dir: Path, cfg: DictConfig) -> dict | Path | None:
         if _at(now, key) == "auto":
             for k in (key, *with_it):
                 _put(now, k, _at(before, k))
-    now.pop("resume", None)
-    before.pop("resume", None)
+    for key in ("resume", "race"):  # where to resume from; a race's round and clock
+        now.pop(key, None)
+        before.pop(key, None)
     if now != before:
         return None
     try:

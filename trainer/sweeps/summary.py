@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from trainer.config.overrides import key_of, value_of
 from trainer.runs.csvcells import SafeDictWriter
+from trainer.sweeps.race import race_table
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,8 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             row["error"] = "no metrics.json (the job died before its first epoch ended)"
         rows.append(row)
 
-    def order(row: dict[str, Any]) -> tuple[int, float]:
-        best = row["best"]
-        if best is None or (isinstance(best, float) and math.isnan(best)):
-            return (1, 0.0)
-        return (0, -best if row.get("mode", "max") == "max" else best)
-
-    rows.sort(key=order)
+    add_race(rows, sweep_dir)  # a race: its winner first, then by the epoch each trial reached
+    rows.sort(key=lambda r: (not r.get("winner"), -int(r.get("reached") or 0), *order(r)))
     # The overrides that differ between jobs: what the sweep varied, shown first.
     values: dict[str, set[str]] = {}
     for row in rows:
@@ -79,16 +75,42 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def order(row: dict[str, Any]) -> tuple[int, float]:
+    """Jobs with a value first, best first."""
+    best = row["best"]
+    if best is None or (isinstance(best, float) and math.isnan(best)):
+        return (1, 0.0)
+    return (0, -best if row.get("mode", "max") == "max" else best)
+
+
+def add_race(rows: list[dict[str, Any]], sweep_dir: Path) -> None:
+    """A race's columns (the epoch reached, the value at each rung, why it stopped), without its own keys
+    (its storage, round and clock are not what it compared)."""
+    race = race_table(sweep_dir)
+    for row in rows:
+        row.update(race.get(row["job"], {}))
+        if race:
+            row["overrides"] = " ".join(o for o in row["overrides"].split() if not key_of(o).startswith("race."))
+
+
 # jobs of the multirun that just ended with status failed (the `train` command exits 3 when there are any)
 FAILED_JOBS: list[str] = []
 
 COLUMNS = ["rank", "swept", "monitor", "best", "best_epoch", "status", "error", "run_dir", "overrides"]
 
 
+RACE_COLUMNS = ["rank", "swept", "monitor", "best", "reached", "at_rungs", "stopped", "status", "run_dir", "overrides"]
+
+
+def columns_of(rows: list[dict[str, Any]]) -> list[str]:
+    """A race's summary adds the epoch each trial reached, its value at each rung and why it stopped."""
+    return RACE_COLUMNS if any("at_rungs" in r for r in rows) else COLUMNS
+
+
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = collect_rows(sweep_dir)
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        writer = SafeDictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = SafeDictWriter(f, fieldnames=columns_of(rows), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     (sweep_dir / "summary.md").write_text(to_markdown(rows))
@@ -103,8 +125,9 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             return f"{v:.4f}"
         return "-" if v is None or v == "" else str(v).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    columns = columns_of(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
