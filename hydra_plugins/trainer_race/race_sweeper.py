@@ -31,9 +31,13 @@ class RaceSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
+        from trainer.errors import UserError, fail
         from trainer.sweeps.race import options_from, run_race
 
         assert self.config is not None and self.hydra_context is not None
-        options = options_from(**self.options)
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        run_race(self.launcher, Path(self.config.hydra.sweep.dir), parser.parse_overrides(arguments), options)
+        try:
+            options = options_from(**self.options)
+            parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+            run_race(self.launcher, Path(self.config.hydra.sweep.dir), parser.parse_overrides(arguments), options)
+        except UserError as e:  # one paragraph and the mistake's exit code, not Hydra's traceback
+            fail(e)

@@ -35,7 +35,10 @@ def make_pruner(spec: dict[str, Any]) -> Any:
 def load_study(storage: str) -> Any:
     """The race's study with its own pruner, quiet (Optuna logs every report otherwise)."""
     import logging
+    import os
 
+    # Optuna 2.10's storage uses SQLAlchemy 1.4 (pinned): its notice about 2.0 is not the user's business
+    os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

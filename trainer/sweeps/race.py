@@ -372,6 +372,9 @@ def storage_url(sweep_dir: Path) -> str:
 
 def open_study(sweep_dir: Path, direction: str) -> Any:
     """The race's study in race.db (created once; a continued race loads it)."""
+    import os
+
+    os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")  # see trainer/loop/race.py
     import optuna
 
     from trainer.loop.race import STUDY
@@ -425,6 +428,8 @@ def run_round(
     from optuna.trial import TrialState
 
     j, until = round_
+    for i, n in trials.items():  # what a killed session's jobs ended as, before it could say so
+        settle(study, n, sweep_dir / str(i))
     frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
     going = [
         i for i, n in trials.items() if frozen[n].state == TrialState.RUNNING and (frozen[n].last_step or 0) < until
@@ -536,6 +541,8 @@ def settle(study: Any, number: int, job_dir: Path) -> None:
     except (OSError, ValueError):
         return
     trial = study.get_trials(deepcopy=False)[number]
+    if trial.state != TrialState.RUNNING:
+        return
     if metrics.get("status") == "failed":
         if (
             "re-run the sweep to resume it" in str(metrics.get("error"))
