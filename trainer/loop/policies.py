@@ -51,6 +51,10 @@ class Policy:
         """Why the run should stop after this epoch without finishing (last.pt resumes it), or None."""
         return None
 
+    def calibrates(self, state: TrainState) -> bool:
+        """Whether the finished run should fit its temperature (a trial a race pruned need not)."""
+        return True
+
 
 class EarlyStop(Policy):
     """trainer.early_stop_patience: the run ends after ``patience`` epochs without a better ``monitor``."""

@@ -95,6 +95,9 @@ class RaceTrial(Policy):
     def stop_reason(self, state: TrainState) -> str | None:
         return self.verdict
 
+    def calibrates(self, state: TrainState) -> bool:
+        return not (self.verdict or "").startswith("pruned")  # a loser's temperature is no one's result
+
     def pause_reason(self, state: TrainState) -> str | None:
         if self.until is None or state.epoch < self.until or state.epoch >= state.epochs:
             return None

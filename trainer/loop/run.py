@@ -346,8 +346,9 @@ class Run(RunState):
 
     @property
     def calibrates(self) -> bool:
-        """Whether the run fits a temperature at its end (every task but segmentation)."""
-        return not task_named(self.settings.task).per_pixel
+        """Whether the run fits a temperature at its end (every task but segmentation; not a trial its
+        race pruned)."""
+        return not task_named(self.settings.task).per_pixel and all(p.calibrates(self.state) for p in self.policies)
 
     def calibrate(self) -> None:
         """Temperature scaling of best.pt on the val split (loop/calibration.py): best.pt's weights scored

@@ -153,8 +153,14 @@ def _draw(rng: random.Random, interval: Any) -> str:
 
 
 def pace_key(config: list[str]) -> tuple[str, ...]:
-    """What decides an epoch's time: the overrides but those of the optimizer, schedule, loss and seed."""
-    return tuple(o for o in config if key_of(o).split(".")[0].split("/")[0] not in NO_PACE)
+    """What decides an epoch's time: the overrides but those of the optimizer, its lr multipliers, the
+    schedule, the loss and the seed."""
+    return tuple(
+        o
+        for o in config
+        if key_of(o).split(".")[0].split("/")[0] not in NO_PACE
+        and key_of(o) not in ("finetune.backbone_lr_mult", "finetune.layer_decay")
+    )
 
 
 def refuse_own_keys(configs: list[list[str]]) -> None:
@@ -579,6 +585,7 @@ def race_table(sweep_dir: Path) -> dict[str, dict[str, Any]]:
             "running": "paused",
         }.get(state, state)
         table[str(t.user_attrs["job"])] = {
+            "status": {"complete": "finished", "running": "paused"}.get(state, state),
             "reached": t.last_step or 0,
             "at_rungs": "; ".join(at),
             "stopped": why,
