@@ -79,3 +79,7 @@ def export() -> NoReturn:
 
 def check_data() -> NoReturn:
     exit_after(_command("trainer.use.check_data"))
+
+
+def write_shards() -> NoReturn:
+    exit_after(_command("trainer.use.write_shards"))

@@ -19,6 +19,7 @@ import logging
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -72,13 +73,24 @@ def content_keys(splits: Splits) -> dict[str, list[str]]:
             keys[name] = [f"{sizes[p]}:{file_digest(p)}" if sizes[p] in shared else f"path:{p}" for p in paths]
             continue
         held = getattr(images, "images", None)
-        if isinstance(held, torch.Tensor):
+        if hasattr(images, "byte_size"):  # images inside a container: digests of those whose size another shares
+            keys[name] = container_keys(images, name)
+        elif hasattr(images, "content_key"):
+            keys[name] = [images.content_key(i) for i in range(len(images))]
+        elif isinstance(held, torch.Tensor):
             keys[name] = [
                 hashlib.blake2b(row.contiguous().numpy().tobytes(), digest_size=16).hexdigest() for row in held
             ]
         else:  # an image set of another kind: nothing to compare
             keys[name] = [f"{name}#{i}" for i in range(len(images))]
     return keys
+
+
+def container_keys(images: Any, name: str) -> list[str]:
+    """Keys of images inside a container (shards) that know their sizes: only equal sizes are read."""
+    sizes = [images.byte_size(i) for i in range(len(images))]
+    shared = {s for s, n in Counter(sizes).items() if n > 1}
+    return [f"{s}:{images.content_key(i)}" if s in shared else f"{name}#{i}" for i, s in enumerate(sizes)]
 
 
 @dataclass

@@ -22,7 +22,7 @@ def _members(images: ImageSet) -> tuple[list[tuple[str, str]], list[torch.Tensor
         if isinstance(images.images, torch.Tensor):
             return [], [images.images, torch.as_tensor(images.masks)]
         return [(str(p), str(m)) for p, m in zip(images.images, images.masks)], []
-    paths = getattr(images, "paths", None)
+    paths = getattr(images, "paths", None) or getattr(images, "names", None)  # files, or images in containers
     if paths is not None:
         return [(str(p), repr(t)) for p, t in zip(paths, images.targets)], []
     held = getattr(images, "images", None)

@@ -29,6 +29,8 @@ class FoldImages(ImageSet):
         self.task, self.num_classes = base.task, base.num_classes
         if hasattr(base, "paths"):
             self.paths = [base.paths[i] for i in self.indices]  # type: ignore[attr-defined]
+        if hasattr(base, "names"):  # images inside a container (shards, an Arrow data set)
+            self.names = [base.names[i] for i in self.indices]  # type: ignore[attr-defined]
 
     def load(self, index: int) -> torch.Tensor:
         return self.base.load(self.indices[index])

@@ -87,16 +87,50 @@ def decode_rgb(path: str, exif: bool = True) -> torch.Tensor:
         fast = _decode_jpeg(path, exif)
         if fast is not None:
             return fast
+    return _decode(path, path, exif)
+
+
+def decode_bytes(data: bytes, name: str, exif: bool = True) -> torch.Tensor:
+    """An encoded image held in memory (a shard's member, a data set's cell) as :func:`decode_rgb` decodes
+    a file; ``name`` says which in a message."""
+    import io
+
+    if name.lower().endswith(tuple(PLUGIN_EXTENSIONS)):
+        plugin_extensions()
+    return _decode(io.BytesIO(data), name, exif)
+
+
+def _decode(source: Any, name: str, exif: bool) -> torch.Tensor:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img.load()  # decode now: a truncated file fails here, not later
-                return _to_rgb(_upright(img, path) if exif else img)
+                return _to_rgb(_upright(img, name) if exif else img)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise BadImage(f"{path}: too large to decode safely ({e})") from None
+        raise BadImage(f"{name}: too large to decode safely ({e})") from None
     except Exception as e:
-        raise BadImage(f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot decode'}") from None
+        raise BadImage(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot decode'}") from None
+
+
+class EncodedImages(ImageSet):
+    """Encoded images read by index from a container (WebDataset shards, an Arrow data set) and decoded
+    with Pillow as files are: ``fetch(i)`` gives the bytes, ``names[i]`` says which image in a message."""
+
+    exif = True
+    names: list[str]
+
+    def fetch(self, index: int) -> bytes:
+        raise NotImplementedError
+
+    def load(self, index: int) -> torch.Tensor:
+        return decode_bytes(self.fetch(index), self.names[index], self.exif)
+
+    def content_key(self, index: int) -> str:
+        """Equal keys, equal bytes (the duplicate check)."""
+        import hashlib
+
+        return hashlib.blake2b(self.fetch(index), digest_size=16).hexdigest()
 
 
 def _upright(img: Image.Image, path: str) -> Image.Image:
@@ -244,8 +278,12 @@ def native_size(images: ImageSet, samples: int = 64) -> int | None:
     n = len(images)
     sides = []
     for i in sorted({k * n // samples for k in range(min(samples, n))}):
-        path = images.paths[i] if hasattr(images, "paths") else stored[i]  # type: ignore[index]
+        path = images.paths[i] if hasattr(images, "paths") else stored[i] if stored is not None else None  # type: ignore[index]
         try:
+            if hasattr(images, "fetch"):  # inside a container: its bytes, the header read
+                import io
+
+                path = io.BytesIO(images.fetch(i))
             with Image.open(path) as im:
                 sides.append(min(im.size))
         except (OSError, ValueError, Image.DecompressionBombError):

@@ -304,7 +304,16 @@ def set_found_lr(run: Run, cfg: DictConfig, lr: float) -> None:
     log.info("optimizer.lr=auto: training with optimizer.lr=%.2e", lr)
 
 
-PATH_KEYS = ("data.root", "data.csv", "data.val_csv", "model.weights", "distill.teacher")
+PATH_KEYS = (
+    "data.root",
+    "data.csv",
+    "data.val_csv",
+    "data.train",
+    "data.val",
+    "data.path",
+    "model.weights",
+    "distill.teacher",
+)
 
 
 def anchor_paths(cfg: DictConfig) -> None:
@@ -315,8 +324,8 @@ def anchor_paths(cfg: DictConfig) -> None:
     for key in PATH_KEYS:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if isinstance(value, str) and value and value != "???" and not value.startswith(("package:", "/")):
-            if key == "distill.teacher" and not Path(value).expanduser().exists():
-                continue  # a timm model name
+            if key in ("distill.teacher", "data.path") and not Path(value).expanduser().exists():
+                continue  # a timm model name; a Hugging Face hub name
             OmegaConf.update(cfg, key, to_absolute_path(str(Path(value).expanduser())), merge=False)
 
 
