@@ -580,10 +580,9 @@ def race_table(sweep_dir: Path) -> dict[str, dict[str, Any]]:
         values = t.intermediate_values
         at = [f"{e}: {values[e]:.4f}" for e in [*plan.rungs, plan.epochs] if e in values]
         state = t.state.name.lower()
-        why = t.user_attrs.get("stopped") or {
-            "complete": "won" if t.number == winner else "finished its plan",
-            "running": "paused",
-        }.get(state, state)
+        why = t.user_attrs.get("stopped") or {"complete": "finished its plan", "running": "paused"}.get(state, state)
+        if t.number == winner:
+            why = "won" if why == "finished its plan" else f"won ({why})"
         table[str(t.user_attrs["job"])] = {
             "status": {"complete": "finished", "running": "paused"}.get(state, state),
             "reached": t.last_step or 0,
