@@ -26,7 +26,7 @@ def test_help_lists_groups_and_options_without_importing_torch(tmp_path):
     proc = python(["-c", NO_HEAVY_IMPORTS, "--help"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    for line in ("model: ", "data: digits, fake, imagefolder", "loss: ", "optimizer: ", "scheduler: "):
+    for line in ("model: ", "data: digits, fake, hf, imagefolder", "loss: ", "optimizer: ", "scheduler: "):
         assert line in out
     assert "efficientnet_lite0" in out and "tv_resnet50" in out and "warmup_cosine" in out
     assert "HEAVY: []" in out

@@ -36,7 +36,11 @@ def _folder(root):
 
 def test_a_folder_written_as_shards_trains_to_the_same_weights(tmp_path):
     folder = _folder(tmp_path / "pets")
-    out = in_process("write_shards", ["data=imagefolder", f"data.root={folder}", f"out={tmp_path / 'shards'}", "maxcount=6"], tmp_path)
+    out = in_process(
+        "write_shards",
+        ["data=imagefolder", f"data.root={folder}", f"out={tmp_path / 'shards'}", "maxcount=6"],
+        tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert "wrote 6 train and 2 val shard(s)" in out.stdout  # 32 train / 8 val images, 6 a shard
     assert (tmp_path / "shards" / "classes.txt").read_text() == "cat\ndog\n"
@@ -51,7 +55,11 @@ def test_a_folder_written_as_shards_trains_to_the_same_weights(tmp_path):
     ev = in_process("evaluate", [f"checkpoint={tmp_path / 'b'}", f"out={tmp_path / 'ev'}"], tmp_path)
     assert ev.returncode == 0, ev.stderr
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["val/acc"] == pytest.approx(mb["best"])
-    pr = in_process("predict", [f"checkpoint={tmp_path / 'b'}", f"source={folder / 'dog'}", f"out={tmp_path / 'pred.csv'}"], tmp_path)
+    pr = in_process(
+        "predict",
+        [f"checkpoint={tmp_path / 'b'}", f"source={folder / 'dog'}", f"out={tmp_path / 'pred.csv'}"],
+        tmp_path,
+    )
     assert pr.returncode == 0, pr.stderr
     assert len((tmp_path / "pred.csv").read_text().splitlines()) == 21
 
@@ -74,6 +82,7 @@ def test_a_run_on_shards_resumes_mid_epoch_exactly(compose_cfg, tmp_path):
     assert all(torch.equal(resumed[k], expected[k]) for k in expected)
 
 
+@pytest.mark.slow
 def test_a_hugging_face_data_set_trains_and_is_evaluated_from_its_checkpoint(tmp_path):
     import datasets
 
@@ -81,7 +90,8 @@ def test_a_hugging_face_data_set_trains_and_is_evaluated_from_its_checkpoint(tmp
 
     def split(n, offset):
         return datasets.Dataset.from_dict(
-            {"image": [_image(i % 2, i + offset) for i in range(n)], "label": [i % 2 for i in range(n)]}, features=features
+            {"image": [_image(i % 2, i + offset) for i in range(n)], "label": [i % 2 for i in range(n)]},
+            features=features,
         )
 
     datasets.DatasetDict({"train": split(32, 0), "validation": split(8, 100)}).save_to_disk(str(tmp_path / "hf"))

@@ -116,7 +116,9 @@ def test_plan_true_shows_the_race_and_trains_nothing(tmp_path):
     out = train([*RACE, "plan=true", f"hydra.sweep.dir={sweep}"], tmp_path)
     text = out.stdout + out.stderr
     assert "race: 4 of 4 configurations" in text and "plan only (plan=true)" in text
-    plan = json.loads((sweep / "race.json").read_text())["plan"]
+    record = json.loads((sweep / "race.json").read_text())
+    assert "plan" not in record and record["used_s"] == 0  # the race itself plans again, with all its budget
+    plan = record["preview"]
     assert plan["epochs"] == 4 and plan["rungs"] == [1, 2] and plan["survivors"] == [4, 2, 1]
     assert not list(sweep.glob("[0-9]*/metrics.json"))  # no trial trained
     bad = train([*RACE, "hydra.sweeper.budget=soon", f"hydra.sweep.dir={tmp_path / 'bad'}"], tmp_path, check=False)

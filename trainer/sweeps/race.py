@@ -270,10 +270,13 @@ def run_race(launcher: Any, sweep_dir: Path, overrides: list[Any], options: Race
     plan = plan_from(record, paces, order, options)
     for line in plan.lines():
         log.info("%s", line)
-    record.save(plan)
-    if study is None:
+    if study is None:  # the paces are kept; the plan and the time are the race's own, when it runs
+        record.data["preview"] = asdict(plan)
+        record.session = time.monotonic()  # this session's time is not the race's
+        record.save()
         log.info("plan only (plan=true): nothing was trained; drop plan=true to race")
         return
+    record.save(plan)
     keep_pruner(study, options, plan)
     trials = trials_for(study, configs, order[: plan.configs])
     rounds = [*plan.rungs, plan.epochs]
