@@ -19,7 +19,7 @@ def test_the_wheel_installs_and_trains_from_an_empty_folder(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for name in ("trainer", "conf"):
+    for name in ("trainer", "conf", "hydra_plugins"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path / "dist"
     subprocess.run(
@@ -31,6 +31,7 @@ def test_the_wheel_installs_and_trains_from_an_empty_folder(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     shipped = {n.removeprefix("trainer/conf/") for n in names if n.startswith("trainer/conf/")}
     assert shipped == {str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
+    assert "hydra_plugins/trainer_race/race_sweeper.py" in names  # Hydra finds hydra/sweeper=race there
 
     venv = tmp_path / "venv"  # a fresh environment: the wheel, and the test's dependencies beside it
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=HANG_GUARD)
