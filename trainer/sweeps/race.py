@@ -270,6 +270,10 @@ def run_race(launcher: Any, sweep_dir: Path, overrides: list[Any], options: Race
     plan = plan_from(record, paces, order, options)
     for line in plan.lines():
         log.info("%s", line)
+    for i in order[plan.configs :]:  # said once: what the budget leaves out of the race
+        log.warning(
+            "race: configuration %d (%s) left out: the budget holds %d of them", i, " ".join(configs[i]), plan.configs
+        )
     if study is None:  # the paces are kept; the plan and the time are the race's own, when it runs
         record.data["preview"] = asdict(plan)
         record.session = time.monotonic()  # this session's time is not the race's
