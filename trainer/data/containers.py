@@ -21,6 +21,7 @@ from typing import Any
 
 from trainer.config.targets import buildable
 from trainer.data.datasets import Splits, stratified_split
+from trainer.data.folds import FoldImages
 from trainer.data.images import EncodedImages
 from trainer.errors import UserError
 
@@ -183,13 +184,9 @@ def load_webdataset(
         targets, classes = _targets(train_labels + val_labels, classes, "data.train / data.val")
         train_set.targets, val_set.targets = targets[: len(train_labels)], targets[len(train_labels) :]
         return Splits(train_set, val_set, classes)
-    targets, classes = _targets(train_labels, classes, "data.train")
-    tr, va = stratified_split(targets, val_split, seed, classes)
-    return Splits(_subset(train_set, tr, targets), _subset(train_set, va, targets), classes)
-
-
-def _subset(images: ShardImages, idx: list[int], targets: list[int]) -> ShardImages:
-    return ShardImages([images.members[i] for i in idx], [images.names[i] for i in idx], [targets[i] for i in idx])
+    train_set.targets, classes = _targets(train_labels, classes, "data.train")
+    tr, va = stratified_split(train_set.targets, val_split, seed, classes)
+    return Splits(FoldImages(train_set, tr), FoldImages(train_set, va), classes)
 
 
 class ArrowImages(EncodedImages):
@@ -301,16 +298,6 @@ def load_hf(
         targets, classes = _targets(train_labels + val_labels, names, f"data.path={path!r}")
         train_set.targets, val_set.targets = targets[: len(train_labels)], targets[len(train_labels) :]
         return Splits(train_set, val_set, classes)
-    targets, classes = _targets(train_labels, names, f"data.path={path!r}")
-    tr, va = stratified_split(targets, val_split, seed, classes)
-    return Splits(_rows(train_set, tr, targets), _rows(train_set, va, targets), classes)
-
-
-def _rows(images: ArrowImages, idx: list[int], targets: list[int]) -> ArrowImages:
-    return ArrowImages(
-        images.table,
-        images.column,
-        [images.rows[i] for i in idx],
-        [images.names[i] for i in idx],
-        [targets[i] for i in idx],
-    )
+    train_set.targets, classes = _targets(train_labels, names, f"data.path={path!r}")
+    tr, va = stratified_split(train_set.targets, val_split, seed, classes)
+    return Splits(FoldImages(train_set, tr), FoldImages(train_set, va), classes)

@@ -521,7 +521,7 @@ def within_budget(
 ) -> list[int]:
     """The trials of this round that the time left allows (best first; at least one), after what the
     plan's later rounds need; the others end here, pruned for the budget, and said."""
-    from optuna.trial import TrialState
+    from optuna.trial import Trial, TrialState
 
     j, until = round_
     rounds = [*plan.rungs, plan.epochs]
@@ -538,7 +538,7 @@ def within_budget(
         room -= cost
     for i in going[len(kept) :]:
         why = f"not continued: the time left had room for {len(kept)} of the {len(going)} trials of round {j + 1}"
-        study._storage.set_trial_user_attr(frozen[trials[i]]._trial_id, "stopped", why)
+        Trial(study, frozen[trials[i]]._trial_id).set_user_attr("stopped", why)
         study.tell(trials[i], state=TrialState.PRUNED)
         log.info("race: configuration %d %s", i, why)
     return kept
@@ -547,7 +547,7 @@ def within_budget(
 def settle(study: Any, number: int, job_dir: Path) -> None:
     """A job's outcome into its trial: pruned, complete (its best value), failed, or still running (paused
     at the round's end, or killed: a continued race resumes it)."""
-    from optuna.trial import TrialState
+    from optuna.trial import Trial, TrialState
 
     try:
         metrics = json.loads((job_dir / "metrics.json").read_text())
@@ -562,7 +562,7 @@ def settle(study: Any, number: int, job_dir: Path) -> None:
             and (job_dir / "checkpoints" / "last.pt").is_file()
         ):
             return  # killed from outside: the next session resumes it
-        study._storage.set_trial_user_attr(trial._trial_id, "stopped", f"failed: {metrics.get('error')}")
+        Trial(study, trial._trial_id).set_user_attr("stopped", f"failed: {metrics.get('error')}")
         study.tell(number, state=TrialState.FAIL)
     elif metrics.get("finished"):
         if "pruned_at" in trial.user_attrs:
