@@ -34,6 +34,7 @@ def _folder(root):
     return root
 
 
+@pytest.mark.slow
 def test_a_folder_written_as_shards_trains_to_the_same_weights(tmp_path):
     folder = _folder(tmp_path / "pets")
     out = in_process(
