@@ -6,7 +6,8 @@ unchanged (seeded shuffling and exact resume mid-epoch, each image once an epoch
 K-fold, balanced sampling, the duplicate check, per-image error reports). A shard is indexed once
 when the run is built: its tar headers are read (not its images), giving each sample's key, its image
 member's place in the file and its label (a ``.cls`` member, or a field of a ``.json`` one). Shards
-behind a URL (``pipe:``, ``http://``, ``s3://``) would have to be streamed, and are refused here.
+behind a URL (``pipe:``, ``http://``, ``s3://``) and ``data.streaming=true`` are streamed instead
+(``data/streams.py``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class ShardImages(EncodedImages):
         return self.members[index][2]
 
 
+def is_url(pattern: str) -> bool:
+    """Shards behind a URL or a pipe (read as a stream), rather than files on a local or mounted disk."""
+    return "://" in pattern or pattern.startswith("pipe:")
+
+
 def expand_shards(pattern: str, key: str) -> list[str]:
     """The shard files a pattern names: brace ranges (``train-{000000..000099}.tar``), a glob, or a list
     separated by ``::``; local paths only."""
@@ -60,11 +66,10 @@ def expand_shards(pattern: str, key: str) -> list[str]:
 
     import braceexpand
 
-    if "://" in pattern or pattern.startswith("pipe:"):
+    if is_url(pattern):
         raise UserError(
-            f"{key}={pattern!r}: shards behind a URL or a pipe would have to be streamed, which this version does "
-            "not do; copy them to a local or mounted folder and give its path (brace ranges work: "
-            "shards/train-{000000..000009}.tar)."
+            f"{key}={pattern!r}: shards behind a URL or a pipe are streamed; they cannot be read by index here. "
+            "Give a local or mounted folder's path (brace ranges work: shards/train-{000000..000009}.tar)."
         )
     found: list[str] = []
     for part in pattern.split("::"):
@@ -101,11 +106,11 @@ def index_shard(path: str, label_key: str, field: str | None) -> list[tuple[str,
     out = []
     for key, entry in samples.items():
         if "image" in entry and "label" in entry:
-            out.append((key, *entry["image"], _label(entry["label"], field, f"{path}:{key}.{label_key}")))
+            out.append((key, *entry["image"], parse_label(entry["label"], field, f"{path}:{key}.{label_key}")))
     return out
 
 
-def _label(raw: bytes, field: str | None, where: str) -> Any:
+def parse_label(raw: bytes, field: str | None, where: str) -> Any:
     text = raw.decode("utf-8", "replace").strip()
     if field is None:
         return text
@@ -130,7 +135,7 @@ def _classes_beside(shards: list[str], given: str | None) -> list[str] | None:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _targets(labels: list[Any], classes: list[str] | None, where: str) -> tuple[list[int], list[str]]:
+def label_indices(labels: list[Any], classes: list[str] | None, where: str) -> tuple[list[int], list[str]]:
     """Class indices of labels given as indices (named by ``classes``, else "0".."K-1") or as names."""
     if all(str(v).strip().lstrip("-").isdigit() for v in labels):
         idx = [int(str(v).strip()) for v in labels]
@@ -174,17 +179,27 @@ def load_webdataset(
     label_field: str | None = None,
     val_split: float = 0.2,
     seed: int = 0,
+    streaming: bool = False,
+    train_samples: int | None = None,
+    shuffle_buffer: int = 1000,
 ) -> Splits:
     """WebDataset shards: ``train`` (and ``val``) patterns, labels from ``.cls`` members (or a ``.json``
-    member's ``label_field``), class names from ``classes_file`` or classes.txt beside the shards."""
+    member's ``label_field``), class names from ``classes_file`` or classes.txt beside the shards. Shards
+    behind a URL, or any with ``streaming``, are streamed (``data/streams.py``)."""
+    if streaming or is_url(train) or is_url(val or ""):
+        from trainer.data.streams import streamed_webdataset
+
+        splits = streamed_webdataset(train, val, classes_file, (label_key, label_field), train_samples)
+        splits.train.buffer = int(shuffle_buffer)
+        return splits
     train_set, train_labels = shard_images(train, "data.train", label_key, label_field)
     classes = _classes_beside(expand_shards(train, "data.train"), classes_file)
     if val:
         val_set, val_labels = shard_images(val, "data.val", label_key, label_field)
-        targets, classes = _targets(train_labels + val_labels, classes, "data.train / data.val")
+        targets, classes = label_indices(train_labels + val_labels, classes, "data.train / data.val")
         train_set.targets, val_set.targets = targets[: len(train_labels)], targets[len(train_labels) :]
         return Splits(train_set, val_set, classes)
-    train_set.targets, classes = _targets(train_labels, classes, "data.train")
+    train_set.targets, classes = label_indices(train_labels, classes, "data.train")
     tr, va = stratified_split(train_set.targets, val_split, seed, classes)
     return Splits(FoldImages(train_set, tr), FoldImages(train_set, va), classes)
 
@@ -198,21 +213,27 @@ class ArrowImages(EncodedImages):
         self.names, self.targets = names, list(targets)
 
     def fetch(self, index: int) -> bytes:
-        cell = self.table[self.rows[index]][self.column]
-        if isinstance(cell, dict):
-            if cell.get("bytes") is not None:
-                return cell["bytes"]
-            cell = cell.get("path")
-        if isinstance(cell, (bytes, bytearray)):
-            return bytes(cell)
-        if isinstance(cell, str) and os.path.isfile(cell):
-            return Path(cell).read_bytes()
-        raise ValueError(f"{self.names[index]}: no image in column {self.column!r} ({type(cell).__name__})")
+        return cell_bytes(self.table[self.rows[index]][self.column], self.names[index], self.column)
 
 
-def open_hf(path: str) -> Any:
+def cell_bytes(cell: Any, name: str, column: str) -> bytes:
+    """The encoded image a data set's cell holds: an ``Image`` feature's bytes (or the file it names), or
+    plain bytes."""
+    if isinstance(cell, dict):
+        if cell.get("bytes") is not None:
+            return cell["bytes"]
+        cell = cell.get("path")
+    if isinstance(cell, (bytes, bytearray)):
+        return bytes(cell)
+    if isinstance(cell, str) and os.path.isfile(cell):
+        return Path(cell).read_bytes()
+    raise ValueError(f"{name}: no image in column {column!r} ({type(cell).__name__})")
+
+
+def open_hf(path: str, streaming: bool = False) -> Any:
     """A data set saved with ``save_to_disk``, local Parquet or Arrow files (a file, or a folder whose file
-    names say the split: train-*.parquet, validation-*.parquet), or a name on the Hugging Face hub."""
+    names say the split: train-*.parquet, validation-*.parquet), or a name on the Hugging Face hub;
+    ``streaming``: as ``IterableDataset``s (a saved one, a shard per Arrow file)."""
     import datasets
 
     datasets.logging.set_verbosity_error()
@@ -220,7 +241,13 @@ def open_hf(path: str) -> Any:
     local = Path(path).expanduser()
     try:
         if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():
-            return datasets.load_from_disk(str(local))
+            saved = datasets.load_from_disk(str(local))
+            if streaming:
+                parts = {"train": saved} if isinstance(saved, datasets.Dataset) else dict(saved)
+                return datasets.IterableDatasetDict(
+                    {k: v.to_iterable_dataset(num_shards=len(v.cache_files) or 1) for k, v in parts.items()}
+                )
+            return saved
         files = [local] if local.is_file() else sorted(local.rglob("*")) if local.is_dir() else []
         kinds = {f.suffix for f in files if f.suffix in (".parquet", ".arrow")}
         if len(kinds) == 1:
@@ -229,13 +256,14 @@ def open_hf(path: str) -> Any:
                 kind,
                 data_files=str(local) if local.is_file() else None,
                 data_dir=None if local.is_file() else str(local),
+                streaming=streaming,
             )
         if local.exists():
             raise UserError(
                 f"data.path={path!r}: neither a data set saved with save_to_disk nor a folder of .parquet or .arrow "
                 "files (one kind); give one of those, or a Hugging Face hub name."
             )
-        return datasets.load_dataset(path)
+        return datasets.load_dataset(path, streaming=streaming)
     except UserError:
         raise
     except Exception as e:
@@ -286,18 +314,28 @@ def load_hf(
     val_name: str = "validation",
     val_split: float = 0.2,
     seed: int = 0,
+    streaming: bool = False,
+    train_samples: int | None = None,
+    shuffle_buffer: int = 1000,
 ) -> Splits:
     """A Hugging Face data set (``open_hf``): its ``train_split``, and ``val_name`` as val (else a
-    stratified ``val_split`` of train); a ``ClassLabel`` column's names are the classes."""
-    data = open_hf(path)
+    stratified ``val_split`` of train); a ``ClassLabel`` column's names are the classes. With
+    ``streaming``, an ``IterableDataset`` read in order (``data/streams.py``)."""
+    data = open_hf(path, streaming)
+    if streaming:
+        from trainer.data.streams import streamed_hf
+
+        splits = streamed_hf(data, path, (image_column, label_column), (train_split, val_name), train_samples)
+        splits.train.buffer = int(shuffle_buffer)
+        return splits
     train = _split_of(data, train_split, path, "data.train_split")
     train_set, train_labels, names = _hf_images(train, f"{path}:{train_split}", image_column, label_column)
     val = _split_of(data, val_name, path, "data.val_name")
     if val is not None:
         val_set, val_labels, _ = _hf_images(val, f"{path}:{val_name}", image_column, label_column)
-        targets, classes = _targets(train_labels + val_labels, names, f"data.path={path!r}")
+        targets, classes = label_indices(train_labels + val_labels, names, f"data.path={path!r}")
         train_set.targets, val_set.targets = targets[: len(train_labels)], targets[len(train_labels) :]
         return Splits(train_set, val_set, classes)
-    train_set.targets, classes = _targets(train_labels, names, f"data.path={path!r}")
+    train_set.targets, classes = label_indices(train_labels, names, f"data.path={path!r}")
     tr, va = stratified_split(train_set.targets, val_split, seed, classes)
     return Splits(FoldImages(train_set, tr), FoldImages(train_set, va), classes)

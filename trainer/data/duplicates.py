@@ -27,6 +27,7 @@ from trainer.config.tasks import task_named
 from trainer.data.datasets import Splits
 from trainer.data.folds import FoldImages
 from trainer.data.images import ImageSet
+from trainer.data.sources import capabilities
 from trainer.errors import UserError
 
 log = logging.getLogger("trainer")
@@ -141,6 +142,14 @@ def check_duplicates(splits: Splits, policy: str, where: str) -> Splits:
         raise UserError(f"data.duplicates={policy!r} is not valid: use {', '.join(POLICIES)}.")
     if task_named(splits.task).per_pixel and not image_files(splits.train):
         return splits  # generated shapes: nothing a user put there
+    if not capabilities(splits.train).duplicates:
+        log.info(
+            "data.duplicates=%s: not checked; the training data is %s, not read before training, so copies between "
+            "train and val cannot be looked for (check-data on an indexed copy can).",
+            policy,
+            capabilities(splits.train).kind,
+        )
+        return splits
     found = find_duplicates(splits)
     if not found.groups:
         return splits

@@ -18,6 +18,8 @@ log = logging.getLogger("trainer")
 
 def _members(images: ImageSet) -> tuple[list[tuple[str, str]], list[torch.Tensor]]:
     """An image set's (file, label) pairs, or the tensors of images held in memory."""
+    if hasattr(images, "fingerprint_members"):  # a stream: its shards and length (its images are not listed)
+        return images.fingerprint_members(), []
     if isinstance(images, SegmentationImages):
         if isinstance(images.images, torch.Tensor):
             return [], [images.images, torch.as_tensor(images.masks)]

@@ -267,6 +267,17 @@ class FileImages(ImageSet):
         return found[:3] if found is not None and found[3] == 1 else None
 
 
+class _Peeked:
+    def __init__(self, blobs: list[bytes]) -> None:
+        self.blobs = blobs
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def fetch(self, index: int) -> bytes:
+        return self.blobs[index]
+
+
 def native_size(images: ImageSet, samples: int = 64) -> int | None:
     """The median short side, in pixels, of up to ``samples`` images spread over the set (file headers
     only: nothing is decoded); None when none can be read."""
@@ -275,6 +286,8 @@ def native_size(images: ImageSet, samples: int = 64) -> int | None:
     stored = getattr(images, "images", None)
     if isinstance(stored, torch.Tensor):  # in memory: one size for all
         return int(min(stored.shape[-2:]))
+    if hasattr(images, "peek"):  # a stream: its first images
+        images = _Peeked(images.peek(samples))
     n = len(images)
     sides = []
     for i in sorted({k * n // samples for k in range(min(samples, n))}):

@@ -20,6 +20,8 @@ from trainer.config.tasks import task_named
 from trainer.data.datasets import Splits
 from trainer.data.images import BadImage, FileImages, ImageSet
 from trainer.data.resample import DeviceGeometry, RawJpeg, collate_raw, plan_resample
+from trainer.data.sources import require
+from trainer.data.streams import StreamEpoch, StreamImages, StreamLoader, stream_workers
 from trainer.data.transforms import JointTransform, build_transforms, sample_seed
 from trainer.errors import UserError
 
@@ -279,9 +281,15 @@ def build_loaders(
     )
     if len(train_set) == 0 or len(val_set) == 0:
         raise UserError("the train or val split is empty: add images or change data.val_split.")
-    order = _train_sampler(splits, sampler, seed, rank, world_size)
     common = _loader_options(workers, on_gpu, on_device, seed)
-    train, val, pieces = _train_and_val(train_set, val_set, order, batch_size, workers, rank, world_size, common)
+    if isinstance(splits.train, StreamImages):  # read in order: batches made in the workers
+        if sampler == "balanced":
+            require(splits.train, "balanced", "data.sampler=balanced")
+        order, train = _streamed(splits.train, train_tf, batch_size, seed, (rank, world_size), common)
+        val, pieces = _val_loader(val_set, batch_size, workers, rank, world_size, common), 1
+    else:
+        order = _train_sampler(splits, sampler, seed, rank, world_size)
+        train, val, pieces = _train_and_val(train_set, val_set, order, batch_size, workers, rank, world_size, common)
     train_eval = DataLoader(
         TransformedImages(splits.train, val_set.transform, seed),
         batch_size=batch_size * 2,
@@ -353,13 +361,46 @@ def _train_and_val(
     common: dict[str, Any],
 ) -> tuple[Any, Any, int]:
     """The train and val loaders: whole batches, or with several workers, batches built in pieces."""
-    val_sampler = ShardSampler(len(val_set), rank, world_size) if world_size > 1 else SequentialSampler(val_set)
     drop_last = len(sampler) > batch_size
     pieces = pieces_per_batch(batch_size, workers)
+    val = _val_loader(val_set, batch_size, workers, rank, world_size, common)
     if pieces > 1:  # the workers build each batch together: a short wait at the start of an epoch
-        train = MicroBatchLoader(train_set, sampler, batch_size, pieces, drop_last, **common)
-        val_pieces = pieces_per_batch(batch_size * 2, workers)
-        val = MicroBatchLoader(val_set, val_sampler, batch_size * 2, val_pieces, False, **common)
-        return train, val, pieces
+        return MicroBatchLoader(train_set, sampler, batch_size, pieces, drop_last, **common), val, pieces
     train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **common)
-    return train, DataLoader(val_set, batch_size=batch_size * 2, sampler=val_sampler, **common), pieces
+    return train, val, pieces
+
+
+def _val_loader(
+    val_set: Dataset, batch_size: int, workers: int, rank: int, world_size: int, common: dict[str, Any]
+) -> Any:
+    """The val loader: each image once over all ranks, in order, batches of twice the training batch."""
+    val_sampler = ShardSampler(len(val_set), rank, world_size) if world_size > 1 else SequentialSampler(val_set)
+    pieces = pieces_per_batch(batch_size * 2, workers)
+    if pieces > 1:
+        return MicroBatchLoader(val_set, val_sampler, batch_size * 2, pieces, False, **common)
+    return DataLoader(val_set, batch_size=batch_size * 2, sampler=val_sampler, **common)
+
+
+def _streamed(
+    images: StreamImages, transform: Any, batch_size: int, seed: int, where: tuple[int, int], common: dict[str, Any]
+) -> tuple[StreamEpoch, StreamLoader]:
+    """A streamed split's epochs (``data/streams.py``) and their loader: a worker per shard at most."""
+    rank, world_size = where
+    workers = stream_workers(images, int(common["num_workers"]), world_size)
+    epoch = StreamEpoch(
+        images,
+        transform,
+        collate_skipping_bad,
+        seed=seed,
+        batch_size=batch_size,
+        workers=workers,
+        rank=rank,
+        world_size=world_size,
+    )
+    if len(epoch) == 0:
+        raise UserError(
+            f"{images.where}: {len(images)} samples over {world_size} process(es) give no whole batch of "
+            f"{batch_size}: lower data.batch_size or give more data."
+        )
+    options = {k: v for k, v in common.items() if workers or k not in ("prefetch_factor", "multiprocessing_context")}
+    return epoch, StreamLoader(epoch, **{**options, "num_workers": workers})

@@ -34,6 +34,7 @@ from trainer.data.folds import fold_splits
 from trainer.data.images import BadImageLog, native_size, verify_splits
 from trainer.data.loaders import Loaders, build_loaders, default_num_workers
 from trainer.data.mixing import build_mixing
+from trainer.data.sources import capabilities, require
 from trainer.data.transforms import auto_image_size, resolve_input
 from trainer.distributed import collectives as dist
 from trainer.errors import UserError
@@ -137,6 +138,10 @@ def build_run(
         "task %s; loss %s; device %s, precision %s", splits.task, type(parts.loss_fn).__name__, device, parts.precision
     )
     settings = setup_settings(cfg, splits.task, (device, parts.precision, parts.channels_last), (monitor, mode))
+    if settings.cache_features and not capabilities(splits.train).cached_features:
+        if str(cfg.finetune.cache_features) != "auto":
+            require(splits.train, "cached_features")
+        settings = dataclasses.replace(settings, cache_features=False)  # auto: features computed each epoch
     run = Run(
         built=parts.built,
         loaders=loaders,
@@ -323,7 +328,9 @@ def anchor_paths(cfg: DictConfig) -> None:
 
     for key in PATH_KEYS:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-        if isinstance(value, str) and value and value != "???" and not value.startswith(("package:", "/")):
+        if isinstance(value, str) and value and value != "???" and not value.startswith(("package:", "/", "pipe:")):
+            if "://" in value:
+                continue  # a URL (streamed shards)
             if key in ("distill.teacher", "data.path") and not Path(value).expanduser().exists():
                 continue  # a timm model name; a Hugging Face hub name
             OmegaConf.update(cfg, key, to_absolute_path(str(Path(value).expanduser())), merge=False)
@@ -384,6 +391,7 @@ def build_splits(cfg: DictConfig) -> Splits:
     splits = instantiate_node(cfg.data.dataset)
     splits.orient(cfg.data.get("exif", "apply") == "apply")
     if cfg.data.get("folds"):
+        require(splits.train, "folds", f"data.folds={cfg.data.folds}")
         splits = fold_splits(splits, int(cfg.data.folds), int(cfg.data.get("fold") or 0), int(cfg.seed))
     return splits
 
@@ -393,6 +401,7 @@ def setup_data(cfg: DictConfig) -> Splits:
     splits = build_splits(cfg)
     splits = check_duplicates(splits, str(cfg.data.get("duplicates", "drop_from_val")), f"data={cfg.data.name}")
     if cfg.data.verify:
+        require(splits.train, "verify")
         verify_splits(splits.train, splits.val, float(cfg.data.max_bad_fraction))
     return splits
 
@@ -525,7 +534,9 @@ def setup_loss(cfg: DictConfig, splits: Splits) -> torch.nn.Module:
     if ignore is None and "ignore_index" in runtime_kwargs(loss_class, {"ignore_index": None}):
         ignore = inspect.signature(loss_class).parameters["ignore_index"].default  # torch's own: -100
     asked = [k for k in WEIGHT_KEYS if str(cfg.loss.get(k)) == "balanced"]
-    weights = balanced_values(asked, loss_class, splits.train.targets, splits.classes, task)
+    if asked:
+        require(splits.train, "balanced", f"loss.{asked[0]}=balanced")
+    weights = balanced_values(asked, loss_class, splits.train.targets, splits.classes, task) if asked else {}
     if target.startswith("torch."):  # torch's own losses take tensors
         weights = {k: torch.tensor(v, dtype=torch.float32) for k, v in weights.items()}
     runtime = runtime_kwargs(loss_class, {"task": task, "ignore_index": ignore})

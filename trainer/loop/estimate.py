@@ -27,7 +27,7 @@ def plan_lines(run: Run) -> list[str]:
     """The plan: data, input, stages with their trainable parameters and lrs, steps."""
     s, loaders, plan = run.settings, run.loaders, run.plan
     spec = loaders.input_spec
-    train_n, val_n = len(loaders.train.dataset), len(loaders.val.dataset)
+    train_n, val_n = (len(getattr(loader.dataset, "images", loader.dataset)) for loader in (loaders.train, loaders.val))
     total = sum(st.steps or st.epochs * run.steps_per_epoch for st in plan.stages)  # steps: a shortened last epoch
     lines = [
         f"plan: {run.state.epochs} epoch(s) in {len(plan.stages)} stage(s); {train_n} train / {val_n} val images at "

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.data.sources import require
 from trainer.errors import UserError
 from trainer.use.command import parse_args, run_command, trusted
 from trainer.use.outputs import atomic_file, check_folder, csv_with_header, json_with_keys
@@ -366,6 +367,7 @@ def check_data(argv: list[str]) -> tuple[dict[str, Any], Path]:
     check_folder(out, REPORT_FILES, "a data report")
     _needs("imagehash")
     splits, said = build(overrides)
+    require(splits.train, "verify", "check-data")
     content, pairs = report(splits, said, near, similar, " ".join(overrides))
     out.mkdir(parents=True, exist_ok=True)
     if args["labels"]:

@@ -6,19 +6,21 @@
 The data are read exactly as `train` reads them (the same option, split and seed) and written with the
 ``webdataset`` library's ``ShardWriter``: DIR/train-000000.tar, ... and DIR/val-000000.tar, ..., a new
 shard after ``maxcount`` samples or ``maxsize`` bytes, each sample its image (a file's own bytes when it
-is a .jpg, .png or .webp, else PNG) and its class index (``.cls``), and DIR/classes.txt with the class
-names. Then `train data=webdataset data.train=DIR/train-*.tar data.val=DIR/val-*.tar` trains on the
+is a .jpg, .png or .webp, else PNG) and its class index (``.cls``), DIR/classes.txt with the class
+names and DIR/sizes.json with each shard's samples (a streamed run's exact epoch length). Then `train data=webdataset data.train=DIR/train-*.tar data.val=DIR/val-*.tar` trains on the
 same images, split and labels. Multiclass and binary data.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from trainer.data.sources import require
 from trainer.errors import UserError
 from trainer.use.command import parse_args, run_command
 
@@ -60,6 +62,13 @@ def write_split(images: Any, pattern: str, maxcount: int, maxsize: float) -> int
         return sink.shard
 
 
+def shard_sizes(out: Path) -> dict[str, int]:
+    """Samples per shard (sizes.json): a streamed run's epoch length, exact rather than estimated."""
+    from trainer.data.containers import index_shard
+
+    return {f.name: len(index_shard(str(f), "cls", None)) for f in sorted(out.glob("*.tar"))}
+
+
 def write_shards(argv: list[str]) -> tuple[Path, dict[str, int], list[str]]:
     from trainer.config.tasks import task_named
     from trainer.use.check_data import build
@@ -80,6 +89,7 @@ def write_shards(argv: list[str]) -> tuple[Path, dict[str, int], list[str]]:
     if out.is_dir() and any(out.glob("*.tar")):
         raise UserError(f"out={str(out)!r} already holds .tar shards: give a new or empty folder.")
     splits, _ = build(overrides)
+    require(splits.train, "verify", "write-shards")
     if not task_named(splits.task).one_label:
         raise UserError(
             f"write-shards writes one class per image; this data's task ({splits.task}) has more (multilabel, segmentation)."
@@ -90,6 +100,7 @@ def write_shards(argv: list[str]) -> tuple[Path, dict[str, int], list[str]]:
         for name, images in (("train", splits.train), ("val", splits.val))
     }
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in splits.classes))
+    (out / "sizes.json").write_text(json.dumps(shard_sizes(out), indent=1))
     return out, shards, list(splits.classes)
 
 
