@@ -151,13 +151,17 @@ class HFShard:
 
     def __call__(self) -> Iterator[Sample]:
         part = self.data.shard(num_shards=self.count, index=self.index) if self.count > 1 else self.data
-        for j, row in enumerate(part):
-            name = f"{self.name}[{j}]"
-            try:
-                data = cell_bytes(row[self.image_column], name, self.image_column)
-            except ValueError:
-                data = b""  # not an image: said by the decoder as a bad image, by name
-            yield name, data, row[self.label_column]
+        j = 0
+        # .iter, not iter(): inside a loader worker the latter would split the shard again among the workers
+        for rows in part.iter(batch_size=64):
+            for cell, label in zip(rows[self.image_column], rows[self.label_column]):
+                name = f"{self.name}[{j}]"
+                j += 1
+                try:
+                    data = cell_bytes(cell, name, self.image_column)
+                except ValueError:
+                    data = b""  # not an image: said by the decoder as a bad image, by name
+                yield name, data, label
 
 
 class StreamImages(ImageSet):

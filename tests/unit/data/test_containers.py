@@ -85,12 +85,12 @@ def test_a_copy_inside_the_shards_is_found_by_its_bytes(tmp_path):
 @pytest.mark.parametrize(
     "pattern, words",
     [
-        ("pipe:curl -s http://x/{0..3}.tar", "would have to be streamed"),
-        ("https://host/train-{000000..000003}.tar", "would have to be streamed"),
+        ("pipe:curl -s http://x/{0..3}.tar", "is streamed: give its val split as data.val"),
+        ("https://host/train-{000000..000003}.tar", "is streamed: give its val split as data.val"),
         ("/nowhere/train-{000000..000003}.tar", r"4 shard\(s\) missing"),
     ],
 )
-def test_shards_that_cannot_be_read_by_index_are_refused_in_one_paragraph(pattern, words):
+def test_shards_that_cannot_be_read_are_refused_in_one_paragraph(pattern, words):
     with pytest.raises(UserError, match=words):
         load_webdataset(pattern)
 
