@@ -12,8 +12,8 @@ import sys
 
 import torch.distributed as dist
 
-from trainer.data.containers import load_webdataset
 from trainer.data.loaders import build_loaders
+from trainer.data.sharded import load_webdataset
 
 SPEC = {"size": 16, "crop_pct": 1.0, "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3}
 

@@ -20,9 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.config.targets import buildable
-from trainer.data.datasets import Splits, stratified_split
-from trainer.data.folds import FoldImages
 from trainer.data.images import EncodedImages
 from trainer.errors import UserError
 
@@ -123,7 +120,7 @@ def parse_label(raw: bytes, field: str | None, where: str) -> Any:
     return value[field]
 
 
-def _classes_beside(shards: list[str], given: str | None) -> list[str] | None:
+def classes_beside(shards: list[str], given: str | None) -> list[str] | None:
     """Class names from a file: ``data.classes_file``, else classes.txt beside the shards (one per line)."""
     path = Path(given).expanduser() if given else Path(shards[0]).parent / "classes.txt"
     if not path.is_file():
@@ -168,40 +165,6 @@ def shard_images(pattern: str, key: str, label_key: str, field: str | None) -> t
             f"{len(shards)} shard(s); write shards with `write-shards`, or set data.image_key/data.label_key."
         )
     return ShardImages(members, names, [0] * len(members)), labels
-
-
-@buildable
-def load_webdataset(
-    train: str,
-    val: str | None = None,
-    classes_file: str | None = None,
-    label_key: str = "cls",
-    label_field: str | None = None,
-    val_split: float = 0.2,
-    seed: int = 0,
-    streaming: bool = False,
-    train_samples: int | None = None,
-    shuffle_buffer: int = 1000,
-) -> Splits:
-    """WebDataset shards: ``train`` (and ``val``) patterns, labels from ``.cls`` members (or a ``.json``
-    member's ``label_field``), class names from ``classes_file`` or classes.txt beside the shards. Shards
-    behind a URL, or any with ``streaming``, are streamed (``data/streams.py``)."""
-    if streaming or is_url(train) or is_url(val or ""):
-        from trainer.data.streams import streamed_webdataset
-
-        splits = streamed_webdataset(train, val, classes_file, (label_key, label_field), train_samples)
-        splits.train.buffer = int(shuffle_buffer)
-        return splits
-    train_set, train_labels = shard_images(train, "data.train", label_key, label_field)
-    classes = _classes_beside(expand_shards(train, "data.train"), classes_file)
-    if val:
-        val_set, val_labels = shard_images(val, "data.val", label_key, label_field)
-        targets, classes = label_indices(train_labels + val_labels, classes, "data.train / data.val")
-        train_set.targets, val_set.targets = targets[: len(train_labels)], targets[len(train_labels) :]
-        return Splits(train_set, val_set, classes)
-    train_set.targets, classes = label_indices(train_labels, classes, "data.train")
-    tr, va = stratified_split(train_set.targets, val_split, seed, classes)
-    return Splits(FoldImages(train_set, tr), FoldImages(train_set, va), classes)
 
 
 class ArrowImages(EncodedImages):
@@ -274,7 +237,7 @@ def open_hf(path: str, streaming: bool = False) -> Any:
         ) from None
 
 
-def _split_of(data: Any, name: str, path: str, key: str) -> Any:
+def split_of(data: Any, name: str, path: str, key: str) -> Any:
     import datasets
 
     if isinstance(data, datasets.Dataset):
@@ -286,7 +249,7 @@ def _split_of(data: Any, name: str, path: str, key: str) -> Any:
     return None
 
 
-def _hf_images(
+def hf_images(
     split: Any, where: str, image_column: str, label_column: str
 ) -> tuple[ArrowImages, list[Any], list[str] | None]:
     import datasets
@@ -303,39 +266,3 @@ def _hf_images(
     table = split.select_columns([image_column])
     rows = list(range(len(split)))
     return ArrowImages(table, image_column, rows, [f"{where}[{i}]" for i in rows], [0] * len(rows)), labels, names
-
-
-@buildable
-def load_hf(
-    path: str,
-    image_column: str = "image",
-    label_column: str = "label",
-    train_split: str = "train",
-    val_name: str = "validation",
-    val_split: float = 0.2,
-    seed: int = 0,
-    streaming: bool = False,
-    train_samples: int | None = None,
-    shuffle_buffer: int = 1000,
-) -> Splits:
-    """A Hugging Face data set (``open_hf``): its ``train_split``, and ``val_name`` as val (else a
-    stratified ``val_split`` of train); a ``ClassLabel`` column's names are the classes. With
-    ``streaming``, an ``IterableDataset`` read in order (``data/streams.py``)."""
-    data = open_hf(path, streaming)
-    if streaming:
-        from trainer.data.streams import streamed_hf
-
-        splits = streamed_hf(data, path, (image_column, label_column), (train_split, val_name), train_samples)
-        splits.train.buffer = int(shuffle_buffer)
-        return splits
-    train = _split_of(data, train_split, path, "data.train_split")
-    train_set, train_labels, names = _hf_images(train, f"{path}:{train_split}", image_column, label_column)
-    val = _split_of(data, val_name, path, "data.val_name")
-    if val is not None:
-        val_set, val_labels, _ = _hf_images(val, f"{path}:{val_name}", image_column, label_column)
-        targets, classes = label_indices(train_labels + val_labels, names, f"data.path={path!r}")
-        train_set.targets, val_set.targets = targets[: len(train_labels)], targets[len(train_labels) :]
-        return Splits(train_set, val_set, classes)
-    train_set.targets, classes = label_indices(train_labels, names, f"data.path={path!r}")
-    tr, va = stratified_split(train_set.targets, val_split, seed, classes)
-    return Splits(FoldImages(train_set, tr), FoldImages(train_set, va), classes)

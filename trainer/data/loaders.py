@@ -283,9 +283,7 @@ def build_loaders(
         raise UserError("the train or val split is empty: add images or change data.val_split.")
     common = _loader_options(workers, on_gpu, on_device, seed)
     if isinstance(splits.train, StreamImages):  # read in order: batches made in the workers
-        if sampler == "balanced":
-            require(splits.train, "balanced", "data.sampler=balanced")
-        order, train = _streamed(splits.train, train_tf, batch_size, seed, (rank, world_size), common)
+        order, train = _streamed(splits.train, train_tf, (batch_size, sampler), seed, (rank, world_size), common)
         val, pieces = _val_loader(val_set, batch_size, workers, rank, world_size, common), 1
     else:
         order = _train_sampler(splits, sampler, seed, rank, world_size)
@@ -382,10 +380,12 @@ def _val_loader(
 
 
 def _streamed(
-    images: StreamImages, transform: Any, batch_size: int, seed: int, where: tuple[int, int], common: dict[str, Any]
+    images: StreamImages, transform: Any, batch: tuple[int, str], seed: int, where: tuple[int, int], common: dict
 ) -> tuple[StreamEpoch, StreamLoader]:
     """A streamed split's epochs (``data/streams.py``) and their loader: a worker per shard at most."""
-    rank, world_size = where
+    (batch_size, sampler), (rank, world_size) = batch, where
+    if sampler == "balanced":
+        require(images, "balanced", "data.sampler=balanced")
     workers = stream_workers(images, int(common["num_workers"]), world_size)
     epoch = StreamEpoch(
         images,

@@ -138,10 +138,7 @@ def build_run(
         "task %s; loss %s; device %s, precision %s", splits.task, type(parts.loss_fn).__name__, device, parts.precision
     )
     settings = setup_settings(cfg, splits.task, (device, parts.precision, parts.channels_last), (monitor, mode))
-    if settings.cache_features and not capabilities(splits.train).cached_features:
-        if str(cfg.finetune.cache_features) != "auto":
-            require(splits.train, "cached_features")
-        settings = dataclasses.replace(settings, cache_features=False)  # auto: features computed each epoch
+    settings = dataclasses.replace(settings, cache_features=cache_features(cfg, splits, settings.cache_features))
     run = Run(
         built=parts.built,
         loaders=loaders,
@@ -680,6 +677,15 @@ def resolve_cache_features(value: Any, data: DictConfig, teacher: Any = None) ->
     if value == "auto":
         return str(data.augment) == "none" and not data.get("random_erasing") and not mixes(data) and not teacher
     return bool(value)
+
+
+def cache_features(cfg: DictConfig, splits: Splits, resolved: bool) -> bool:
+    """finetune.cache_features on a source that cannot be read by index: auto is off, true is refused."""
+    if resolved and not capabilities(splits.train).cached_features:
+        if str(cfg.finetune.cache_features) != "auto":
+            require(splits.train, "cached_features")
+        return False  # auto: the features are computed each epoch
+    return resolved
 
 
 def mixes(data: DictConfig) -> bool:

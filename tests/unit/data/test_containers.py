@@ -15,11 +15,11 @@ import torch
 import webdataset
 from PIL import Image
 
-from trainer.data.containers import load_hf, load_webdataset
 from trainer.data.duplicates import find_duplicates
 from trainer.data.fingerprint import fingerprint
 from trainer.data.folds import FoldImages
 from trainer.data.images import native_size
+from trainer.data.sharded import load_hf, load_webdataset
 from trainer.errors import UserError
 
 CLASSES = ["red", "green", "blue"]

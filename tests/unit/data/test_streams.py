@@ -15,7 +15,7 @@ import torch
 import webdataset
 from PIL import Image
 
-from trainer.data.containers import load_hf, load_webdataset
+from trainer.data.sharded import load_hf, load_webdataset
 from trainer.data.sources import capabilities, require
 from trainer.data.streams import StreamEpoch, StreamImages, StreamLoader
 from trainer.errors import UserError
