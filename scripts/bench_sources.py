@@ -1,14 +1,18 @@
-"""The same images as a folder, as WebDataset shards and as an Arrow data set: what reading them costs.
+"""The same images as a folder, as WebDataset shards and as an Arrow data set, read by index or streamed:
+what reading them costs, on one process and on two under torchrun.
 
-    python scripts/bench_sources.py [--images 50000] [--size 28] [--rounds 2]
+    python scripts/bench_sources.py [--images 50000] [--size 28] [--rounds 2] [--no-torchrun]
 
 Generates ``--images`` small PNGs in 10 class folders (distinct images), writes them as shards with
-`write-shards` (10,000 a shard) and as a Hugging Face data set (save_to_disk, the PNG bytes inside), then
+`write-shards` (10 training shards) and as a Hugging Face data set (save_to_disk, the PNG bytes inside), then
 for each source, in alternating order, ``--rounds`` times (medians):
   - build: composing the run's data (listing the folder, indexing the shards' headers, opening the set);
   - data only: one epoch of the training loader (decode, resize, augment, collate; the loader's workers);
   - training: one epoch of `train` with timm's tiny test_resnet (training images a second over the
-    epoch's logged time, its val pass included).
+    epoch's logged time, its val pass included);
+  - torchrun: the same epoch with trainer.devices=2 (two processes, gloo, each its half of the images).
+The streamed sources are the same shards read in order (data.streaming=true, through webdataset.gopen)
+and the same Arrow set as an IterableDataset.
 Nothing is asserted: the numbers are for docs/data.md.
 """
 
@@ -65,7 +69,7 @@ def make_arrow(shards: Path, out: Path) -> None:
         name: datasets.Dataset.from_generator(rows, gen_kwargs={"split": split}, features=features)
         for name, split in (("train", "train"), ("validation", "val"))
     }
-    datasets.DatasetDict(parts).save_to_disk(str(out))
+    datasets.DatasetDict(parts).save_to_disk(str(out), num_shards={"train": 10, "validation": 1})
 
 
 def data_epoch(overrides: list[str]) -> tuple[float, float, int]:
@@ -95,6 +99,7 @@ print(json.dumps([built, n / seconds, n]))
 def train_epoch(overrides: list[str], run_dir: Path) -> float:
     """Seconds of one epoch of `train` (its training and its val pass, as the run logs them)."""
     cmd = [sys.executable, "-m", "trainer", *overrides, *MODEL, "trainer.epochs=1", f"hydra.run.dir={run_dir}"]
+    cmd += ["trainer.device=cpu"] if "trainer.devices=2" in overrides else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
@@ -106,6 +111,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=50_000)
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--no-torchrun", action="store_true", help="leave out the two-process epochs")
     args = ap.parse_args()
     root = Path("outputs/sources-bench") / time.strftime("%Y-%m-%d_%H-%M-%S")
     folder, shards, arrow = root / "folder", root / "shards", root / "arrow"
@@ -121,7 +127,7 @@ def main() -> None:
             "data=imagefolder",
             f"data.root={folder}",
             f"out={shards}",
-            "maxcount=10000",
+            f"maxcount={max(1, args.images * 4 // 50)}",  # 10 training shards: 5 for each of 2 ranks
         ],
         check=True,
     )
@@ -133,24 +139,35 @@ def main() -> None:
         "folder": ["data=imagefolder", f"data.root={folder}"],
         "shards": ["data=webdataset", f"data.train={shards}/train-*.tar", f"data.val={shards}/val-*.tar"],
         "arrow": ["data=hf", f"data.path={arrow}"],
+        "shards, streamed": [
+            "data=webdataset",
+            f"data.train={shards}/train-*.tar",
+            f"data.val={shards}/val-*.tar",
+            "data.streaming=true",
+        ],
+        "arrow, streamed": ["data=hf", f"data.path={arrow}", "data.streaming=true"],
     }
-    results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in sources}
+    results: dict[str, list[tuple[float, ...]]] = {k: [] for k in sources}
     for r in range(args.rounds):
         for name in sources if r % 2 == 0 else reversed(list(sources)):
             built, rate, n = data_epoch([*sources[name], *COMMON, *MODEL])
-            seconds = train_epoch([*sources[name], *COMMON], root / f"run-{name}-{r}")
-            results[name].append((built, rate, n / seconds))
-            print(
-                f"{name} round {r}: build {built:.1f} s, data {rate:.0f} img/s, training {n / seconds:.0f} img/s",
-                flush=True,
-            )
+            seconds = train_epoch([*sources[name], *COMMON], root / f"run-{name}-{r}".replace(", ", "-"))
+            row = [built, rate, n / seconds]
+            if not args.no_torchrun:
+                two = train_epoch(
+                    [*sources[name], *COMMON, "trainer.devices=2"], root / f"ddp-{name}-{r}".replace(", ", "-")
+                )
+                row.append(n / two)
+            results[name].append(tuple(row))
+            print(f"{name} round {r}: build {built:.1f} s, data {rate:.0f} img/s, training {row[2:]} img/s", flush=True)
     lines = [
-        f"| source ({args.images} PNGs, {args.size} px) | build the data (s) | data only (img/s) | training, test_resnet (img/s) |",
-        "|---|---|---|---|",
+        f"| source ({args.images} PNGs, {args.size} px) | build the data (s) | data only (img/s) | training, test_resnet (img/s) | torchrun, 2 processes (img/s) |",
+        "|---|---|---|---|---|",
     ]
     for name, rows in results.items():
         med = [statistics.median(col) for col in zip(*rows)]
-        lines.append(f"| {name} | {med[0]:.1f} | {med[1]:.0f} | {med[2]:.0f} |")
+        two = f"{med[3]:.0f}" if len(med) > 3 else "-"
+        lines.append(f"| {name} | {med[0]:.1f} | {med[1]:.0f} | {med[2]:.0f} | {two} |")
     print("\n".join(lines))
 
 

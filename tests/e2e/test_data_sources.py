@@ -45,6 +45,8 @@ def test_a_folder_written_as_shards_trains_to_the_same_weights(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "wrote 6 train and 2 val shard(s)" in out.stdout  # 32 train / 8 val images, 6 a shard
     assert (tmp_path / "shards" / "classes.txt").read_text() == "cat\ndog\n"
+    sizes = json.loads((tmp_path / "shards" / "sizes.json").read_text())  # a streamed run's exact epoch
+    assert sum(n for name, n in sizes.items() if name.startswith("train-")) == 32 and len(sizes) == 8
     train([*QUICK, "data=imagefolder", f"data.root={folder}", f"hydra.run.dir={tmp_path / 'a'}"], tmp_path)
     shards = [f"data.train={tmp_path}/shards/train-*.tar", f"data.val={tmp_path}/shards/val-*.tar"]
     train([*QUICK, "data=webdataset", *shards, f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)

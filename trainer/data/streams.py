@@ -34,10 +34,12 @@ workers reads the epoch in another order.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import random
+import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -131,7 +133,8 @@ class TarShard:
         except (tarfile.TarError, OSError) as e:
             raise UserError(f"{self.url}: the stream is not a readable tar shard ({e}).") from None
         finally:
-            stream.close()
+            with contextlib.suppress(Exception):  # a pipe that failed says so on closing: said above already
+                stream.close()
 
 
 @dataclass
@@ -258,10 +261,11 @@ def read_small(url: str, quiet: bool = False) -> bytes | None:
     import webdataset
 
     try:
-        if not is_url(url):
-            if not os.path.isfile(url):
+        if not is_url(url) and not os.path.isfile(os.path.expanduser(url)):
+            if quiet:
                 return None
-        with webdataset.gopen(url) as f:
+            raise OSError("no such file")
+        with webdataset.gopen(os.path.expanduser(url) if not is_url(url) else url) as f:
             data = f.read(MAX_LIST_BYTES + 1)
     except Exception:
         if quiet:
@@ -274,7 +278,9 @@ def read_small(url: str, quiet: bool = False) -> bytes | None:
 
 def stream_length(shards: list[Any], given: int | None, sizes: dict[str, Any] | None, key: str) -> tuple[int, bool]:
     """(samples, exact): ``data.train_samples``, else sizes.json's counts, else estimated (said once)."""
-    if given:
+    if given is not None:
+        if int(given) < 1:
+            raise UserError(f"data.train_samples={given}: give the samples an epoch holds (a number > 0), or null.")
         return int(given), True
     if sizes and all(os.path.basename(s.name) in sizes for s in shards):
         return sum(int(sizes[os.path.basename(s.name)]) for s in shards), True
@@ -496,7 +502,11 @@ class StreamLoader:
         return len(self.dataset)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self.loader)
+        try:
+            yield from self.loader
+        except UserError as e:  # raised in a worker: its own paragraph, not the worker's traceback around it
+            said = re.findall(r"UserError: (.+)", str(e))
+            raise UserError(said[-1] if said else str(e)) from None
 
 
 def stream_workers(images: StreamImages, workers: int, world_size: int) -> int:

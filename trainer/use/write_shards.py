@@ -108,7 +108,7 @@ def main() -> None:
     def body() -> None:
         out, shards, classes = write_shards(sys.argv[1:])
         print(
-            f"wrote {shards['train']} train and {shards['val']} val shard(s) and classes.txt ({len(classes)} classes) in {out}"
+            f"wrote {shards['train']} train and {shards['val']} val shard(s), classes.txt ({len(classes)} classes) and sizes.json in {out}"
         )
         print(f"train on them: train data=webdataset data.train={out}/train-*.tar data.val={out}/val-*.tar")
 

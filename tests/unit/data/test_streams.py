@@ -156,3 +156,39 @@ def test_a_hugging_face_iterable_dataset_streams_a_shard_per_file(tmp_path):
         seen += [_which(x) for b in batches for x, _ in b]
         assert all(y == _which(x) % 3 for b in batches for x, y in b)
     assert Counter(seen) == Counter(range(40))
+
+
+def test_shards_over_http_are_streamed_with_the_class_names_and_sizes_beside_them(tmp_path, monkeypatch):
+    import functools
+    import http.server
+    import threading
+
+    _shards(tmp_path, "train", 48, 12)
+    _shards(tmp_path, "val", 6, 6, first=1000)
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    (tmp_path / "sizes.json").write_text(json.dumps({f"train-{i:06d}.tar": 12 for i in range(4)}))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        splits = load_webdataset(f"{url}/train-{{000000..000003}}.tar", f"{url}/val-000000.tar")
+        assert splits.classes == CLASSES and len(splits.val) == 6  # classes.txt read beside the shards
+        assert len(splits.train) == 48 and capabilities(splits.train).exact_length  # sizes.json too
+        seen = [_which(x) for rank in (0, 1) for b in _read(_epoch(splits.train, rank=rank), 2) for x, _ in b]
+        assert Counter(seen) == Counter(range(48))
+    finally:
+        server.shutdown()
+
+
+def test_a_shard_that_breaks_in_a_worker_stops_the_epoch_with_its_own_paragraph(tmp_path):
+    _shards(tmp_path, "train", 36, 12)
+    (tmp_path / "train-000001.tar").write_bytes(b"not a tar at all" * 40)
+    splits = _stream(tmp_path, 3)
+    with pytest.raises(UserError) as e:
+        _read(_epoch(splits.train, world=1, workers=2, batch=4), 2)
+    assert str(e.value).startswith(f"pipe:cat {tmp_path}/train-000001.tar: the stream is not a readable tar shard")
+    assert "Traceback" not in str(e.value) and "worker" not in str(e.value)
