@@ -188,9 +188,17 @@ def test_a_hugging_face_iterable_dataset_trains_and_its_checkpoint_is_evaluated(
     "setting, words",
     [
         ("data.folds=5", "data.folds=5: K-fold splits the training images by index"),
-        ("data.sampler=balanced", "data.sampler=balanced: class balancing needs every image's label"),
         ("data.verify=true", "data.verify=true: it reads every image by index"),
-        ("finetune.cache_features=true", "finetune.cache_features=true: caching features reads"),
+        pytest.param(  # these two are refused once the model is built: the full suite's
+            "data.sampler=balanced",
+            "data.sampler=balanced: class balancing needs every image's label",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "finetune.cache_features=true",
+            "finetune.cache_features=true: caching features reads",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_what_a_stream_cannot_do_is_refused_in_one_paragraph(tmp_path, setting, words):
