@@ -142,3 +142,17 @@ def test_bad_input_is_answered_in_one_paragraph(tmp_path, args, expected):
     args = [a.format(one=tmp_path / "one", two=tmp_path / "two") for a in args]
     proc = in_process("check_data", [*args, f"out={tmp_path / 'r'}"], tmp_path)
     assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_folder_given_from_the_home_folder_is_found_as_the_shell_would(tmp_path, monkeypatch):
+    from trainer.use.check_data import build
+
+    for c, name in enumerate(("cat", "dog")):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(5):
+            a = np.full((16, 16, 3), 30 * i, np.uint8)
+            a[..., c] = 200
+            Image.fromarray(a).save(tmp_path / "pets" / name / f"{i}.png")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    splits, _ = build(["data=imagefolder", "data.root=~/pets"])  # `~` after `=`: no shell expands it
+    assert splits.classes == ["cat", "dog"] and len(splits.train) + len(splits.val) == 10

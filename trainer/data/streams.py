@@ -288,12 +288,12 @@ def stream_length(shards: list[Any], given: int | None, sizes: dict[str, Any] | 
     length = first * len(shards)
     log.warning(
         "%s: %d samples an epoch, estimated as %d in the first shard x %d shards (the progress, the estimate and "
-        "a time budget use it); give data.train_samples, or a sizes.json beside the shards (write-shards writes "
-        "one), for the exact count.",
+        "a time budget use it); give data.train_samples%s for the exact count.",
         key,
         length,
         first,
         len(shards),
+        ", or a sizes.json beside the shards (write-shards writes one)," if isinstance(shards[0], TarShard) else "",
     )
     return length, False
 

@@ -94,6 +94,7 @@ class Said(logging.Handler):
 def build(overrides: list[str]) -> tuple[Any, list[str]]:
     """The splits a `train` with these data overrides would read (before any copy is left out of val),
     and what building them said."""
+    from trainer.config.overrides import normalize_overrides
     from trainer.config.schema import explain_overrides
     from trainer.loop.build import build_splits
 
@@ -101,7 +102,7 @@ def build(overrides: list[str]) -> tuple[Any, list[str]]:
     package = logging.getLogger("trainer")
     package.addHandler(said)
     try:
-        splits = build_splits(explain_overrides(overrides))
+        splits = build_splits(explain_overrides(normalize_overrides(overrides)))  # ~/data as the shell would
     finally:
         package.removeHandler(said)
     return splits, said.lines
