@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,22 @@ def start_train(args: list[str], cwd: Path, output: bool = False, **popen: objec
     )
     popen.setdefault("preexec_fn", ctrl_c_reaches_it)
     return subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=cwd, env=offline_env(cwd), **streams, **popen)
+
+
+def kill_after_first_checkpoint(args: list[str], cwd: Path) -> Path:
+    """Start `train`, SIGKILL it as soon as it has written a checkpoint; return the run folder."""
+    proc = start_train(args, cwd)
+    deadline = time.time() + HANG_GUARD
+    found = []
+    while time.time() < deadline and proc.poll() is None:
+        found = list(cwd.glob("outputs/**/checkpoints/last.pt"))
+        if found:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    return found[0].parent.parent
 
 
 def wait_for(path: Path, proc: subprocess.Popen) -> None:

@@ -6,10 +6,8 @@ checkpoint is evaluated; what a stream cannot do is refused in one paragraph."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from runner import final_tensors, in_process, start_train, train
+from runner import final_tensors, in_process, kill_after_first_checkpoint, train
 from support import HANG_GUARD, TINY, metrics, offline_env
 
 MODEL = [t for t in TINY if not t.startswith("data=")]
@@ -52,20 +50,6 @@ def _shards(folder: Path, train: int = 96, per_shard: int = 12) -> list[str]:
     ]
 
 
-def _kill_mid_epoch(args: list[str], cwd: Path) -> Path:
-    proc = start_train(args, cwd)
-    deadline, found = time.time() + HANG_GUARD, []
-    while time.time() < deadline and proc.poll() is None:
-        found = list(cwd.glob("outputs/**/checkpoints/last.pt"))
-        if found:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    return found[0].parent.parent
-
-
 @pytest.mark.slow
 def test_a_streamed_run_killed_mid_epoch_resumes_to_the_unbroken_result(tmp_path):
     args = [
@@ -78,7 +62,7 @@ def test_a_streamed_run_killed_mid_epoch_resumes_to_the_unbroken_result(tmp_path
     train([*args, f"hydra.run.dir={tmp_path / 'unbroken'}"], tmp_path)
     work = tmp_path / "killed"
     work.mkdir()
-    run_dir = _kill_mid_epoch(args, work)
+    run_dir = kill_after_first_checkpoint(args, work)
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["batch_in_epoch"] > 0
     train([*args, "resume=auto"], work)
     a, b = final_tensors(tmp_path / "unbroken"), final_tensors(run_dir)

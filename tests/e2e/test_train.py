@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from runner import final_tensors, in_process, interrupt_and_resume, start_train, train, wait_for
+from runner import (
+    final_tensors,
+    in_process,
+    interrupt_and_resume,
+    kill_after_first_checkpoint,
+    start_train,
+    train,
+    wait_for,
+)
 from support import HANG_GUARD, TINY, metrics, offline_env
 
 
@@ -115,22 +123,6 @@ def test_checkpoint_round_trip_restores_every_tensor(compose_cfg, tmp_path):
     assert other.schedule.state_dict() == run.schedule.state_dict()
 
 
-def _kill_after_first_checkpoint(args: list[str], cwd: Path) -> Path:
-    """Start `train`, SIGKILL it as soon as it has written a checkpoint; return the run folder."""
-    proc = start_train(args, cwd)
-    deadline = time.time() + HANG_GUARD
-    found = []
-    while time.time() < deadline and proc.poll() is None:
-        found = list(cwd.glob("outputs/**/checkpoints/last.pt"))
-        if found:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    return found[0].parent.parent
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("how,workers", [("auto", 0), ("path", 2)])
 def test_killed_run_resumes_to_exactly_the_unbroken_result(tmp_path, how, workers):
@@ -147,7 +139,7 @@ def test_killed_run_resumes_to_exactly_the_unbroken_result(tmp_path, how, worker
 
     work = tmp_path / "killed"
     work.mkdir()
-    run_dir = _kill_after_first_checkpoint(args, work)
+    run_dir = kill_after_first_checkpoint(args, work)
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["batch_in_epoch"] > 0, "the kill should land mid-epoch"
     assert not metrics(run_dir)["finished"] if (run_dir / "metrics.json").exists() else True
@@ -398,7 +390,7 @@ def test_resume_auto_falls_back_to_the_newest_valid_checkpoint(tmp_path):
     args = [*TINY, "trainer.epochs=3", "checkpoint.every_n_steps=3", "data.dataset.train_size=512"]
     work = tmp_path / "w"
     work.mkdir()
-    run_dir = _kill_after_first_checkpoint(args, work)
+    run_dir = kill_after_first_checkpoint(args, work)
     time.sleep(0.1)
     last = run_dir / "checkpoints" / "last.pt"
     data = last.read_bytes()

@@ -4,6 +4,8 @@ URL or ``data.streaming=true`` says so."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from trainer.config.targets import buildable
 from trainer.data.containers import (
     classes_beside,
@@ -42,14 +44,9 @@ def load_webdataset(
         return splits
     train_set, train_labels = shard_images(train, "data.train", label_key, label_field)
     classes = classes_beside(expand_shards(train, "data.train"), classes_file)
-    if val:
-        val_set, val_labels = shard_images(val, "data.val", label_key, label_field)
-        targets, classes = label_indices(train_labels + val_labels, classes, "data.train / data.val")
-        train_set.targets, val_set.targets = targets[: len(train_labels)], targets[len(train_labels) :]
-        return Splits(train_set, val_set, classes)
-    train_set.targets, classes = label_indices(train_labels, classes, "data.train")
-    tr, va = stratified_split(train_set.targets, val_split, seed, classes)
-    return Splits(FoldImages(train_set, tr), FoldImages(train_set, va), classes)
+    held = shard_images(val, "data.val", label_key, label_field) if val else None
+    where = "data.train / data.val" if val else "data.train"
+    return labelled_splits((train_set, train_labels), held, classes, where, (val_split, seed))
 
 
 @buildable
@@ -76,11 +73,21 @@ def load_hf(
     train = split_of(data, train_split, path, "data.train_split")
     train_set, train_labels, names = hf_images(train, f"{path}:{train_split}", image_column, label_column)
     val = split_of(data, val_name, path, "data.val_name")
+    held = hf_images(val, f"{path}:{val_name}", image_column, label_column)[:2] if val is not None else None
+    return labelled_splits((train_set, train_labels), held, names, f"data.path={path!r}", (val_split, seed))
+
+
+def labelled_splits(
+    train: tuple[Any, list[Any]], val: tuple[Any, list[Any]] | None, classes: list[str] | None, where: str, split: tuple
+) -> Splits:
+    """Train and val image sets given their labels as stored: class indices over both (named by ``classes``,
+    else by the labels), and without a val set a stratified ``val_split`` of train (``split``: it, seed)."""
+    (train_set, train_labels), (val_split, seed) = train, split
     if val is not None:
-        val_set, val_labels, _ = hf_images(val, f"{path}:{val_name}", image_column, label_column)
-        targets, classes = label_indices(train_labels + val_labels, names, f"data.path={path!r}")
+        val_set, val_labels = val
+        targets, classes = label_indices(train_labels + val_labels, classes, where)
         train_set.targets, val_set.targets = targets[: len(train_labels)], targets[len(train_labels) :]
         return Splits(train_set, val_set, classes)
-    train_set.targets, classes = label_indices(train_labels, names, f"data.path={path!r}")
+    train_set.targets, classes = label_indices(train_labels, classes, where)
     tr, va = stratified_split(train_set.targets, val_split, seed, classes)
     return Splits(FoldImages(train_set, tr), FoldImages(train_set, va), classes)
